@@ -1,0 +1,111 @@
+//! The stored-format version carried by every persisted record.
+//!
+//! Each record stores `formatVersion`. A release reads every version up to
+//! [`FORMAT_VERSION`]; older records are migrated on load by
+//! [`decode_record`], newer ones are refused with
+//! [`Error::UnsupportedFormatVersion`] instead of being misread.
+//!
+//! History:
+//! - **1** (0.1.0): the first stored format.
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// The format version this release writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The default for records written before the field existed.
+pub(crate) fn default_format_version() -> u32 {
+    FORMAT_VERSION
+}
+
+/// A persisted record that carries its stored-format version.
+pub trait Versioned {
+    /// The version this record was written with.
+    fn format_version(&self) -> u32;
+}
+
+/// Decodes a persisted JSON record, migrating older formats and refusing
+/// newer ones.
+pub fn decode_record<T: DeserializeOwned + Versioned>(json: &[u8]) -> Result<T> {
+    match serde_json::from_slice::<T>(json) {
+        Ok(record) => {
+            check(record.format_version())?;
+            Ok(record)
+        }
+        Err(decode_error) => {
+            // A newer release may have changed the shape: report the version
+            // rather than a confusing field error.
+            #[derive(serde::Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Probe {
+                format_version: Option<u32>,
+            }
+            if let Ok(Probe {
+                format_version: Some(found),
+            }) = serde_json::from_slice(json)
+            {
+                check(found)?;
+            }
+            Err(Error::Encoding(decode_error))
+        }
+    }
+}
+
+/// Encodes a record for storage.
+pub fn encode_record<T: serde::Serialize>(record: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(record).map_err(Error::Encoding)
+}
+
+fn check(found: u32) -> Result<()> {
+    if found > FORMAT_VERSION {
+        return Err(Error::UnsupportedFormatVersion {
+            found,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Session, SessionId, Timestamp};
+
+    #[test]
+    fn newer_format_is_refused_with_a_typed_error() {
+        let session = Session::new(
+            SessionId::new(),
+            Timestamp::now(),
+            std::time::Duration::from_secs(60),
+        );
+        let mut value = serde_json::to_value(&session).unwrap();
+        value["formatVersion"] = serde_json::json!(FORMAT_VERSION + 1);
+        let bytes = serde_json::to_vec(&value).unwrap();
+        assert!(matches!(
+            decode_record::<Session>(&bytes),
+            Err(Error::UnsupportedFormatVersion { found, .. }) if found == FORMAT_VERSION + 1
+        ));
+        // Same when the newer shape no longer parses.
+        value["messages"] = serde_json::json!("changed shape");
+        let bytes = serde_json::to_vec(&value).unwrap();
+        assert!(matches!(
+            decode_record::<Session>(&bytes),
+            Err(Error::UnsupportedFormatVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_format_version_reads_as_current() {
+        let session = Session::new(
+            SessionId::new(),
+            Timestamp::now(),
+            std::time::Duration::from_secs(60),
+        );
+        let mut value = serde_json::to_value(&session).unwrap();
+        value.as_object_mut().unwrap().remove("formatVersion");
+        let decoded: Session = decode_record(&serde_json::to_vec(&value).unwrap()).unwrap();
+        assert_eq!(decoded, session);
+    }
+}

@@ -1,0 +1,63 @@
+//! Domain types shared by every SmallTalk-rs crate.
+//!
+//! This crate holds what the capability crates agree on, and nothing that
+//! does I/O:
+//!
+//! - [`id`]: validated identifiers. [`SessionId`] and the other UUID ids are
+//!   version 4 UUIDs from the OS RNG; [`AgentId`] and [`StorageKey`] accept
+//!   only a documented safe charset, so no id can escape its storage location.
+//! - records, all serialized as camelCase JSON: [`Session`] and [`Message`]
+//!   and [`AgentState`] ([`session`]), [`AgentHealthStatus`] and
+//!   [`RecoveryStrategy`] ([`health`]), [`Event`] and [`EventReplayPolicy`]
+//!   ([`event`]), [`GroupConversation`] ([`group`]), [`StateVersion`]
+//!   ([`state`]);
+//! - [`format`]: the stored-format version every persisted record carries,
+//!   so later releases can migrate old data;
+//! - ports: the [`Clock`] ([`time`]) and the [`AlertSink`] ([`ports`]) through
+//!   which crates reach services they do not own;
+//! - [`enum@Error`]: validation and format errors.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use smalltalk_types::{AgentId, Message, Role, Session, SessionId, Timestamp};
+//!
+//! let now = Timestamp::now();
+//! let mut session = Session::new(SessionId::new(), now, Duration::from_secs(3600));
+//! let writer = AgentId::parse("writer")?;
+//! session.messages.push(Message::new(Role::Assistant, "Hello!", now).with_agent(writer));
+//!
+//! // Hostile ids never get past parsing.
+//! assert!(AgentId::parse("../../etc/passwd").is_err());
+//!
+//! let json = serde_json::to_string(&session)?;
+//! assert!(json.contains("\"agentId\":\"writer\""));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod error;
+pub mod event;
+pub mod format;
+pub mod group;
+pub mod health;
+pub mod id;
+pub mod ports;
+pub mod session;
+pub mod state;
+pub mod time;
+
+pub use error::{Error, IdKind, InvalidIdReason, Result};
+pub use event::{Event, EventPriority, EventReplayPolicy, ReplayMode};
+pub use format::{FORMAT_VERSION, Versioned};
+pub use group::{
+    ConversationContext, GroupConversation, Participant, SpeakerSelectionStrategy, WorkflowState,
+};
+pub use health::{
+    AgentHealthStatus, AgentPhase, HealthState, RecoveryKind, RecoveryStrategy, RestartType,
+};
+pub use id::{AgentId, ConversationId, EventId, MessageId, SessionId, StorageKey};
+pub use ports::{Alert, AlertSeverity, AlertSink, LogAlertSink, RecordingAlertSink};
+pub use session::{AgentState, Message, Role, Session, SessionState, SessionSummary};
+pub use state::{EntityType, StateVersion};
+pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -1,0 +1,125 @@
+//! Ports: small traits through which crates reach services they do not own.
+//!
+//! The capability crates never depend on each other; where one needs another
+//! (health publishes events, sessions raise alerts) it talks to a port
+//! defined here and the umbrella crate plugs the implementation in. Tests
+//! plug in fakes such as [`RecordingAlertSink`]. The [`Clock`](crate::Clock)
+//! port lives in [`crate::time`].
+
+use std::fmt;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::Timestamp;
+
+/// How bad an [`Alert`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertSeverity {
+    /// Worth knowing.
+    Info,
+    /// Needs attention soon.
+    Warning,
+    /// Something failed.
+    Error,
+    /// Data is at risk: act now.
+    Critical,
+}
+
+/// A notification for operators.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Alert {
+    /// How bad.
+    pub severity: AlertSeverity,
+    /// The component raising it, for example `session`.
+    pub source: String,
+    /// What happened, one line, no message bodies or credentials.
+    pub message: String,
+    /// Structured context: ids, error text, retry counts.
+    #[serde(default)]
+    pub context: Map<String, Value>,
+    /// When it was raised.
+    pub timestamp: Timestamp,
+}
+
+/// Where alerts go.
+#[async_trait]
+pub trait AlertSink: Send + Sync + fmt::Debug + 'static {
+    /// Delivers one alert. Must not fail the caller: an unreachable sink logs
+    /// and drops.
+    async fn raise(&self, alert: Alert);
+}
+
+/// The default sink: one structured log line per alert (ERROR for errors and
+/// critical alerts, WARN for warnings, INFO otherwise).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogAlertSink;
+
+#[async_trait]
+impl AlertSink for LogAlertSink {
+    async fn raise(&self, alert: Alert) {
+        let context = Value::Object(alert.context);
+        match alert.severity {
+            AlertSeverity::Critical | AlertSeverity::Error => tracing::error!(
+                severity = ?alert.severity, source = %alert.source, %context, "ALERT: {}", alert.message
+            ),
+            AlertSeverity::Warning => tracing::warn!(
+                source = %alert.source, %context, "ALERT: {}", alert.message
+            ),
+            AlertSeverity::Info => tracing::info!(
+                source = %alert.source, %context, "ALERT: {}", alert.message
+            ),
+        }
+    }
+}
+
+/// A sink that keeps every alert in memory, for tests.
+#[derive(Debug, Default)]
+pub struct RecordingAlertSink(Mutex<Vec<Alert>>);
+
+impl RecordingAlertSink {
+    /// A copy of the alerts raised so far.
+    pub fn alerts(&self) -> Vec<Alert> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+#[async_trait]
+impl AlertSink for RecordingAlertSink {
+    async fn raise(&self, alert: Alert) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(alert);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn recording_sink_keeps_alerts_in_order() {
+        let sink = RecordingAlertSink::default();
+        for severity in [AlertSeverity::Warning, AlertSeverity::Critical] {
+            sink.raise(Alert {
+                severity,
+                source: "test".into(),
+                message: "m".into(),
+                context: Map::new(),
+                timestamp: Timestamp::now(),
+            })
+            .await;
+        }
+        let alerts = sink.alerts();
+        assert_eq!(alerts.len(), 2);
+        assert_eq!(alerts[1].severity, AlertSeverity::Critical);
+    }
+}
