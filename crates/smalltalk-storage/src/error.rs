@@ -1,0 +1,108 @@
+//! The storage error type.
+
+use smalltalk_types::SessionId;
+
+/// Errors from a storage backend. Every backend reports the same situation
+/// with the same variant; the contract suite checks it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The session does not exist.
+    #[error("session {id} not found")]
+    NotFound {
+        /// The session looked for.
+        id: SessionId,
+    },
+    /// A save with [`Expected::Absent`](crate::Expected::Absent) found the
+    /// session already stored.
+    #[error("session {id} already exists")]
+    AlreadyExists {
+        /// The session.
+        id: SessionId,
+    },
+    /// A compare-and-swap found another version than the one expected.
+    /// Nothing was written.
+    #[error("session {id} is at version {found}, not {expected}")]
+    Conflict {
+        /// The session.
+        id: SessionId,
+        /// The version the caller expected.
+        expected: u64,
+        /// The version found in storage.
+        found: u64,
+    },
+    /// Invalid input (an id, a key, a record that does not decode) or a
+    /// record stored by a newer release.
+    #[error(transparent)]
+    Domain(#[from] smalltalk_types::Error),
+    /// The storage URL or an option in it is not valid.
+    #[error("invalid storage URL: {reason}")]
+    InvalidUrl {
+        /// What is wrong (the URL itself is not repeated: it may hold a password).
+        reason: String,
+    },
+    /// The URL names a backend this build does not include.
+    #[error("storage backend `{scheme}` is not compiled in; enable the crate feature `{feature}`")]
+    BackendNotEnabled {
+        /// The URL scheme.
+        scheme: String,
+        /// The cargo feature that adds it.
+        feature: &'static str,
+    },
+    /// The backend cannot be reached right now (connection refused or reset,
+    /// pool exhausted, database locked past the busy timeout). Retrying later
+    /// may succeed.
+    #[error("{backend} storage is unavailable")]
+    Unavailable {
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// Any other backend failure.
+    #[error("{backend} storage failed")]
+    Backend {
+        /// `sqlite` or `postgres`.
+        backend: &'static str,
+        /// The driver's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A file operation failed.
+    #[error("storage file operation failed on {path}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The database was migrated by a newer release; this one cannot use it.
+    #[error(
+        "database schema version {found} is newer than this release supports ({supported}); upgrade"
+    )]
+    SchemaTooNew {
+        /// The schema version found.
+        found: u64,
+        /// The newest this release knows.
+        supported: u64,
+    },
+    /// The store was closed.
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// A boxed driver error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// `Result` with [`enum@Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether retrying the same call later may succeed (the backend was
+    /// unavailable), as opposed to a definite answer such as a conflict.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
+    }
+}

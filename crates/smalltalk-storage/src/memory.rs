@@ -1,0 +1,384 @@
+//! The in-memory backend: the reference model every other backend is
+//! compared against, and the store for tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use smalltalk_types::{
+    Clock, Message, Session, SessionId, SessionState, SessionSummary, StorageKey, SystemClock,
+    Timestamp,
+};
+
+use crate::codec::advanced_updated_at;
+use crate::{
+    AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
+    SessionStore, StoreAdmin, StoreStats,
+};
+
+/// A store that keeps everything in process memory. Nothing survives the
+/// process. Opened by `memory://`.
+#[derive(Debug)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+    clock: Arc<dyn Clock>,
+    closed: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    sessions: HashMap<SessionId, StoredSession>,
+    kv: BTreeMap<StorageKey, KvEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct StoredSession {
+    session: Session,
+    header_bytes: u64,
+    message_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct KvEntry {
+    value: Vec<u8>,
+    updated_at: Timestamp,
+    expires_at: Option<Timestamp>,
+}
+
+impl KvEntry {
+    fn live(&self, now: Timestamp) -> bool {
+        self.expires_at.is_none_or(|expires_at| expires_at > now)
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_clock(Arc::new(SystemClock))
+    }
+}
+
+impl MemoryStore {
+    /// An empty store on the system clock.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty store reading time from `clock` (for TTLs).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            clock,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        // A panic while holding the lock cannot leave a half-applied write:
+        // every mutation below is computed first and applied last.
+        Ok(self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+fn json_len<T: serde::Serialize>(value: &T) -> Result<u64> {
+    Ok(serde_json::to_vec(value)
+        .map_err(smalltalk_types::Error::Encoding)?
+        .len() as u64)
+}
+
+impl Inner {
+    /// Checks `expected` and computes the stored form; writes nothing.
+    fn prepare_save(&self, session: &Session, expected: Expected) -> Result<StoredSession> {
+        let current = self.sessions.get(&session.id);
+        let version = match (expected, current) {
+            (Expected::Absent, Some(_)) => return Err(Error::AlreadyExists { id: session.id }),
+            (Expected::Absent, None) | (Expected::Any, None) => 1,
+            (Expected::Version(_), None) => return Err(Error::NotFound { id: session.id }),
+            (Expected::Version(expected), Some(stored)) if stored.session.version != expected => {
+                return Err(Error::Conflict {
+                    id: session.id,
+                    expected,
+                    found: stored.session.version,
+                });
+            }
+            (_, Some(stored)) => stored.session.version + 1,
+        };
+        let mut next = session.clone();
+        next.version = version;
+        let mut message_bytes = 0;
+        if let Some(stored) = current {
+            // The history is append-only: keep what is stored, add the tail.
+            let stored_len = stored.session.messages.len();
+            let tail = next.messages.get(stored_len..).unwrap_or_default().to_vec();
+            message_bytes = stored.message_bytes;
+            next.messages = stored.session.messages.clone();
+            for message in tail {
+                message_bytes += json_len(&message)?;
+                next.messages.push(message);
+            }
+        } else {
+            for message in &next.messages {
+                message_bytes += json_len(message)?;
+            }
+        }
+        let header_bytes = {
+            let mut header = next.clone();
+            header.messages = Vec::new();
+            json_len(&header)?
+        };
+        Ok(StoredSession {
+            session: next,
+            header_bytes,
+            message_bytes,
+        })
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemoryStore {
+    async fn save_session(&self, session: &Session, expected: Expected) -> Result<u64> {
+        let mut inner = self.lock()?;
+        let stored = inner.prepare_save(session, expected)?;
+        let version = stored.session.version;
+        inner.sessions.insert(session.id, stored);
+        Ok(version)
+    }
+
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
+        Ok(self
+            .lock()?
+            .sessions
+            .get(&id)
+            .map(|stored| stored.session.clone()))
+    }
+
+    async fn has_session(&self, id: SessionId) -> Result<bool> {
+        Ok(self.lock()?.sessions.contains_key(&id))
+    }
+
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        Ok(self.lock()?.sessions.remove(&id).is_some())
+    }
+
+    async fn append_messages(
+        &self,
+        id: SessionId,
+        messages: &[Message],
+        expected: Option<u64>,
+    ) -> Result<AppendOutcome> {
+        let mut added_bytes = 0;
+        for message in messages {
+            added_bytes += json_len(message)?;
+        }
+        let mut inner = self.lock()?;
+        let stored = inner.sessions.get_mut(&id).ok_or(Error::NotFound { id })?;
+        if let Some(expected) = expected {
+            if stored.session.version != expected {
+                return Err(Error::Conflict {
+                    id,
+                    expected,
+                    found: stored.session.version,
+                });
+            }
+        }
+        let first_sequence = stored.session.messages.len() as u64;
+        stored.session.messages.extend_from_slice(messages);
+        stored.session.version += 1;
+        stored.session.updated_at = advanced_updated_at(stored.session.updated_at, messages);
+        stored.message_bytes += added_bytes;
+        Ok(AppendOutcome {
+            version: stored.session.version,
+            first_sequence,
+            message_count: stored.session.messages.len() as u64,
+        })
+    }
+
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
+        let inner = self.lock()?;
+        let mut matching: Vec<SessionSummary> = inner
+            .sessions
+            .values()
+            .map(|stored| &stored.session)
+            .filter(|session| filter.state.is_none_or(|state| session.state == state))
+            .filter(|session| {
+                filter
+                    .created_after
+                    .is_none_or(|after| session.created_at > after)
+            })
+            .map(|session| SessionSummary {
+                id: session.id,
+                state: session.state,
+                version: session.version,
+                created_at: session.created_at,
+                updated_at: session.updated_at,
+                expires_at: session.expires_at,
+                message_count: session.messages.len() as u64,
+            })
+            .collect();
+        matching.sort_by(|a, b| {
+            (a.created_at, a.id.to_string()).cmp(&(b.created_at, b.id.to_string()))
+        });
+        let offset = usize::try_from(filter.offset).unwrap_or(usize::MAX);
+        let limit = filter.limit.map_or(usize::MAX, |limit| limit as usize);
+        Ok(matching.into_iter().skip(offset).take(limit).collect())
+    }
+
+    async fn count_sessions_by_state(&self) -> Result<BTreeMap<SessionState, u64>> {
+        let mut counts = BTreeMap::new();
+        for stored in self.lock()?.sessions.values() {
+            *counts.entry(stored.session.state).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
+    async fn get_sessions(&self, ids: &[SessionId]) -> Result<Vec<Option<Session>>> {
+        let inner = self.lock()?;
+        Ok(ids
+            .iter()
+            .map(|id| inner.sessions.get(id).map(|stored| stored.session.clone()))
+            .collect())
+    }
+
+    async fn save_sessions(&self, batch: &[(Session, Expected)]) -> Result<Vec<u64>> {
+        let mut inner = self.lock()?;
+        // Apply to a scratch copy of the touched entries so a failure midway
+        // (including a session appearing twice in the batch) writes nothing.
+        let mut scratch = Inner::default();
+        for (session, _) in batch {
+            if let Some(stored) = inner.sessions.get(&session.id) {
+                scratch.sessions.insert(session.id, stored.clone());
+            }
+        }
+        let mut versions = Vec::with_capacity(batch.len());
+        for (session, expected) in batch {
+            let stored = scratch.prepare_save(session, *expected)?;
+            versions.push(stored.session.version);
+            scratch.sessions.insert(session.id, stored);
+        }
+        inner.sessions.extend(scratch.sessions);
+        Ok(versions)
+    }
+
+    async fn delete_sessions(&self, ids: &[SessionId]) -> Result<u64> {
+        let mut inner = self.lock()?;
+        Ok(ids
+            .iter()
+            .filter(|id| inner.sessions.remove(id).is_some())
+            .count() as u64)
+    }
+
+    async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64> {
+        let mut inner = self.lock()?;
+        let before = inner.sessions.len();
+        inner
+            .sessions
+            .retain(|_, stored| stored.session.expires_at > now);
+        Ok((before - inner.sessions.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for MemoryStore {
+    async fn set(&self, key: &StorageKey, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let now = self.clock.now();
+        let entry = KvEntry {
+            value: value.to_vec(),
+            updated_at: now,
+            expires_at: ttl.map(|ttl| now.saturating_add(ttl)),
+        };
+        self.lock()?.kv.insert(key.clone(), entry);
+        Ok(())
+    }
+
+    async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
+        let now = self.clock.now();
+        Ok(self
+            .lock()?
+            .kv
+            .get(key)
+            .filter(|entry| entry.live(now))
+            .map(|entry| entry.value.clone()))
+    }
+
+    async fn has(&self, key: &StorageKey) -> Result<bool> {
+        let now = self.clock.now();
+        Ok(self
+            .lock()?
+            .kv
+            .get(key)
+            .is_some_and(|entry| entry.live(now)))
+    }
+
+    async fn delete(&self, key: &StorageKey) -> Result<bool> {
+        let now = self.clock.now();
+        Ok(self
+            .lock()?
+            .kv
+            .remove(key)
+            .is_some_and(|entry| entry.live(now)))
+    }
+
+    async fn clear_older_than(&self, cutoff: Timestamp) -> Result<u64> {
+        let mut inner = self.lock()?;
+        let before = inner.kv.len();
+        inner.kv.retain(|_, entry| entry.updated_at >= cutoff);
+        Ok((before - inner.kv.len()) as u64)
+    }
+
+    async fn purge_expired(&self) -> Result<u64> {
+        let now = self.clock.now();
+        let mut inner = self.lock()?;
+        let before = inner.kv.len();
+        inner.kv.retain(|_, entry| entry.live(now));
+        Ok((before - inner.kv.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for MemoryStore {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Memory
+    }
+
+    async fn health_check(&self) -> Result<()> {
+        self.lock().map(drop)
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let inner = self.lock()?;
+        let session_bytes: u64 = inner
+            .sessions
+            .values()
+            .map(|stored| stored.header_bytes + stored.message_bytes)
+            .sum();
+        let kv_bytes: u64 = inner
+            .kv
+            .iter()
+            .map(|(key, entry)| (key.as_str().len() + entry.value.len()) as u64)
+            .sum();
+        Ok(StoreStats {
+            backend: BackendKind::Memory,
+            sessions: inner.sessions.len() as u64,
+            messages: inner
+                .sessions
+                .values()
+                .map(|stored| stored.session.messages.len() as u64)
+                .sum(),
+            kv_entries: inner.kv.len() as u64,
+            bytes: session_bytes + kv_bytes,
+            on_disk_bytes: None,
+        })
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}

@@ -1,0 +1,757 @@
+//! The PostgreSQL backend: several processes share one database.
+//!
+//! The same schema shape as SQLite (a header row per session, a row per
+//! message keyed by `(session_id, seq)`, a key-value table), through sqlx's
+//! non-macro query API, so no database is needed at compile time.
+//!
+//! - URL options `schema=NAME` (created if absent; every table lives there)
+//!   and `max_connections=N` (default 10) are taken out of the URL; the rest
+//!   goes to the driver.
+//! - The pool tests a connection before handing it out, so after the server
+//!   restarts, dead connections are replaced and calls succeed again without
+//!   reopening the store; while the server is down calls fail with
+//!   [`Error::Unavailable`](crate::Error::Unavailable).
+//! - Migrations are embedded and run on open under an advisory lock, so
+//!   several processes can open the same database at once.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use smalltalk_types::{
+    Clock, Message, Session, SessionId, SessionState, SessionSummary, StorageKey, Timestamp,
+};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{Postgres, Row, Transaction};
+
+use crate::codec::{self, to_i64, to_u64};
+use crate::open::query_pairs;
+use crate::{
+    AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
+    SessionStore, StoreAdmin, StoreStats,
+};
+
+/// Migrations in order; never edit a released entry, append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: sessions, their messages, key-value entries.
+    r#"CREATE TABLE sessions (
+        id            TEXT COLLATE "C" PRIMARY KEY,
+        state         TEXT NOT NULL,
+        version       BIGINT NOT NULL,
+        created_at    BIGINT NOT NULL,
+        updated_at    BIGINT NOT NULL,
+        expires_at    BIGINT NOT NULL,
+        message_count BIGINT NOT NULL,
+        message_bytes BIGINT NOT NULL,
+        header        BYTEA NOT NULL
+    );
+    CREATE INDEX sessions_by_created ON sessions (created_at, id);
+    CREATE INDEX sessions_by_state ON sessions (state, created_at, id);
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+    CREATE TABLE messages (
+        session_id TEXT COLLATE "C" NOT NULL,
+        seq        BIGINT NOT NULL,
+        body       BYTEA NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );
+    CREATE TABLE kv (
+        key        TEXT COLLATE "C" PRIMARY KEY,
+        value      BYTEA NOT NULL,
+        updated_at BIGINT NOT NULL,
+        expires_at BIGINT
+    );
+    CREATE INDEX kv_by_updated ON kv (updated_at);
+    CREATE INDEX kv_by_expiry ON kv (expires_at) WHERE expires_at IS NOT NULL;"#,
+];
+
+/// A store in a PostgreSQL database. Opened by `postgres://...`.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    schema: Option<String>,
+    clock: Arc<dyn Clock>,
+}
+
+impl PgStore {
+    /// Connects, creates the schema if asked, and migrates.
+    pub async fn open_with(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = None;
+        let mut max_connections = 10;
+        let mut passthrough = Vec::new();
+        for (name, value) in query_pairs(query)? {
+            match name {
+                "schema" => schema = Some(validate_schema(value)?.to_owned()),
+                "max_connections" => {
+                    max_connections =
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| Error::InvalidUrl {
+                                reason: "max_connections must be a positive integer".into(),
+                            })?;
+                }
+                _ => passthrough.push(format!("{name}={value}")),
+            }
+        }
+        let driver_url = if passthrough.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", passthrough.join("&"))
+        };
+        let mut connect =
+            PgConnectOptions::from_str(&driver_url).map_err(|error| Error::InvalidUrl {
+                reason: error.to_string(),
+            })?;
+        if let Some(schema) = &schema {
+            create_schema(connect.clone(), schema).await?;
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .test_before_acquire(true)
+            .connect_with(connect)
+            .await
+            .map_err(pg_error)?;
+        let store = Self {
+            pool,
+            schema,
+            clock,
+        };
+        store.migrate().await?;
+        tracing::debug!(
+            backend = "postgres",
+            schema = store.schema.as_deref(),
+            "opened store"
+        );
+        Ok(store)
+    }
+
+    /// The schema the tables live in, if one was named.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(pg_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('smalltalk:' || current_schema()))")
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS smalltalk_migrations (
+                version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+        let current: i64 =
+            sqlx::query("SELECT COALESCE(MAX(version), 0) FROM smalltalk_migrations")
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(pg_error)?;
+        let current = to_u64(current);
+        if current > MIGRATIONS.len() as u64 {
+            return Err(Error::SchemaTooNew {
+                found: current,
+                supported: MIGRATIONS.len() as u64,
+            });
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            sqlx::Executor::execute(&mut *tx, *migration)
+                .await
+                .map_err(pg_error)?;
+            sqlx::query("INSERT INTO smalltalk_migrations (version) VALUES ($1)")
+                .bind(index as i64 + 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(pg_error)?;
+            tracing::info!(
+                backend = "postgres",
+                schema_version = index + 1,
+                "applied migration"
+            );
+        }
+        tx.commit().await.map_err(pg_error)
+    }
+}
+
+/// Schema names are spliced into `CREATE SCHEMA`, so only plain lowercase
+/// identifiers are accepted.
+fn validate_schema(name: &str) -> Result<&str> {
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(name)
+    } else {
+        Err(Error::InvalidUrl {
+            reason: "schema must match [a-z_][a-z0-9_]{0,62}".into(),
+        })
+    }
+}
+
+async fn create_schema(connect: PgConnectOptions, schema: &str) -> Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&connect)
+        .await
+        .map_err(pg_error)?;
+    // Concurrent creators race on the catalog; the advisory lock orders them.
+    let mut tx = conn.begin().await.map_err(pg_error)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('smalltalk:create-schema'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    sqlx::Executor::execute(&mut *tx, create.as_str())
+        .await
+        .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Maps a driver error: connection trouble is transient, the rest a failure.
+fn pg_error(error: sqlx::Error) -> Error {
+    if matches!(error, sqlx::Error::PoolClosed) {
+        return Error::Closed;
+    }
+    let transient = match &error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            // 08: connection exception; 57P01-03: shutdown / cannot connect now.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    };
+    let source = Box::new(error);
+    if transient {
+        Error::Unavailable {
+            backend: "postgres",
+            source,
+        }
+    } else {
+        Error::Backend {
+            backend: "postgres",
+            source,
+        }
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.code().as_deref() == Some("23505"))
+}
+
+/// A session encoded outside the transaction.
+struct EncodedSave<'a> {
+    session: &'a Session,
+    expected: Expected,
+    messages: Vec<Vec<u8>>,
+}
+
+fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave<'_>> {
+    let messages = session
+        .messages
+        .iter()
+        .map(codec::encode_message)
+        .collect::<Result<_>>()?;
+    Ok(EncodedSave {
+        session,
+        expected,
+        messages,
+    })
+}
+
+async fn insert_messages(
+    tx: &mut Transaction<'_, Postgres>,
+    id: &str,
+    first: u64,
+    bodies: &[Vec<u8>],
+) -> Result<()> {
+    if bodies.is_empty() {
+        return Ok(());
+    }
+    let sequences: Vec<i64> = (0..bodies.len() as u64)
+        .map(|offset| to_i64(first + offset))
+        .collect();
+    sqlx::query(
+        "INSERT INTO messages (session_id, seq, body)
+         SELECT $1, seq, body FROM UNNEST($2::BIGINT[], $3::BYTEA[]) AS batch (seq, body)",
+    )
+    .bind(id)
+    .bind(sequences)
+    .bind(bodies)
+    .execute(&mut **tx)
+    .await
+    .map_err(pg_error)?;
+    Ok(())
+}
+
+/// Compare-and-swap save inside `tx`.
+async fn save_in(tx: &mut Transaction<'_, Postgres>, save: &EncodedSave<'_>) -> Result<u64> {
+    let session = save.session;
+    let id = session.id.to_string();
+    let current = sqlx::query(
+        "SELECT version, message_count, message_bytes FROM sessions WHERE id = $1 FOR UPDATE",
+    )
+    .bind(&id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(pg_error)?
+    .map(|row| -> sqlx::Result<(i64, i64, i64)> {
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    })
+    .transpose()
+    .map_err(pg_error)?;
+    let (version, stored_count, stored_bytes, exists) = match (save.expected, current) {
+        (Expected::Absent, Some(_)) => return Err(Error::AlreadyExists { id: session.id }),
+        (Expected::Version(_), None) => return Err(Error::NotFound { id: session.id }),
+        (Expected::Version(expected), Some((found, _, _))) if to_u64(found) != expected => {
+            return Err(Error::Conflict {
+                id: session.id,
+                expected,
+                found: to_u64(found),
+            });
+        }
+        (_, None) => (1, 0, 0, false),
+        (_, Some((found, count, bytes))) => (to_u64(found) + 1, to_u64(count), to_u64(bytes), true),
+    };
+    let header = codec::encode_header(session, version)?;
+    let tail = save
+        .messages
+        .get(stored_count as usize..)
+        .unwrap_or_default();
+    let message_count = stored_count + tail.len() as u64;
+    let message_bytes = stored_bytes + tail.iter().map(|body| body.len() as u64).sum::<u64>();
+    let statement = if exists {
+        "UPDATE sessions SET state = $2, version = $3, created_at = $4, updated_at = $5,
+            expires_at = $6, message_count = $7, message_bytes = $8, header = $9 WHERE id = $1"
+    } else {
+        "INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at,
+                               message_count, message_bytes, header)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    };
+    sqlx::query(statement)
+        .bind(&id)
+        .bind(session.state.as_str())
+        .bind(to_i64(version))
+        .bind(session.created_at.as_micros())
+        .bind(session.updated_at.as_micros())
+        .bind(session.expires_at.as_micros())
+        .bind(to_i64(message_count))
+        .bind(to_i64(message_bytes))
+        .bind(header)
+        .execute(&mut **tx)
+        .await
+        .map_err(|error| {
+            // Another writer created it between our check and insert.
+            if is_unique_violation(&error) {
+                Error::AlreadyExists { id: session.id }
+            } else {
+                pg_error(error)
+            }
+        })?;
+    insert_messages(tx, &id, stored_count, tail).await?;
+    Ok(version)
+}
+
+/// Runs `saves` in one transaction; a blind save that lost a creation race
+/// is retried once against the now-existing row.
+async fn save_all(pool: &PgPool, saves: &[EncodedSave<'_>]) -> Result<Vec<u64>> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut tx = pool.begin().await.map_err(pg_error)?;
+        let mut versions = Vec::with_capacity(saves.len());
+        let mut failure = None;
+        for save in saves {
+            match save_in(&mut tx, save).await {
+                Ok(version) => versions.push(version),
+                Err(error) => {
+                    failure = Some((error, save.expected));
+                    break;
+                }
+            }
+        }
+        match failure {
+            None => {
+                tx.commit().await.map_err(pg_error)?;
+                return Ok(versions);
+            }
+            Some((Error::AlreadyExists { .. }, Expected::Any)) if attempts < 3 => continue,
+            Some((error, _)) => return Err(error),
+        }
+    }
+}
+
+fn row_to_summary(row: &PgRow) -> Result<SessionSummary> {
+    let get = || -> sqlx::Result<_> {
+        Ok((
+            row.try_get::<String, _>(0)?,
+            row.try_get::<String, _>(1)?,
+            row.try_get::<i64, _>(2)?,
+            row.try_get::<i64, _>(3)?,
+            row.try_get::<i64, _>(4)?,
+            row.try_get::<i64, _>(5)?,
+            row.try_get::<i64, _>(6)?,
+        ))
+    };
+    let (id, state, version, created, updated, expires, count) = get().map_err(pg_error)?;
+    codec::summary(&id, &state, version, created, updated, expires, count)
+}
+
+impl PgStore {
+    async fn read_session(&self, id: SessionId) -> Result<Option<Session>> {
+        let key = id.to_string();
+        let Some(row) = sqlx::query(
+            "SELECT header, version, updated_at, message_count FROM sessions WHERE id = $1",
+        )
+        .bind(&key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg_error)?
+        else {
+            return Ok(None);
+        };
+        let (header, version, updated_at, count): (Vec<u8>, i64, i64, i64) = (|| {
+            Ok((
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+            ))
+        })()
+        .map_err(pg_error)?;
+        // Messages are immutable and appended in order, so reading the first
+        // `count` gives the history as of the header, without a transaction.
+        let bodies: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT body FROM messages WHERE session_id = $1 AND seq < $2 ORDER BY seq",
+        )
+        .bind(&key)
+        .bind(count)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        codec::decode_session(
+            &header,
+            to_u64(version),
+            Timestamp::from_micros(updated_at),
+            bodies.iter().map(Vec::as_slice),
+        )
+        .map(Some)
+    }
+}
+
+async fn delete_in(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<bool> {
+    sqlx::query("DELETE FROM messages WHERE session_id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(pg_error)?;
+    let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1")
+        .bind(id)
+        .execute(&mut **tx)
+        .await
+        .map_err(pg_error)?;
+    Ok(deleted.rows_affected() > 0)
+}
+
+#[async_trait]
+impl SessionStore for PgStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = "postgres", session_id = %session.id), err)]
+    async fn save_session(&self, session: &Session, expected: Expected) -> Result<u64> {
+        let save = encode_save(session, expected)?;
+        Ok(save_all(&self.pool, std::slice::from_ref(&save)).await?[0])
+    }
+
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
+        self.read_session(id).await
+    }
+
+    async fn has_session(&self, id: SessionId) -> Result<bool> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM sessions WHERE id = $1)")
+            .bind(id.to_string())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(pg_error)
+    }
+
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        let mut tx = self.pool.begin().await.map_err(pg_error)?;
+        let deleted = delete_in(&mut tx, &id.to_string()).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(deleted)
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = "postgres", session_id = %id, count = messages.len()), err)]
+    async fn append_messages(
+        &self,
+        id: SessionId,
+        messages: &[Message],
+        expected: Option<u64>,
+    ) -> Result<AppendOutcome> {
+        let bodies: Vec<Vec<u8>> = messages
+            .iter()
+            .map(codec::encode_message)
+            .collect::<Result<_>>()?;
+        let newest = messages
+            .iter()
+            .map(|message| message.timestamp.as_micros())
+            .max();
+        let added_bytes: u64 = bodies.iter().map(|body| body.len() as u64).sum();
+        let key = id.to_string();
+        let mut tx = self.pool.begin().await.map_err(pg_error)?;
+        // The row lock taken by UPDATE serializes concurrent appenders.
+        let updated = sqlx::query(
+            "UPDATE sessions SET version = version + 1, message_count = message_count + $3,
+                 updated_at = GREATEST(updated_at, COALESCE($4, updated_at)),
+                 message_bytes = message_bytes + $5
+             WHERE id = $1 AND ($2::BIGINT IS NULL OR version = $2)
+             RETURNING version, message_count",
+        )
+        .bind(&key)
+        .bind(expected.map(to_i64))
+        .bind(bodies.len() as i64)
+        .bind(newest)
+        .bind(to_i64(added_bytes))
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+        let Some(row) = updated else {
+            let found: Option<i64> =
+                sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1")
+                    .bind(&key)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(pg_error)?;
+            return Err(match (found, expected) {
+                (Some(found), Some(expected)) => Error::Conflict {
+                    id,
+                    expected,
+                    found: to_u64(found),
+                },
+                _ => Error::NotFound { id },
+            });
+        };
+        let (version, count): (i64, i64) =
+            (|| Ok((row.try_get(0)?, row.try_get(1)?)))().map_err(pg_error)?;
+        let message_count = to_u64(count);
+        let first_sequence = message_count - bodies.len() as u64;
+        insert_messages(&mut tx, &key, first_sequence, &bodies).await?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(AppendOutcome {
+            version: to_u64(version),
+            first_sequence,
+            message_count,
+        })
+    }
+
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
+        let rows = sqlx::query(
+            "SELECT id, state, version, created_at, updated_at, expires_at, message_count
+             FROM sessions WHERE ($1::TEXT IS NULL OR state = $1) AND ($2::BIGINT IS NULL OR created_at > $2)
+             ORDER BY created_at, id LIMIT $3 OFFSET $4",
+        )
+        .bind(filter.state.map(SessionState::as_str))
+        .bind(filter.created_after.map(Timestamp::as_micros))
+        .bind(filter.limit.map(i64::from))
+        .bind(to_i64(filter.offset))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        rows.iter().map(row_to_summary).collect()
+    }
+
+    async fn count_sessions_by_state(&self) -> Result<BTreeMap<SessionState, u64>> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM sessions GROUP BY state")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(pg_error)?;
+        rows.into_iter()
+            .map(|(state, count)| Ok((codec::parse_state(&state)?, to_u64(count))))
+            .collect()
+    }
+
+    async fn get_sessions(&self, ids: &[SessionId]) -> Result<Vec<Option<Session>>> {
+        let mut sessions = Vec::with_capacity(ids.len());
+        for id in ids {
+            sessions.push(self.read_session(*id).await?);
+        }
+        Ok(sessions)
+    }
+
+    async fn save_sessions(&self, batch: &[(Session, Expected)]) -> Result<Vec<u64>> {
+        let saves: Vec<EncodedSave<'_>> = batch
+            .iter()
+            .map(|(session, expected)| encode_save(session, *expected))
+            .collect::<Result<_>>()?;
+        save_all(&self.pool, &saves).await
+    }
+
+    async fn delete_sessions(&self, ids: &[SessionId]) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(pg_error)?;
+        let mut deleted = 0;
+        for id in ids {
+            deleted += u64::from(delete_in(&mut tx, &id.to_string()).await?);
+        }
+        tx.commit().await.map_err(pg_error)?;
+        Ok(deleted)
+    }
+
+    async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64> {
+        let mut tx = self.pool.begin().await.map_err(pg_error)?;
+        sqlx::query(
+            "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE expires_at <= $1)",
+        )
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+        let deleted = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
+            .bind(now.as_micros())
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        Ok(deleted.rows_affected())
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for PgStore {
+    async fn set(&self, key: &StorageKey, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let now = self.clock.now();
+        sqlx::query(
+            "INSERT INTO kv (key, value, updated_at, expires_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+        )
+        .bind(key.as_str())
+        .bind(value)
+        .bind(now.as_micros())
+        .bind(ttl.map(|ttl| now.saturating_add(ttl).as_micros()))
+        .execute(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
+        sqlx::query_scalar(
+            "SELECT value FROM kv WHERE key = $1 AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(key.as_str())
+        .bind(self.clock.now().as_micros())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg_error)
+    }
+
+    async fn has(&self, key: &StorageKey) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM kv WHERE key = $1 AND (expires_at IS NULL OR expires_at > $2))",
+        )
+        .bind(key.as_str())
+        .bind(self.clock.now().as_micros())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(pg_error)
+    }
+
+    async fn delete(&self, key: &StorageKey) -> Result<bool> {
+        let expires_at: Option<Option<i64>> =
+            sqlx::query_scalar("DELETE FROM kv WHERE key = $1 RETURNING expires_at")
+                .bind(key.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(pg_error)?;
+        let now = self.clock.now().as_micros();
+        Ok(matches!(expires_at, Some(expiry) if expiry.is_none_or(|expiry| expiry > now)))
+    }
+
+    async fn clear_older_than(&self, cutoff: Timestamp) -> Result<u64> {
+        sqlx::query("DELETE FROM kv WHERE updated_at < $1")
+            .bind(cutoff.as_micros())
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(pg_error)
+    }
+
+    async fn purge_expired(&self) -> Result<u64> {
+        sqlx::query("DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= $1")
+            .bind(self.clock.now().as_micros())
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(pg_error)
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for PgStore {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Postgres
+    }
+
+    async fn health_check(&self) -> Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(drop)
+            .map_err(pg_error)
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM sessions),
+                    (SELECT COALESCE(SUM(message_count), 0)::BIGINT FROM sessions),
+                    (SELECT COUNT(*) FROM kv),
+                    ((SELECT COALESCE(SUM(length(header) + message_bytes), 0) FROM sessions)
+                      + (SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM kv))::BIGINT,
+                    (pg_total_relation_size('sessions') + pg_total_relation_size('messages')
+                      + pg_total_relation_size('kv'))::BIGINT",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        let values: [i64; 5] = (|| {
+            Ok::<_, sqlx::Error>([
+                row.try_get(0)?,
+                row.try_get(1)?,
+                row.try_get(2)?,
+                row.try_get(3)?,
+                row.try_get(4)?,
+            ])
+        })()
+        .map_err(pg_error)?;
+        Ok(StoreStats {
+            backend: BackendKind::Postgres,
+            sessions: to_u64(values[0]),
+            messages: to_u64(values[1]),
+            kv_entries: to_u64(values[2]),
+            bytes: to_u64(values[3]),
+            on_disk_bytes: Some(to_u64(values[4])),
+        })
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.pool.close().await;
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! The SQLite schema and its embedded migrations.
+
+use rusqlite::Connection;
+
+use super::sqlite_error;
+use crate::{Error, Result};
+
+/// Migrations in order; `PRAGMA user_version` records how many ran. Never
+/// edit a released entry: append a new one.
+pub(super) const MIGRATIONS: &[&str] = &[
+    // 1: sessions, their messages, key-value entries.
+    "CREATE TABLE sessions (
+        id            TEXT PRIMARY KEY NOT NULL,
+        state         TEXT NOT NULL,
+        version       INTEGER NOT NULL,
+        created_at    INTEGER NOT NULL,
+        updated_at    INTEGER NOT NULL,
+        expires_at    INTEGER NOT NULL,
+        message_count INTEGER NOT NULL,
+        message_bytes INTEGER NOT NULL,
+        header        BLOB NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX sessions_by_created ON sessions (created_at, id);
+     CREATE INDEX sessions_by_state ON sessions (state, created_at, id);
+     CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+     CREATE TABLE messages (
+        session_id TEXT NOT NULL,
+        seq        INTEGER NOT NULL,
+        body       BLOB NOT NULL,
+        PRIMARY KEY (session_id, seq)
+     ) WITHOUT ROWID;
+     CREATE TABLE kv (
+        key        TEXT PRIMARY KEY NOT NULL,
+        value      BLOB NOT NULL,
+        updated_at INTEGER NOT NULL,
+        expires_at INTEGER
+     ) WITHOUT ROWID;
+     CREATE INDEX kv_by_updated ON kv (updated_at);
+     CREATE INDEX kv_by_expiry ON kv (expires_at) WHERE expires_at IS NOT NULL;",
+];
+
+/// Brings the schema up to date, atomically. Several processes opening the
+/// same file at once are serialized by the write lock.
+pub(super) fn migrate(conn: &Connection) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(sqlite_error)?;
+    let outcome = (|| {
+        let current: i64 = conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(sqlite_error)?;
+        let current = usize::try_from(current).unwrap_or(0);
+        if current > MIGRATIONS.len() {
+            return Err(Error::SchemaTooNew {
+                found: current as u64,
+                supported: MIGRATIONS.len() as u64,
+            });
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(current) {
+            conn.execute_batch(migration).map_err(sqlite_error)?;
+            tracing::info!(
+                backend = "sqlite",
+                schema_version = index + 1,
+                "applied migration"
+            );
+        }
+        conn.execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len()))
+            .map_err(sqlite_error)
+    })();
+    match outcome {
+        Ok(()) => conn.execute_batch("COMMIT").map_err(sqlite_error),
+        Err(error) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(error)
+        }
+    }
+}

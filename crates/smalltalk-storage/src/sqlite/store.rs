@@ -1,0 +1,549 @@
+//! The storage traits on SQLite.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use smalltalk_types::{
+    Message, Session, SessionId, SessionState, SessionSummary, StorageKey, Timestamp,
+};
+
+use super::{SqliteStore, sqlite_error};
+use crate::codec::{self, to_i64, to_u64};
+use crate::{
+    AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
+    SessionStore, StoreAdmin, StoreStats,
+};
+
+impl SqliteStore {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.check_open()?;
+        self.writer.write(work).await
+    }
+
+    async fn read<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        self.check_open()?;
+        self.readers.read(work).await
+    }
+}
+
+/// Encoded form of a session, computed before entering the writer thread.
+struct EncodedSave {
+    id: SessionId,
+    expected: Expected,
+    state: SessionState,
+    created_at: i64,
+    updated_at: i64,
+    expires_at: i64,
+    /// Header encodings are version-dependent; encoded in the writer.
+    session: Session,
+    messages: Vec<Vec<u8>>,
+}
+
+fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave> {
+    let messages = session
+        .messages
+        .iter()
+        .map(codec::encode_message)
+        .collect::<Result<_>>()?;
+    let mut header_only = session.clone();
+    header_only.messages = Vec::new();
+    Ok(EncodedSave {
+        id: session.id,
+        expected,
+        state: session.state,
+        created_at: session.created_at.as_micros(),
+        updated_at: session.updated_at.as_micros(),
+        expires_at: session.expires_at.as_micros(),
+        session: header_only,
+        messages,
+    })
+}
+
+/// Compare-and-swap save inside the writer's transaction.
+fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
+    let id = save.id.to_string();
+    let current: Option<(i64, i64, i64)> = conn
+        .prepare_cached("SELECT version, message_count, message_bytes FROM sessions WHERE id = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()
+        })
+        .map_err(sqlite_error)?;
+    let (version, stored_count, stored_bytes) = match (save.expected, current) {
+        (Expected::Absent, Some(_)) => return Err(Error::AlreadyExists { id: save.id }),
+        (Expected::Version(_), None) => return Err(Error::NotFound { id: save.id }),
+        (Expected::Version(expected), Some((found, _, _))) if to_u64(found) != expected => {
+            return Err(Error::Conflict {
+                id: save.id,
+                expected,
+                found: to_u64(found),
+            });
+        }
+        (_, None) => (1, 0, 0),
+        (_, Some((found, count, bytes))) => (to_u64(found) + 1, to_u64(count), to_u64(bytes)),
+    };
+    let header = codec::encode_header(&save.session, version)?;
+    let tail = save
+        .messages
+        .get(stored_count as usize..)
+        .unwrap_or_default();
+    insert_messages(conn, &id, stored_count, tail)?;
+    let message_count = stored_count + tail.len() as u64;
+    let message_bytes = stored_bytes + tail.iter().map(|body| body.len() as u64).sum::<u64>();
+    conn.prepare_cached(
+        "INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at,
+                               message_count, message_bytes, header)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+         ON CONFLICT (id) DO UPDATE SET
+            state = excluded.state, version = excluded.version,
+            created_at = excluded.created_at, updated_at = excluded.updated_at,
+            expires_at = excluded.expires_at, message_count = excluded.message_count,
+            message_bytes = excluded.message_bytes, header = excluded.header",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![
+            id,
+            save.state.as_str(),
+            to_i64(version),
+            save.created_at,
+            save.updated_at,
+            save.expires_at,
+            to_i64(message_count),
+            to_i64(message_bytes),
+            header,
+        ])
+    })
+    .map_err(sqlite_error)?;
+    Ok(version)
+}
+
+fn insert_messages(conn: &Connection, id: &str, first: u64, bodies: &[Vec<u8>]) -> Result<()> {
+    if bodies.is_empty() {
+        return Ok(());
+    }
+    let mut statement = conn
+        .prepare_cached("INSERT INTO messages (session_id, seq, body) VALUES (?1, ?2, ?3)")
+        .map_err(sqlite_error)?;
+    for (offset, body) in bodies.iter().enumerate() {
+        statement
+            .execute(params![id, to_i64(first + offset as u64), body])
+            .map_err(sqlite_error)?;
+    }
+    Ok(())
+}
+
+fn read_session(conn: &Connection, id: SessionId) -> Result<Option<Session>> {
+    let key = id.to_string();
+    let header: Option<(Vec<u8>, i64, i64)> = conn
+        .prepare_cached("SELECT header, version, updated_at FROM sessions WHERE id = ?1")
+        .and_then(|mut statement| {
+            statement
+                .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()
+        })
+        .map_err(sqlite_error)?;
+    let Some((header, version, updated_at)) = header else {
+        return Ok(None);
+    };
+    let mut statement = conn
+        .prepare_cached("SELECT body FROM messages WHERE session_id = ?1 ORDER BY seq")
+        .map_err(sqlite_error)?;
+    let bodies = statement
+        .query_map([&key], |row| row.get::<_, Vec<u8>>(0))
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(sqlite_error)?;
+    codec::decode_session(
+        &header,
+        to_u64(version),
+        Timestamp::from_micros(updated_at),
+        bodies.iter().map(Vec::as_slice),
+    )
+    .map(Some)
+}
+
+/// Runs `work` in one read transaction so every statement sees one snapshot.
+fn in_read_transaction<T>(
+    conn: &Connection,
+    work: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    conn.execute_batch("BEGIN").map_err(sqlite_error)?;
+    let result = work(conn);
+    let _ = conn.execute_batch("COMMIT");
+    result
+}
+
+fn delete_one(conn: &Connection, id: &str) -> Result<bool> {
+    conn.prepare_cached("DELETE FROM messages WHERE session_id = ?1")
+        .and_then(|mut statement| statement.execute([id]))
+        .map_err(sqlite_error)?;
+    let deleted = conn
+        .prepare_cached("DELETE FROM sessions WHERE id = ?1")
+        .and_then(|mut statement| statement.execute([id]))
+        .map_err(sqlite_error)?;
+    Ok(deleted > 0)
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = "sqlite", session_id = %session.id), err)]
+    async fn save_session(&self, session: &Session, expected: Expected) -> Result<u64> {
+        let save = encode_save(session, expected)?;
+        self.write(move |conn| save_one(conn, &save)).await
+    }
+
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
+        self.read(move |conn| in_read_transaction(conn, |conn| read_session(conn, id)))
+            .await
+    }
+
+    async fn has_session(&self, id: SessionId) -> Result<bool> {
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")
+                .and_then(|mut statement| statement.exists([id.to_string()]))
+                .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        self.write(move |conn| delete_one(conn, &id.to_string()))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = "sqlite", session_id = %id, count = messages.len()), err)]
+    async fn append_messages(
+        &self,
+        id: SessionId,
+        messages: &[Message],
+        expected: Option<u64>,
+    ) -> Result<AppendOutcome> {
+        let bodies: Vec<Vec<u8>> = messages
+            .iter()
+            .map(codec::encode_message)
+            .collect::<Result<_>>()?;
+        let newest = messages.iter().map(|message| message.timestamp).max();
+        self.write(move |conn| {
+            let key = id.to_string();
+            let current: Option<(i64, i64, i64)> = conn
+                .prepare_cached(
+                    "SELECT version, message_count, updated_at FROM sessions WHERE id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                        .optional()
+                })
+                .map_err(sqlite_error)?;
+            let (version, count, updated_at) = current.ok_or(Error::NotFound { id })?;
+            let version = to_u64(version);
+            if let Some(expected) = expected.filter(|expected| *expected != version) {
+                return Err(Error::Conflict {
+                    id,
+                    expected,
+                    found: version,
+                });
+            }
+            let first_sequence = to_u64(count);
+            insert_messages(conn, &key, first_sequence, &bodies)?;
+            let updated_at = newest.map_or(updated_at, |newest| updated_at.max(newest.as_micros()));
+            let added_bytes: u64 = bodies.iter().map(|body| body.len() as u64).sum();
+            let outcome = AppendOutcome {
+                version: version + 1,
+                first_sequence,
+                message_count: first_sequence + bodies.len() as u64,
+            };
+            conn.prepare_cached(
+                "UPDATE sessions SET version = ?2, message_count = ?3, updated_at = ?4,
+                                     message_bytes = message_bytes + ?5
+                 WHERE id = ?1",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    key,
+                    to_i64(outcome.version),
+                    to_i64(outcome.message_count),
+                    updated_at,
+                    to_i64(added_bytes)
+                ])
+            })
+            .map_err(sqlite_error)?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
+        let filter = filter.clone();
+        self.read(move |conn| {
+            // Values are bound, never spliced into the text.
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT id, state, version, created_at, updated_at, expires_at, message_count
+                 FROM sessions WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR created_at > ?2)
+                 ORDER BY created_at, id LIMIT ?3 OFFSET ?4",
+                )
+                .map_err(sqlite_error)?;
+            let rows = statement
+                .query_map(
+                    params![
+                        filter.state.map(SessionState::as_str),
+                        filter.created_after.map(Timestamp::as_micros),
+                        filter.limit.map_or(-1, i64::from),
+                        to_i64(filter.offset),
+                    ],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, i64>(2)?,
+                            row.get::<_, i64>(3)?,
+                            row.get::<_, i64>(4)?,
+                            row.get::<_, i64>(5)?,
+                            row.get::<_, i64>(6)?,
+                        ))
+                    },
+                )
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sqlite_error)?;
+            rows.into_iter()
+                .map(|(id, state, version, created, updated, expires, count)| {
+                    codec::summary(&id, &state, version, created, updated, expires, count)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn count_sessions_by_state(&self) -> Result<BTreeMap<SessionState, u64>> {
+        self.read(|conn| {
+            let mut statement = conn
+                .prepare_cached("SELECT state, COUNT(*) FROM sessions GROUP BY state")
+                .map_err(sqlite_error)?;
+            let rows = statement
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+                })
+                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                .map_err(sqlite_error)?;
+            rows.into_iter()
+                .map(|(state, count)| Ok((codec::parse_state(&state)?, to_u64(count))))
+                .collect()
+        })
+        .await
+    }
+
+    async fn get_sessions(&self, ids: &[SessionId]) -> Result<Vec<Option<Session>>> {
+        let ids = ids.to_vec();
+        self.read(move |conn| {
+            in_read_transaction(conn, |conn| {
+                ids.iter().map(|id| read_session(conn, *id)).collect()
+            })
+        })
+        .await
+    }
+
+    async fn save_sessions(&self, batch: &[(Session, Expected)]) -> Result<Vec<u64>> {
+        let saves: Vec<EncodedSave> = batch
+            .iter()
+            .map(|(session, expected)| encode_save(session, *expected))
+            .collect::<Result<_>>()?;
+        // One job: a failure rolls the whole batch back to its savepoint.
+        self.write(move |conn| saves.iter().map(|save| save_one(conn, save)).collect())
+            .await
+    }
+
+    async fn delete_sessions(&self, ids: &[SessionId]) -> Result<u64> {
+        let ids = ids.to_vec();
+        self.write(move |conn| {
+            let mut deleted = 0;
+            for id in ids {
+                deleted += u64::from(delete_one(conn, &id.to_string())?);
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+
+    async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64> {
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM messages WHERE session_id IN (SELECT id FROM sessions WHERE expires_at <= ?1)",
+                [now.as_micros()],
+            )
+            .map_err(sqlite_error)?;
+            let deleted = conn
+                .execute("DELETE FROM sessions WHERE expires_at <= ?1", [now.as_micros()])
+                .map_err(sqlite_error)?;
+            Ok(deleted as u64)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for SqliteStore {
+    async fn set(&self, key: &StorageKey, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        let now = self.clock.now();
+        let expires_at = ttl.map(|ttl| now.saturating_add(ttl).as_micros());
+        let (key, value) = (key.clone(), value.to_vec());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO kv (key, value, updated_at, expires_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+                    updated_at = excluded.updated_at, expires_at = excluded.expires_at",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![key.as_str(), value, now.as_micros(), expires_at])
+            })
+            .map_err(sqlite_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
+        let now = self.clock.now().as_micros();
+        let key = key.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![key.as_str(), now], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn has(&self, key: &StorageKey) -> Result<bool> {
+        let now = self.clock.now().as_micros();
+        let key = key.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT 1 FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+            )
+            .and_then(|mut statement| statement.exists(params![key.as_str(), now]))
+            .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &StorageKey) -> Result<bool> {
+        let now = self.clock.now().as_micros();
+        let key = key.clone();
+        self.write(move |conn| {
+            let live = conn
+                .prepare_cached(
+                    "SELECT 1 FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+                )
+                .and_then(|mut statement| statement.exists(params![key.as_str(), now]))
+                .map_err(sqlite_error)?;
+            conn.prepare_cached("DELETE FROM kv WHERE key = ?1")
+                .and_then(|mut statement| statement.execute([key.as_str()]))
+                .map_err(sqlite_error)?;
+            Ok(live)
+        })
+        .await
+    }
+
+    async fn clear_older_than(&self, cutoff: Timestamp) -> Result<u64> {
+        self.write(move |conn| {
+            conn.execute("DELETE FROM kv WHERE updated_at < ?1", [cutoff.as_micros()])
+                .map(|count| count as u64)
+                .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn purge_expired(&self) -> Result<u64> {
+        let now = self.clock.now().as_micros();
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?1",
+                [now],
+            )
+            .map(|count| count as u64)
+            .map_err(sqlite_error)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for SqliteStore {
+    fn backend(&self) -> BackendKind {
+        BackendKind::Sqlite
+    }
+
+    async fn health_check(&self) -> Result<()> {
+        self.read(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let (sessions, messages, kv_entries, bytes) = self
+            .read(|conn| {
+                in_read_transaction(conn, |conn| {
+                    conn.query_row(
+                        "SELECT (SELECT COUNT(*) FROM sessions),
+                                (SELECT COALESCE(SUM(message_count), 0) FROM sessions),
+                                (SELECT COUNT(*) FROM kv),
+                                (SELECT COALESCE(SUM(length(header) + message_bytes), 0) FROM sessions)
+                                  + (SELECT COALESCE(SUM(length(key) + length(value)), 0) FROM kv)",
+                        [],
+                        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?, row.get::<_, i64>(3)?)),
+                    )
+                    .map_err(sqlite_error)
+                })
+            })
+            .await?;
+        let file_len = |suffix: &str| {
+            let mut path = self.path.clone().into_os_string();
+            path.push(suffix);
+            std::fs::metadata(path).map(|meta| meta.len()).unwrap_or(0)
+        };
+        Ok(StoreStats {
+            backend: BackendKind::Sqlite,
+            sessions: to_u64(sessions),
+            messages: to_u64(messages),
+            kv_entries: to_u64(kv_entries),
+            bytes: to_u64(bytes),
+            on_disk_bytes: Some(file_len("") + file_len("-wal")),
+        })
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.writer.shutdown().await?;
+        self.readers.clear();
+        Ok(())
+    }
+}

@@ -1,0 +1,211 @@
+//! The storage traits every backend implements.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use smalltalk_types::{
+    Message, Session, SessionId, SessionState, SessionSummary, StorageKey, Timestamp,
+};
+
+use crate::Result;
+
+/// What a compare-and-swap save expects to find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Expected {
+    /// The session must not exist yet. Else [`Error::AlreadyExists`](crate::Error::AlreadyExists).
+    Absent,
+    /// The session must be at exactly this version. Else
+    /// [`Error::Conflict`](crate::Error::Conflict) or
+    /// [`Error::NotFound`](crate::Error::NotFound).
+    Version(u64),
+    /// Write whatever is stored (last write wins). Creates if absent.
+    Any,
+}
+
+/// Filters and paging for [`SessionStore::list_sessions`]. Results are
+/// ordered by creation time, then id.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionFilter {
+    /// Only sessions in this state.
+    pub state: Option<SessionState>,
+    /// Only sessions created strictly after this time.
+    pub created_after: Option<Timestamp>,
+    /// At most this many.
+    pub limit: Option<u32>,
+    /// Skip this many first.
+    pub offset: u64,
+}
+
+/// The result of [`SessionStore::append_messages`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    /// The session's version after the append.
+    pub version: u64,
+    /// The position (from 0) of the first appended message in the history.
+    pub first_sequence: u64,
+    /// The history's length after the append.
+    pub message_count: u64,
+}
+
+/// Session persistence.
+///
+/// The message history is append-only: [`append_messages`](Self::append_messages)
+/// adds messages without rewriting what is stored (O(1) in the history's
+/// length), and [`save_session`](Self::save_session) writes the session's
+/// other fields and appends the snapshot's messages past the stored count.
+/// Stored messages are never rewritten or removed, except by deleting the
+/// session.
+///
+/// Versions are assigned by storage: 1 after the first save, plus one on
+/// every save or append. The `version` field of a snapshot passed in is
+/// ignored; the one of [`Expected`] is what counts.
+#[async_trait]
+pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
+    /// Writes `session` if the stored version matches `expected`; returns the
+    /// new version. On a mismatch nothing is written.
+    async fn save_session(&self, session: &Session, expected: Expected) -> Result<u64>;
+
+    /// Reads a whole session with its history, or `None`.
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>>;
+
+    /// Whether the session exists.
+    async fn has_session(&self, id: SessionId) -> Result<bool>;
+
+    /// Deletes a session and its history; `false` if it did not exist.
+    async fn delete_session(&self, id: SessionId) -> Result<bool>;
+
+    /// Appends `messages` to the history, atomically. With
+    /// `expected = Some(v)` only if the session is at version `v`. Without,
+    /// concurrent appends are serialized and none is lost. The session's
+    /// `updated_at` moves to the newest message's timestamp if that is later.
+    async fn append_messages(
+        &self,
+        id: SessionId,
+        messages: &[Message],
+        expected: Option<u64>,
+    ) -> Result<AppendOutcome>;
+
+    /// Lists session summaries matching `filter`.
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>>;
+
+    /// Counts sessions per state (states with none are absent).
+    async fn count_sessions_by_state(&self) -> Result<BTreeMap<SessionState, u64>>;
+
+    /// Reads several sessions; the result is in the order of `ids`.
+    async fn get_sessions(&self, ids: &[SessionId]) -> Result<Vec<Option<Session>>>;
+
+    /// Saves several sessions atomically: all are written, or on the first
+    /// error none is. Returns the new versions in order.
+    async fn save_sessions(&self, batch: &[(Session, Expected)]) -> Result<Vec<u64>>;
+
+    /// Deletes several sessions; returns how many existed.
+    async fn delete_sessions(&self, ids: &[SessionId]) -> Result<u64>;
+
+    /// Deletes every session whose `expires_at` is at or before `now`;
+    /// returns how many.
+    async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64>;
+}
+
+/// A key-value store for small blobs, with optional time-to-live.
+///
+/// Expiry is judged by the store's [`Clock`](smalltalk_types::Clock): an
+/// entry past its TTL reads as absent at once, and is physically removed by
+/// [`purge_expired`](Self::purge_expired).
+#[async_trait]
+pub trait KeyValueStore: Send + Sync + fmt::Debug + 'static {
+    /// Sets `key` to `value`, replacing any previous value and TTL.
+    async fn set(&self, key: &StorageKey, value: &[u8], ttl: Option<Duration>) -> Result<()>;
+
+    /// The value of `key`, or `None` if absent or expired.
+    async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>>;
+
+    /// Whether `key` is present and not expired.
+    async fn has(&self, key: &StorageKey) -> Result<bool>;
+
+    /// Deletes `key`; `false` if it was absent or expired.
+    async fn delete(&self, key: &StorageKey) -> Result<bool>;
+
+    /// Deletes every entry last set strictly before `cutoff`; returns how many.
+    async fn clear_older_than(&self, cutoff: Timestamp) -> Result<u64>;
+
+    /// Deletes every expired entry; returns how many.
+    async fn purge_expired(&self) -> Result<u64>;
+}
+
+/// Which backend a store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum BackendKind {
+    /// [`MemoryStore`](crate::MemoryStore).
+    Memory,
+    /// `SqliteStore` (feature `sqlite`).
+    Sqlite,
+    /// `PgStore` (feature `postgres`).
+    Postgres,
+}
+
+impl BackendKind {
+    /// `memory`, `sqlite` or `postgres`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Memory => "memory",
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a store holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    /// The backend.
+    pub backend: BackendKind,
+    /// Sessions stored.
+    pub sessions: u64,
+    /// Messages stored, over all sessions.
+    pub messages: u64,
+    /// Key-value entries stored (expired ones not yet purged included).
+    pub kv_entries: u64,
+    /// Bytes of encoded records (sessions, messages, values); for SQLite
+    /// and PostgreSQL also see `on_disk_bytes`.
+    pub bytes: u64,
+    /// Bytes the backend occupies on disk (database file and WAL, or
+    /// relation sizes), where it has a disk.
+    pub on_disk_bytes: Option<u64>,
+}
+
+impl StoreStats {
+    /// Sessions plus key-value entries.
+    pub fn items(&self) -> u64 {
+        self.sessions + self.kv_entries
+    }
+}
+
+/// Lifecycle of a store: identity, health, statistics, shutdown.
+#[async_trait]
+pub trait StoreAdmin: Send + Sync + fmt::Debug + 'static {
+    /// Which backend this is.
+    fn backend(&self) -> BackendKind;
+
+    /// Checks the backend answers (a trivial read).
+    async fn health_check(&self) -> Result<()>;
+
+    /// Counts and sizes.
+    async fn stats(&self) -> Result<StoreStats>;
+
+    /// Flushes and releases resources. Later calls fail with
+    /// [`Error::Closed`](crate::Error::Closed). Idempotent.
+    async fn close(&self) -> Result<()>;
+}
+
+/// Everything a backend implements; what [`open`](crate::open) returns.
+pub trait Store: SessionStore + KeyValueStore + StoreAdmin {}
+
+impl<T: SessionStore + KeyValueStore + StoreAdmin> Store for T {}
