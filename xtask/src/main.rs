@@ -1,1 +1,260 @@
-fn main() {}
+//! Project automation. `cargo xtask ci` is the one test command.
+//!
+//! - `ci`: fmt check, clippy (`-D warnings`, all targets and features), every
+//!   workspace test including doc tests and the contract suites, then a table
+//!   of contract suites per backend (ran or skipped, and why).
+//! - `contract`: only the contract suites, with the table.
+//! - `bench`: the criterion benchmarks (`cargo bench -p smalltalk-benches`).
+//! - `report [--json] [--quick]`: the success-criteria report (release build).
+//!
+//! PostgreSQL is used when `SMALLTALK_TEST_POSTGRES_URL` is set or
+//! 127.0.0.1:5432 answers; with `SMALLTALK_REQUIRE_POSTGRES=1` an
+//! unreachable server fails the run.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const BACKENDS: [&str; 3] = ["memory", "sqlite", "postgres"];
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("contract") => contract(),
+        Some("bench") => run(Command::new("cargo")
+            .args(["bench", "-p", "smalltalk-benches"])
+            .args(&args[1..])),
+        Some("report") => run(Command::new("cargo")
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "smalltalk-benches",
+                "--bin",
+                "report",
+                "--",
+            ])
+            .args(&args[1..])),
+        _ => {
+            eprintln!("usage: cargo xtask <ci | contract | bench | report [--json] [--quick]>");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> Result<std::path::PathBuf> {
+    let manifest_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest_dir
+        .parent()
+        .context("xtask lives in the workspace")?
+        .to_path_buf())
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    eprintln!("$ {}", describe(command));
+    let status = command
+        .status()
+        .with_context(|| format!("running {}", describe(command)))?;
+    if !status.success() {
+        bail!("`{}` failed with {status}", describe(command));
+    }
+    Ok(())
+}
+
+fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Where PostgreSQL tests will run, or why not.
+enum Postgres {
+    Available(String),
+    Unavailable(String),
+}
+
+fn detect_postgres() -> Result<Postgres> {
+    let required = std::env::var("SMALLTALK_REQUIRE_POSTGRES").is_ok_and(|value| value == "1");
+    let found = match std::env::var("SMALLTALK_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Postgres::Available(url),
+        _ => {
+            let address: SocketAddr = "127.0.0.1:5432".parse()?;
+            match TcpStream::connect_timeout(&address, Duration::from_secs(1)) {
+                Ok(_) => Postgres::Available(DEFAULT_PG_URL.to_owned()),
+                Err(error) => Postgres::Unavailable(format!(
+                    "no server at 127.0.0.1:5432 ({error}) and SMALLTALK_TEST_POSTGRES_URL unset"
+                )),
+            }
+        }
+    };
+    if let (Postgres::Unavailable(why), true) = (&found, required) {
+        bail!("SMALLTALK_REQUIRE_POSTGRES=1 but PostgreSQL is unreachable: {why}");
+    }
+    Ok(found)
+}
+
+fn ci() -> Result<()> {
+    let started = Instant::now();
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    let postgres = detect_postgres()?;
+    let results = run_tests(&postgres, &["test", "--workspace", "--all-features"])?;
+    print_contract_table(&results, &postgres);
+    eprintln!("cargo xtask ci: all green in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn contract() -> Result<()> {
+    let postgres = detect_postgres()?;
+    let results = run_tests(
+        &postgres,
+        &[
+            "test",
+            "-p",
+            "smalltalk-storage",
+            "--all-features",
+            "--test",
+            "contract",
+        ],
+    )?;
+    print_contract_table(&results, &postgres);
+    Ok(())
+}
+
+/// Passed and failed test counts per `(backend, suite)`.
+type Tally = BTreeMap<(String, String), (usize, usize)>;
+
+/// Runs `cargo <args>` with the PostgreSQL URL exported, streaming output
+/// and tallying contract tests (`<backend>::<suite>::<case>`).
+fn run_tests(postgres: &Postgres, args: &[&str]) -> Result<Tally> {
+    let mut command = Command::new("cargo");
+    command.args(args).stdout(Stdio::piped());
+    match postgres {
+        Postgres::Available(url) => {
+            command.env("SMALLTALK_TEST_POSTGRES_URL", url);
+        }
+        Postgres::Unavailable(_) => {
+            command.env_remove("SMALLTALK_TEST_POSTGRES_URL");
+        }
+    }
+    eprintln!("$ {}", describe(&command));
+    let mut child = command.spawn().context("running cargo test")?;
+    let stdout = child.stdout.take().context("piped stdout")?;
+    let mut tally = Tally::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((backend, suite, passed)) = contract_result(&line) {
+            let entry = tally
+                .entry((backend.to_owned(), suite.to_owned()))
+                .or_default();
+            if passed {
+                entry.0 += 1;
+            } else {
+                entry.1 += 1;
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    Ok(tally)
+}
+
+/// Parses `test <backend>::<suite>::<case> ... ok|FAILED` lines.
+fn contract_result(line: &str) -> Option<(&str, &str, bool)> {
+    let (name, outcome) = line.strip_prefix("test ")?.split_once(" ... ")?;
+    let mut parts = name.split("::");
+    let (backend, suite, _case) = (parts.next()?, parts.next()?, parts.next()?);
+    let contract = BACKENDS.contains(&backend) && suite != "tests";
+    contract.then_some((backend, suite, outcome.starts_with("ok")))
+}
+
+fn print_contract_table(tally: &Tally, postgres: &Postgres) {
+    println!();
+    println!("contract suites per backend");
+    println!("{:<10} {:<10} {:<8} detail", "backend", "suite", "status");
+    let suites: Vec<&String> = {
+        let mut suites: Vec<&String> = tally.keys().map(|(_, suite)| suite).collect();
+        suites.sort();
+        suites.dedup();
+        suites
+    };
+    for backend in BACKENDS {
+        for suite in &suites {
+            let key = (backend.to_owned(), (*suite).clone());
+            let (status, detail) = match (tally.get(&key), backend, postgres) {
+                (_, "postgres", Postgres::Unavailable(why)) => ("skipped", why.clone()),
+                (Some((passed, 0)), _, _) => ("ran", format!("{passed} passed")),
+                (Some((passed, failed)), _, _) => {
+                    ("FAILED", format!("{passed} passed, {failed} failed"))
+                }
+                (None, _, _) => ("missing", "no tests found for this backend".to_owned()),
+            };
+            println!("{backend:<10} {suite:<10} {status:<8} {detail}");
+        }
+    }
+    if let Postgres::Available(url) = postgres {
+        println!("postgres: {}", redact(url));
+    }
+}
+
+/// Hides a password in a URL.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_lines_are_recognised() {
+        assert_eq!(
+            contract_result("test sqlite::sessions::stats ... ok"),
+            Some(("sqlite", "sessions", true))
+        );
+        assert_eq!(
+            contract_result("test postgres::kv::ttl ... FAILED"),
+            Some(("postgres", "kv", false))
+        );
+        assert_eq!(contract_result("test sqlite::tests::x ... ok"), None);
+        assert_eq!(contract_result("test other::a::b ... ok"), None);
+        assert_eq!(contract_result("running 3 tests"), None);
+    }
+
+    #[test]
+    fn redact_hides_passwords_only() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://u@h/db"), "postgres://u@h/db");
+    }
+}

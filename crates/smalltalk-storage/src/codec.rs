@@ -31,12 +31,14 @@ struct HeaderRef<'a> {
     format_version: u32,
 }
 
-/// Encodes the header of `session` as it will be stored at `version`.
-pub(crate) fn encode_header(session: &Session, version: u64) -> Result<Vec<u8>> {
+/// Encodes the header of `session`. Its `version` is informational: the
+/// column is the truth, so the header can be encoded before the new version
+/// is known (outside the writer's transaction).
+pub(crate) fn encode_header(session: &Session) -> Result<Vec<u8>> {
     Ok(encode_record(&HeaderRef {
         id: session.id,
         state: session.state,
-        version,
+        version: session.version,
         created_at: session.created_at,
         updated_at: session.updated_at,
         expires_at: session.expires_at,

@@ -4,9 +4,10 @@
 //! message keyed by `(session_id, seq)`, a key-value table), through sqlx's
 //! non-macro query API, so no database is needed at compile time.
 //!
-//! - URL options `schema=NAME` (created if absent; every table lives there)
-//!   and `max_connections=N` (default 10) are taken out of the URL; the rest
-//!   goes to the driver.
+//! - URL options `schema=NAME` (created if absent; every table lives there),
+//!   `max_connections=N` (default 10) and `acquire_timeout_ms=N` (how long a
+//!   call waits for a connection, default 5000) are taken out of the URL; the
+//!   rest goes to the driver.
 //! - The pool tests a connection before handing it out, so after the server
 //!   restarts, dead connections are replaced and calls succeed again without
 //!   reopening the store; while the server is down calls fail with
@@ -80,6 +81,7 @@ impl PgStore {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut schema = None;
         let mut max_connections = 10;
+        let mut acquire_timeout = Duration::from_secs(5);
         let mut passthrough = Vec::new();
         for (name, value) in query_pairs(query)? {
             match name {
@@ -93,6 +95,12 @@ impl PgStore {
                             .ok_or_else(|| Error::InvalidUrl {
                                 reason: "max_connections must be a positive integer".into(),
                             })?;
+                }
+                "acquire_timeout_ms" => {
+                    let millis: u64 = value.parse().map_err(|_| Error::InvalidUrl {
+                        reason: "acquire_timeout_ms must be a whole number of milliseconds".into(),
+                    })?;
+                    acquire_timeout = Duration::from_millis(millis);
                 }
                 _ => passthrough.push(format!("{name}={value}")),
             }
@@ -112,7 +120,7 @@ impl PgStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(acquire_timeout)
             .test_before_acquire(true)
             .connect_with(connect)
             .await
@@ -330,7 +338,7 @@ async fn save_in(tx: &mut Transaction<'_, Postgres>, save: &EncodedSave<'_>) -> 
         (_, None) => (1, 0, 0, false),
         (_, Some((found, count, bytes))) => (to_u64(found) + 1, to_u64(count), to_u64(bytes), true),
     };
-    let header = codec::encode_header(session, version)?;
+    let header = codec::encode_header(session)?;
     let tail = save
         .messages
         .get(stored_count as usize..)

@@ -1,1 +1,50 @@
-//! placeholder
+//! SmallTalk-rs: a robustness layer for multi-agent LLM applications.
+//!
+//! Conversations that survive restarts and crashes, built as small crates
+//! you can pick from; this umbrella crate re-exports them behind features.
+//!
+//! | module | crate | what |
+//! |---|---|---|
+//! | [`types`] | `smalltalk-types` | ids, domain records, errors, ports |
+//! | [`storage`] | `smalltalk-storage` | storage traits; memory, SQLite, PostgreSQL backends |
+//!
+//! Session management, the event bus, agent health, group conversations and
+//! versioned state land as their own crates and appear here behind their
+//! features as they do.
+//!
+//! # Features
+//!
+//! - `sqlite` (default): the embedded SQLite backend, no setup needed.
+//! - `postgres`: the PostgreSQL backend.
+//! - `full`: everything.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use smalltalk::{Expected, Message, Role, Session, SessionId, Timestamp};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = smalltalk::open("memory://").await?;
+//! let now = Timestamp::now();
+//! let session = Session::new(SessionId::new(), now, Duration::from_secs(3600));
+//! store.save_session(&session, Expected::Absent).await?;
+//! store.append_messages(session.id, &[Message::new(Role::User, "hi", now)], None).await?;
+//! assert_eq!(store.get_session(session.id).await?.unwrap().messages.len(), 1);
+//! # Ok(())
+//! # }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use smalltalk_storage as storage;
+pub use smalltalk_types as types;
+
+pub use smalltalk_storage::{
+    Error as StorageError, Expected, KeyValueStore, SessionFilter, SessionStore, Store, StoreAdmin,
+    open, open_with,
+};
+pub use smalltalk_types::{
+    AgentId, AgentState, Message, Role, Session, SessionId, SessionState, StorageKey, Timestamp,
+};

@@ -144,45 +144,52 @@ fn write_loop(conn: &Connection, receiver: &mpsc::Receiver<Job>) {
     }
 }
 
-/// Runs `jobs` in one transaction, each in its own savepoint so one failing
-/// job does not undo the others; replies only after the commit.
+/// Runs `jobs` in one transaction and replies only after the commit. With
+/// several jobs, each runs in its own savepoint so one failing job does not
+/// undo the others; a lone job needs none (its failure rolls back).
 fn commit_batch(conn: &Connection, mut jobs: Vec<Job>) {
     // IMMEDIATE takes the write lock up front, so the busy timeout applies
     // and other processes writing the same file queue instead of failing.
-    if let Err(error) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(error) = execute(conn, "BEGIN IMMEDIATE") {
         let error = SharedError::new(error);
         jobs.into_iter().for_each(|job| job.finish(Some(&error)));
         return;
     }
-    let mut savepoint_error = None;
-    for job in &mut jobs {
-        if let Err(error) = conn.execute_batch("SAVEPOINT job") {
-            savepoint_error = Some(error);
-            break;
-        }
-        let ok = job.run(conn);
-        let end = if ok {
-            "RELEASE job"
+    let outcome = if let [job] = jobs.as_mut_slice() {
+        if job.run(conn) {
+            execute(conn, "COMMIT")
         } else {
-            "ROLLBACK TO job; RELEASE job"
-        };
-        if let Err(error) = conn.execute_batch(end) {
-            savepoint_error = Some(error);
-            break;
+            execute(conn, "ROLLBACK")
         }
-    }
-    let commit = match savepoint_error {
-        Some(error) => Err(error),
-        None => conn.execute_batch("COMMIT"),
+    } else {
+        run_in_savepoints(conn, &mut jobs).and_then(|()| execute(conn, "COMMIT"))
     };
-    match commit {
+    match outcome {
         Ok(()) => jobs.into_iter().for_each(|job| job.finish(None)),
         Err(error) => {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = execute(conn, "ROLLBACK");
             let error = SharedError::new(error);
             jobs.into_iter().for_each(|job| job.finish(Some(&error)));
         }
     }
+}
+
+fn run_in_savepoints(conn: &Connection, jobs: &mut [Job]) -> rusqlite::Result<()> {
+    for job in jobs {
+        execute(conn, "SAVEPOINT job")?;
+        if job.run(conn) {
+            execute(conn, "RELEASE job")?;
+        } else {
+            execute(conn, "ROLLBACK TO job")?;
+            execute(conn, "RELEASE job")?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs a statement through the statement cache (no re-parsing per commit).
+fn execute(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// Read connections, opened on demand and kept for reuse.

@@ -45,7 +45,8 @@ impl SqliteStore {
     }
 }
 
-/// Encoded form of a session, computed before entering the writer thread.
+/// Encoded form of a session, computed before entering the writer thread
+/// so the single writer only runs SQL.
 struct EncodedSave {
     id: SessionId,
     expected: Expected,
@@ -53,19 +54,11 @@ struct EncodedSave {
     created_at: i64,
     updated_at: i64,
     expires_at: i64,
-    /// Header encodings are version-dependent; encoded in the writer.
-    session: Session,
+    header: Vec<u8>,
     messages: Vec<Vec<u8>>,
 }
 
 fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave> {
-    let messages = session
-        .messages
-        .iter()
-        .map(codec::encode_message)
-        .collect::<Result<_>>()?;
-    let mut header_only = session.clone();
-    header_only.messages = Vec::new();
     Ok(EncodedSave {
         id: session.id,
         expected,
@@ -73,8 +66,12 @@ fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave> {
         created_at: session.created_at.as_micros(),
         updated_at: session.updated_at.as_micros(),
         expires_at: session.expires_at.as_micros(),
-        session: header_only,
-        messages,
+        header: codec::encode_header(session)?,
+        messages: session
+            .messages
+            .iter()
+            .map(codec::encode_message)
+            .collect::<Result<_>>()?,
     })
 }
 
@@ -102,7 +99,6 @@ fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
         (_, None) => (1, 0, 0),
         (_, Some((found, count, bytes))) => (to_u64(found) + 1, to_u64(count), to_u64(bytes)),
     };
-    let header = codec::encode_header(&save.session, version)?;
     let tail = save
         .messages
         .get(stored_count as usize..)
@@ -130,7 +126,7 @@ fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
             save.expires_at,
             to_i64(message_count),
             to_i64(message_bytes),
-            header,
+            save.header,
         ])
     })
     .map_err(sqlite_error)?;

@@ -1,0 +1,160 @@
+//! Shared fixtures for the criterion benches and the report tool, so both
+//! measure exactly the same operations.
+//!
+//! - `save_<size>`: compare-and-swap save of a session carrying `<size>` of
+//!   agent state and no history (the header path; SC-009's shape).
+//! - `get_<size>`: restore of a session whose history is 100 messages
+//!   totalling `<size>`, plus 1 KB of agent state (SC-007's shape at 500 KB).
+//! - `append`: appending one 1 KB message to a session of 100 messages.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use smalltalk_storage::contract::{Backend, MemoryBackend, PgBackend, SqliteBackend};
+use smalltalk_storage::{Expected, Store};
+use smalltalk_types::{
+    AgentId, AgentState, Message, Role, Session, SessionId, SystemClock, Timestamp,
+};
+
+/// The sizes measured.
+pub const SIZES: [(&str, usize); 3] = [("1kb", 1024), ("10kb", 10 * 1024), ("500kb", 500 * 1024)];
+
+/// An opened backend and what keeps its location alive.
+pub struct BenchStore {
+    /// `memory`, `sqlite` or `postgres`.
+    pub name: &'static str,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    _location: Box<dyn std::any::Any + Send + Sync>,
+}
+
+/// Every backend available here: memory and SQLite always, PostgreSQL when
+/// a server answers (see `smalltalk_storage::contract::postgres_test_url`).
+pub async fn backends() -> Vec<BenchStore> {
+    let mut stores = Vec::new();
+    let memory = MemoryBackend::fresh()
+        .await
+        .expect("memory is always available");
+    stores.push(BenchStore {
+        name: "memory",
+        store: memory.open(Arc::new(SystemClock)).await,
+        _location: Box::new(memory),
+    });
+    let sqlite = SqliteBackend::fresh()
+        .await
+        .expect("sqlite is always available");
+    stores.push(BenchStore {
+        name: "sqlite",
+        store: sqlite.open(Arc::new(SystemClock)).await,
+        _location: Box::new(sqlite),
+    });
+    if let Some(postgres) = PgBackend::fresh().await {
+        stores.push(BenchStore {
+            name: "postgres",
+            store: postgres.open(Arc::new(SystemClock)).await,
+            _location: Box::new(postgres),
+        });
+    } else {
+        eprintln!("postgres: no server reachable, skipped");
+    }
+    stores
+}
+
+fn filler(bytes: usize) -> String {
+    // Varied text, so compression does not flatter any backend.
+    let mut text = String::with_capacity(bytes);
+    let mut seed: u32 = 0x9E37_79B9;
+    while text.len() < bytes {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        text.push(char::from(b'a' + (seed % 26) as u8));
+        if seed % 7 == 0 {
+            text.push(' ');
+        }
+    }
+    text.truncate(bytes);
+    text
+}
+
+/// A session with `bytes` of agent state and no messages.
+pub fn session_with_state(bytes: usize) -> Session {
+    let now = Timestamp::now();
+    let mut session = Session::new(SessionId::new(), now, Duration::from_secs(3600));
+    let agent = AgentId::parse("agent-1").expect("valid");
+    let mut state = AgentState::new(agent.clone(), now);
+    state.context.insert("notes".into(), json!(filler(bytes)));
+    session.agent_states.insert(agent, state);
+    session
+}
+
+/// `count` messages of `bytes_each`.
+pub fn messages(count: usize, bytes_each: usize) -> Vec<Message> {
+    (0..count)
+        .map(|index| {
+            let role = if index % 2 == 0 {
+                Role::User
+            } else {
+                Role::Assistant
+            };
+            Message::new(role, filler(bytes_each), Timestamp::now())
+        })
+        .collect()
+}
+
+/// A session with a 100-message history of `total_bytes` and 1 KB of state.
+pub fn session_with_history(total_bytes: usize) -> Session {
+    let mut session = session_with_state(1024);
+    session.messages = messages(100, total_bytes / 100);
+    session
+}
+
+/// Stores `session` as new; returns its version.
+pub async fn create(store: &dyn Store, session: &Session) -> u64 {
+    store
+        .save_session(session, Expected::Absent)
+        .await
+        .expect("create")
+}
+
+/// Latency samples and their percentiles.
+#[derive(Debug, Clone)]
+pub struct Samples(Vec<Duration>);
+
+impl Samples {
+    /// Runs `op` `warmup` times unmeasured, then `count` times measured.
+    pub async fn collect<F, Fut>(warmup: usize, count: usize, mut op: F) -> Self
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = ()>,
+    {
+        for _ in 0..warmup {
+            op().await;
+        }
+        let mut samples = Vec::with_capacity(count);
+        for _ in 0..count {
+            let started = Instant::now();
+            op().await;
+            samples.push(started.elapsed());
+        }
+        samples.sort();
+        Self(samples)
+    }
+
+    /// The `p`-th percentile (0-100), nearest rank.
+    pub fn percentile(&self, p: f64) -> Duration {
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1]
+    }
+
+    /// How many samples.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}

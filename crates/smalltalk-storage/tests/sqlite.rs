@@ -1,0 +1,204 @@
+//! SQLite-specific behaviour beyond the shared contract: file permissions,
+//! several writers on one file, schema and format versions, URL options.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smalltalk_storage::sqlite::{SqliteOptions, SqliteStore, Synchronous};
+use smalltalk_storage::{Error, Expected, SessionStore, StoreAdmin, open};
+use smalltalk_types::{Message, Role, Session, SessionId, Timestamp};
+
+fn new_session() -> Session {
+    Session::new(
+        SessionId::new(),
+        Timestamp::now(),
+        Duration::from_secs(3600),
+    )
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn database_and_wal_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/private.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    store
+        .save_session(&new_session(), Expected::Absent)
+        .await
+        .unwrap();
+    // A reader connection creates the shared-memory file too.
+    assert_eq!(store.stats().await.unwrap().sessions, 1);
+    for suffix in ["", "-wal", "-shm"] {
+        let file = format!("{}{suffix}", path.display());
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+    }
+    let dir_mode = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(dir_mode, 0o700);
+}
+
+/// Separate stores on one file have separate connections and writer
+/// threads, exactly as separate processes do: all writes land, none fails
+/// with "database is locked".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_writers_on_one_file_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shared.db");
+    let session = new_session();
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(Arc::new(SqliteStore::open(&path).await.unwrap()));
+    }
+    stores[0]
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (writer, store) in stores.iter().enumerate() {
+        let store = Arc::clone(store);
+        tasks.push(tokio::spawn(async move {
+            for index in 0..50 {
+                let message =
+                    Message::new(Role::User, format!("{writer}:{index}"), Timestamp::now());
+                store
+                    .append_messages(session.id, &[message], None)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stored = stores[3].get_session(session.id).await.unwrap().unwrap();
+    assert_eq!(stored.messages.len(), 200);
+    assert_eq!(stored.version, 201);
+}
+
+#[tokio::test]
+async fn a_schema_from_a_newer_release_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.db");
+    SqliteStore::open(&path)
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    drop(conn);
+    let opened = SqliteStore::open(&path).await;
+    assert!(
+        matches!(
+            opened,
+            Err(Error::SchemaTooNew {
+                found: 99,
+                supported: 1
+            })
+        ),
+        "{opened:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_record_from_a_newer_release_is_refused_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("format.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let session = new_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let header: Vec<u8> = conn
+        .query_row("SELECT header FROM sessions", [], |row| row.get(0))
+        .unwrap();
+    let mut value: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    value["formatVersion"] = 2.into();
+    conn.execute(
+        "UPDATE sessions SET header = ?1",
+        [serde_json::to_vec(&value).unwrap()],
+    )
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let read = store.get_session(session.id).await;
+    assert!(
+        matches!(
+            read,
+            Err(Error::Domain(
+                smalltalk_types::Error::UnsupportedFormatVersion { found: 2, .. }
+            ))
+        ),
+        "{read:?}"
+    );
+}
+
+#[tokio::test]
+async fn urls_open_the_right_backend_or_fail_with_a_typed_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("url.db");
+    let store = open(&format!(
+        "sqlite://{}?synchronous=full&busy_timeout_ms=250",
+        path.display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(store.backend().as_str(), "sqlite");
+    assert_eq!(
+        open("memory://").await.unwrap().backend().as_str(),
+        "memory"
+    );
+    for bad in [
+        "no-scheme",
+        "ftp://x",
+        "memory://something",
+        "sqlite://",
+        "sqlite://x.db?synchronous=sometimes",
+        "sqlite://x.db?unknown=1",
+        "sqlite://x.db?busy_timeout_ms=soon",
+        "sqlite://x.db?novalue",
+    ] {
+        let opened = open(bad).await;
+        assert!(
+            matches!(opened, Err(Error::InvalidUrl { .. })),
+            "{bad}: {opened:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn full_synchronous_mode_stores_and_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        synchronous: Synchronous::Full,
+        ..Default::default()
+    };
+    let store = SqliteStore::open_with(dir.path().join("full.db"), options)
+        .await
+        .unwrap();
+    let session = new_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    assert!(store.has_session(session.id).await.unwrap());
+}
+
+#[tokio::test]
+async fn a_directory_is_not_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let opened = SqliteStore::open(dir.path()).await;
+    assert!(
+        matches!(opened, Err(Error::Backend { .. } | Error::Io { .. })),
+        "{opened:?}"
+    );
+}
