@@ -222,9 +222,9 @@ impl SessionStore for MemoryStore {
                 message_count: session.messages.len() as u64,
             })
             .collect();
-        matching.sort_by(|a, b| {
-            (a.created_at, a.id.to_string()).cmp(&(b.created_at, b.id.to_string()))
-        });
+        // A UUID's byte order is its lowercase hex text order, which is how
+        // the SQL backends order ids.
+        matching.sort_by_key(|summary| (summary.created_at, summary.id));
         let offset = usize::try_from(filter.offset).unwrap_or(usize::MAX);
         let limit = filter.limit.map_or(usize::MAX, |limit| limit as usize);
         Ok(matching.into_iter().skip(offset).take(limit).collect())

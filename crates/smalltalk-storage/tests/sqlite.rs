@@ -202,3 +202,123 @@ async fn a_directory_is_not_a_database() {
         "{opened:?}"
     );
 }
+
+/// Another process holds the write lock: writes wait for it off the
+/// caller's thread and then succeed. On this single-threaded runtime, a
+/// write that waited on the caller's thread would stall the test itself
+/// (the lock is released by this very task) until the busy timeout failed it.
+#[tokio::test(flavor = "current_thread")]
+async fn writes_wait_for_another_process_holding_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("locked.db");
+    let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+    let session = new_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut pending = Vec::new();
+    for index in 0..3 {
+        let store = Arc::clone(&store);
+        pending.push(tokio::spawn(async move {
+            let message = Message::new(Role::User, format!("m{index}"), Timestamp::now());
+            store.append_messages(session.id, &[message], None).await
+        }));
+    }
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert!(
+        pending.iter().all(|task| !task.is_finished()),
+        "no write can commit while the lock is held"
+    );
+    other.execute_batch("COMMIT").unwrap();
+    for task in pending {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        store
+            .get_session(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .len(),
+        3
+    );
+}
+
+/// A lock held past the busy timeout fails the write with a transient,
+/// typed error, and the write does not land later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_held_past_the_busy_timeout_is_a_transient_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("timeout.db");
+    let options = SqliteOptions {
+        busy_timeout: Duration::from_millis(50),
+        ..Default::default()
+    };
+    let store = SqliteStore::open_with(&path, options).await.unwrap();
+    let session = new_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let message = Message::new(Role::User, "late", Timestamp::now());
+    let result = store.append_messages(session.id, &[message], None).await;
+    assert!(
+        matches!(&result, Err(error @ Error::Unavailable { .. }) if error.is_transient()),
+        "{result:?}"
+    );
+    other.execute_batch("COMMIT").unwrap();
+    let stored = store.get_session(session.id).await.unwrap().unwrap();
+    assert!(stored.messages.is_empty());
+    assert_eq!(stored.version, 1);
+    // The store is still usable.
+    store
+        .append_messages(
+            session.id,
+            &[Message::new(Role::User, "ok", Timestamp::now())],
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+/// An explicit checkpoint folds the WAL into the database file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoint_truncates_the_wal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("checkpoint.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let mut session = new_session();
+    session.messages.push(Message::new(
+        Role::User,
+        "x".repeat(256 * 1024),
+        Timestamp::now(),
+    ));
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    let wal = format!("{}-wal", path.display());
+    assert!(std::fs::metadata(&wal).unwrap().len() > 256 * 1024);
+    store.checkpoint().await.unwrap();
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    assert!(std::fs::metadata(&path).unwrap().len() > 256 * 1024);
+    assert_eq!(
+        store
+            .get_session(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+}

@@ -2,9 +2,12 @@
 //!
 //! - WAL journal, `synchronous=NORMAL` by default (a committed write
 //!   survives a process crash) or `FULL` (it also survives power loss).
-//! - One writer thread owns the write connection and commits every queued
-//!   write in one transaction (group commit); replies go out after the
-//!   commit. Reads run on a small pool of read-only connections.
+//! - Writes are group-committed: every write queued while a commit runs goes
+//!   into the next transaction, and each caller is answered only after its
+//!   transaction commits. The caller that finds the write connection free
+//!   does the commit on its own thread, so an uncontended write involves no
+//!   thread handoff. Reads run on a small pool of read-only connections, also
+//!   on the caller's thread.
 //! - Several processes can write one file: transactions take the write lock
 //!   up front and wait up to the busy timeout (default 5 s) for it.
 //! - The database file is created with mode 0600; SQLite gives its WAL and
@@ -65,7 +68,8 @@ impl Default for SqliteOptions {
 /// A store in one SQLite file. Opened by `sqlite://PATH`.
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Writer,
+    busy_timeout: Duration,
+    writer: Arc<Writer>,
     readers: Arc<Readers>,
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
@@ -96,11 +100,12 @@ impl SqliteStore {
                 backend: "sqlite",
                 source: Box::new(join),
             })??;
-        let writer = Writer::spawn(conn)?;
+        let writer = Writer::new(conn, path.clone(), options.busy_timeout)?;
         let readers = Readers::new(path.clone(), options.busy_timeout, options.max_idle_readers);
         tracing::debug!(backend = "sqlite", path = %path.display(), "opened store");
         Ok(Self {
             path,
+            busy_timeout: options.busy_timeout,
             writer,
             readers,
             clock: options.clock,
@@ -111,6 +116,37 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Copies the whole WAL into the database file and truncates the WAL,
+    /// for a consistent single-file copy or an exact size. Waits for readers
+    /// and writers up to the busy timeout. Checkpoints also run on their own
+    /// in the background as the WAL grows.
+    pub async fn checkpoint(&self) -> Result<()> {
+        let (path, busy_timeout) = (self.path.clone(), self.busy_timeout);
+        tokio::task::spawn_blocking(move || {
+            let conn = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(sqlite_error)?;
+            conn.busy_timeout(busy_timeout).map_err(sqlite_error)?;
+            let busy: i64 = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+                .map_err(sqlite_error)?;
+            if busy != 0 {
+                return Err(Error::Unavailable {
+                    backend: "sqlite",
+                    source: "the checkpoint could not complete: the database stayed busy".into(),
+                });
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|join| Error::Backend {
+            backend: "sqlite",
+            source: Box::new(join),
+        })?
     }
 }
 

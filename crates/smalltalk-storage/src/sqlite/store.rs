@@ -35,13 +35,24 @@ impl SqliteStore {
         self.writer.write(work).await
     }
 
-    async fn read<T, F>(&self, work: F) -> Result<T>
+    /// A short read, on the caller's thread (`async` only for a uniform
+    /// call shape; it never suspends).
+    async fn read_inline<T>(
+        &self,
+        work: impl FnOnce(&Connection) -> Result<T> + Send,
+    ) -> Result<T> {
+        self.check_open()?;
+        self.readers.inline(work)
+    }
+
+    /// A read that may take long, on the blocking pool.
+    async fn read_blocking<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         self.check_open()?;
-        self.readers.read(work).await
+        self.readers.blocking(work).await
     }
 }
 
@@ -148,19 +159,41 @@ fn insert_messages(conn: &Connection, id: &str, first: u64, bodies: &[Vec<u8>]) 
     Ok(())
 }
 
-fn read_session(conn: &Connection, id: SessionId) -> Result<Option<Session>> {
+/// Histories larger than this are read on the blocking pool, not inline.
+const INLINE_READ_LIMIT: i64 = 64 * 1024;
+
+/// Listings with at most this many rows run inline.
+const INLINE_LIST_LIMIT: u32 = 1000;
+
+/// The outcome of [`read_session`].
+enum SessionRead {
+    Found(Session),
+    Missing,
+    /// The history is over the limit given; nothing was decoded.
+    TooLarge,
+}
+
+/// Reads one session, unless its history is over `limit` bytes.
+fn read_session(conn: &Connection, id: SessionId, limit: i64) -> Result<SessionRead> {
     let key = id.to_string();
-    let header: Option<(Vec<u8>, i64, i64)> = conn
-        .prepare_cached("SELECT header, version, updated_at FROM sessions WHERE id = ?1")
+    let header: Option<(Vec<u8>, i64, i64, i64)> = conn
+        .prepare_cached(
+            "SELECT header, version, updated_at, message_bytes FROM sessions WHERE id = ?1",
+        )
         .and_then(|mut statement| {
             statement
-                .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .query_row([&key], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })
                 .optional()
         })
         .map_err(sqlite_error)?;
-    let Some((header, version, updated_at)) = header else {
-        return Ok(None);
+    let Some((header, version, updated_at, message_bytes)) = header else {
+        return Ok(SessionRead::Missing);
     };
+    if message_bytes > limit {
+        return Ok(SessionRead::TooLarge);
+    }
     let mut statement = conn
         .prepare_cached("SELECT body FROM messages WHERE session_id = ?1 ORDER BY seq")
         .map_err(sqlite_error)?;
@@ -174,7 +207,15 @@ fn read_session(conn: &Connection, id: SessionId) -> Result<Option<Session>> {
         Timestamp::from_micros(updated_at),
         bodies.iter().map(Vec::as_slice),
     )
-    .map(Some)
+    .map(SessionRead::Found)
+}
+
+/// Reads one session whatever its size.
+fn read_whole_session(conn: &Connection, id: SessionId) -> Result<Option<Session>> {
+    match read_session(conn, id, i64::MAX)? {
+        SessionRead::Found(session) => Ok(Some(session)),
+        SessionRead::Missing | SessionRead::TooLarge => Ok(None),
+    }
 }
 
 /// Runs `work` in one read transaction so every statement sees one snapshot.
@@ -208,12 +249,25 @@ impl SessionStore for SqliteStore {
     }
 
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
-        self.read(move |conn| in_read_transaction(conn, |conn| read_session(conn, id)))
-            .await
+        let small = self
+            .read_inline(|conn| {
+                in_read_transaction(conn, |conn| read_session(conn, id, INLINE_READ_LIMIT))
+            })
+            .await?;
+        match small {
+            SessionRead::Found(session) => Ok(Some(session)),
+            SessionRead::Missing => Ok(None),
+            SessionRead::TooLarge => {
+                self.read_blocking(move |conn| {
+                    in_read_transaction(conn, |conn| read_whole_session(conn, id))
+                })
+                .await
+            }
+        }
     }
 
     async fn has_session(&self, id: SessionId) -> Result<bool> {
-        self.read(move |conn| {
+        self.read_inline(move |conn| {
             conn.prepare_cached("SELECT 1 FROM sessions WHERE id = ?1")
                 .and_then(|mut statement| statement.exists([id.to_string()]))
                 .map_err(sqlite_error)
@@ -290,7 +344,8 @@ impl SessionStore for SqliteStore {
 
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
         let filter = filter.clone();
-        self.read(move |conn| {
+        let limit = filter.limit;
+        let work = move |conn: &Connection| {
             // Values are bound, never spliced into the text.
             let mut statement = conn
                 .prepare_cached(
@@ -326,12 +381,17 @@ impl SessionStore for SqliteStore {
                     codec::summary(&id, &state, version, created, updated, expires, count)
                 })
                 .collect()
-        })
-        .await
+        };
+        // A page of summaries is quick; an unbounded listing may not be.
+        if limit.is_some_and(|limit| limit <= INLINE_LIST_LIMIT) {
+            self.read_inline(work).await
+        } else {
+            self.read_blocking(work).await
+        }
     }
 
     async fn count_sessions_by_state(&self) -> Result<BTreeMap<SessionState, u64>> {
-        self.read(|conn| {
+        self.read_blocking(|conn| {
             let mut statement = conn
                 .prepare_cached("SELECT state, COUNT(*) FROM sessions GROUP BY state")
                 .map_err(sqlite_error)?;
@@ -350,9 +410,9 @@ impl SessionStore for SqliteStore {
 
     async fn get_sessions(&self, ids: &[SessionId]) -> Result<Vec<Option<Session>>> {
         let ids = ids.to_vec();
-        self.read(move |conn| {
+        self.read_blocking(move |conn| {
             in_read_transaction(conn, |conn| {
-                ids.iter().map(|id| read_session(conn, *id)).collect()
+                ids.iter().map(|id| read_whole_session(conn, *id)).collect()
             })
         })
         .await
@@ -420,7 +480,7 @@ impl KeyValueStore for SqliteStore {
     async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
         let now = self.clock.now().as_micros();
         let key = key.clone();
-        self.read(move |conn| {
+        self.read_inline(move |conn| {
             conn.prepare_cached(
                 "SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
             )
@@ -437,7 +497,7 @@ impl KeyValueStore for SqliteStore {
     async fn has(&self, key: &StorageKey) -> Result<bool> {
         let now = self.clock.now().as_micros();
         let key = key.clone();
-        self.read(move |conn| {
+        self.read_inline(move |conn| {
             conn.prepare_cached(
                 "SELECT 1 FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
             )
@@ -495,7 +555,7 @@ impl StoreAdmin for SqliteStore {
     }
 
     async fn health_check(&self) -> Result<()> {
-        self.read(|conn| {
+        self.read_inline(|conn| {
             conn.query_row("SELECT 1", [], |_| Ok(()))
                 .map_err(sqlite_error)
         })
@@ -504,7 +564,7 @@ impl StoreAdmin for SqliteStore {
 
     async fn stats(&self) -> Result<StoreStats> {
         let (sessions, messages, kv_entries, bytes) = self
-            .read(|conn| {
+            .read_blocking(|conn| {
                 in_read_transaction(conn, |conn| {
                     conn.query_row(
                         "SELECT (SELECT COUNT(*) FROM sessions),

@@ -1,0 +1,260 @@
+//! The PostgreSQL backend: several processes share one database.
+//!
+//! The same schema shape as SQLite (a header row per session, a row per
+//! message keyed by `(session_id, seq)`, a key-value table), through sqlx's
+//! non-macro query API, so no database is needed at compile time.
+//!
+//! - URL options `schema=NAME` (created if absent; every table lives there),
+//!   `max_connections=N` (default 10) and `acquire_timeout_ms=N` (how long a
+//!   call waits for a connection, default 5000) are taken out of the URL; the
+//!   rest goes to the driver.
+//! - The pool tests a connection before handing it out, so after the server
+//!   restarts, dead connections are replaced and calls succeed again without
+//!   reopening the store; while the server is down calls fail with
+//!   [`Error::Unavailable`](crate::Error::Unavailable).
+//! - Migrations are embedded and run on open under an advisory lock, so
+//!   several processes can open the same database at once.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use smalltalk_types::Clock;
+use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+
+use crate::codec::to_u64;
+use crate::open::query_pairs;
+use crate::{Error, Result};
+
+mod store;
+
+/// Migrations in order; never edit a released entry, append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: sessions, their messages, key-value entries.
+    r#"CREATE TABLE sessions (
+        id            TEXT COLLATE "C" PRIMARY KEY,
+        state         TEXT NOT NULL,
+        version       BIGINT NOT NULL,
+        created_at    BIGINT NOT NULL,
+        updated_at    BIGINT NOT NULL,
+        expires_at    BIGINT NOT NULL,
+        message_count BIGINT NOT NULL,
+        message_bytes BIGINT NOT NULL,
+        header        BYTEA NOT NULL
+    );
+    CREATE INDEX sessions_by_created ON sessions (created_at, id);
+    CREATE INDEX sessions_by_state ON sessions (state, created_at, id);
+    CREATE INDEX sessions_by_expiry ON sessions (expires_at);
+    CREATE TABLE messages (
+        session_id TEXT COLLATE "C" NOT NULL,
+        seq        BIGINT NOT NULL,
+        body       BYTEA NOT NULL,
+        PRIMARY KEY (session_id, seq)
+    );
+    CREATE TABLE kv (
+        key        TEXT COLLATE "C" PRIMARY KEY,
+        value      BYTEA NOT NULL,
+        updated_at BIGINT NOT NULL,
+        expires_at BIGINT
+    );
+    CREATE INDEX kv_by_updated ON kv (updated_at);
+    CREATE INDEX kv_by_expiry ON kv (expires_at) WHERE expires_at IS NOT NULL;"#,
+];
+
+/// A store in a PostgreSQL database. Opened by `postgres://...`.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    schema: Option<String>,
+    clock: Arc<dyn Clock>,
+}
+
+impl PgStore {
+    /// Connects, creates the schema if asked, and migrates.
+    pub async fn open_with(url: &str, clock: Arc<dyn Clock>) -> Result<Self> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = None;
+        let mut max_connections = 10;
+        let mut acquire_timeout = Duration::from_secs(5);
+        let mut passthrough = Vec::new();
+        for (name, value) in query_pairs(query)? {
+            match name {
+                "schema" => schema = Some(validate_schema(value)?.to_owned()),
+                "max_connections" => {
+                    max_connections =
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|n| *n > 0)
+                            .ok_or_else(|| Error::InvalidUrl {
+                                reason: "max_connections must be a positive integer".into(),
+                            })?;
+                }
+                "acquire_timeout_ms" => {
+                    let millis: u64 = value.parse().map_err(|_| Error::InvalidUrl {
+                        reason: "acquire_timeout_ms must be a whole number of milliseconds".into(),
+                    })?;
+                    acquire_timeout = Duration::from_millis(millis);
+                }
+                _ => passthrough.push(format!("{name}={value}")),
+            }
+        }
+        let driver_url = if passthrough.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", passthrough.join("&"))
+        };
+        let mut connect =
+            PgConnectOptions::from_str(&driver_url).map_err(|error| Error::InvalidUrl {
+                reason: error.to_string(),
+            })?;
+        if let Some(schema) = &schema {
+            create_schema(connect.clone(), schema).await?;
+            connect = connect.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(acquire_timeout)
+            .test_before_acquire(true)
+            .connect_with(connect)
+            .await
+            .map_err(pg_error)?;
+        let store = Self {
+            pool,
+            schema,
+            clock,
+        };
+        store.migrate().await?;
+        tracing::debug!(
+            backend = "postgres",
+            schema = store.schema.as_deref(),
+            "opened store"
+        );
+        Ok(store)
+    }
+
+    /// The schema the tables live in, if one was named.
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(pg_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtext('smalltalk:' || current_schema()))")
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+        sqlx::query(
+            "CREATE TABLE IF NOT EXISTS smalltalk_migrations (
+                version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+        let current: i64 =
+            sqlx::query("SELECT COALESCE(MAX(version), 0) FROM smalltalk_migrations")
+                .fetch_one(&mut *tx)
+                .await
+                .and_then(|row| row.try_get(0))
+                .map_err(pg_error)?;
+        let current = to_u64(current);
+        if current > MIGRATIONS.len() as u64 {
+            return Err(Error::SchemaTooNew {
+                found: current,
+                supported: MIGRATIONS.len() as u64,
+            });
+        }
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            sqlx::Executor::execute(&mut *tx, *migration)
+                .await
+                .map_err(pg_error)?;
+            sqlx::query("INSERT INTO smalltalk_migrations (version) VALUES ($1)")
+                .bind(index as i64 + 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(pg_error)?;
+            tracing::info!(
+                backend = "postgres",
+                schema_version = index + 1,
+                "applied migration"
+            );
+        }
+        tx.commit().await.map_err(pg_error)
+    }
+}
+
+/// Schema names are spliced into `CREATE SCHEMA`, so only plain lowercase
+/// identifiers are accepted.
+fn validate_schema(name: &str) -> Result<&str> {
+    let valid = (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if valid {
+        Ok(name)
+    } else {
+        Err(Error::InvalidUrl {
+            reason: "schema must match [a-z_][a-z0-9_]{0,62}".into(),
+        })
+    }
+}
+
+async fn create_schema(connect: PgConnectOptions, schema: &str) -> Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect_with(&connect)
+        .await
+        .map_err(pg_error)?;
+    // Concurrent creators race on the catalog; the advisory lock orders them.
+    let mut tx = conn.begin().await.map_err(pg_error)?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('smalltalk:create-schema'))")
+        .execute(&mut *tx)
+        .await
+        .map_err(pg_error)?;
+    let create = format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"");
+    sqlx::Executor::execute(&mut *tx, create.as_str())
+        .await
+        .map_err(pg_error)?;
+    tx.commit().await.map_err(pg_error)?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// Maps a driver error: connection trouble is transient, the rest a failure.
+fn pg_error(error: sqlx::Error) -> Error {
+    if matches!(error, sqlx::Error::PoolClosed) {
+        return Error::Closed;
+    }
+    let transient = match &error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(database) => database.code().is_some_and(|code| {
+            // 08: connection exception; 57P01-03: shutdown / cannot connect now.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    };
+    let source = Box::new(error);
+    if transient {
+        Error::Unavailable {
+            backend: "postgres",
+            source,
+        }
+    } else {
+        Error::Backend {
+            backend: "postgres",
+            source,
+        }
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(database) if database.code().as_deref() == Some("23505"))
+}
