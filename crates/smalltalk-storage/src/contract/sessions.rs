@@ -645,6 +645,37 @@ pub async fn concurrent_appenders_lose_nothing(backend: &impl Backend) {
     }
 }
 
+/// Blind saves racing to create one session all land, each with its own
+/// version: none fails because another created the row first.
+pub async fn concurrent_blind_saves_all_land(backend: &impl Backend) {
+    const WRITERS: u64 = 8;
+    let store = open(backend).await;
+    let session = Session::new(SessionId::new(), at(0), Duration::from_secs(60));
+    let mut tasks = Vec::new();
+    for writer in 0..WRITERS {
+        let (store, mut session) = (Arc::clone(&store), session.clone());
+        session.metadata.insert("writer".into(), json!(writer));
+        tasks.push(tokio::spawn(async move {
+            store.save_session(&session, Expected::Any).await
+        }));
+    }
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.push(task.await.unwrap().unwrap());
+    }
+    versions.sort_unstable();
+    assert_eq!(versions, (1..=WRITERS).collect::<Vec<_>>());
+    assert_eq!(
+        store
+            .get_session(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        WRITERS
+    );
+}
+
 /// Hostile ids: path traversal, NUL, 10 KB strings, quotes and SQL
 /// metacharacters, empty. Every one is refused with the same typed error
 /// before it can reach a backend, and the store is left unchanged.

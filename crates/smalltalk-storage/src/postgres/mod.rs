@@ -254,7 +254,3 @@ fn pg_error(error: sqlx::Error) -> Error {
         }
     }
 }
-
-fn is_unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(database) if database.code().as_deref() == Some("23505"))
-}

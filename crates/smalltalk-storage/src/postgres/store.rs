@@ -8,9 +8,9 @@ use smalltalk_types::{
     Message, Session, SessionId, SessionState, SessionSummary, StorageKey, Timestamp,
 };
 use sqlx::postgres::{PgPool, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Row};
 
-use super::{PgStore, is_unique_violation, pg_error};
+use super::{PgStore, pg_error};
 use crate::codec::{self, to_i64, to_u64};
 use crate::{
     AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
@@ -37,126 +37,137 @@ fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave<'_>>
     })
 }
 
-async fn insert_messages(
-    tx: &mut Transaction<'_, Postgres>,
-    id: &str,
-    first: u64,
-    bodies: &[Vec<u8>],
-) -> Result<()> {
-    if bodies.is_empty() {
-        return Ok(());
-    }
-    let sequences: Vec<i64> = (0..bodies.len() as u64)
-        .map(|offset| to_i64(first + offset))
-        .collect();
-    sqlx::query(
-        "INSERT INTO messages (session_id, seq, body)
-         SELECT $1, seq, body FROM UNNEST($2::BIGINT[], $3::BYTEA[]) AS batch (seq, body)",
-    )
-    .bind(id)
-    .bind(sequences)
-    .bind(bodies)
-    .execute(&mut **tx)
-    .await
-    .map_err(pg_error)?;
-    Ok(())
-}
+/// Attempts before a blind save gives up against a session that keeps
+/// changing under it.
+const BLIND_SAVE_ATTEMPTS: u32 = 16;
 
-/// Compare-and-swap save inside `tx`.
-async fn save_in(tx: &mut Transaction<'_, Postgres>, save: &EncodedSave<'_>) -> Result<u64> {
+/// Compare-and-swap save in two round trips and one atomic statement: read
+/// the stored version and message count, then write the header and insert
+/// only the snapshot's messages past that count, guarded on both values (a
+/// concurrent append in between makes the guard miss, and we look again).
+/// Works on a pooled connection or inside a transaction.
+async fn save_one(conn: &mut PgConnection, save: &EncodedSave<'_>) -> Result<u64> {
     let session = save.session;
     let id = session.id.to_string();
-    let current = sqlx::query(
-        "SELECT version, message_count, message_bytes FROM sessions WHERE id = $1 FOR UPDATE",
-    )
-    .bind(&id)
-    .fetch_optional(&mut **tx)
-    .await
-    .map_err(pg_error)?
-    .map(|row| -> sqlx::Result<(i64, i64, i64)> {
-        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-    })
-    .transpose()
-    .map_err(pg_error)?;
-    let (version, stored_count, stored_bytes, exists) = match (save.expected, current) {
-        (Expected::Absent, Some(_)) => return Err(Error::AlreadyExists { id: session.id }),
-        (Expected::Version(_), None) => return Err(Error::NotFound { id: session.id }),
-        (Expected::Version(expected), Some((found, _, _))) if to_u64(found) != expected => {
-            return Err(Error::Conflict {
-                id: session.id,
-                expected,
-                found: to_u64(found),
-            });
-        }
-        (_, None) => (1, 0, 0, false),
-        (_, Some((found, count, bytes))) => (to_u64(found) + 1, to_u64(count), to_u64(bytes), true),
-    };
     let header = codec::encode_header(session)?;
-    let tail = save
-        .messages
-        .get(stored_count as usize..)
-        .unwrap_or_default();
-    let message_count = stored_count + tail.len() as u64;
-    let message_bytes = stored_bytes + tail.iter().map(|body| body.len() as u64).sum::<u64>();
-    let statement = if exists {
-        "UPDATE sessions SET state = $2, version = $3, created_at = $4, updated_at = $5,
-            expires_at = $6, message_count = $7, message_bytes = $8, header = $9 WHERE id = $1"
-    } else {
-        "INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at,
-                               message_count, message_bytes, header)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
-    };
-    sqlx::query(statement)
+    for _ in 0..BLIND_SAVE_ATTEMPTS {
+        let current: Option<(i64, i64)> =
+            sqlx::query_as("SELECT version, message_count FROM sessions WHERE id = $1")
+                .bind(&id)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(pg_error)?;
+        let (found, stored_count) = match (save.expected, current) {
+            (Expected::Absent, Some(_)) => return Err(Error::AlreadyExists { id: session.id }),
+            (Expected::Version(_), None) => return Err(Error::NotFound { id: session.id }),
+            (Expected::Version(expected), Some((found, _))) if to_u64(found) != expected => {
+                return Err(Error::Conflict {
+                    id: session.id,
+                    expected,
+                    found: to_u64(found),
+                });
+            }
+            (_, None) => match insert_new(conn, &id, session, &header, &save.messages).await {
+                Err(Error::AlreadyExists { .. }) if save.expected == Expected::Any => continue,
+                outcome => return outcome,
+            },
+            (_, Some((found, count))) => (found, count),
+        };
+        let tail = save
+            .messages
+            .get(to_u64(stored_count) as usize..)
+            .unwrap_or_default();
+        let updated: Option<i64> = sqlx::query_scalar(
+            "WITH upd AS (
+                UPDATE sessions SET state = $2, version = version + 1, created_at = $3,
+                    updated_at = $4, expires_at = $5, header = $6,
+                    message_count = message_count + $7, message_bytes = message_bytes + $8
+                WHERE id = $1 AND version = $9 AND message_count = $10
+                RETURNING version),
+             ins AS (
+                INSERT INTO messages (session_id, seq, body)
+                SELECT $1, $10 + batch.ord - 1, batch.body
+                FROM upd, UNNEST($11::BYTEA[]) WITH ORDINALITY AS batch (body, ord))
+             SELECT version FROM upd",
+        )
         .bind(&id)
         .bind(session.state.as_str())
-        .bind(to_i64(version))
         .bind(session.created_at.as_micros())
         .bind(session.updated_at.as_micros())
         .bind(session.expires_at.as_micros())
-        .bind(to_i64(message_count))
-        .bind(to_i64(message_bytes))
-        .bind(header)
-        .execute(&mut **tx)
+        .bind(&header)
+        .bind(tail.len() as i64)
+        .bind(tail.iter().map(|body| body.len() as i64).sum::<i64>())
+        .bind(found)
+        .bind(stored_count)
+        .bind(tail)
+        .fetch_optional(&mut *conn)
         .await
-        .map_err(|error| {
-            // Another writer created it between our check and insert.
-            if is_unique_violation(&error) {
-                Error::AlreadyExists { id: session.id }
-            } else {
-                pg_error(error)
-            }
-        })?;
-    insert_messages(tx, &id, stored_count, tail).await?;
-    Ok(version)
+        .map_err(pg_error)?;
+        if let Some(version) = updated {
+            return Ok(to_u64(version));
+        }
+        // The session changed between our look and our write: look again
+        // (a compare-and-swap save then reports the conflict).
+    }
+    Err(Error::Unavailable {
+        backend: "postgres",
+        source: format!("session {} kept changing during a blind save", session.id).into(),
+    })
 }
 
-/// Runs `saves` in one transaction; a blind save that lost a creation race
-/// is retried once against the now-existing row.
-async fn save_all(pool: &PgPool, saves: &[EncodedSave<'_>]) -> Result<Vec<u64>> {
-    let mut attempts = 0;
-    loop {
-        attempts += 1;
-        let mut tx = pool.begin().await.map_err(pg_error)?;
-        let mut versions = Vec::with_capacity(saves.len());
-        let mut failure = None;
-        for save in saves {
-            match save_in(&mut tx, save).await {
-                Ok(version) => versions.push(version),
-                Err(error) => {
-                    failure = Some((error, save.expected));
-                    break;
-                }
-            }
-        }
-        match failure {
-            None => {
-                tx.commit().await.map_err(pg_error)?;
-                return Ok(versions);
-            }
-            Some((Error::AlreadyExists { .. }, Expected::Any)) if attempts < 3 => continue,
-            Some((error, _)) => return Err(error),
-        }
+/// Creates a session and its history in one statement.
+async fn insert_new(
+    conn: &mut PgConnection,
+    id: &str,
+    session: &Session,
+    header: &[u8],
+    bodies: &[Vec<u8>],
+) -> Result<u64> {
+    // ON CONFLICT instead of a unique violation: an error would abort an
+    // enclosing batch transaction.
+    let created: i64 = sqlx::query_scalar(
+        "WITH created AS (
+            INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at,
+                                  message_count, message_bytes, header)
+            VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8)
+            ON CONFLICT (id) DO NOTHING
+            RETURNING id),
+         history AS (
+            INSERT INTO messages (session_id, seq, body)
+            SELECT created.id, batch.ord - 1, batch.body
+            FROM created, UNNEST($9::BYTEA[]) WITH ORDINALITY AS batch (body, ord))
+         SELECT COUNT(*) FROM created",
+    )
+    .bind(id)
+    .bind(session.state.as_str())
+    .bind(session.created_at.as_micros())
+    .bind(session.updated_at.as_micros())
+    .bind(session.expires_at.as_micros())
+    .bind(bodies.len() as i64)
+    .bind(bodies.iter().map(|body| body.len() as i64).sum::<i64>())
+    .bind(header)
+    .bind(bodies)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(pg_error)?;
+    if created == 0 {
+        // Another writer created it since we looked.
+        return Err(Error::AlreadyExists { id: session.id });
     }
+    Ok(1)
+}
+
+/// Saves a batch atomically: one transaction, all or nothing.
+async fn save_all(pool: &PgPool, saves: &[EncodedSave<'_>]) -> Result<Vec<u64>> {
+    let mut tx = pool.begin().await.map_err(pg_error)?;
+    let mut versions = Vec::with_capacity(saves.len());
+    for save in saves {
+        // On error the transaction rolls back when dropped.
+        versions.push(save_one(&mut tx, save).await?);
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(versions)
 }
 
 fn row_to_summary(row: &PgRow) -> Result<SessionSummary> {
@@ -217,17 +228,16 @@ impl PgStore {
     }
 }
 
-async fn delete_in(tx: &mut Transaction<'_, Postgres>, id: &str) -> Result<bool> {
-    sqlx::query("DELETE FROM messages WHERE session_id = $1")
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map_err(pg_error)?;
-    let deleted = sqlx::query("DELETE FROM sessions WHERE id = $1")
-        .bind(id)
-        .execute(&mut **tx)
-        .await
-        .map_err(pg_error)?;
+/// Deletes a session and its history in one statement.
+async fn delete_one(conn: &mut PgConnection, id: &str) -> Result<bool> {
+    let deleted = sqlx::query(
+        "WITH history AS (DELETE FROM messages WHERE session_id = $1)
+         DELETE FROM sessions WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await
+    .map_err(pg_error)?;
     Ok(deleted.rows_affected() > 0)
 }
 
@@ -236,7 +246,8 @@ impl SessionStore for PgStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = "postgres", session_id = %session.id), err)]
     async fn save_session(&self, session: &Session, expected: Expected) -> Result<u64> {
         let save = encode_save(session, expected)?;
-        Ok(save_all(&self.pool, std::slice::from_ref(&save)).await?[0])
+        let mut conn = self.pool.acquire().await.map_err(pg_error)?;
+        save_one(&mut conn, &save).await
     }
 
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
@@ -252,10 +263,8 @@ impl SessionStore for PgStore {
     }
 
     async fn delete_session(&self, id: SessionId) -> Result<bool> {
-        let mut tx = self.pool.begin().await.map_err(pg_error)?;
-        let deleted = delete_in(&mut tx, &id.to_string()).await?;
-        tx.commit().await.map_err(pg_error)?;
-        Ok(deleted)
+        let mut conn = self.pool.acquire().await.map_err(pg_error)?;
+        delete_one(&mut conn, &id.to_string()).await
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(backend = "postgres", session_id = %id, count = messages.len()), err)]
@@ -275,28 +284,36 @@ impl SessionStore for PgStore {
             .max();
         let added_bytes: u64 = bodies.iter().map(|body| body.len() as u64).sum();
         let key = id.to_string();
-        let mut tx = self.pool.begin().await.map_err(pg_error)?;
-        // The row lock taken by UPDATE serializes concurrent appenders.
-        let updated = sqlx::query(
-            "UPDATE sessions SET version = version + 1, message_count = message_count + $3,
-                 updated_at = GREATEST(updated_at, COALESCE($4, updated_at)),
-                 message_bytes = message_bytes + $5
-             WHERE id = $1 AND ($2::BIGINT IS NULL OR version = $2)
-             RETURNING version, message_count",
+        // One statement, one round trip: the UPDATE's row lock serializes
+        // concurrent appenders, and the messages go in at the positions it
+        // returns.
+        let updated: Option<(i64, i64)> = sqlx::query_as(
+            "WITH upd AS (
+                UPDATE sessions SET version = version + 1, message_count = message_count + $3,
+                    updated_at = GREATEST(updated_at, COALESCE($4, updated_at)),
+                    message_bytes = message_bytes + $5
+                WHERE id = $1 AND ($2::BIGINT IS NULL OR version = $2)
+                RETURNING version, message_count),
+             ins AS (
+                INSERT INTO messages (session_id, seq, body)
+                SELECT $1, upd.message_count - $3 + batch.ord - 1, batch.body
+                FROM upd, UNNEST($6::BYTEA[]) WITH ORDINALITY AS batch (body, ord))
+             SELECT version, message_count FROM upd",
         )
         .bind(&key)
         .bind(expected.map(to_i64))
         .bind(bodies.len() as i64)
         .bind(newest)
         .bind(to_i64(added_bytes))
-        .fetch_optional(&mut *tx)
+        .bind(&bodies)
+        .fetch_optional(&self.pool)
         .await
         .map_err(pg_error)?;
-        let Some(row) = updated else {
+        let Some((version, count)) = updated else {
             let found: Option<i64> =
                 sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1")
                     .bind(&key)
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&self.pool)
                     .await
                     .map_err(pg_error)?;
             return Err(match (found, expected) {
@@ -308,12 +325,8 @@ impl SessionStore for PgStore {
                 _ => Error::NotFound { id },
             });
         };
-        let (version, count): (i64, i64) =
-            (|| Ok((row.try_get(0)?, row.try_get(1)?)))().map_err(pg_error)?;
         let message_count = to_u64(count);
         let first_sequence = message_count - bodies.len() as u64;
-        insert_messages(&mut tx, &key, first_sequence, &bodies).await?;
-        tx.commit().await.map_err(pg_error)?;
         Ok(AppendOutcome {
             version: to_u64(version),
             first_sequence,
@@ -368,7 +381,7 @@ impl SessionStore for PgStore {
         let mut tx = self.pool.begin().await.map_err(pg_error)?;
         let mut deleted = 0;
         for id in ids {
-            deleted += u64::from(delete_in(&mut tx, &id.to_string()).await?);
+            deleted += u64::from(delete_one(&mut tx, &id.to_string()).await?);
         }
         tx.commit().await.map_err(pg_error)?;
         Ok(deleted)
