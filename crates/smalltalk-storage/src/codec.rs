@@ -4,14 +4,21 @@
 //! JSON, plus indexed columns) and one row per message. Columns are the
 //! truth for `version`, `updated_at` and the message count: an append
 //! changes them without rewriting the header.
+//!
+//! A message row keeps its `content` as raw UTF-8 bytes apart from the rest
+//! of the message (small JSON): decoding a long history then costs a UTF-8
+//! check per message instead of parsing every character of escaped JSON.
+//! Bytes, not a text column, because PostgreSQL text cannot hold NUL
+//! characters and messages may.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use smalltalk_types::format::{decode_record, encode_record};
 use smalltalk_types::{
-    AgentId, AgentState, Message, Session, SessionId, SessionState, SessionSummary, Timestamp,
+    AgentId, AgentState, Message, MessageId, Role, Session, SessionId, SessionState,
+    SessionSummary, Timestamp,
 };
 
 use crate::Result;
@@ -48,27 +55,91 @@ pub(crate) fn encode_header(session: &Session) -> Result<Vec<u8>> {
     })?)
 }
 
-/// Encodes one message.
-pub(crate) fn encode_message(message: &Message) -> Result<Vec<u8>> {
-    Ok(encode_record(message)?)
+/// A message as stored: its content, and everything else as JSON.
+pub(crate) struct EncodedMessage {
+    pub(crate) meta: Vec<u8>,
+    pub(crate) content: Vec<u8>,
+}
+
+impl EncodedMessage {
+    /// Bytes stored for this message.
+    pub(crate) fn len(&self) -> u64 {
+        (self.meta.len() + self.content.len()) as u64
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageMetaRef<'a> {
+    id: MessageId,
+    role: Role,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<&'a AgentId>,
+    timestamp: Timestamp,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<&'a Map<String, Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MessageMeta {
+    id: MessageId,
+    role: Role,
+    #[serde(default)]
+    agent_id: Option<AgentId>,
+    timestamp: Timestamp,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+}
+
+/// Encodes one message for storage.
+pub(crate) fn encode_message(message: &Message) -> Result<EncodedMessage> {
+    let meta = encode_record(&MessageMetaRef {
+        id: message.id,
+        role: message.role,
+        agent_id: message.agent_id.as_ref(),
+        timestamp: message.timestamp,
+        metadata: (!message.metadata.is_empty()).then_some(&message.metadata),
+    })?;
+    Ok(EncodedMessage {
+        meta,
+        content: message.content.as_bytes().to_vec(),
+    })
+}
+
+/// Decodes one stored message, taking ownership of its content bytes.
+fn decode_message(meta: &[u8], content: Vec<u8>) -> Result<Message> {
+    let meta: MessageMeta =
+        serde_json::from_slice(meta).map_err(smalltalk_types::Error::Encoding)?;
+    let content = String::from_utf8(content).map_err(|error| {
+        smalltalk_types::Error::Encoding(serde::de::Error::custom(format!(
+            "stored message content is not UTF-8: {error}"
+        )))
+    })?;
+    Ok(Message {
+        id: meta.id,
+        role: meta.role,
+        agent_id: meta.agent_id,
+        content,
+        timestamp: meta.timestamp,
+        metadata: meta.metadata,
+    })
 }
 
 /// Rebuilds a session from its header, the authoritative columns, and its
-/// message bodies in order.
-pub(crate) fn decode_session<'a>(
+/// stored messages (metadata JSON, content bytes) in order.
+pub(crate) fn decode_session(
     header: &[u8],
     version: u64,
     updated_at: Timestamp,
-    messages: impl ExactSizeIterator<Item = &'a [u8]>,
+    messages: impl ExactSizeIterator<Item = (Vec<u8>, Vec<u8>)>,
 ) -> Result<Session> {
     let mut session: Session = decode_record(header)?;
     session.version = version;
     session.updated_at = updated_at;
     session.messages.reserve_exact(messages.len());
-    for body in messages {
-        session
-            .messages
-            .push(serde_json::from_slice(body).map_err(smalltalk_types::Error::Encoding)?);
+    for (meta, content) in messages {
+        session.messages.push(decode_message(&meta, content)?);
     }
     Ok(session)
 }

@@ -27,7 +27,7 @@ pub fn message(text: &str, seconds: i64) -> Message {
 }
 
 /// A session exercising every field: unicode, nested JSON, agent states with
-/// every field set, and a 1 MB message.
+/// every field set, control characters including NUL, and a 1 MB message.
 pub fn rich_session() -> Session {
     let mut session = Session::new(SessionId::new(), at(0), Duration::from_secs(7 * 24 * 3600));
     session.state = SessionState::Idle;
@@ -62,6 +62,11 @@ pub fn rich_session() -> Session {
         .messages
         .push(Message::new(Role::Tool, "x".repeat(1024 * 1024), at(3)));
     session.messages.push(Message::new(Role::System, "", at(4)));
+    session.messages.push(Message::new(
+        Role::User,
+        "nul \0 inside, tab \t, bell \u{7}",
+        at(4),
+    ));
     session
 }
 
@@ -544,7 +549,7 @@ pub async fn stats(backend: &impl Backend) {
             stats.kv_entries,
             stats.items()
         ),
-        (1, 5, 1, 2)
+        (1, 6, 1, 2)
     );
     assert!(
         stats.bytes > 1024 * 1024,

@@ -49,7 +49,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE messages (
         session_id TEXT COLLATE "C" NOT NULL,
         seq        BIGINT NOT NULL,
-        body       BYTEA NOT NULL,
+        meta       BYTEA NOT NULL,
+        content    BYTEA NOT NULL,
         PRIMARY KEY (session_id, seq)
     );
     CREATE TABLE kv (

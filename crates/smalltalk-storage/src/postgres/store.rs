@@ -11,7 +11,7 @@ use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{PgConnection, Row};
 
 use super::{PgStore, pg_error};
-use crate::codec::{self, to_i64, to_u64};
+use crate::codec::{self, EncodedMessage, to_i64, to_u64};
 use crate::{
     AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
     SessionStore, StoreAdmin, StoreStats,
@@ -21,7 +21,7 @@ use crate::{
 struct EncodedSave<'a> {
     session: &'a Session,
     expected: Expected,
-    messages: Vec<Vec<u8>>,
+    messages: Vec<EncodedMessage>,
 }
 
 fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave<'_>> {
@@ -35,6 +35,22 @@ fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave<'_>>
         expected,
         messages,
     })
+}
+
+/// The metadata column of `messages`, for binding as an array.
+fn metas(messages: &[EncodedMessage]) -> Vec<&[u8]> {
+    messages
+        .iter()
+        .map(|message| message.meta.as_slice())
+        .collect()
+}
+
+/// The content column of `messages`, for binding as an array.
+fn contents(messages: &[EncodedMessage]) -> Vec<&[u8]> {
+    messages
+        .iter()
+        .map(|message| message.content.as_slice())
+        .collect()
 }
 
 /// Attempts before a blind save gives up against a session that keeps
@@ -85,9 +101,9 @@ async fn save_one(conn: &mut PgConnection, save: &EncodedSave<'_>) -> Result<u64
                 WHERE id = $1 AND version = $9 AND message_count = $10
                 RETURNING version),
              ins AS (
-                INSERT INTO messages (session_id, seq, body)
-                SELECT $1, $10 + batch.ord - 1, batch.body
-                FROM upd, UNNEST($11::BYTEA[]) WITH ORDINALITY AS batch (body, ord))
+                INSERT INTO messages (session_id, seq, meta, content)
+                SELECT $1, $10 + batch.ord - 1, batch.meta, batch.content
+                FROM upd, UNNEST($11::BYTEA[], $12::BYTEA[]) WITH ORDINALITY AS batch (meta, content, ord))
              SELECT version FROM upd",
         )
         .bind(&id)
@@ -97,10 +113,11 @@ async fn save_one(conn: &mut PgConnection, save: &EncodedSave<'_>) -> Result<u64
         .bind(session.expires_at.as_micros())
         .bind(&header)
         .bind(tail.len() as i64)
-        .bind(tail.iter().map(|body| body.len() as i64).sum::<i64>())
+        .bind(tail.iter().map(EncodedMessage::len).sum::<u64>() as i64)
         .bind(found)
         .bind(stored_count)
-        .bind(tail)
+        .bind(metas(tail))
+        .bind(contents(tail))
         .fetch_optional(&mut *conn)
         .await
         .map_err(pg_error)?;
@@ -122,7 +139,7 @@ async fn insert_new(
     id: &str,
     session: &Session,
     header: &[u8],
-    bodies: &[Vec<u8>],
+    bodies: &[EncodedMessage],
 ) -> Result<u64> {
     // ON CONFLICT instead of a unique violation: an error would abort an
     // enclosing batch transaction.
@@ -134,9 +151,9 @@ async fn insert_new(
             ON CONFLICT (id) DO NOTHING
             RETURNING id),
          history AS (
-            INSERT INTO messages (session_id, seq, body)
-            SELECT created.id, batch.ord - 1, batch.body
-            FROM created, UNNEST($9::BYTEA[]) WITH ORDINALITY AS batch (body, ord))
+            INSERT INTO messages (session_id, seq, meta, content)
+            SELECT created.id, batch.ord - 1, batch.meta, batch.content
+            FROM created, UNNEST($9::BYTEA[], $10::BYTEA[]) WITH ORDINALITY AS batch (meta, content, ord))
          SELECT COUNT(*) FROM created",
     )
     .bind(id)
@@ -145,9 +162,10 @@ async fn insert_new(
     .bind(session.updated_at.as_micros())
     .bind(session.expires_at.as_micros())
     .bind(bodies.len() as i64)
-    .bind(bodies.iter().map(|body| body.len() as i64).sum::<i64>())
+    .bind(bodies.iter().map(EncodedMessage::len).sum::<u64>() as i64)
     .bind(header)
-    .bind(bodies)
+    .bind(metas(bodies))
+    .bind(contents(bodies))
     .fetch_one(&mut *conn)
     .await
     .map_err(pg_error)?;
@@ -210,8 +228,8 @@ impl PgStore {
         .map_err(pg_error)?;
         // Messages are immutable and appended in order, so reading the first
         // `count` gives the history as of the header, without a transaction.
-        let bodies: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT body FROM messages WHERE session_id = $1 AND seq < $2 ORDER BY seq",
+        let bodies: Vec<(Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT meta, content FROM messages WHERE session_id = $1 AND seq < $2 ORDER BY seq",
         )
         .bind(&key)
         .bind(count)
@@ -222,7 +240,7 @@ impl PgStore {
             &header,
             to_u64(version),
             Timestamp::from_micros(updated_at),
-            bodies.iter().map(Vec::as_slice),
+            bodies.into_iter(),
         )
         .map(Some)
     }
@@ -274,7 +292,7 @@ impl SessionStore for PgStore {
         messages: &[Message],
         expected: Option<u64>,
     ) -> Result<AppendOutcome> {
-        let bodies: Vec<Vec<u8>> = messages
+        let bodies: Vec<EncodedMessage> = messages
             .iter()
             .map(codec::encode_message)
             .collect::<Result<_>>()?;
@@ -282,7 +300,7 @@ impl SessionStore for PgStore {
             .iter()
             .map(|message| message.timestamp.as_micros())
             .max();
-        let added_bytes: u64 = bodies.iter().map(|body| body.len() as u64).sum();
+        let added_bytes: u64 = bodies.iter().map(EncodedMessage::len).sum();
         let key = id.to_string();
         // One statement, one round trip: the UPDATE's row lock serializes
         // concurrent appenders, and the messages go in at the positions it
@@ -295,9 +313,9 @@ impl SessionStore for PgStore {
                 WHERE id = $1 AND ($2::BIGINT IS NULL OR version = $2)
                 RETURNING version, message_count),
              ins AS (
-                INSERT INTO messages (session_id, seq, body)
-                SELECT $1, upd.message_count - $3 + batch.ord - 1, batch.body
-                FROM upd, UNNEST($6::BYTEA[]) WITH ORDINALITY AS batch (body, ord))
+                INSERT INTO messages (session_id, seq, meta, content)
+                SELECT $1, upd.message_count - $3 + batch.ord - 1, batch.meta, batch.content
+                FROM upd, UNNEST($6::BYTEA[], $7::BYTEA[]) WITH ORDINALITY AS batch (meta, content, ord))
              SELECT version, message_count FROM upd",
         )
         .bind(&key)
@@ -305,7 +323,8 @@ impl SessionStore for PgStore {
         .bind(bodies.len() as i64)
         .bind(newest)
         .bind(to_i64(added_bytes))
-        .bind(&bodies)
+        .bind(metas(&bodies))
+        .bind(contents(&bodies))
         .fetch_optional(&self.pool)
         .await
         .map_err(pg_error)?;

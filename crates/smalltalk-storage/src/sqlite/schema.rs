@@ -26,7 +26,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE TABLE messages (
         session_id TEXT NOT NULL,
         seq        INTEGER NOT NULL,
-        body       BLOB NOT NULL,
+        meta       BLOB NOT NULL,
+        content    BLOB NOT NULL,
         PRIMARY KEY (session_id, seq)
      ) WITHOUT ROWID;
      CREATE TABLE kv (

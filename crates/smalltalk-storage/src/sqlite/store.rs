@@ -11,7 +11,7 @@ use smalltalk_types::{
 };
 
 use super::{SqliteStore, sqlite_error};
-use crate::codec::{self, to_i64, to_u64};
+use crate::codec::{self, EncodedMessage, to_i64, to_u64};
 use crate::{
     AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
     SessionStore, StoreAdmin, StoreStats,
@@ -66,7 +66,7 @@ struct EncodedSave {
     updated_at: i64,
     expires_at: i64,
     header: Vec<u8>,
-    messages: Vec<Vec<u8>>,
+    messages: Vec<EncodedMessage>,
 }
 
 fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave> {
@@ -116,7 +116,7 @@ fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
         .unwrap_or_default();
     insert_messages(conn, &id, stored_count, tail)?;
     let message_count = stored_count + tail.len() as u64;
-    let message_bytes = stored_bytes + tail.iter().map(|body| body.len() as u64).sum::<u64>();
+    let message_bytes = stored_bytes + tail.iter().map(EncodedMessage::len).sum::<u64>();
     conn.prepare_cached(
         "INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at,
                                message_count, message_bytes, header)
@@ -144,16 +144,28 @@ fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
     Ok(version)
 }
 
-fn insert_messages(conn: &Connection, id: &str, first: u64, bodies: &[Vec<u8>]) -> Result<()> {
+fn insert_messages(
+    conn: &Connection,
+    id: &str,
+    first: u64,
+    bodies: &[EncodedMessage],
+) -> Result<()> {
     if bodies.is_empty() {
         return Ok(());
     }
     let mut statement = conn
-        .prepare_cached("INSERT INTO messages (session_id, seq, body) VALUES (?1, ?2, ?3)")
+        .prepare_cached(
+            "INSERT INTO messages (session_id, seq, meta, content) VALUES (?1, ?2, ?3, ?4)",
+        )
         .map_err(sqlite_error)?;
     for (offset, body) in bodies.iter().enumerate() {
         statement
-            .execute(params![id, to_i64(first + offset as u64), body])
+            .execute(params![
+                id,
+                to_i64(first + offset as u64),
+                body.meta,
+                body.content
+            ])
             .map_err(sqlite_error)?;
     }
     Ok(())
@@ -195,17 +207,19 @@ fn read_session(conn: &Connection, id: SessionId, limit: i64) -> Result<SessionR
         return Ok(SessionRead::TooLarge);
     }
     let mut statement = conn
-        .prepare_cached("SELECT body FROM messages WHERE session_id = ?1 ORDER BY seq")
+        .prepare_cached("SELECT meta, content FROM messages WHERE session_id = ?1 ORDER BY seq")
         .map_err(sqlite_error)?;
     let bodies = statement
-        .query_map([&key], |row| row.get::<_, Vec<u8>>(0))
+        .query_map([&key], |row| {
+            Ok((row.get::<_, Vec<u8>>(0)?, row.get::<_, Vec<u8>>(1)?))
+        })
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sqlite_error)?;
     codec::decode_session(
         &header,
         to_u64(version),
         Timestamp::from_micros(updated_at),
-        bodies.iter().map(Vec::as_slice),
+        bodies.into_iter(),
     )
     .map(SessionRead::Found)
 }
@@ -287,7 +301,7 @@ impl SessionStore for SqliteStore {
         messages: &[Message],
         expected: Option<u64>,
     ) -> Result<AppendOutcome> {
-        let bodies: Vec<Vec<u8>> = messages
+        let bodies: Vec<EncodedMessage> = messages
             .iter()
             .map(codec::encode_message)
             .collect::<Result<_>>()?;
@@ -316,7 +330,7 @@ impl SessionStore for SqliteStore {
             let first_sequence = to_u64(count);
             insert_messages(conn, &key, first_sequence, &bodies)?;
             let updated_at = newest.map_or(updated_at, |newest| updated_at.max(newest.as_micros()));
-            let added_bytes: u64 = bodies.iter().map(|body| body.len() as u64).sum();
+            let added_bytes: u64 = bodies.iter().map(EncodedMessage::len).sum();
             let outcome = AppendOutcome {
                 version: version + 1,
                 first_sequence,
