@@ -1,8 +1,9 @@
 //! Project automation. `cargo xtask ci` is the one test command.
 //!
-//! - `ci`: fmt check, clippy (`-D warnings`, all targets and features), every
-//!   workspace test including doc tests and the contract suites, then a table
-//!   of contract suites per backend (ran or skipped, and why).
+//! - `ci`: fmt check, clippy (`-D warnings`, all targets and features),
+//!   rustdoc (`-D warnings`), every workspace test including doc tests and
+//!   the contract suites, then a table of contract suites per backend (ran
+//!   or skipped, and why).
 //! - `contract`: only the contract suites, with the table.
 //! - `bench`: the criterion benchmarks (`cargo bench -p smalltalk-benches`).
 //! - `report [--json] [--quick]`: the success-criteria report (release build).
@@ -116,6 +117,10 @@ fn ci() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // Rustdoc's lints (broken intra-doc links) only run when docs are built.
+    run(Command::new("cargo")
+        .args(["doc", "--workspace", "--no-deps", "--all-features"])
+        .env("RUSTDOCFLAGS", "-D warnings"))?;
     let postgres = detect_postgres()?;
     let results = run_tests(&postgres, &["test", "--workspace", "--all-features"])?;
     print_contract_table(&results, &postgres);

@@ -11,7 +11,7 @@
 //!   [`RecoveryStrategy`] ([`health`]), [`Event`] and [`EventReplayPolicy`]
 //!   ([`event`]), [`GroupConversation`] ([`group`]), [`StateVersion`]
 //!   ([`state`]);
-//! - [`format`]: the stored-format version every persisted record carries,
+//! - [`format`](mod@format): the stored-format version every persisted record carries,
 //!   so later releases can migrate old data;
 //! - ports: the [`Clock`] ([`time`]) and the [`AlertSink`] ([`ports`]) through
 //!   which crates reach services they do not own;

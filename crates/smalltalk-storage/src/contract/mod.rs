@@ -4,7 +4,7 @@
 //! async function taking a [`Backend`]: something that opens a store on a
 //! given clock, and reopens the *same* data if the backend persists.
 //! [`model`] runs random operation sequences against a backend and against
-//! [`MemoryStore`](crate::MemoryStore), the reference model, and compares
+//! [`MemoryStore`], the reference model, and compares
 //! every result.
 //!
 //! [`storage_contract!`](crate::storage_contract) stamps every case into a

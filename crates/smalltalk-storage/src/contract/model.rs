@@ -1,5 +1,5 @@
 //! Model-based property test: random operation sequences run on a backend
-//! and on [`MemoryStore`](crate::MemoryStore) must give the same observable
+//! and on [`MemoryStore`] must give the same observable
 //! result at every step.
 //!
 //! Cases default to 32 per backend; `SMALLTALK_MODEL_CASES` overrides.

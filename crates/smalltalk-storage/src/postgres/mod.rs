@@ -11,7 +11,7 @@
 //! - The pool tests a connection before handing it out, so after the server
 //!   restarts, dead connections are replaced and calls succeed again without
 //!   reopening the store; while the server is down calls fail with
-//!   [`Error::Unavailable`](crate::Error::Unavailable).
+//!   [`Error::Unavailable`].
 //! - Migrations are embedded and run on open under an advisory lock, so
 //!   several processes can open the same database at once.
 
