@@ -79,7 +79,7 @@ async fn report() -> anyhow::Result<()> {
     for (label, bytes) in SIZES {
         for bench_store in backends().await {
             let (store, backend) = (Arc::clone(&bench_store.store), bench_store.name);
-            eprintln!("measuring save/get {label} on {backend} ({count} samples per row)");
+            eprintln!("measuring save and get {label} on {backend} ({count} samples per row)");
             let session = session_with_state(bytes);
             let mut version = create(store.as_ref(), &session).await;
             let samples = Samples::collect(warmup, count, || {
@@ -96,7 +96,10 @@ async fn report() -> anyhow::Result<()> {
             .await;
             let name = format!("save_{label}");
             latency_rows(&mut rows, backend, &name, &samples, target(backend, &name));
-
+            store.close().await?;
+        }
+        for bench_store in backends().await {
+            let (store, backend) = (Arc::clone(&bench_store.store), bench_store.name);
             let session = session_with_history(bytes);
             create(store.as_ref(), &session).await;
             let samples = Samples::collect(warmup, count, || {
