@@ -10,7 +10,8 @@ use serde_json::{Value, json};
 use smalltalk_benches::{
     SIZES, Samples, backends, create, messages, session_with_history, session_with_state,
 };
-use smalltalk_storage::Expected;
+use smalltalk_storage::sqlite::{SqliteOptions, SqliteStore, Synchronous};
+use smalltalk_storage::{Expected, SessionStore, StoreAdmin};
 
 /// One row of the report.
 struct Row {
@@ -117,6 +118,33 @@ async fn report() -> anyhow::Result<()> {
             latency_rows(&mut rows, backend, &name, &samples, target(backend, &name));
             store.close().await?;
         }
+    }
+    // SQLite with synchronous=FULL (durable across power loss).
+    for (label, bytes) in SIZES.into_iter().take(2) {
+        let dir = tempfile::tempdir()?;
+        let options = SqliteOptions {
+            synchronous: Synchronous::Full,
+            ..Default::default()
+        };
+        let store = Arc::new(SqliteStore::open_with(dir.path().join("full.db"), options).await?);
+        eprintln!("measuring save {label} on sqlite with synchronous=full ({count} samples)");
+        let session = session_with_state(bytes);
+        let mut version = create(store.as_ref(), &session).await;
+        let samples = Samples::collect(warmup, count, || {
+            let (store, session) = (Arc::clone(&store), session.clone());
+            let expected = version;
+            version += 1;
+            async move {
+                store
+                    .save_session(&session, Expected::Version(expected))
+                    .await
+                    .expect("save");
+            }
+        })
+        .await;
+        let name = format!("save_{label}_full");
+        latency_rows(&mut rows, "sqlite", &name, &samples, Some(0.3));
+        store.close().await?;
     }
     for bench_store in backends().await {
         let (store, backend) = (Arc::clone(&bench_store.store), bench_store.name);

@@ -89,59 +89,127 @@ fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave> {
 /// Compare-and-swap save inside the writer's transaction.
 fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
     let id = save.id.to_string();
-    let current: Option<(i64, i64, i64)> = conn
-        .prepare_cached("SELECT version, message_count, message_bytes FROM sessions WHERE id = ?1")
+    let current: Option<StoredHeader> = conn
+        .prepare_cached(
+            "SELECT version, message_count, message_bytes, state, created_at, expires_at
+             FROM sessions WHERE id = ?1",
+        )
         .and_then(|mut statement| {
             statement
-                .query_row([&id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .query_row([&id], |row| {
+                    Ok(StoredHeader {
+                        version: row.get(0)?,
+                        message_count: row.get(1)?,
+                        message_bytes: row.get(2)?,
+                        state: row.get(3)?,
+                        created_at: row.get(4)?,
+                        expires_at: row.get(5)?,
+                    })
+                })
                 .optional()
         })
         .map_err(sqlite_error)?;
-    let (version, stored_count, stored_bytes) = match (save.expected, current) {
+    match (save.expected, &current) {
         (Expected::Absent, Some(_)) => return Err(Error::AlreadyExists { id: save.id }),
         (Expected::Version(_), None) => return Err(Error::NotFound { id: save.id }),
-        (Expected::Version(expected), Some((found, _, _))) if to_u64(found) != expected => {
+        (Expected::Version(expected), Some(stored)) if to_u64(stored.version) != expected => {
             return Err(Error::Conflict {
                 id: save.id,
                 expected,
-                found: to_u64(found),
+                found: to_u64(stored.version),
             });
         }
-        (_, None) => (1, 0, 0),
-        (_, Some((found, count, bytes))) => (to_u64(found) + 1, to_u64(count), to_u64(bytes)),
-    };
+        _ => {}
+    }
+    let (stored_count, stored_bytes) = current.as_ref().map_or((0, 0), |stored| {
+        (to_u64(stored.message_count), to_u64(stored.message_bytes))
+    });
+    let version = current
+        .as_ref()
+        .map_or(1, |stored| to_u64(stored.version) + 1);
     let tail = save
         .messages
         .get(stored_count as usize..)
         .unwrap_or_default();
     insert_messages(conn, &id, stored_count, tail)?;
-    let message_count = stored_count + tail.len() as u64;
-    let message_bytes = stored_bytes + tail.iter().map(EncodedMessage::len).sum::<u64>();
-    conn.prepare_cached(
-        "INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at,
-                               message_count, message_bytes, header)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-         ON CONFLICT (id) DO UPDATE SET
-            state = excluded.state, version = excluded.version,
-            created_at = excluded.created_at, updated_at = excluded.updated_at,
-            expires_at = excluded.expires_at, message_count = excluded.message_count,
-            message_bytes = excluded.message_bytes, header = excluded.header",
-    )
-    .and_then(|mut statement| {
-        statement.execute(params![
-            id,
-            save.state.as_str(),
-            to_i64(version),
-            save.created_at,
-            save.updated_at,
-            save.expires_at,
-            to_i64(message_count),
-            to_i64(message_bytes),
-            save.header,
-        ])
-    })
-    .map_err(sqlite_error)?;
+    let message_count = to_i64(stored_count + tail.len() as u64);
+    let message_bytes = to_i64(stored_bytes + tail.iter().map(EncodedMessage::len).sum::<u64>());
+    let written = match &current {
+        None => conn
+            .prepare_cached(
+                "INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at,
+                                       message_count, message_bytes, header)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    id,
+                    save.state.as_str(),
+                    to_i64(version),
+                    save.created_at,
+                    save.updated_at,
+                    save.expires_at,
+                    message_count,
+                    message_bytes,
+                    save.header,
+                ])
+            }),
+        // The indexed columns did not change: leave the indexes alone, so
+        // the commit writes the row's pages only.
+        Some(stored)
+            if stored.state == save.state.as_str()
+                && stored.created_at == save.created_at
+                && stored.expires_at == save.expires_at =>
+        {
+            conn.prepare_cached(
+                "UPDATE sessions SET version = ?2, updated_at = ?3, message_count = ?4,
+                                     message_bytes = ?5, header = ?6
+                 WHERE id = ?1",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    id,
+                    to_i64(version),
+                    save.updated_at,
+                    message_count,
+                    message_bytes,
+                    save.header,
+                ])
+            })
+        }
+        Some(_) => conn
+            .prepare_cached(
+                "UPDATE sessions SET state = ?2, version = ?3, created_at = ?4, updated_at = ?5,
+                                     expires_at = ?6, message_count = ?7, message_bytes = ?8,
+                                     header = ?9
+                 WHERE id = ?1",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    id,
+                    save.state.as_str(),
+                    to_i64(version),
+                    save.created_at,
+                    save.updated_at,
+                    save.expires_at,
+                    message_count,
+                    message_bytes,
+                    save.header,
+                ])
+            }),
+    };
+    written.map_err(sqlite_error)?;
     Ok(version)
+}
+
+/// The stored columns a save compares against.
+struct StoredHeader {
+    version: i64,
+    message_count: i64,
+    message_bytes: i64,
+    state: String,
+    created_at: i64,
+    expires_at: i64,
 }
 
 fn insert_messages(
