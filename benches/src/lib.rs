@@ -29,34 +29,51 @@ pub struct BenchStore {
     _location: Box<dyn std::any::Any + Send + Sync>,
 }
 
-/// Every backend available here: memory and SQLite always, PostgreSQL when
-/// a server answers (see `smalltalk_storage::contract::postgres_test_url`).
+/// The backends measured, in order.
+pub const BACKENDS: [&str; 3] = ["memory", "sqlite", "postgres"];
+
+/// A fresh store of backend `name` (`memory`, `sqlite`, `postgres`), or
+/// `None` if it is not available here (PostgreSQL without a server; see
+/// `smalltalk_storage::contract::postgres_test_url`).
+pub async fn fresh_store(name: &'static str) -> Option<BenchStore> {
+    let clock = Arc::new(SystemClock);
+    match name {
+        "memory" => {
+            let memory = MemoryBackend::fresh().await?;
+            Some(BenchStore {
+                name,
+                store: memory.open(clock).await,
+                _location: Box::new(memory),
+            })
+        }
+        "sqlite" => {
+            let sqlite = SqliteBackend::fresh().await?;
+            Some(BenchStore {
+                name,
+                store: sqlite.open(clock).await,
+                _location: Box::new(sqlite),
+            })
+        }
+        "postgres" => {
+            let postgres = PgBackend::fresh().await?;
+            Some(BenchStore {
+                name,
+                store: postgres.open(clock).await,
+                _location: Box::new(postgres),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// A fresh store of every backend available here.
 pub async fn backends() -> Vec<BenchStore> {
     let mut stores = Vec::new();
-    let memory = MemoryBackend::fresh()
-        .await
-        .expect("memory is always available");
-    stores.push(BenchStore {
-        name: "memory",
-        store: memory.open(Arc::new(SystemClock)).await,
-        _location: Box::new(memory),
-    });
-    let sqlite = SqliteBackend::fresh()
-        .await
-        .expect("sqlite is always available");
-    stores.push(BenchStore {
-        name: "sqlite",
-        store: sqlite.open(Arc::new(SystemClock)).await,
-        _location: Box::new(sqlite),
-    });
-    if let Some(postgres) = PgBackend::fresh().await {
-        stores.push(BenchStore {
-            name: "postgres",
-            store: postgres.open(Arc::new(SystemClock)).await,
-            _location: Box::new(postgres),
-        });
-    } else {
-        eprintln!("postgres: no server reachable, skipped");
+    for name in BACKENDS {
+        match fresh_store(name).await {
+            Some(store) => stores.push(store),
+            None => eprintln!("{name}: not available here, skipped"),
+        }
     }
     stores
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use smalltalk_benches::{
-    SIZES, Samples, backends, create, messages, session_with_history, session_with_state,
+    BACKENDS, SIZES, Samples, create, fresh_store, messages, session_with_history,
+    session_with_state,
 };
 use smalltalk_storage::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 use smalltalk_storage::{Expected, SessionStore, StoreAdmin};
@@ -75,50 +76,6 @@ async fn report() -> anyhow::Result<()> {
     let (warmup, count) = if quick { (20, 200) } else { (100, 2000) };
 
     let mut rows = Vec::new();
-    // Each group of rows runs on fresh stores, so background work one group
-    // leaves behind (WAL checkpoints, vacuum) does not bill the next.
-    for (label, bytes) in SIZES {
-        for bench_store in backends().await {
-            let (store, backend) = (Arc::clone(&bench_store.store), bench_store.name);
-            eprintln!("measuring save and get {label} on {backend} ({count} samples per row)");
-            let session = session_with_state(bytes);
-            let mut version = create(store.as_ref(), &session).await;
-            let samples = Samples::collect(warmup, count, || {
-                let (store, session) = (Arc::clone(&store), session.clone());
-                let expected = version;
-                version += 1;
-                async move {
-                    store
-                        .save_session(&session, Expected::Version(expected))
-                        .await
-                        .expect("save");
-                }
-            })
-            .await;
-            let name = format!("save_{label}");
-            latency_rows(&mut rows, backend, &name, &samples, target(backend, &name));
-            store.close().await?;
-        }
-        for bench_store in backends().await {
-            let (store, backend) = (Arc::clone(&bench_store.store), bench_store.name);
-            let session = session_with_history(bytes);
-            create(store.as_ref(), &session).await;
-            let samples = Samples::collect(warmup, count, || {
-                let store = Arc::clone(&store);
-                async move {
-                    store
-                        .get_session(session.id)
-                        .await
-                        .expect("get")
-                        .expect("present");
-                }
-            })
-            .await;
-            let name = format!("get_{label}");
-            latency_rows(&mut rows, backend, &name, &samples, target(backend, &name));
-            store.close().await?;
-        }
-    }
     // SQLite with synchronous=FULL (durable across power loss).
     for (label, bytes) in SIZES.into_iter().take(2) {
         let dir = tempfile::tempdir()?;
@@ -146,7 +103,59 @@ async fn report() -> anyhow::Result<()> {
         latency_rows(&mut rows, "sqlite", &name, &samples, Some(0.3));
         store.close().await?;
     }
-    for bench_store in backends().await {
+    // Backend by backend, each row on a fresh store: background work one
+    // measurement leaves behind (WAL checkpoints, PostgreSQL's writer and
+    // autovacuum) must not bill the next, on a machine with two cores.
+    for name in BACKENDS {
+        for (label, bytes) in SIZES {
+            let Some(bench_store) = fresh_store(name).await else {
+                continue;
+            };
+            let (store, backend) = (Arc::clone(&bench_store.store), bench_store.name);
+            eprintln!("measuring save {label} on {backend} ({count} samples)");
+            let session = session_with_state(bytes);
+            let mut version = create(store.as_ref(), &session).await;
+            let samples = Samples::collect(warmup, count, || {
+                let (store, session) = (Arc::clone(&store), session.clone());
+                let expected = version;
+                version += 1;
+                async move {
+                    store
+                        .save_session(&session, Expected::Version(expected))
+                        .await
+                        .expect("save");
+                }
+            })
+            .await;
+            let name = format!("save_{label}");
+            latency_rows(&mut rows, backend, &name, &samples, target(backend, &name));
+            store.close().await?;
+
+            let Some(bench_store) = fresh_store(backend).await else {
+                continue;
+            };
+            let store = Arc::clone(&bench_store.store);
+            eprintln!("measuring get {label} on {backend} ({count} samples)");
+            let session = session_with_history(bytes);
+            create(store.as_ref(), &session).await;
+            let samples = Samples::collect(warmup, count, || {
+                let store = Arc::clone(&store);
+                async move {
+                    store
+                        .get_session(session.id)
+                        .await
+                        .expect("get")
+                        .expect("present");
+                }
+            })
+            .await;
+            let name = format!("get_{label}");
+            latency_rows(&mut rows, backend, &name, &samples, target(backend, &name));
+            store.close().await?;
+        }
+        let Some(bench_store) = fresh_store(name).await else {
+            continue;
+        };
         let (store, backend) = (Arc::clone(&bench_store.store), bench_store.name);
         eprintln!("measuring append on {backend} ({count} samples)");
         let session = session_with_history(100 * 1024);
