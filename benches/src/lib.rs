@@ -175,3 +175,65 @@ impl Samples {
         self.0.is_empty()
     }
 }
+
+/// `count` compare-and-swap saves of a session with `bytes` of state.
+pub async fn measure_saves(
+    store: Arc<dyn Store>,
+    bytes: usize,
+    warmup: usize,
+    count: usize,
+) -> Samples {
+    let session = session_with_state(bytes);
+    let mut version = create(store.as_ref(), &session).await;
+    Samples::collect(warmup, count, || {
+        let (store, session) = (Arc::clone(&store), session.clone());
+        let expected = version;
+        version += 1;
+        async move {
+            store
+                .save_session(&session, Expected::Version(expected))
+                .await
+                .expect("save");
+        }
+    })
+    .await
+}
+
+/// `count` restores of a 100-message session of `bytes`.
+pub async fn measure_gets(
+    store: Arc<dyn Store>,
+    bytes: usize,
+    warmup: usize,
+    count: usize,
+) -> Samples {
+    let session = session_with_history(bytes);
+    create(store.as_ref(), &session).await;
+    Samples::collect(warmup, count, || {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .get_session(session.id)
+                .await
+                .expect("get")
+                .expect("present");
+        }
+    })
+    .await
+}
+
+/// `count` appends of one 1 KB message to a 100-message session.
+pub async fn measure_appends(store: Arc<dyn Store>, warmup: usize, count: usize) -> Samples {
+    let session = session_with_history(100 * 1024);
+    create(store.as_ref(), &session).await;
+    let message = messages(1, 1024).remove(0);
+    Samples::collect(warmup, count, || {
+        let (store, message) = (Arc::clone(&store), message.clone());
+        async move {
+            store
+                .append_messages(session.id, &[message], None)
+                .await
+                .expect("append");
+        }
+    })
+    .await
+}

@@ -8,11 +8,17 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use smalltalk_benches::{
-    BACKENDS, SIZES, Samples, create, fresh_store, messages, session_with_history,
-    session_with_state,
+    BACKENDS, SIZES, Samples, fresh_store, measure_appends, measure_gets, measure_saves,
 };
+use smalltalk_storage::Store;
 use smalltalk_storage::sqlite::{SqliteOptions, SqliteStore, Synchronous};
-use smalltalk_storage::{Expected, SessionStore, StoreAdmin};
+
+/// What a row group measures.
+#[derive(Clone, Copy)]
+enum Operation {
+    Save,
+    Get,
+}
 
 /// One row of the report.
 struct Row {
@@ -83,24 +89,17 @@ async fn report() -> anyhow::Result<()> {
             synchronous: Synchronous::Full,
             ..Default::default()
         };
-        let store = Arc::new(SqliteStore::open_with(dir.path().join("full.db"), options).await?);
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open_with(dir.path().join("full.db"), options).await?);
         eprintln!("measuring save {label} on sqlite with synchronous=full ({count} samples)");
-        let session = session_with_state(bytes);
-        let mut version = create(store.as_ref(), &session).await;
-        let samples = Samples::collect(warmup, count, || {
-            let (store, session) = (Arc::clone(&store), session.clone());
-            let expected = version;
-            version += 1;
-            async move {
-                store
-                    .save_session(&session, Expected::Version(expected))
-                    .await
-                    .expect("save");
-            }
-        })
-        .await;
-        let name = format!("save_{label}_full");
-        latency_rows(&mut rows, "sqlite", &name, &samples, Some(0.3));
+        let samples = measure_saves(Arc::clone(&store), bytes, warmup, count).await;
+        latency_rows(
+            &mut rows,
+            "sqlite",
+            &format!("save_{label}_full"),
+            &samples,
+            Some(0.3),
+        );
         store.close().await?;
     }
     // Backend by backend, each row on a fresh store: background work one
@@ -108,76 +107,30 @@ async fn report() -> anyhow::Result<()> {
     // autovacuum) must not bill the next, on a machine with two cores.
     for name in BACKENDS {
         for (label, bytes) in SIZES {
-            let Some(bench_store) = fresh_store(name).await else {
-                continue;
-            };
-            let (store, backend) = (Arc::clone(&bench_store.store), bench_store.name);
-            eprintln!("measuring save {label} on {backend} ({count} samples)");
-            let session = session_with_state(bytes);
-            let mut version = create(store.as_ref(), &session).await;
-            let samples = Samples::collect(warmup, count, || {
-                let (store, session) = (Arc::clone(&store), session.clone());
-                let expected = version;
-                version += 1;
-                async move {
-                    store
-                        .save_session(&session, Expected::Version(expected))
-                        .await
-                        .expect("save");
-                }
-            })
-            .await;
-            let name = format!("save_{label}");
-            latency_rows(&mut rows, backend, &name, &samples, target(backend, &name));
-            store.close().await?;
-
-            let Some(bench_store) = fresh_store(backend).await else {
-                continue;
-            };
-            let store = Arc::clone(&bench_store.store);
-            eprintln!("measuring get {label} on {backend} ({count} samples)");
-            let session = session_with_history(bytes);
-            create(store.as_ref(), &session).await;
-            let samples = Samples::collect(warmup, count, || {
-                let store = Arc::clone(&store);
-                async move {
-                    store
-                        .get_session(session.id)
-                        .await
-                        .expect("get")
-                        .expect("present");
-                }
-            })
-            .await;
-            let name = format!("get_{label}");
-            latency_rows(&mut rows, backend, &name, &samples, target(backend, &name));
-            store.close().await?;
+            for (operation, measure) in [("save", Operation::Save), ("get", Operation::Get)] {
+                let Some(bench_store) = fresh_store(name).await else {
+                    continue;
+                };
+                eprintln!("measuring {operation} {label} on {name} ({count} samples)");
+                let store = Arc::clone(&bench_store.store);
+                let samples = match measure {
+                    Operation::Save => {
+                        measure_saves(Arc::clone(&store), bytes, warmup, count).await
+                    }
+                    Operation::Get => measure_gets(Arc::clone(&store), bytes, warmup, count).await,
+                };
+                let metric = format!("{operation}_{label}");
+                latency_rows(&mut rows, name, &metric, &samples, target(name, &metric));
+                store.close().await?;
+            }
         }
         let Some(bench_store) = fresh_store(name).await else {
             continue;
         };
-        let (store, backend) = (Arc::clone(&bench_store.store), bench_store.name);
-        eprintln!("measuring append on {backend} ({count} samples)");
-        let session = session_with_history(100 * 1024);
-        create(store.as_ref(), &session).await;
-        let message = messages(1, 1024).remove(0);
-        let samples = Samples::collect(warmup, count, || {
-            let (store, message) = (Arc::clone(&store), message.clone());
-            async move {
-                store
-                    .append_messages(session.id, &[message], None)
-                    .await
-                    .expect("append");
-            }
-        })
-        .await;
-        latency_rows(
-            &mut rows,
-            backend,
-            "append",
-            &samples,
-            target(backend, "append"),
-        );
+        eprintln!("measuring append on {name} ({count} samples)");
+        let store = Arc::clone(&bench_store.store);
+        let samples = measure_appends(Arc::clone(&store), warmup, count).await;
+        latency_rows(&mut rows, name, "append", &samples, target(name, "append"));
         store.close().await?;
     }
     let rank = |backend: &str| {

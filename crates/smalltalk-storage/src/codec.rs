@@ -107,6 +107,27 @@ pub(crate) fn encode_message(message: &Message) -> Result<EncodedMessage> {
     })
 }
 
+/// Messages ready to append: encoded, with their total stored size and the
+/// newest timestamp among them.
+pub(crate) struct EncodedAppend {
+    pub(crate) messages: Vec<EncodedMessage>,
+    pub(crate) bytes: u64,
+    pub(crate) newest: Option<Timestamp>,
+}
+
+/// Encodes messages for an append.
+pub(crate) fn encode_append(messages: &[Message]) -> Result<EncodedAppend> {
+    let encoded = messages
+        .iter()
+        .map(encode_message)
+        .collect::<Result<Vec<_>>>()?;
+    Ok(EncodedAppend {
+        bytes: encoded.iter().map(EncodedMessage::len).sum(),
+        messages: encoded,
+        newest: messages.iter().map(|message| message.timestamp).max(),
+    })
+}
+
 /// Decodes one stored message, taking ownership of its content bytes.
 fn decode_message(meta: &[u8], content: Vec<u8>) -> Result<Message> {
     let meta: MessageMeta =

@@ -12,7 +12,7 @@ use smalltalk_types::{
     Timestamp,
 };
 
-use crate::codec::advanced_updated_at;
+use crate::codec::{self, advanced_updated_at};
 use crate::{
     AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
     SessionStore, StoreAdmin, StoreStats,
@@ -87,10 +87,9 @@ impl MemoryStore {
     }
 }
 
-fn json_len<T: serde::Serialize>(value: &T) -> Result<u64> {
-    Ok(serde_json::to_vec(value)
-        .map_err(smalltalk_types::Error::Encoding)?
-        .len() as u64)
+/// Bytes a message takes, counted as the SQL backends store it.
+fn message_len(message: &Message) -> Result<u64> {
+    Ok(codec::encode_message(message)?.len())
 }
 
 impl Inner {
@@ -120,19 +119,15 @@ impl Inner {
             message_bytes = stored.message_bytes;
             next.messages = stored.session.messages.clone();
             for message in tail {
-                message_bytes += json_len(&message)?;
+                message_bytes += message_len(&message)?;
                 next.messages.push(message);
             }
         } else {
             for message in &next.messages {
-                message_bytes += json_len(message)?;
+                message_bytes += message_len(message)?;
             }
         }
-        let header_bytes = {
-            let mut header = next.clone();
-            header.messages = Vec::new();
-            json_len(&header)?
-        };
+        let header_bytes = codec::encode_header(&next)?.len() as u64;
         Ok(StoredSession {
             session: next,
             header_bytes,
@@ -173,10 +168,7 @@ impl SessionStore for MemoryStore {
         messages: &[Message],
         expected: Option<u64>,
     ) -> Result<AppendOutcome> {
-        let mut added_bytes = 0;
-        for message in messages {
-            added_bytes += json_len(message)?;
-        }
+        let added_bytes = codec::encode_append(messages)?.bytes;
         let mut inner = self.lock()?;
         let stored = inner.sessions.get_mut(&id).ok_or(Error::NotFound { id })?;
         if let Some(expected) = expected {

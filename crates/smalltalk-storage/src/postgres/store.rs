@@ -292,15 +292,12 @@ impl SessionStore for PgStore {
         messages: &[Message],
         expected: Option<u64>,
     ) -> Result<AppendOutcome> {
-        let bodies: Vec<EncodedMessage> = messages
-            .iter()
-            .map(codec::encode_message)
-            .collect::<Result<_>>()?;
-        let newest = messages
-            .iter()
-            .map(|message| message.timestamp.as_micros())
-            .max();
-        let added_bytes: u64 = bodies.iter().map(EncodedMessage::len).sum();
+        let codec::EncodedAppend {
+            messages: bodies,
+            bytes: added_bytes,
+            newest,
+        } = codec::encode_append(messages)?;
+        let newest = newest.map(Timestamp::as_micros);
         let key = id.to_string();
         // One statement, one round trip: the UPDATE's row lock serializes
         // concurrent appenders, and the messages go in at the positions it

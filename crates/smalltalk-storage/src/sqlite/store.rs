@@ -134,69 +134,54 @@ fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
     insert_messages(conn, &id, stored_count, tail)?;
     let message_count = to_i64(stored_count + tail.len() as u64);
     let message_bytes = to_i64(stored_bytes + tail.iter().map(EncodedMessage::len).sum::<u64>());
-    let written = match &current {
-        None => conn
-            .prepare_cached(
-                "INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at,
-                                       message_count, message_bytes, header)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut statement| {
-                statement.execute(params![
-                    id,
-                    save.state.as_str(),
-                    to_i64(version),
-                    save.created_at,
-                    save.updated_at,
-                    save.expires_at,
-                    message_count,
-                    message_bytes,
-                    save.header,
-                ])
-            }),
-        // The indexed columns did not change: leave the indexes alone, so
-        // the commit writes the row's pages only.
-        Some(stored)
-            if stored.state == save.state.as_str()
-                && stored.created_at == save.created_at
-                && stored.expires_at == save.expires_at =>
-        {
-            conn.prepare_cached(
-                "UPDATE sessions SET version = ?2, updated_at = ?3, message_count = ?4,
-                                     message_bytes = ?5, header = ?6
-                 WHERE id = ?1",
-            )
-            .and_then(|mut statement| {
-                statement.execute(params![
-                    id,
-                    to_i64(version),
-                    save.updated_at,
-                    message_count,
-                    message_bytes,
-                    save.header,
-                ])
-            })
-        }
-        Some(_) => conn
-            .prepare_cached(
-                "UPDATE sessions SET state = ?2, version = ?3, created_at = ?4, updated_at = ?5,
-                                     expires_at = ?6, message_count = ?7, message_bytes = ?8,
-                                     header = ?9
-                 WHERE id = ?1",
-            )
-            .and_then(|mut statement| {
-                statement.execute(params![
-                    id,
-                    save.state.as_str(),
-                    to_i64(version),
-                    save.created_at,
-                    save.updated_at,
-                    save.expires_at,
-                    message_count,
-                    message_bytes,
-                    save.header,
-                ])
-            }),
+    let unchanged_indexes = current.as_ref().is_some_and(|stored| {
+        stored.state == save.state.as_str()
+            && stored.created_at == save.created_at
+            && stored.expires_at == save.expires_at
+    });
+    let written = if unchanged_indexes {
+        // No indexed column changed: leave the indexes alone, so the commit
+        // writes the row's pages only.
+        conn.prepare_cached(
+            "UPDATE sessions SET version = ?2, updated_at = ?3, message_count = ?4,
+                                 message_bytes = ?5, header = ?6
+             WHERE id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                id,
+                to_i64(version),
+                save.updated_at,
+                message_count,
+                message_bytes,
+                save.header,
+            ])
+        })
+    } else {
+        // Both statements take every column, in the same order.
+        let sql = if current.is_some() {
+            "UPDATE sessions SET state = ?2, version = ?3, created_at = ?4, updated_at = ?5,
+                                 expires_at = ?6, message_count = ?7, message_bytes = ?8,
+                                 header = ?9
+             WHERE id = ?1"
+        } else {
+            "INSERT INTO sessions (id, state, version, created_at, updated_at, expires_at,
+                                   message_count, message_bytes, header)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+        };
+        conn.prepare_cached(sql).and_then(|mut statement| {
+            statement.execute(params![
+                id,
+                save.state.as_str(),
+                to_i64(version),
+                save.created_at,
+                save.updated_at,
+                save.expires_at,
+                message_count,
+                message_bytes,
+                save.header,
+            ])
+        })
     };
     written.map_err(sqlite_error)?;
     Ok(version)
@@ -369,11 +354,11 @@ impl SessionStore for SqliteStore {
         messages: &[Message],
         expected: Option<u64>,
     ) -> Result<AppendOutcome> {
-        let bodies: Vec<EncodedMessage> = messages
-            .iter()
-            .map(codec::encode_message)
-            .collect::<Result<_>>()?;
-        let newest = messages.iter().map(|message| message.timestamp).max();
+        let codec::EncodedAppend {
+            messages: bodies,
+            bytes: added_bytes,
+            newest,
+        } = codec::encode_append(messages)?;
         self.write(move |conn| {
             let key = id.to_string();
             let current: Option<(i64, i64, i64)> = conn
@@ -398,7 +383,6 @@ impl SessionStore for SqliteStore {
             let first_sequence = to_u64(count);
             insert_messages(conn, &key, first_sequence, &bodies)?;
             let updated_at = newest.map_or(updated_at, |newest| updated_at.max(newest.as_micros()));
-            let added_bytes: u64 = bodies.iter().map(EncodedMessage::len).sum();
             let outcome = AppendOutcome {
                 version: version + 1,
                 first_sequence,
