@@ -10,7 +10,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use smalltalk_benches::{
     SIZES, backends, create, messages, session_with_history, session_with_state,
 };
-use smalltalk_storage::Expected;
+use smalltalk_storage::{AppendGuard, Expected};
 
 fn storage(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -63,7 +63,7 @@ fn storage(c: &mut Criterion) {
                 let (store, message) = (Arc::clone(&store), message.clone());
                 async move {
                     store
-                        .append_messages(session.id, &[message], None)
+                        .append_messages(session.id, &[message], AppendGuard::NONE)
                         .await
                         .expect("append")
                 }

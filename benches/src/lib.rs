@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use smalltalk_storage::contract::{Backend, MemoryBackend, PgBackend, SqliteBackend};
-use smalltalk_storage::{Expected, Store};
+use smalltalk_storage::{AppendGuard, Expected, Store};
 use smalltalk_types::{
     AgentId, AgentState, Message, Role, Session, SessionId, SystemClock, Timestamp,
 };
@@ -230,7 +230,7 @@ pub async fn measure_appends(store: Arc<dyn Store>, warmup: usize, count: usize)
         let (store, message) = (Arc::clone(&store), message.clone());
         async move {
             store
-                .append_messages(session.id, &[message], None)
+                .append_messages(session.id, &[message], AppendGuard::NONE)
                 .await
                 .expect("append");
         }

@@ -31,6 +31,15 @@ pub enum Error {
         /// The version found in storage.
         found: u64,
     },
+    /// The session no longer accepts messages: it was invalidated or has
+    /// expired. Final: retrying will not help.
+    #[error("session {id} does not accept messages: it is {state}")]
+    NotAccepting {
+        /// The session.
+        id: SessionId,
+        /// Why: `invalidated`, or `expired` (by state or by time).
+        state: smalltalk_types::SessionState,
+    },
     /// Invalid input (an id, a key, a record that does not decode) or a
     /// record stored by a newer release.
     #[error(transparent)]

@@ -30,7 +30,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use smalltalk_storage::{Expected, open};
+//! use smalltalk_storage::{AppendGuard, Expected, open};
 //! use smalltalk_types::{Message, Role, Session, SessionId, Timestamp};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -45,7 +45,7 @@
 //!
 //! // Appending does not rewrite the history.
 //! let hello = Message::new(Role::User, "hello", now);
-//! store.append_messages(session.id, &[hello], None).await?;
+//! store.append_messages(session.id, &[hello], AppendGuard::NONE).await?;
 //!
 //! // A stale compare-and-swap is refused, never applied.
 //! let stale = store.save_session(&session, Expected::Version(1)).await;
@@ -79,6 +79,6 @@ pub use error::{BoxError, Error, Result};
 pub use memory::MemoryStore;
 pub use open::{OpenOptions, open, open_with};
 pub use traits::{
-    AppendOutcome, BackendKind, Expected, KeyValueStore, SessionFilter, SessionStore, Store,
-    StoreAdmin, StoreStats,
+    AppendGuard, AppendOutcome, BackendKind, Expected, KeyValueStore, SessionFilter, SessionStore,
+    Store, StoreAdmin, StoreStats,
 };

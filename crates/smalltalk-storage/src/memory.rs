@@ -14,7 +14,7 @@ use smalltalk_types::{
 
 use crate::codec::{self, advanced_updated_at};
 use crate::{
-    AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
+    AppendGuard, AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
     SessionStore, StoreAdmin, StoreStats,
 };
 
@@ -84,6 +84,18 @@ impl MemoryStore {
             .inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+fn summary_of(session: &Session) -> SessionSummary {
+    SessionSummary {
+        id: session.id,
+        state: session.state,
+        version: session.version,
+        created_at: session.created_at,
+        updated_at: session.updated_at,
+        expires_at: session.expires_at,
+        message_count: session.messages.len() as u64,
     }
 }
 
@@ -166,20 +178,13 @@ impl SessionStore for MemoryStore {
         &self,
         id: SessionId,
         messages: &[Message],
-        expected: Option<u64>,
+        guard: AppendGuard,
     ) -> Result<AppendOutcome> {
         let added_bytes = codec::encode_append(messages)?.bytes;
         let mut inner = self.lock()?;
         let stored = inner.sessions.get_mut(&id).ok_or(Error::NotFound { id })?;
-        if let Some(expected) = expected {
-            if stored.session.version != expected {
-                return Err(Error::Conflict {
-                    id,
-                    expected,
-                    found: stored.session.version,
-                });
-            }
-        }
+        let session = &stored.session;
+        guard.check(id, session.version, session.state, session.expires_at)?;
         let first_sequence = stored.session.messages.len() as u64;
         stored.session.messages.extend_from_slice(messages);
         stored.session.version += 1;
@@ -190,6 +195,14 @@ impl SessionStore for MemoryStore {
             first_sequence,
             message_count: stored.session.messages.len() as u64,
         })
+    }
+
+    async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>> {
+        Ok(self
+            .lock()?
+            .sessions
+            .get(&id)
+            .map(|stored| summary_of(&stored.session)))
     }
 
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
@@ -204,15 +217,7 @@ impl SessionStore for MemoryStore {
                     .created_after
                     .is_none_or(|after| session.created_at > after)
             })
-            .map(|session| SessionSummary {
-                id: session.id,
-                state: session.state,
-                version: session.version,
-                created_at: session.created_at,
-                updated_at: session.updated_at,
-                expires_at: session.expires_at,
-                message_count: session.messages.len() as u64,
-            })
+            .map(summary_of)
             .collect();
         // A UUID's byte order is its lowercase hex text order, which is how
         // the SQL backends order ids.

@@ -38,6 +38,73 @@ pub struct SessionFilter {
     pub offset: u64,
 }
 
+/// Conditions an append must meet, checked atomically with the write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppendGuard {
+    /// Only if the session is at exactly this version, else
+    /// [`Error::Conflict`](crate::Error::Conflict).
+    pub version: Option<u64>,
+    /// Only if the session accepts messages at this time: its state is
+    /// `active` or `idle` and it has not expired. Else
+    /// [`Error::NotAccepting`](crate::Error::NotAccepting).
+    pub open_at: Option<Timestamp>,
+}
+
+impl AppendGuard {
+    /// No conditions: the append always lands (if the session exists).
+    pub const NONE: AppendGuard = AppendGuard {
+        version: None,
+        open_at: None,
+    };
+
+    /// Only at `version`.
+    pub fn at_version(version: u64) -> Self {
+        Self {
+            version: Some(version),
+            open_at: None,
+        }
+    }
+
+    /// Only if the session accepts messages at `now`.
+    pub fn open_at(now: Timestamp) -> Self {
+        Self {
+            version: None,
+            open_at: Some(now),
+        }
+    }
+
+    /// Checks a stored session against the guard; `found` is its version.
+    /// Rejection order: not accepting (final) before a version conflict
+    /// (retryable).
+    pub(crate) fn check(
+        &self,
+        id: SessionId,
+        found: u64,
+        state: SessionState,
+        expires_at: Timestamp,
+    ) -> crate::Result<()> {
+        if let Some(now) = self.open_at {
+            if !matches!(state, SessionState::Active | SessionState::Idle) {
+                return Err(crate::Error::NotAccepting { id, state });
+            }
+            if expires_at <= now {
+                return Err(crate::Error::NotAccepting {
+                    id,
+                    state: SessionState::Expired,
+                });
+            }
+        }
+        match self.version {
+            Some(expected) if expected != found => Err(crate::Error::Conflict {
+                id,
+                expected,
+                found,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The result of [`SessionStore::append_messages`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendOutcome {
@@ -76,16 +143,20 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// Deletes a session and its history; `false` if it did not exist.
     async fn delete_session(&self, id: SessionId) -> Result<bool>;
 
-    /// Appends `messages` to the history, atomically. With
-    /// `expected = Some(v)` only if the session is at version `v`. Without,
-    /// concurrent appends are serialized and none is lost. The session's
-    /// `updated_at` moves to the newest message's timestamp if that is later.
+    /// Appends `messages` to the history, atomically, if `guard` holds.
+    /// Without a version in the guard, concurrent appends are serialized and
+    /// none is lost. The session's `updated_at` moves to the newest
+    /// message's timestamp if that is later.
     async fn append_messages(
         &self,
         id: SessionId,
         messages: &[Message],
-        expected: Option<u64>,
+        guard: AppendGuard,
     ) -> Result<AppendOutcome>;
+
+    /// Reads a session's summary (no history, no agent states), or `None`.
+    /// Cheap whatever the history's length.
+    async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>>;
 
     /// Lists session summaries matching `filter`.
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>>;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smalltalk_storage::sqlite::{SqliteOptions, SqliteStore, Synchronous};
-use smalltalk_storage::{Error, Expected, SessionStore, StoreAdmin, open};
+use smalltalk_storage::{AppendGuard, Error, Expected, SessionStore, StoreAdmin, open};
 use smalltalk_types::{Message, Role, Session, SessionId, Timestamp};
 
 fn new_session() -> Session {
@@ -66,7 +66,7 @@ async fn several_writers_on_one_file_all_succeed() {
                 let message =
                     Message::new(Role::User, format!("{writer}:{index}"), Timestamp::now());
                 store
-                    .append_messages(session.id, &[message], None)
+                    .append_messages(session.id, &[message], AppendGuard::NONE)
                     .await
                     .unwrap();
             }
@@ -225,7 +225,9 @@ async fn writes_wait_for_another_process_holding_the_lock() {
         let store = Arc::clone(&store);
         pending.push(tokio::spawn(async move {
             let message = Message::new(Role::User, format!("m{index}"), Timestamp::now());
-            store.append_messages(session.id, &[message], None).await
+            store
+                .append_messages(session.id, &[message], AppendGuard::NONE)
+                .await
         }));
     }
     for _ in 0..50 {
@@ -270,7 +272,9 @@ async fn a_lock_held_past_the_busy_timeout_is_a_transient_error() {
     let other = rusqlite::Connection::open(&path).unwrap();
     other.execute_batch("BEGIN IMMEDIATE").unwrap();
     let message = Message::new(Role::User, "late", Timestamp::now());
-    let result = store.append_messages(session.id, &[message], None).await;
+    let result = store
+        .append_messages(session.id, &[message], AppendGuard::NONE)
+        .await;
     assert!(
         matches!(&result, Err(error @ Error::Unavailable { .. }) if error.is_transient()),
         "{result:?}"
@@ -284,7 +288,7 @@ async fn a_lock_held_past_the_busy_timeout_is_a_transient_error() {
         .append_messages(
             session.id,
             &[Message::new(Role::User, "ok", Timestamp::now())],
-            None,
+            AppendGuard::NONE,
         )
         .await
         .unwrap();

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use smalltalk::{
-    AgentId, AgentState, Expected, Message, Role, Session, SessionFilter, SessionId, Timestamp,
+    AgentId, AgentState, AppendGuard, Expected, Message, Role, Session, SessionFilter, SessionId,
+    Timestamp,
 };
 
 #[tokio::main]
@@ -54,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
         .with_agent(researcher),
     ];
     let appended = store
-        .append_messages(session.id, &turns, Some(version))
+        .append_messages(session.id, &turns, AppendGuard::at_version(version))
         .await?;
     println!(
         "appended {} messages (version {})",

@@ -22,7 +22,7 @@
 //!
 //! ```
 //! use std::time::Duration;
-//! use smalltalk::{Expected, Message, Role, Session, SessionId, Timestamp};
+//! use smalltalk::{AppendGuard, Expected, Message, Role, Session, SessionId, Timestamp};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -30,7 +30,7 @@
 //! let now = Timestamp::now();
 //! let session = Session::new(SessionId::new(), now, Duration::from_secs(3600));
 //! store.save_session(&session, Expected::Absent).await?;
-//! store.append_messages(session.id, &[Message::new(Role::User, "hi", now)], None).await?;
+//! store.append_messages(session.id, &[Message::new(Role::User, "hi", now)], AppendGuard::NONE).await?;
 //! assert_eq!(store.get_session(session.id).await?.unwrap().messages.len(), 1);
 //! # Ok(())
 //! # }
@@ -42,8 +42,8 @@ pub use smalltalk_storage as storage;
 pub use smalltalk_types as types;
 
 pub use smalltalk_storage::{
-    Error as StorageError, Expected, KeyValueStore, SessionFilter, SessionStore, Store, StoreAdmin,
-    open, open_with,
+    AppendGuard, Error as StorageError, Expected, KeyValueStore, SessionFilter, SessionStore,
+    Store, StoreAdmin, open, open_with,
 };
 pub use smalltalk_types::{
     AgentId, AgentState, Message, Role, Session, SessionId, SessionState, StorageKey, Timestamp,

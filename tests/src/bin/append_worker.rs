@@ -3,7 +3,7 @@
 //! messages `WORKER:i` one call at a time, then prints `done`.
 
 use anyhow::Context;
-use smalltalk::{Message, Role, SessionId, Timestamp};
+use smalltalk::{AppendGuard, Message, Role, SessionId, Timestamp};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -16,7 +16,9 @@ async fn main() -> anyhow::Result<()> {
     let store = smalltalk::open(url).await?;
     for index in 0..count {
         let message = Message::new(Role::User, format!("{worker}:{index}"), Timestamp::now());
-        store.append_messages(session, &[message], None).await?;
+        store
+            .append_messages(session, &[message], AppendGuard::NONE)
+            .await?;
     }
     store.close().await?;
     println!("done");

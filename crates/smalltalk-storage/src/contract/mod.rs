@@ -220,6 +220,8 @@ macro_rules! storage_contract {
                 not_found,
                 compare_and_swap,
                 append_order,
+                append_guard,
+                summary,
                 save_never_rewrites_history,
                 list_filters_and_pagination,
                 count_by_state,

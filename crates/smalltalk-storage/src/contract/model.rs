@@ -15,7 +15,7 @@ use smalltalk_types::{
 };
 
 use super::{Backend, test_clock};
-use crate::{AppendOutcome, Error, Expected, MemoryStore, SessionFilter, Store};
+use crate::{AppendGuard, AppendOutcome, Error, Expected, MemoryStore, SessionFilter, Store};
 
 const SLOTS: usize = 3;
 const KEYS: usize = 3;
@@ -37,6 +37,10 @@ enum Op {
         slot: usize,
         count: usize,
         expected: Option<u64>,
+        open: bool,
+    },
+    Summary {
+        slot: usize,
     },
     Get {
         slot: usize,
@@ -120,8 +124,9 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (slot.clone(), expected_op(), state(), 0..4_usize, 1..50_u64)
             .prop_map(|(slot, expected, state, messages, ttl)| Op::Save { slot, expected, state, messages, ttl }),
         1 => prop::collection::vec((slot.clone(), expected_op()), 1..4).prop_map(|entries| Op::SaveBatch { entries }),
-        3 => (slot.clone(), 0..3_usize, prop::option::of(0..5_u64))
-            .prop_map(|(slot, count, expected)| Op::Append { slot, count, expected }),
+        3 => (slot.clone(), 0..3_usize, prop::option::of(0..5_u64), any::<bool>())
+            .prop_map(|(slot, count, expected, open)| Op::Append { slot, count, expected, open }),
+        1 => slot.clone().prop_map(|slot| Op::Summary { slot }),
         2 => slot.clone().prop_map(|slot| Op::Get { slot }),
         1 => slot.clone().prop_map(|slot| Op::Has { slot }),
         1 => slot.clone().prop_map(|slot| Op::Delete { slot }),
@@ -152,6 +157,7 @@ enum Outcome {
     Bool(bool),
     Append(AppendOutcome),
     List(Vec<SessionSummary>),
+    Summary(Option<SessionSummary>),
     Counts(BTreeMap<SessionState, u64>),
     Count(u64),
     Value(Option<Vec<u8>>),
@@ -231,11 +237,26 @@ async fn apply(
                 .collect();
             outcome(store.save_sessions(&batch).await, Outcome::Versions)
         }
-        Op::Append { slot, expected, .. } => outcome(
-            store
-                .append_messages(fixture.ids[*slot], &inputs.messages, *expected)
-                .await,
-            Outcome::Append,
+        Op::Append {
+            slot,
+            expected,
+            open,
+            ..
+        } => {
+            let guard = AppendGuard {
+                version: *expected,
+                open_at: open.then(|| clock.now()),
+            };
+            outcome(
+                store
+                    .append_messages(fixture.ids[*slot], &inputs.messages, guard)
+                    .await,
+                Outcome::Append,
+            )
+        }
+        Op::Summary { slot } => outcome(
+            store.get_session_summary(fixture.ids[*slot]).await,
+            Outcome::Summary,
         ),
         Op::Get { slot } => outcome(
             store.get_session(fixture.ids[*slot]).await,

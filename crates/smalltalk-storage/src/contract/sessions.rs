@@ -11,7 +11,7 @@ use smalltalk_types::{
 };
 
 use super::{Backend, test_clock};
-use crate::{BackendKind, Error, Expected, SessionFilter, Store};
+use crate::{AppendGuard, BackendKind, Error, Expected, SessionFilter, Store};
 
 async fn open(backend: &impl Backend) -> Arc<dyn Store> {
     backend.open(test_clock()).await
@@ -105,7 +105,7 @@ pub async fn not_found(backend: &impl Backend) {
     assert!(!store.has_session(unknown).await.unwrap());
     assert!(!store.delete_session(unknown).await.unwrap());
     let appended = store
-        .append_messages(unknown, &[message("x", 1)], None)
+        .append_messages(unknown, &[message("x", 1)], AppendGuard::NONE)
         .await;
     assert!(
         matches!(appended, Err(Error::NotFound { id }) if id == unknown),
@@ -176,7 +176,7 @@ pub async fn compare_and_swap(backend: &impl Backend) {
     assert_eq!(stored.version, 2);
 
     let appended = store
-        .append_messages(session.id, &[message("m", 1)], Some(1))
+        .append_messages(session.id, &[message("m", 1)], AppendGuard::at_version(1))
         .await;
     assert!(
         matches!(
@@ -224,7 +224,11 @@ pub async fn append_order(backend: &impl Backend) {
         .await
         .unwrap();
     let first = store
-        .append_messages(session.id, &[message("a", 10), message("b", 11)], None)
+        .append_messages(
+            session.id,
+            &[message("a", 10), message("b", 11)],
+            AppendGuard::NONE,
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -232,14 +236,17 @@ pub async fn append_order(backend: &impl Backend) {
         (2, 0, 2)
     );
     let second = store
-        .append_messages(session.id, &[message("c", 9)], Some(2))
+        .append_messages(session.id, &[message("c", 9)], AppendGuard::at_version(2))
         .await
         .unwrap();
     assert_eq!(
         (second.version, second.first_sequence, second.message_count),
         (3, 2, 3)
     );
-    let empty = store.append_messages(session.id, &[], None).await.unwrap();
+    let empty = store
+        .append_messages(session.id, &[], AppendGuard::NONE)
+        .await
+        .unwrap();
     assert_eq!((empty.version, empty.message_count), (4, 3));
     let stored = store.get_session(session.id).await.unwrap().unwrap();
     let texts: Vec<&str> = stored
@@ -262,6 +269,134 @@ pub async fn append_order(backend: &impl Backend) {
         (summary.message_count, summary.version, summary.updated_at),
         (3, 4, at(11))
     );
+}
+
+/// A guarded append lands only on a session that accepts messages; the
+/// rejection is typed, final, and writes nothing.
+pub async fn append_guard(backend: &impl Backend) {
+    let store = open(backend).await;
+    let mut session = Session::new(SessionId::new(), at(0), Duration::from_secs(100));
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    let open_now = AppendGuard::open_at(at(50));
+    store
+        .append_messages(session.id, &[message("ok", 50)], open_now)
+        .await
+        .unwrap();
+
+    let expired = store
+        .append_messages(
+            session.id,
+            &[message("late", 100)],
+            AppendGuard::open_at(at(100)),
+        )
+        .await;
+    assert!(
+        matches!(expired, Err(Error::NotAccepting { state: SessionState::Expired, id }) if id == session.id),
+        "{expired:?}"
+    );
+
+    session.state = SessionState::Idle;
+    store
+        .save_session(&session, Expected::Version(2))
+        .await
+        .unwrap();
+    store
+        .append_messages(session.id, &[message("idle ok", 51)], open_now)
+        .await
+        .unwrap();
+
+    session.state = SessionState::Invalidated;
+    store
+        .save_session(&session, Expected::Version(4))
+        .await
+        .unwrap();
+    let invalidated = store
+        .append_messages(session.id, &[message("no", 52)], open_now)
+        .await;
+    assert!(
+        matches!(
+            invalidated,
+            Err(Error::NotAccepting {
+                state: SessionState::Invalidated,
+                ..
+            })
+        ),
+        "{invalidated:?}"
+    );
+    // Not accepting is reported before a version conflict: it is final.
+    let both = AppendGuard {
+        version: Some(1),
+        open_at: Some(at(50)),
+    };
+    let both = store
+        .append_messages(session.id, &[message("no", 52)], both)
+        .await;
+    assert!(matches!(both, Err(Error::NotAccepting { .. })), "{both:?}");
+    let stored = store.get_session(session.id).await.unwrap().unwrap();
+    let texts: Vec<&str> = stored
+        .messages
+        .iter()
+        .map(|message| message.content.as_str())
+        .collect();
+    assert_eq!(texts, ["ok", "idle ok"], "rejected appends wrote nothing");
+    assert_eq!(stored.version, 5);
+
+    let unknown = store
+        .append_messages(SessionId::new(), &[message("x", 1)], open_now)
+        .await;
+    assert!(
+        matches!(unknown, Err(Error::NotFound { .. })),
+        "{unknown:?}"
+    );
+}
+
+/// The summary reads the header's columns without the history.
+pub async fn summary(backend: &impl Backend) {
+    let store = open(backend).await;
+    assert_eq!(
+        store.get_session_summary(SessionId::new()).await.unwrap(),
+        None
+    );
+    let session = rich_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    store
+        .append_messages(session.id, &[message("more", 9)], AppendGuard::NONE)
+        .await
+        .unwrap();
+    let summary = store
+        .get_session_summary(session.id)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(
+        (
+            summary.id,
+            summary.state,
+            summary.version,
+            summary.message_count
+        ),
+        (
+            session.id,
+            SessionState::Idle,
+            2,
+            session.messages.len() as u64 + 1
+        )
+    );
+    assert_eq!(
+        (summary.created_at, summary.updated_at, summary.expires_at),
+        (at(0), at(9), session.expires_at)
+    );
+    let listed = store
+        .list_sessions(&SessionFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![summary]);
 }
 
 /// `save_session` appends the snapshot's new messages and never rewrites or
@@ -534,7 +669,7 @@ pub async fn stats(backend: &impl Backend) {
         .await
         .unwrap();
     store
-        .append_messages(session.id, &[message("more", 9)], None)
+        .append_messages(session.id, &[message("more", 9)], AppendGuard::NONE)
         .await
         .unwrap();
     store
@@ -584,7 +719,7 @@ pub async fn persistence_across_reopen(backend: &impl Backend) {
             .await
             .unwrap();
         store
-            .append_messages(session.id, &[message("after save", 7)], None)
+            .append_messages(session.id, &[message("after save", 7)], AppendGuard::NONE)
             .await
             .unwrap();
         store.close().await.unwrap();
@@ -622,7 +757,7 @@ pub async fn concurrent_appenders_lose_nothing(backend: &impl Backend) {
                 let message = message(&format!("{task}/{index}"), 1);
                 ids.push(message.id);
                 store
-                    .append_messages(session.id, &[message], None)
+                    .append_messages(session.id, &[message], AppendGuard::NONE)
                     .await
                     .unwrap();
             }

@@ -13,7 +13,7 @@ use sqlx::{PgConnection, Row};
 use super::{PgStore, pg_error};
 use crate::codec::{self, EncodedMessage, to_i64, to_u64};
 use crate::{
-    AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
+    AppendGuard, AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
     SessionStore, StoreAdmin, StoreStats,
 };
 
@@ -290,7 +290,7 @@ impl SessionStore for PgStore {
         &self,
         id: SessionId,
         messages: &[Message],
-        expected: Option<u64>,
+        guard: AppendGuard,
     ) -> Result<AppendOutcome> {
         let codec::EncodedAppend {
             messages: bodies,
@@ -299,55 +299,73 @@ impl SessionStore for PgStore {
         } = codec::encode_append(messages)?;
         let newest = newest.map(Timestamp::as_micros);
         let key = id.to_string();
-        // One statement, one round trip: the UPDATE's row lock serializes
-        // concurrent appenders, and the messages go in at the positions it
-        // returns.
-        let updated: Option<(i64, i64)> = sqlx::query_as(
-            "WITH upd AS (
-                UPDATE sessions SET version = version + 1, message_count = message_count + $3,
-                    updated_at = GREATEST(updated_at, COALESCE($4, updated_at)),
-                    message_bytes = message_bytes + $5
-                WHERE id = $1 AND ($2::BIGINT IS NULL OR version = $2)
-                RETURNING version, message_count),
-             ins AS (
-                INSERT INTO messages (session_id, seq, meta, content)
-                SELECT $1, upd.message_count - $3 + batch.ord - 1, batch.meta, batch.content
-                FROM upd, UNNEST($6::BYTEA[], $7::BYTEA[]) WITH ORDINALITY AS batch (meta, content, ord))
-             SELECT version, message_count FROM upd",
-        )
-        .bind(&key)
-        .bind(expected.map(to_i64))
-        .bind(bodies.len() as i64)
-        .bind(newest)
-        .bind(to_i64(added_bytes))
-        .bind(metas(&bodies))
-        .bind(contents(&bodies))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(pg_error)?;
-        let Some((version, count)) = updated else {
-            let found: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1")
+        loop {
+            // One statement, one round trip: the UPDATE's row lock serializes
+            // concurrent appenders, the guard is checked on the locked row,
+            // and the messages go in at the positions it returns.
+            let updated: Option<(i64, i64)> = sqlx::query_as(
+                "WITH upd AS (
+                    UPDATE sessions SET version = version + 1, message_count = message_count + $3,
+                        updated_at = GREATEST(updated_at, COALESCE($4, updated_at)),
+                        message_bytes = message_bytes + $5
+                    WHERE id = $1 AND ($2::BIGINT IS NULL OR version = $2)
+                      AND ($8::BIGINT IS NULL OR (state IN ('active', 'idle') AND expires_at > $8))
+                    RETURNING version, message_count),
+                 ins AS (
+                    INSERT INTO messages (session_id, seq, meta, content)
+                    SELECT $1, upd.message_count - $3 + batch.ord - 1, batch.meta, batch.content
+                    FROM upd, UNNEST($6::BYTEA[], $7::BYTEA[]) WITH ORDINALITY AS batch (meta, content, ord))
+                 SELECT version, message_count FROM upd",
+            )
+            .bind(&key)
+            .bind(guard.version.map(to_i64))
+            .bind(bodies.len() as i64)
+            .bind(newest)
+            .bind(to_i64(added_bytes))
+            .bind(metas(&bodies))
+            .bind(contents(&bodies))
+            .bind(guard.open_at.map(Timestamp::as_micros))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(pg_error)?;
+            if let Some((version, count)) = updated {
+                let message_count = to_u64(count);
+                return Ok(AppendOutcome {
+                    version: to_u64(version),
+                    first_sequence: message_count - bodies.len() as u64,
+                    message_count,
+                });
+            }
+            // Say why; if the guard holds now, the row changed in between:
+            // try again.
+            let found: Option<(i64, String, i64)> =
+                sqlx::query_as("SELECT version, state, expires_at FROM sessions WHERE id = $1")
                     .bind(&key)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(pg_error)?;
-            return Err(match (found, expected) {
-                (Some(found), Some(expected)) => Error::Conflict {
-                    id,
-                    expected,
-                    found: to_u64(found),
-                },
-                _ => Error::NotFound { id },
-            });
-        };
-        let message_count = to_u64(count);
-        let first_sequence = message_count - bodies.len() as u64;
-        Ok(AppendOutcome {
-            version: to_u64(version),
-            first_sequence,
-            message_count,
-        })
+            let (version, state, expires_at) = found.ok_or(Error::NotFound { id })?;
+            guard.check(
+                id,
+                to_u64(version),
+                codec::parse_state(&state)?,
+                Timestamp::from_micros(expires_at),
+            )?;
+        }
+    }
+
+    async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>> {
+        sqlx::query(
+            "SELECT id, state, version, created_at, updated_at, expires_at, message_count
+             FROM sessions WHERE id = $1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg_error)?
+        .as_ref()
+        .map(row_to_summary)
+        .transpose()
     }
 
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {

@@ -13,7 +13,7 @@ use smalltalk_types::{
 use super::{SqliteStore, sqlite_error};
 use crate::codec::{self, EncodedMessage, to_i64, to_u64};
 use crate::{
-    AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
+    AppendGuard, AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
     SessionStore, StoreAdmin, StoreStats,
 };
 
@@ -187,6 +187,22 @@ fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
     Ok(version)
 }
 
+/// The columns of a summary, in `SELECT id, state, version, created_at,
+/// updated_at, expires_at, message_count` order.
+type SummaryRow = (String, String, i64, i64, i64, i64, i64);
+
+fn summary_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<SummaryRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+    ))
+}
+
 /// The stored columns a save compares against.
 struct StoredHeader {
     version: i64,
@@ -352,7 +368,7 @@ impl SessionStore for SqliteStore {
         &self,
         id: SessionId,
         messages: &[Message],
-        expected: Option<u64>,
+        guard: AppendGuard,
     ) -> Result<AppendOutcome> {
         let codec::EncodedAppend {
             messages: bodies,
@@ -361,25 +377,34 @@ impl SessionStore for SqliteStore {
         } = codec::encode_append(messages)?;
         self.write(move |conn| {
             let key = id.to_string();
-            let current: Option<(i64, i64, i64)> = conn
+            let current: Option<(i64, i64, i64, String, i64)> = conn
                 .prepare_cached(
-                    "SELECT version, message_count, updated_at FROM sessions WHERE id = ?1",
+                    "SELECT version, message_count, updated_at, state, expires_at
+                     FROM sessions WHERE id = ?1",
                 )
                 .and_then(|mut statement| {
                     statement
-                        .query_row([&key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                        .query_row([&key], |row| {
+                            Ok((
+                                row.get(0)?,
+                                row.get(1)?,
+                                row.get(2)?,
+                                row.get(3)?,
+                                row.get(4)?,
+                            ))
+                        })
                         .optional()
                 })
                 .map_err(sqlite_error)?;
-            let (version, count, updated_at) = current.ok_or(Error::NotFound { id })?;
+            let (version, count, updated_at, state, expires_at) =
+                current.ok_or(Error::NotFound { id })?;
             let version = to_u64(version);
-            if let Some(expected) = expected.filter(|expected| *expected != version) {
-                return Err(Error::Conflict {
-                    id,
-                    expected,
-                    found: version,
-                });
-            }
+            guard.check(
+                id,
+                version,
+                codec::parse_state(&state)?,
+                Timestamp::from_micros(expires_at),
+            )?;
             let first_sequence = to_u64(count);
             insert_messages(conn, &key, first_sequence, &bodies)?;
             let updated_at = newest.map_or(updated_at, |newest| updated_at.max(newest.as_micros()));
@@ -408,6 +433,27 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>> {
+        self.read_inline(move |conn| {
+            let row: Option<SummaryRow> = conn
+                .prepare_cached(
+                    "SELECT id, state, version, created_at, updated_at, expires_at, message_count
+                     FROM sessions WHERE id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row([id.to_string()], summary_row)
+                        .optional()
+                })
+                .map_err(sqlite_error)?;
+            row.map(|(id, state, version, created, updated, expires, count)| {
+                codec::summary(&id, &state, version, created, updated, expires, count)
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
         let filter = filter.clone();
         let limit = filter.limit;
@@ -428,17 +474,7 @@ impl SessionStore for SqliteStore {
                         filter.limit.map_or(-1, i64::from),
                         to_i64(filter.offset),
                     ],
-                    |row| {
-                        Ok((
-                            row.get::<_, String>(0)?,
-                            row.get::<_, String>(1)?,
-                            row.get::<_, i64>(2)?,
-                            row.get::<_, i64>(3)?,
-                            row.get::<_, i64>(4)?,
-                            row.get::<_, i64>(5)?,
-                            row.get::<_, i64>(6)?,
-                        ))
-                    },
+                    summary_row,
                 )
                 .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
                 .map_err(sqlite_error)?;
