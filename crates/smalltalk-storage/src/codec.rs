@@ -38,11 +38,12 @@ struct HeaderRef<'a> {
     format_version: u32,
 }
 
-/// Encodes the header of `session`. Its `version` is informational: the
-/// column is the truth, so the header can be encoded before the new version
-/// is known (outside the writer's transaction).
+/// Encodes the header of `session`, gzip-compressed when over
+/// [`COMPRESS_ABOVE`]. Its `version` is informational: the column is the
+/// truth, so the header can be encoded before the new version is known
+/// (outside the writer's transaction).
 pub(crate) fn encode_header(session: &Session) -> Result<Vec<u8>> {
-    Ok(encode_record(&HeaderRef {
+    let json = encode_record(&HeaderRef {
         id: session.id,
         state: session.state,
         version: session.version,
@@ -52,7 +53,48 @@ pub(crate) fn encode_header(session: &Session) -> Result<Vec<u8>> {
         agent_states: &session.agent_states,
         metadata: &session.metadata,
         format_version: session.format_version,
-    })?)
+    })?;
+    if json.len() > COMPRESS_ABOVE {
+        Ok(compress(&json))
+    } else {
+        Ok(json)
+    }
+}
+
+/// Headers (agent states, metadata) larger than this are stored
+/// gzip-compressed (FR-009a). Small ones stay plain JSON, readable with any
+/// SQL tool.
+pub const COMPRESS_ABOVE: usize = 100 * 1024;
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// Gzip-compresses `bytes` (fast level: headers are rewritten often).
+pub fn compress(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(bytes.len() / 4),
+        flate2::Compression::fast(),
+    );
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(bytes);
+    encoder.finish().unwrap_or_default()
+}
+
+/// Undoes [`compress`] if `bytes` is gzip; returns plain JSON as is.
+fn decompress(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>> {
+    use std::io::Read;
+    if !bytes.starts_with(&GZIP_MAGIC) {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let mut plain = Vec::with_capacity(bytes.len() * 4);
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut plain)
+        .map_err(|error| {
+            smalltalk_types::Error::Encoding(serde::de::Error::custom(format!(
+                "stored header does not decompress: {error}"
+            )))
+        })?;
+    Ok(std::borrow::Cow::Owned(plain))
 }
 
 /// A message as stored: its content, and everything else as JSON.
@@ -155,7 +197,7 @@ pub(crate) fn decode_session(
     updated_at: Timestamp,
     messages: impl ExactSizeIterator<Item = (Vec<u8>, Vec<u8>)>,
 ) -> Result<Session> {
-    let mut session: Session = decode_record(header)?;
+    let mut session: Session = decode_record(&decompress(header)?)?;
     session.version = version;
     session.updated_at = updated_at;
     session.messages.reserve_exact(messages.len());

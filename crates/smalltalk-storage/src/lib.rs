@@ -58,7 +58,7 @@
 //! # }
 //! ```
 
-mod codec;
+pub mod codec;
 mod error;
 mod memory;
 mod open;

@@ -326,3 +326,42 @@ async fn checkpoint_truncates_the_wal() {
         1
     );
 }
+
+/// Headers over the threshold are stored gzip-compressed; small ones stay
+/// plain JSON, readable with any SQL tool.
+#[tokio::test]
+async fn large_headers_are_stored_compressed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("compressed.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let small = new_session();
+    let mut large = new_session();
+    let text = "all work and no play makes jack a dull boy ".repeat(5_000);
+    large.metadata.insert("notes".into(), text.into());
+    store.save_session(&small, Expected::Absent).await.unwrap();
+    store.save_session(&large, Expected::Absent).await.unwrap();
+    store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let header = |id: SessionId| -> Vec<u8> {
+        conn.query_row(
+            "SELECT header FROM sessions WHERE id = ?1",
+            [id.to_string()],
+            |row| row.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(header(small.id).first(), Some(&b'{'));
+    let compressed = header(large.id);
+    assert_eq!(&compressed[..2], &[0x1f, 0x8b], "gzip magic");
+    assert!(
+        compressed.len() < smalltalk_storage::codec::COMPRESS_ABOVE / 4,
+        "{}",
+        compressed.len()
+    );
+    drop(conn);
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(
+        store.get_session(large.id).await.unwrap().unwrap().metadata,
+        large.metadata
+    );
+}

@@ -217,6 +217,7 @@ macro_rules! storage_contract {
 
             $crate::__contract_cases!(sessions;
                 round_trip_every_field,
+                large_header_round_trips,
                 not_found,
                 compare_and_swap,
                 append_order,

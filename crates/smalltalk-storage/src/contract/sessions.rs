@@ -97,6 +97,40 @@ pub async fn round_trip_every_field(backend: &impl Backend) {
     assert_eq!(many, vec![Some(with_version(session, 1))]);
 }
 
+/// A header over the compression threshold (a large agent state) reads
+/// back exactly.
+pub async fn large_header_round_trips(backend: &impl Backend) {
+    let store = open(backend).await;
+    let mut session = rich_session();
+    let writer = AgentId::parse("writer").expect("valid");
+    let big: String = (0..300_000)
+        .map(|index| char::from(b'a' + (index * 7 % 26) as u8))
+        .collect();
+    session
+        .agent_states
+        .get_mut(&writer)
+        .unwrap()
+        .context
+        .insert("big".into(), json!(big));
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_session(session.id).await.unwrap().unwrap(),
+        with_version(session.clone(), 1)
+    );
+    session.metadata.insert("step".into(), json!(2));
+    store
+        .save_session(&session, Expected::Version(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_session(session.id).await.unwrap().unwrap(),
+        with_version(session, 2)
+    );
+}
+
 /// Unknown ids give `None`, `false` or `NotFound`, never a panic.
 pub async fn not_found(backend: &impl Backend) {
     let store = open(backend).await;
