@@ -197,6 +197,18 @@ impl SessionStore for MemoryStore {
         })
     }
 
+    async fn get_session_header(&self, id: SessionId) -> Result<Option<Session>> {
+        Ok(self.lock()?.sessions.get(&id).map(|stored| {
+            let session = &stored.session;
+            Session {
+                messages: Vec::new(),
+                agent_states: session.agent_states.clone(),
+                metadata: session.metadata.clone(),
+                ..*session
+            }
+        }))
+    }
+
     async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>> {
         Ok(self
             .lock()?

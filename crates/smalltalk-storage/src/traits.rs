@@ -154,6 +154,12 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
         guard: AppendGuard,
     ) -> Result<AppendOutcome>;
 
+    /// Reads a session without its history (`messages` is empty; the agent
+    /// states and metadata are there), or `None`. Cheap whatever the
+    /// history's length. Saving such a snapshot keeps the stored history:
+    /// saves never drop messages.
+    async fn get_session_header(&self, id: SessionId) -> Result<Option<Session>>;
+
     /// Reads a session's summary (no history, no agent states), or `None`.
     /// Cheap whatever the history's length.
     async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>>;

@@ -223,6 +223,7 @@ macro_rules! storage_contract {
                 append_order,
                 append_guard,
                 summary,
+                header_without_history,
                 save_never_rewrites_history,
                 list_filters_and_pagination,
                 count_by_state,

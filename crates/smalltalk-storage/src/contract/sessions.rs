@@ -387,6 +387,43 @@ pub async fn append_guard(backend: &impl Backend) {
     );
 }
 
+/// The header read gives everything but the history, and saving it back
+/// keeps the history.
+pub async fn header_without_history(backend: &impl Backend) {
+    let store = open(backend).await;
+    assert_eq!(
+        store.get_session_header(SessionId::new()).await.unwrap(),
+        None
+    );
+    let session = rich_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    let mut header = store
+        .get_session_header(session.id)
+        .await
+        .unwrap()
+        .expect("stored");
+    let mut expected = with_version(session.clone(), 1);
+    expected.messages.clear();
+    assert_eq!(header, expected);
+    header.metadata.insert("changed".into(), json!(true));
+    assert_eq!(
+        store
+            .save_session(&header, Expected::Version(1))
+            .await
+            .unwrap(),
+        2
+    );
+    let stored = store.get_session(session.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.messages, session.messages,
+        "saving a header keeps the history"
+    );
+    assert_eq!(stored.metadata["changed"], json!(true));
+}
+
 /// The summary reads the header's columns without the history.
 pub async fn summary(backend: &impl Backend) {
     let store = open(backend).await;

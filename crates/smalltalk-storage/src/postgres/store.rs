@@ -354,6 +354,24 @@ impl SessionStore for PgStore {
         }
     }
 
+    async fn get_session_header(&self, id: SessionId) -> Result<Option<Session>> {
+        let row: Option<(Vec<u8>, i64, i64)> =
+            sqlx::query_as("SELECT header, version, updated_at FROM sessions WHERE id = $1")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(pg_error)?;
+        row.map(|(header, version, updated_at)| {
+            codec::decode_session(
+                &header,
+                to_u64(version),
+                Timestamp::from_micros(updated_at),
+                std::iter::empty(),
+            )
+        })
+        .transpose()
+    }
+
     async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>> {
         sqlx::query(
             "SELECT id, state, version, created_at, updated_at, expires_at, message_count

@@ -433,6 +433,31 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    async fn get_session_header(&self, id: SessionId) -> Result<Option<Session>> {
+        self.read_inline(move |conn| {
+            let row: Option<(Vec<u8>, i64, i64)> = conn
+                .prepare_cached("SELECT header, version, updated_at FROM sessions WHERE id = ?1")
+                .and_then(|mut statement| {
+                    statement
+                        .query_row([id.to_string()], |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                        })
+                        .optional()
+                })
+                .map_err(sqlite_error)?;
+            row.map(|(header, version, updated_at)| {
+                codec::decode_session(
+                    &header,
+                    to_u64(version),
+                    Timestamp::from_micros(updated_at),
+                    std::iter::empty(),
+                )
+            })
+            .transpose()
+        })
+        .await
+    }
+
     async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>> {
         self.read_inline(move |conn| {
             let row: Option<SummaryRow> = conn
