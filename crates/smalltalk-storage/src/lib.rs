@@ -58,6 +58,7 @@
 //! # }
 //! ```
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub mod codec;
 mod error;
 mod memory;

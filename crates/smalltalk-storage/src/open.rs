@@ -56,6 +56,7 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Arc<dyn Store>
 }
 
 /// Splits `a=1&b=2` into pairs.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub(crate) fn query_pairs(query: &str) -> Result<Vec<(&str, &str)>> {
     query
         .split('&')

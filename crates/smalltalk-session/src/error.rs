@@ -1,0 +1,110 @@
+//! The session error type.
+
+use std::time::Duration;
+
+use smalltalk_types::{AgentId, SessionId, SessionState};
+
+/// Errors from a [`SessionManager`](crate::SessionManager). Each names what
+/// the caller can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No such session (never created, deleted, or cleaned up).
+    #[error("session {id} not found")]
+    NotFound {
+        /// The session.
+        id: SessionId,
+    },
+    /// The session was invalidated: it accepts nothing more (HTTP 410).
+    #[error("session {id} was invalidated")]
+    Invalidated {
+        /// The session.
+        id: SessionId,
+    },
+    /// The session has expired: it accepts nothing more.
+    #[error("session {id} has expired")]
+    Expired {
+        /// The session.
+        id: SessionId,
+    },
+    /// The active pool is full (HTTP 503 with `Retry-After`).
+    #[error("at capacity ({limit} active sessions); retry after {retry_after:?}")]
+    CapacityExceeded {
+        /// The configured limit.
+        limit: usize,
+        /// An estimate of when a slot frees up.
+        retry_after: Duration,
+    },
+    /// An update kept conflicting with concurrent writers.
+    #[error("session {id} kept changing under the update ({attempts} attempts)")]
+    Conflict {
+        /// The session.
+        id: SessionId,
+        /// Attempts made.
+        attempts: u32,
+    },
+    /// A state change that is not allowed (leaving `invalidated`, or using
+    /// `update_state` to invalidate instead of `invalidate`).
+    #[error("session {id} cannot go from {from} to {to}")]
+    InvalidTransition {
+        /// The session.
+        id: SessionId,
+        /// Its state.
+        from: SessionState,
+        /// The state asked for.
+        to: SessionState,
+    },
+    /// An agent's state is over the limit even after trimming and
+    /// compression. Nothing was stored.
+    #[error("state of agent {agent_id} is {bytes} bytes compressed, over the {limit}-byte limit")]
+    AgentStateTooLarge {
+        /// The agent.
+        agent_id: AgentId,
+        /// Its compressed size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An update closure gave up; nothing was written.
+    #[error("update aborted: {reason}")]
+    Aborted {
+        /// Why, in the closure's words.
+        reason: String,
+    },
+    /// Invalid input or configuration.
+    #[error(transparent)]
+    Domain(#[from] smalltalk_types::Error),
+    /// The storage backend failed.
+    #[error(transparent)]
+    Storage(smalltalk_storage::Error),
+}
+
+impl Error {
+    /// Whether retrying the same call later may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::CapacityExceeded { .. } | Error::Conflict { .. } => true,
+            Error::Storage(error) => error.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+impl From<smalltalk_storage::Error> for Error {
+    fn from(error: smalltalk_storage::Error) -> Self {
+        use smalltalk_storage::Error as Storage;
+        match error {
+            Storage::NotFound { id } => Error::NotFound { id },
+            Storage::NotAccepting {
+                id,
+                state: SessionState::Invalidated,
+            } => Error::Invalidated { id },
+            Storage::NotAccepting { id, .. } => Error::Expired { id },
+            Storage::Domain(domain) => Error::Domain(domain),
+            other => Error::Storage(other),
+        }
+    }
+}
+
+/// `Result` with [`enum@Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,588 @@
+//! The [`SessionManager`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+use smalltalk_storage::{AppendGuard, AppendOutcome, Expected, SessionFilter, Store, StoreStats};
+use smalltalk_types::{
+    AgentState, Clock, Message, Session, SessionId, SessionState, SessionSummary, SystemClock,
+    Timestamp,
+};
+
+use crate::config::{SessionConfig, check_ttl};
+use crate::preserve::{Preserved, preserve};
+use crate::{Error, Result};
+
+/// Options for [`SessionManager::create`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CreateOptions {
+    /// Lifetime; the configured default if `None`. 1 hour to 30 days.
+    pub ttl: Option<Duration>,
+    /// Initial metadata.
+    pub metadata: Map<String, Value>,
+}
+
+/// Counts and sizes, for operators (FR-037/038).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionStats {
+    /// Stored sessions per state.
+    pub by_state: BTreeMap<SessionState, u64>,
+    /// Sessions in this manager's active pool.
+    pub active: usize,
+    /// The pool's limit.
+    pub capacity: usize,
+    /// Version conflicts met (each retry or last-write-wins fallback).
+    pub conflicts: u64,
+    /// Creations refused at capacity.
+    pub rejections: u64,
+    /// Writes that failed in storage.
+    pub save_failures: u64,
+    /// The store's own counts and sizes.
+    pub store: StoreStats,
+}
+
+/// Sessions over a store: create, restore, update under optimistic locking,
+/// append messages, invalidate, expire. Cheap to clone; clones share state.
+///
+/// Every write is durable in storage before the call returns. Updates are
+/// closures re-applied on fresh data when a concurrent writer got there
+/// first, so no update is lost; appends never conflict.
+#[derive(Debug, Clone)]
+pub struct SessionManager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<dyn Store>,
+    config: SessionConfig,
+    clock: Arc<dyn Clock>,
+    /// The active pool: sessions this manager holds active, with their
+    /// expiry (for the retry-after estimate).
+    pool: Mutex<HashMap<SessionId, Timestamp>>,
+    conflicts: AtomicU64,
+    rejections: AtomicU64,
+    save_failures: AtomicU64,
+}
+
+/// Builds a [`SessionManager`].
+#[derive(Debug)]
+pub struct SessionManagerBuilder {
+    store: Arc<dyn Store>,
+    config: SessionConfig,
+    clock: Arc<dyn Clock>,
+}
+
+impl SessionManagerBuilder {
+    /// Sets the configuration (validated by [`build`](Self::build)).
+    pub fn config(mut self, config: SessionConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the clock (tests use a `ManualClock`).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Validates the configuration and builds the manager.
+    pub fn build(self) -> Result<SessionManager> {
+        self.config.validate()?;
+        Ok(SessionManager {
+            inner: Arc::new(Inner {
+                store: self.store,
+                config: self.config,
+                clock: self.clock,
+                pool: Mutex::new(HashMap::new()),
+                conflicts: AtomicU64::new(0),
+                rejections: AtomicU64::new(0),
+                save_failures: AtomicU64::new(0),
+            }),
+        })
+    }
+}
+
+/// Rejects writes to sessions that no longer accept them.
+fn check_open(session: &Session, now: Timestamp) -> Result<()> {
+    match session.state {
+        SessionState::Invalidated => Err(Error::Invalidated { id: session.id }),
+        SessionState::Expired => Err(Error::Expired { id: session.id }),
+        _ if session.expires_at <= now => Err(Error::Expired { id: session.id }),
+        _ => Ok(()),
+    }
+}
+
+impl SessionManager {
+    /// A manager with the default configuration and the system clock.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self::builder(store)
+            .build()
+            .expect("the default configuration is valid")
+    }
+
+    /// Starts building a manager over `store`.
+    pub fn builder(store: Arc<dyn Store>) -> SessionManagerBuilder {
+        SessionManagerBuilder {
+            store,
+            config: SessionConfig::default(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.config
+    }
+
+    fn pool(&self) -> MutexGuard<'_, HashMap<SessionId, Timestamp>> {
+        self.inner
+            .pool
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Puts the session in the pool if it is active, else takes it out.
+    fn track(&self, session: &Session) {
+        let mut pool = self.pool();
+        if session.state == SessionState::Active && session.expires_at > self.inner.clock.now() {
+            pool.insert(session.id, session.expires_at);
+        } else {
+            pool.remove(&session.id);
+        }
+        metrics::gauge!("session_count").set(pool.len() as f64);
+    }
+
+    fn untrack(&self, id: SessionId) {
+        let mut pool = self.pool();
+        pool.remove(&id);
+        metrics::gauge!("session_count").set(pool.len() as f64);
+    }
+
+    fn note_failure<T>(&self, result: smalltalk_storage::Result<T>) -> Result<T> {
+        result.map_err(|error| {
+            if matches!(
+                error,
+                smalltalk_storage::Error::Unavailable { .. }
+                    | smalltalk_storage::Error::Backend { .. }
+            ) {
+                self.inner.save_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("session_save_failures_total").increment(1);
+            }
+            error.into()
+        })
+    }
+
+    fn note_conflict(&self) {
+        self.inner.conflicts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("session_conflicts_total").increment(1);
+    }
+
+    /// When a slot is likely to free up: the soonest expiry in the pool,
+    /// between 1 and 60 seconds away.
+    fn retry_after(pool: &HashMap<SessionId, Timestamp>, now: Timestamp) -> Duration {
+        let soonest = pool
+            .values()
+            .min()
+            .map_or(Duration::from_secs(1), |expiry| expiry.duration_since(now));
+        soonest.clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+
+    /// Creates a session (UUID v4, expiring after the TTL) and stores it.
+    /// Fails with [`Error::CapacityExceeded`] when the active pool is full.
+    #[tracing::instrument(skip_all, fields(session_id), err)]
+    pub async fn create(&self, options: CreateOptions) -> Result<Session> {
+        let ttl = options.ttl.unwrap_or(self.inner.config.default_ttl);
+        check_ttl("ttl", ttl)?;
+        let now = self.inner.clock.now();
+        let mut session = Session::new(SessionId::new(), now, ttl);
+        session.metadata = options.metadata;
+        tracing::Span::current().record("session_id", tracing::field::display(session.id));
+        {
+            let mut pool = self.pool();
+            let limit = self.inner.config.max_active_sessions;
+            if pool.len() >= limit {
+                self.inner.rejections.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("session_rejections_total").increment(1);
+                return Err(Error::CapacityExceeded {
+                    limit,
+                    retry_after: Self::retry_after(&pool, now),
+                });
+            }
+            // Reserve the slot before the write, so concurrent creations
+            // cannot overshoot the limit.
+            pool.insert(session.id, session.expires_at);
+        }
+        match self.note_failure(
+            self.inner
+                .store
+                .save_session(&session, Expected::Absent)
+                .await,
+        ) {
+            Ok(version) => {
+                session.version = version;
+                self.track(&session);
+                Ok(session)
+            }
+            Err(error) => {
+                self.untrack(session.id);
+                Err(error)
+            }
+        }
+    }
+
+    /// Restores a session with its whole history, agent states and metadata,
+    /// exactly as saved. An active session joins this manager's pool (a
+    /// restore is not refused at capacity: the conversation exists).
+    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
+    pub async fn restore(&self, id: SessionId) -> Result<Session> {
+        let started = Instant::now();
+        let session = self
+            .inner
+            .store
+            .get_session(id)
+            .await?
+            .ok_or(Error::NotFound { id })?;
+        metrics::histogram!("session_restore_latency_ms")
+            .record(started.elapsed().as_secs_f64() * 1000.0);
+        check_open(&session, self.inner.clock.now())?;
+        self.track(&session);
+        Ok(session)
+    }
+
+    /// Reads a session as stored, whatever its state (for inspection).
+    pub async fn get(&self, id: SessionId) -> Result<Option<Session>> {
+        Ok(self.inner.store.get_session(id).await?)
+    }
+
+    /// Saves a whole snapshot (a "blind" save). If another writer changed
+    /// the session since the snapshot was read, the snapshot wins (last
+    /// write wins) after a WARN naming both versions, counted as a conflict;
+    /// the history is never lost (it is append-only: the snapshot's new
+    /// messages are added, stored ones kept). An invalidated session is never
+    /// brought back. Prefer [`update`](Self::update), which never overwrites.
+    #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
+    pub async fn save(&self, session: &Session) -> Result<u64> {
+        let id = session.id;
+        let summary = self
+            .inner
+            .store
+            .get_session_summary(id)
+            .await?
+            .ok_or(Error::NotFound { id })?;
+        if summary.state == SessionState::Invalidated {
+            return Err(Error::Invalidated { id });
+        }
+        let first = self
+            .inner
+            .store
+            .save_session(session, Expected::Version(session.version))
+            .await;
+        let found = match first {
+            Ok(version) => {
+                self.track(session);
+                return Ok(version);
+            }
+            Err(smalltalk_storage::Error::Conflict { found, .. }) => found,
+            Err(other) => return self.note_failure(Err(other)),
+        };
+        tracing::warn!(
+            session_id = %id,
+            snapshot_version = session.version,
+            stored_version = found,
+            "blind save conflicted with a newer version; last write wins"
+        );
+        self.note_conflict();
+        // Overwrite the version we find, checking each time that the
+        // session was not invalidated meanwhile.
+        for attempt in 0..=self.inner.config.conflict_retries {
+            let summary = self
+                .inner
+                .store
+                .get_session_summary(id)
+                .await?
+                .ok_or(Error::NotFound { id })?;
+            if summary.state == SessionState::Invalidated {
+                return Err(Error::Invalidated { id });
+            }
+            match self
+                .inner
+                .store
+                .save_session(session, Expected::Version(summary.version))
+                .await
+            {
+                Ok(version) => {
+                    self.track(session);
+                    return Ok(version);
+                }
+                Err(smalltalk_storage::Error::Conflict { .. }) => {
+                    self.note_conflict();
+                    self.backoff(attempt).await;
+                }
+                Err(other) => return self.note_failure(Err(other)),
+            }
+        }
+        Err(Error::Conflict {
+            id,
+            attempts: self.inner.config.conflict_retries + 2,
+        })
+    }
+
+    async fn backoff(&self, attempt: u32) {
+        let pause = self
+            .inner
+            .config
+            .conflict_backoff
+            .saturating_mul(1 << attempt.min(16));
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Changes a session under optimistic locking: `change` runs on the
+    /// freshly read session and the result is saved only if nobody wrote in
+    /// between; otherwise `change` runs again on the new data (up to
+    /// `conflict_retries` more times, with backoff), so concurrent updates
+    /// are never lost. Returns the saved session and `change`'s value.
+    ///
+    /// The session given to `change` has no history (`messages` is empty:
+    /// the history is append-only, see [`add_message`](Self::add_message));
+    /// everything else is there. Return `Err(Error::Aborted { .. })` to give
+    /// up without writing.
+    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
+    pub async fn update<T, F>(&self, id: SessionId, mut change: F) -> Result<(Session, T)>
+    where
+        F: FnMut(&mut Session) -> Result<T> + Send,
+        T: Send,
+    {
+        let retries = self.inner.config.conflict_retries;
+        for attempt in 0..=retries {
+            let mut session = self
+                .inner
+                .store
+                .get_session_header(id)
+                .await?
+                .ok_or(Error::NotFound { id })?;
+            let now = self.inner.clock.now();
+            check_open(&session, now)?;
+            let loaded = session.version;
+            let value = change(&mut session)?;
+            if session.id != id {
+                return Err(Error::Aborted {
+                    reason: "the update changed the session's id".into(),
+                });
+            }
+            session.updated_at = now;
+            match self
+                .inner
+                .store
+                .save_session(&session, Expected::Version(loaded))
+                .await
+            {
+                Ok(version) => {
+                    session.version = version;
+                    self.track(&session);
+                    return Ok((session, value));
+                }
+                Err(smalltalk_storage::Error::Conflict { .. }) => {
+                    self.note_conflict();
+                    if attempt < retries {
+                        self.backoff(attempt).await;
+                    }
+                }
+                Err(other) => return self.note_failure(Err(other)),
+            }
+        }
+        Err(Error::Conflict {
+            id,
+            attempts: retries + 1,
+        })
+    }
+
+    /// Appends one message. Never conflicts: concurrent appends are
+    /// serialized by storage and none is lost. An invalidated or expired
+    /// session refuses it ([`Error::Invalidated`], [`Error::Expired`]),
+    /// checked atomically with the write.
+    pub async fn add_message(&self, id: SessionId, message: Message) -> Result<AppendOutcome> {
+        self.add_messages(id, std::slice::from_ref(&message)).await
+    }
+
+    /// Appends several messages atomically, in order (see
+    /// [`add_message`](Self::add_message)).
+    #[tracing::instrument(skip_all, fields(session_id = %id, count = messages.len()), err)]
+    pub async fn add_messages(&self, id: SessionId, messages: &[Message]) -> Result<AppendOutcome> {
+        let guard = AppendGuard::open_at(self.inner.clock.now());
+        let result = self.inner.store.append_messages(id, messages, guard).await;
+        if let Err(smalltalk_storage::Error::NotAccepting { .. }) = &result {
+            self.untrack(id);
+        }
+        self.note_failure(result)
+    }
+
+    /// Moves a session to `state`. Going to `invalidated` is
+    /// [`invalidate`](Self::invalidate); leaving `invalidated` or `expired`
+    /// is refused; going to `active` needs a free slot in the pool.
+    #[tracing::instrument(skip_all, fields(session_id = %id, state = %state), err)]
+    pub async fn update_state(&self, id: SessionId, state: SessionState) -> Result<Session> {
+        if state == SessionState::Invalidated {
+            self.invalidate(id).await?;
+            return self
+                .inner
+                .store
+                .get_session_header(id)
+                .await?
+                .ok_or(Error::NotFound { id });
+        }
+        if state == SessionState::Active {
+            let pool = self.pool();
+            let limit = self.inner.config.max_active_sessions;
+            if !pool.contains_key(&id) && pool.len() >= limit {
+                self.inner.rejections.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("session_rejections_total").increment(1);
+                let retry_after = Self::retry_after(&pool, self.inner.clock.now());
+                return Err(Error::CapacityExceeded { limit, retry_after });
+            }
+        }
+        let (session, ()) = self
+            .update(id, |session| {
+                session.state = state;
+                Ok(())
+            })
+            .await?;
+        Ok(session)
+    }
+
+    /// Stores one agent's state in the session, after preservation
+    /// (FR-009a): the newest `max_turns` turns kept; over `max_bytes`, the
+    /// oldest turns then the trimmable fields dropped (with a WARN); still
+    /// over it compressed, refused with [`Error::AgentStateTooLarge`] and
+    /// nothing stored. Returns what preservation did.
+    #[tracing::instrument(skip_all, fields(session_id = %id, agent_id = %state.agent_id), err)]
+    pub async fn update_agent_state(
+        &self,
+        id: SessionId,
+        mut state: AgentState,
+    ) -> Result<Preserved> {
+        let report = preserve(&mut state, self.inner.config.agent_state)?;
+        state.updated_at = self.inner.clock.now();
+        self.update(id, |session| {
+            session
+                .agent_states
+                .insert(state.agent_id.clone(), state.clone());
+            Ok(())
+        })
+        .await?;
+        Ok(report)
+    }
+
+    /// Terminates a session (FR-004a): it leaves the active pool at once and
+    /// from then on refuses messages and updates with
+    /// [`Error::Invalidated`], on every process sharing the store. Its data
+    /// is deleted by the next [`cleanup_expired`](Self::cleanup_expired).
+    /// Invalidating twice is not an error.
+    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
+    pub async fn invalidate(&self, id: SessionId) -> Result<()> {
+        self.untrack(id);
+        let retries = self.inner.config.conflict_retries;
+        for attempt in 0..=retries {
+            let mut session = self
+                .inner
+                .store
+                .get_session_header(id)
+                .await?
+                .ok_or(Error::NotFound { id })?;
+            if session.state == SessionState::Invalidated {
+                return Ok(());
+            }
+            let loaded = session.version;
+            session.state = SessionState::Invalidated;
+            session.updated_at = self.inner.clock.now();
+            match self
+                .inner
+                .store
+                .save_session(&session, Expected::Version(loaded))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(smalltalk_storage::Error::Conflict { .. }) => {
+                    self.note_conflict();
+                    if attempt < retries {
+                        self.backoff(attempt).await;
+                    }
+                }
+                Err(other) => return self.note_failure(Err(other)),
+            }
+        }
+        Err(Error::Conflict {
+            id,
+            attempts: retries + 1,
+        })
+    }
+
+    /// Deletes a session and its history now; `false` if it did not exist.
+    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
+    pub async fn delete(&self, id: SessionId) -> Result<bool> {
+        self.untrack(id);
+        self.note_failure(self.inner.store.delete_session(id).await)
+    }
+
+    /// Lists session summaries (see [`SessionFilter`]).
+    pub async fn list(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
+        Ok(self.inner.store.list_sessions(filter).await?)
+    }
+
+    /// Deletes every session that has expired, been marked expired, or been
+    /// invalidated, with its history; returns how many (FR-004).
+    #[tracing::instrument(skip_all, fields(count), err)]
+    pub async fn cleanup_expired(&self) -> Result<u64> {
+        let now = self.inner.clock.now();
+        let store = &self.inner.store;
+        let mut deleted = self.note_failure(store.delete_expired_sessions(now).await)?;
+        for state in [SessionState::Expired, SessionState::Invalidated] {
+            loop {
+                let filter = SessionFilter {
+                    state: Some(state),
+                    limit: Some(500),
+                    ..Default::default()
+                };
+                let ids: Vec<SessionId> = store
+                    .list_sessions(&filter)
+                    .await?
+                    .iter()
+                    .map(|summary| summary.id)
+                    .collect();
+                if ids.is_empty() {
+                    break;
+                }
+                deleted += self.note_failure(store.delete_sessions(&ids).await)?;
+            }
+        }
+        {
+            let mut pool = self.pool();
+            pool.retain(|_, expires_at| *expires_at > now);
+            metrics::gauge!("session_count").set(pool.len() as f64);
+        }
+        tracing::Span::current().record("count", deleted);
+        tracing::info!(deleted, "expired and invalidated sessions cleaned up");
+        Ok(deleted)
+    }
+
+    /// Counts per state, the pool, conflict / rejection / failure counters
+    /// and storage sizes.
+    pub async fn stats(&self) -> Result<SessionStats> {
+        let by_state = self.inner.store.count_sessions_by_state().await?;
+        let store = self.inner.store.stats().await?;
+        Ok(SessionStats {
+            by_state,
+            active: self.pool().len(),
+            capacity: self.inner.config.max_active_sessions,
+            conflicts: self.inner.conflicts.load(Ordering::Relaxed),
+            rejections: self.inner.rejections.load(Ordering::Relaxed),
+            save_failures: self.inner.save_failures.load(Ordering::Relaxed),
+            store,
+        })
+    }
+}

@@ -1,0 +1,552 @@
+//! The SessionManager contract, run on every storage backend.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde_json::json;
+use smalltalk_session::{AgentStateLimits, CreateOptions, Error, SessionConfig, SessionManager};
+use smalltalk_storage::Store;
+use smalltalk_storage::contract::{Backend, test_clock};
+use smalltalk_types::{
+    AgentId, AgentState, ManualClock, Message, Role, Session, SessionId, SessionState, Timestamp,
+};
+
+struct Fixture {
+    sessions: SessionManager,
+    store: Arc<dyn Store>,
+    clock: Arc<ManualClock>,
+}
+
+async fn fixture(backend: &impl Backend, config: SessionConfig) -> Fixture {
+    let clock = test_clock();
+    let store = backend.open(clock.clone()).await;
+    let sessions = SessionManager::builder(Arc::clone(&store))
+        .config(config)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    Fixture {
+        sessions,
+        store,
+        clock,
+    }
+}
+
+fn fast() -> SessionConfig {
+    SessionConfig {
+        conflict_backoff: Duration::from_millis(1),
+        ..Default::default()
+    }
+}
+
+fn text(content: &str, clock: &ManualClock) -> Message {
+    use smalltalk_types::Clock;
+    Message::new(Role::User, content, clock.now())
+}
+
+fn agent(name: &str) -> AgentId {
+    AgentId::parse(name).unwrap()
+}
+
+async fn create_and_restore_round_trip(backend: &impl Backend) {
+    let f = fixture(backend, fast()).await;
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("topic".into(), json!("ünïcødé ✓"));
+    let session = f
+        .sessions
+        .create(CreateOptions {
+            ttl: None,
+            metadata: metadata.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(session.version, 1);
+    assert_eq!(session.state, SessionState::Active);
+    assert_eq!(
+        session.expires_at,
+        session
+            .created_at
+            .saturating_add(Duration::from_secs(7 * 24 * 3600))
+    );
+    let sent: Vec<Message> = (0..100)
+        .map(|index| text(&format!("turn {index}"), &f.clock))
+        .collect();
+    for message in &sent {
+        f.sessions
+            .add_message(session.id, message.clone())
+            .await
+            .unwrap();
+    }
+    let mut state = AgentState::new(agent("writer"), Timestamp::EPOCH);
+    state.config = json!({"model": "x"});
+    state.context.insert("draft".into(), json!("v1"));
+    f.sessions
+        .update_agent_state(session.id, state.clone())
+        .await
+        .unwrap();
+
+    let restored = f.sessions.restore(session.id).await.unwrap();
+    assert_eq!(restored.messages, sent);
+    assert_eq!(restored.metadata, metadata);
+    let stored_state = &restored.agent_states[&agent("writer")];
+    assert_eq!(
+        (&stored_state.config, &stored_state.context),
+        (&state.config, &state.context)
+    );
+    assert_eq!(restored.version, 102);
+    let unknown = f.sessions.restore(SessionId::new()).await;
+    assert!(
+        matches!(unknown, Err(Error::NotFound { .. })),
+        "{unknown:?}"
+    );
+}
+
+/// A concurrent writer gets in between: the closure runs again on the fresh
+/// data and both changes survive.
+async fn update_reapplies_the_closure_after_a_conflict(backend: &impl Backend) {
+    let f = fixture(backend, fast()).await;
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let runs = AtomicU32::new(0);
+    let other = f.sessions.clone();
+    let (updated, ()) = f
+        .sessions
+        .update(session.id, |current| {
+            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                // Another writer commits between our read and our write.
+                let other = other.clone();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(other.update(session.id, |s| {
+                        s.metadata.insert("theirs".into(), json!(1));
+                        Ok(())
+                    }))
+                })
+                .join()
+                .unwrap()
+                .unwrap();
+            }
+            current.metadata.insert("mine".into(), json!(2));
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "re-applied once");
+    assert_eq!(updated.version, 3);
+    let stored = f.sessions.get(session.id).await.unwrap().unwrap();
+    assert_eq!(
+        (&stored.metadata["theirs"], &stored.metadata["mine"]),
+        (&json!(1), &json!(2))
+    );
+    assert_eq!(f.sessions.stats().await.unwrap().conflicts, 1);
+}
+
+/// Many concurrent updates of one counter: none is lost.
+async fn concurrent_updates_lose_nothing(backend: &impl Backend) {
+    let config = SessionConfig {
+        conflict_retries: 200,
+        ..fast()
+    };
+    let f = fixture(backend, config).await;
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let sessions = f.sessions.clone();
+        tasks.push(tokio::spawn(async move {
+            sessions
+                .update(session.id, |s| {
+                    let count = s
+                        .metadata
+                        .get("count")
+                        .and_then(|v| v.as_u64())
+                        .unwrap_or(0);
+                    s.metadata.insert("count".into(), json!(count + 1));
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stored = f.sessions.get(session.id).await.unwrap().unwrap();
+    assert_eq!(stored.metadata["count"], json!(16));
+}
+
+/// 32 tasks appending at once: every message exactly once.
+async fn concurrent_messages_lose_nothing(backend: &impl Backend) {
+    let f = fixture(backend, fast()).await;
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let mut tasks = Vec::new();
+    for task in 0..32 {
+        let (sessions, clock) = (f.sessions.clone(), f.clock.clone());
+        tasks.push(tokio::spawn(async move {
+            for index in 0..5 {
+                sessions
+                    .add_message(session.id, text(&format!("{task}/{index}"), &clock))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stored = f.sessions.restore(session.id).await.unwrap();
+    let mut contents: Vec<&str> = stored.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(contents.len(), 160);
+    contents.sort_unstable();
+    contents.dedup();
+    assert_eq!(contents.len(), 160, "no duplicates");
+}
+
+/// A blind snapshot that lost a race wins anyway, is counted, and keeps the
+/// history; an invalidated session is never brought back by it.
+async fn blind_save_falls_back_to_last_write_wins(backend: &impl Backend) {
+    let f = fixture(backend, fast()).await;
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let mut first = f.sessions.restore(session.id).await.unwrap();
+    let mut second = first.clone();
+    first.metadata.insert("by".into(), json!("first"));
+    assert_eq!(f.sessions.save(&first).await.unwrap(), 2);
+    f.sessions
+        .add_message(session.id, text("kept", &f.clock))
+        .await
+        .unwrap();
+    second.metadata.insert("by".into(), json!("second"));
+    assert_eq!(f.sessions.save(&second).await.unwrap(), 4);
+    let stored = f.sessions.restore(session.id).await.unwrap();
+    assert_eq!(stored.metadata["by"], json!("second"));
+    assert_eq!(
+        stored.messages.len(),
+        1,
+        "the history survives last-write-wins"
+    );
+    assert_eq!(f.sessions.stats().await.unwrap().conflicts, 1);
+
+    f.sessions.invalidate(session.id).await.unwrap();
+    let resurrect = f.sessions.save(&stored).await;
+    assert!(
+        matches!(resurrect, Err(Error::Invalidated { .. })),
+        "{resurrect:?}"
+    );
+    let unknown = Session::new(
+        SessionId::new(),
+        Timestamp::EPOCH,
+        Duration::from_secs(3600),
+    );
+    assert!(matches!(
+        f.sessions.save(&unknown).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+/// The pool refuses past its limit with a retry-after hint, and a slot
+/// frees when a session leaves.
+async fn capacity_is_enforced(backend: &impl Backend) {
+    let config = SessionConfig {
+        max_active_sessions: 3,
+        ..fast()
+    };
+    let f = fixture(backend, config).await;
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        created.push(f.sessions.create(CreateOptions::default()).await.unwrap());
+    }
+    let refused = f.sessions.create(CreateOptions::default()).await;
+    match refused {
+        Err(Error::CapacityExceeded {
+            limit: 3,
+            retry_after,
+        }) => {
+            assert!((Duration::from_secs(1)..=Duration::from_secs(60)).contains(&retry_after));
+        }
+        other => panic!("expected CapacityExceeded, got {other:?}"),
+    }
+    let stats = f.sessions.stats().await.unwrap();
+    assert_eq!((stats.active, stats.capacity, stats.rejections), (3, 3, 1));
+    assert_eq!(
+        stats.by_state.get(&SessionState::Active),
+        Some(&3),
+        "nothing stored for the refusal"
+    );
+    f.sessions
+        .update_state(created[0].id, SessionState::Idle)
+        .await
+        .unwrap();
+    let fourth = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let back = f
+        .sessions
+        .update_state(created[0].id, SessionState::Active)
+        .await;
+    assert!(
+        matches!(back, Err(Error::CapacityExceeded { .. })),
+        "{back:?}"
+    );
+    f.sessions.invalidate(fourth.id).await.unwrap();
+    f.sessions
+        .update_state(created[0].id, SessionState::Active)
+        .await
+        .unwrap();
+    assert_eq!(f.sessions.stats().await.unwrap().active, 3);
+}
+
+/// An invalidated session leaves the pool at once, refuses everything with
+/// a distinct error, keeps its data until cleanup, then is gone.
+async fn invalidation_is_final(backend: &impl Backend) {
+    let f = fixture(backend, fast()).await;
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions
+        .add_message(session.id, text("before", &f.clock))
+        .await
+        .unwrap();
+    f.sessions.invalidate(session.id).await.unwrap();
+    assert_eq!(f.sessions.stats().await.unwrap().active, 0);
+    let add = f
+        .sessions
+        .add_message(session.id, text("after", &f.clock))
+        .await;
+    assert!(matches!(add, Err(Error::Invalidated { .. })), "{add:?}");
+    let update = f.sessions.update(session.id, |_| Ok(())).await;
+    assert!(
+        matches!(update, Err(Error::Invalidated { .. })),
+        "{update:?}"
+    );
+    assert!(matches!(
+        f.sessions.restore(session.id).await,
+        Err(Error::Invalidated { .. })
+    ));
+    let revive = f
+        .sessions
+        .update_state(session.id, SessionState::Active)
+        .await;
+    assert!(
+        matches!(revive, Err(Error::Invalidated { .. })),
+        "{revive:?}"
+    );
+    f.sessions.invalidate(session.id).await.unwrap();
+    let stored = f.sessions.get(session.id).await.unwrap().unwrap();
+    assert_eq!(stored.messages.len(), 1);
+    assert_eq!(f.sessions.cleanup_expired().await.unwrap(), 1);
+    assert!(matches!(
+        f.sessions.restore(session.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        f.sessions.invalidate(session.id).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+/// Past its TTL a session refuses writes, and cleanup deletes it.
+async fn expiry_and_cleanup(backend: &impl Backend) {
+    let f = fixture(backend, fast()).await;
+    let short = f
+        .sessions
+        .create(CreateOptions {
+            ttl: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let long = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.clock.advance(Duration::from_secs(2 * 3600));
+    let add = f
+        .sessions
+        .add_message(short.id, text("late", &f.clock))
+        .await;
+    assert!(matches!(add, Err(Error::Expired { .. })), "{add:?}");
+    assert!(matches!(
+        f.sessions.restore(short.id).await,
+        Err(Error::Expired { .. })
+    ));
+    let update = f.sessions.update(short.id, |_| Ok(())).await;
+    assert!(matches!(update, Err(Error::Expired { .. })), "{update:?}");
+    assert_eq!(f.sessions.cleanup_expired().await.unwrap(), 1);
+    assert!(f.sessions.get(short.id).await.unwrap().is_none());
+    f.sessions
+        .add_message(long.id, text("fine", &f.clock))
+        .await
+        .unwrap();
+    assert_eq!(f.sessions.stats().await.unwrap().active, 1);
+}
+
+/// Agent state keeps the newest turns; an oversize state is refused and
+/// the stored one stays.
+async fn agent_state_is_preserved_within_limits(backend: &impl Backend) {
+    let config = SessionConfig {
+        agent_state: AgentStateLimits {
+            max_turns: 3,
+            max_bytes: 2048,
+        },
+        ..fast()
+    };
+    let f = fixture(backend, config).await;
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let mut state = AgentState::new(agent("coder"), Timestamp::EPOCH);
+    state.history = (0..5)
+        .map(|index| text(&format!("turn {index}"), &f.clock))
+        .collect();
+    let report = f
+        .sessions
+        .update_agent_state(session.id, state)
+        .await
+        .unwrap();
+    assert_eq!(report.turns_over_limit, 2);
+    let stored = f.sessions.restore(session.id).await.unwrap();
+    let history: Vec<&str> = stored.agent_states[&agent("coder")]
+        .history
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(history, ["turn 2", "turn 3", "turn 4"]);
+
+    let mut huge = AgentState::new(agent("coder"), Timestamp::EPOCH);
+    huge.context.insert("blob".into(), json!("q".repeat(5000)));
+    let refused = f.sessions.update_agent_state(session.id, huge).await;
+    assert!(
+        matches!(refused, Err(Error::AgentStateTooLarge { limit: 2048, .. })),
+        "{refused:?}"
+    );
+    let after = f.sessions.restore(session.id).await.unwrap();
+    assert_eq!(after.agent_states, stored.agent_states, "nothing stored");
+    assert_eq!(after.version, stored.version);
+}
+
+/// Bad input gives typed errors and changes nothing.
+async fn bad_input_is_refused(backend: &impl Backend) {
+    let f = fixture(backend, fast()).await;
+    for ttl in [Duration::from_secs(60), Duration::from_secs(31 * 24 * 3600)] {
+        let created = f
+            .sessions
+            .create(CreateOptions {
+                ttl: Some(ttl),
+                ..Default::default()
+            })
+            .await;
+        assert!(
+            matches!(
+                created,
+                Err(Error::Domain(smalltalk_types::Error::InvalidConfig {
+                    field: "ttl",
+                    ..
+                }))
+            ),
+            "{created:?}"
+        );
+    }
+    let bad_configs = [
+        SessionConfig {
+            max_active_sessions: 0,
+            ..Default::default()
+        },
+        SessionConfig {
+            default_ttl: Duration::ZERO,
+            ..Default::default()
+        },
+        SessionConfig {
+            agent_state: AgentStateLimits {
+                max_turns: 0,
+                max_bytes: 4096,
+            },
+            ..Default::default()
+        },
+        SessionConfig {
+            agent_state: AgentStateLimits {
+                max_turns: 1,
+                max_bytes: 10,
+            },
+            ..Default::default()
+        },
+    ];
+    for config in bad_configs {
+        let built = SessionManager::builder(Arc::clone(&f.store))
+            .config(config)
+            .build();
+        assert!(matches!(
+            built,
+            Err(Error::Domain(smalltalk_types::Error::InvalidConfig { .. }))
+        ));
+    }
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let aborted = f
+        .sessions
+        .update(session.id, |s| -> smalltalk_session::Result<()> {
+            s.metadata.insert("half".into(), json!(true));
+            Err(Error::Aborted {
+                reason: "changed my mind".into(),
+            })
+        });
+    assert!(matches!(aborted.await, Err(Error::Aborted { .. })));
+    let swapped = f.sessions.update(session.id, |s| {
+        s.id = SessionId::new();
+        Ok(())
+    });
+    assert!(matches!(swapped.await, Err(Error::Aborted { .. })));
+    let stored = f.store.get_session(session.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.version, stored.metadata.len()),
+        (1, 0),
+        "nothing written"
+    );
+    let unknown = SessionId::new();
+    assert!(matches!(
+        f.sessions.add_message(unknown, text("x", &f.clock)).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        f.sessions.update(unknown, |_| Ok(())).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        f.sessions.update_state(unknown, SessionState::Idle).await,
+        Err(Error::NotFound { .. })
+    ));
+    let state = AgentState::new(agent("a"), Timestamp::EPOCH);
+    assert!(matches!(
+        f.sessions.update_agent_state(unknown, state).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(!f.sessions.delete(unknown).await.unwrap());
+}
+
+macro_rules! manager_contract {
+    ($name:ident, $fresh:path) => {
+        mod $name {
+            mod manager {
+                manager_contract!(@cases $fresh;
+                    create_and_restore_round_trip,
+                    update_reapplies_the_closure_after_a_conflict,
+                    concurrent_updates_lose_nothing,
+                    concurrent_messages_lose_nothing,
+                    blind_save_falls_back_to_last_write_wins,
+                    capacity_is_enforced,
+                    invalidation_is_final,
+                    expiry_and_cleanup,
+                    agent_state_is_preserved_within_limits,
+                    bad_input_is_refused,
+                );
+            }
+        }
+    };
+    (@cases $fresh:path; $($case:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let Some(backend) = $fresh().await else {
+                    eprintln!("skipped: backend not available");
+                    return;
+                };
+                crate::$case(&backend).await;
+            }
+        )+
+    };
+}
+
+manager_contract!(memory, smalltalk_storage::contract::MemoryBackend::fresh);
+manager_contract!(sqlite, smalltalk_storage::contract::SqliteBackend::fresh);
+manager_contract!(postgres, smalltalk_storage::contract::PgBackend::fresh);
