@@ -208,6 +208,17 @@ impl Session {
     pub fn is_expired_at(&self, now: Timestamp) -> bool {
         self.expires_at <= now
     }
+
+    /// A hash of everything the session holds (FNV-1a over its JSON), equal
+    /// for equal content in any process, to verify that a restore returned
+    /// exactly what was saved (FR-003).
+    pub fn content_hash(&self) -> u64 {
+        // Maps serialize in key order, so the JSON is canonical.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+    }
 }
 
 impl Versioned for Session {
@@ -275,6 +286,19 @@ mod tests {
         let mut json = serde_json::to_value(&session).unwrap();
         json["agentStates"] = serde_json::json!({"../../etc/passwd": {"agentId": "../../etc/passwd", "updatedAt": now}});
         assert!(serde_json::from_value::<Session>(json).is_err());
+    }
+
+    #[test]
+    fn content_hash_follows_content() {
+        let now = Timestamp::from_micros(1);
+        let mut session = Session::new(SessionId::new(), now, Duration::from_secs(60));
+        let hash = session.content_hash();
+        assert_eq!(hash, session.clone().content_hash());
+        let decoded: Session =
+            serde_json::from_str(&serde_json::to_string(&session).unwrap()).unwrap();
+        assert_eq!(decoded.content_hash(), hash);
+        session.messages.push(Message::new(Role::User, "x", now));
+        assert_ne!(session.content_hash(), hash);
     }
 
     #[test]

@@ -7,14 +7,15 @@
 //! |---|---|---|
 //! | [`types`] | `smalltalk-types` | ids, domain records, errors, ports |
 //! | [`storage`] | `smalltalk-storage` | storage traits; memory, SQLite, PostgreSQL backends |
+//! | `session` | `smalltalk-session` | SessionManager: conversations that survive restarts (feature `session`) |
 //!
-//! Session management, the event bus, agent health, group conversations and
-//! versioned state land as their own crates and appear here behind their
-//! features as they do.
+//! The event bus, agent health, group conversations and versioned state land
+//! as their own crates and appear here behind their features as they do.
 //!
 //! # Features
 //!
 //! - `sqlite` (default): the embedded SQLite backend, no setup needed.
+//! - `session` (default): session persistence and recovery.
 //! - `postgres`: the PostgreSQL backend.
 //! - `full`: everything.
 //!
@@ -38,9 +39,15 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "session")]
+#[cfg_attr(docsrs, doc(cfg(feature = "session")))]
+pub use smalltalk_session as session;
 pub use smalltalk_storage as storage;
 pub use smalltalk_types as types;
 
+#[cfg(feature = "session")]
+#[cfg_attr(docsrs, doc(cfg(feature = "session")))]
+pub use smalltalk_session::{CreateOptions, SessionConfig, SessionManager};
 pub use smalltalk_storage::{
     AppendGuard, Error as StorageError, Expected, KeyValueStore, SessionFilter, SessionStore,
     Store, StoreAdmin, open, open_with,
