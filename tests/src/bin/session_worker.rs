@@ -5,6 +5,10 @@
 //!   `id <uuid>` and `hash <hex>`, then exits.
 //! - `session-worker restore STORAGE_URL ID`: restores it; prints
 //!   `messages <n>` and `hash <hex>`.
+//! - `session-worker append STORAGE_URL ID TAG COUNT`: appends COUNT
+//!   messages `TAG:i` one call at a time (COUNT 0: forever), printing
+//!   `ack TAG:i` after each call returns, so a test knows what was
+//!   acknowledged when it kills the process.
 
 use anyhow::{Context, bail};
 use smalltalk::{
@@ -17,7 +21,8 @@ async fn main() -> anyhow::Result<()> {
     match args.as_slice() {
         [command, url] if command == "create" => create(url).await,
         [command, url, id] if command == "restore" => restore(url, id).await,
-        _ => bail!("usage: session-worker create URL | restore URL ID"),
+        [command, url, id, tag, count] if command == "append" => append(url, id, tag, count).await,
+        _ => bail!("usage: session-worker create URL | restore URL ID | append URL ID TAG COUNT"),
     }
 }
 
@@ -66,5 +71,27 @@ async fn restore(url: &str, id: &str) -> anyhow::Result<()> {
         .await?;
     println!("messages {}", session.messages.len());
     println!("hash {:016x}", session.content_hash());
+    Ok(())
+}
+
+async fn append(url: &str, id: &str, tag: &str, count: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let sessions = SessionManager::new(smalltalk::open(url).await?);
+    let id = SessionId::parse(id).context("ID")?;
+    let count: u64 = count.parse().context("COUNT")?;
+    let mut stdout = std::io::stdout().lock();
+    let mut index = 0;
+    while count == 0 || index < count {
+        let content = format!("{tag}:{index}");
+        sessions
+            .add_message(
+                id,
+                Message::new(Role::User, content.clone(), Timestamp::now()),
+            )
+            .await?;
+        writeln!(stdout, "ack {content}")?;
+        stdout.flush()?;
+        index += 1;
+    }
     Ok(())
 }
