@@ -7,6 +7,8 @@
 //!   totalling `<size>`, plus 1 KB of agent state (SC-007's shape at 500 KB).
 //! - `append`: appending one 1 KB message to a session of 100 messages.
 
+pub mod sessions;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,7 +80,8 @@ pub async fn backends() -> Vec<BenchStore> {
     stores
 }
 
-fn filler(bytes: usize) -> String {
+/// Varied text of exactly `bytes` ASCII bytes.
+pub fn filler(bytes: usize) -> String {
     // Varied text, so compression does not flatter any backend.
     let mut text = String::with_capacity(bytes);
     let mut seed: u32 = 0x9E37_79B9;

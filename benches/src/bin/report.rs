@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use smalltalk_benches::{
-    BACKENDS, SIZES, Samples, fresh_store, measure_appends, measure_gets, measure_saves,
+    BACKENDS, BenchStore, SIZES, Samples, fresh_store, measure_appends, measure_gets,
+    measure_saves, sessions,
 };
 use smalltalk_storage::Store;
 use smalltalk_storage::sqlite::{SqliteOptions, SqliteStore, Synchronous};
@@ -42,9 +43,20 @@ fn latency_rows(
     samples: &Samples,
     target_p95: Option<f64>,
 ) {
+    criterion_rows(rows, "STORAGE", backend, name, samples, target_p95);
+}
+
+fn criterion_rows(
+    rows: &mut Vec<Row>,
+    id: &'static str,
+    backend: &'static str,
+    name: &str,
+    samples: &Samples,
+    target_p95: Option<f64>,
+) {
     for (stat, p) in [("p50", 50.0), ("p95", 95.0), ("p99", 99.0)] {
         rows.push(Row {
-            id: "STORAGE",
+            id,
             backend,
             metric: format!("{name}_{stat}"),
             value: ms(samples.percentile(p)),
@@ -53,6 +65,160 @@ fn latency_rows(
             samples: samples.len(),
         });
     }
+}
+
+/// Issue 4's criteria on backend `name`, each on a fresh store.
+async fn session_rows(
+    rows: &mut Vec<Row>,
+    name: &'static str,
+    warmup: usize,
+    count: usize,
+    quick: bool,
+) -> anyhow::Result<()> {
+    let sqlite_target = |value: f64| (name == "sqlite").then_some(value);
+    macro_rules! fresh {
+        () => {
+            match fresh_store(name).await {
+                Some(bench_store) => bench_store,
+                None => return Ok(()),
+            }
+        };
+    }
+    eprintln!("measuring session restore (SC-007) on {name}");
+    let bench_store = fresh!();
+    let samples =
+        sessions::measure_restores(Arc::clone(&bench_store.store), 500 * 1024, warmup, count).await;
+    criterion_rows(
+        rows,
+        "SC-007",
+        name,
+        "restore_100msg_500kb",
+        &samples,
+        sqlite_target(1.0),
+    );
+
+    for (label, bytes) in [("1kb", 1024), ("10kb", 10 * 1024)] {
+        eprintln!("measuring agent-state save {label} (SC-009) on {name}");
+        let bench_store = fresh!();
+        let samples = sessions::measure_agent_state_saves(
+            Arc::clone(&bench_store.store),
+            bytes,
+            warmup,
+            count,
+        )
+        .await;
+        criterion_rows(
+            rows,
+            "SC-009",
+            name,
+            &format!("save_agent_state_{label}"),
+            &samples,
+            sqlite_target(0.2),
+        );
+    }
+
+    eprintln!("measuring create with 10,000 sessions present (SC-020) on {name}");
+    let bench_store = fresh!();
+    let creates = count.min(1000);
+    let samples =
+        sessions::measure_creates_at(Arc::clone(&bench_store.store), 10_000, warmup, creates).await;
+    criterion_rows(
+        rows,
+        "SC-020",
+        name,
+        "create_with_10000_sessions",
+        &samples,
+        sqlite_target(1.0),
+    );
+
+    eprintln!("measuring append scaling (10 vs 10,000 messages) on {name}");
+    let at_10 = sessions::measure_appends_at(Arc::clone(&fresh!().store), 10, warmup, count).await;
+    let at_10000 =
+        sessions::measure_appends_at(Arc::clone(&fresh!().store), 10_000, warmup, count).await;
+    rows.push(Row {
+        id: "APPEND-SCALING",
+        backend: name,
+        metric: "append_at_10000_over_at_10_ratio".into(),
+        value: at_10000.percentile(50.0).as_secs_f64() / at_10.percentile(50.0).as_secs_f64(),
+        unit: "ratio",
+        target: Some(1.5),
+        samples: count,
+    });
+
+    if name != "memory" {
+        eprintln!("measuring storage growth of a 100-turn conversation on {name}");
+        let (fresh, marginal) = growth(name).await?;
+        rows.push(Row {
+            id: "STORAGE-GROWTH",
+            backend: name,
+            metric: "bytes_after_100_turns_over_content_ratio".into(),
+            value: fresh,
+            unit: "ratio",
+            target: Some(2.0),
+            samples: 1,
+        });
+        rows.push(Row {
+            id: "STORAGE-GROWTH",
+            backend: name,
+            metric: "marginal_bytes_per_100_turns_over_content_ratio".into(),
+            value: marginal,
+            unit: "ratio",
+            target: None,
+            samples: 1,
+        });
+    }
+
+    for sessions_count in [100, 10_000] {
+        eprintln!("measuring add_message throughput over {sessions_count} sessions on {name}");
+        let total = if quick { 5_000 } else { 50_000 };
+        let per_sec =
+            sessions::measure_throughput(Arc::clone(&fresh!().store), sessions_count, 64, total)
+                .await;
+        rows.push(Row {
+            id: "SESSION-THROUGHPUT",
+            backend: name,
+            metric: format!("add_message_{sessions_count}_sessions_per_sec"),
+            value: per_sec,
+            unit: "per_sec",
+            target: None,
+            samples: total,
+        });
+    }
+    Ok(())
+}
+
+/// Bytes 100-turn conversations add on disk, over their content: the
+/// SQLite file after a checkpoint, PostgreSQL's relation sizes. Returns the
+/// first conversation's ratio on a fresh database (the SPEC metric, one-time
+/// costs included) and a second one's (the marginal cost).
+async fn growth(name: &'static str) -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let (store, sqlite, _location): (Arc<dyn Store>, Option<Arc<SqliteStore>>, Option<BenchStore>) =
+        if name == "sqlite" {
+            let sqlite = Arc::new(SqliteStore::open(dir.path().join("growth.db")).await?);
+            (Arc::clone(&sqlite) as Arc<dyn Store>, Some(sqlite), None)
+        } else {
+            let bench_store = fresh_store(name)
+                .await
+                .ok_or_else(|| anyhow::anyhow!("{name} unavailable"))?;
+            (Arc::clone(&bench_store.store), None, Some(bench_store))
+        };
+    let on_disk = || async {
+        match &sqlite {
+            Some(sqlite) => {
+                sqlite.checkpoint().await?;
+                Ok::<u64, anyhow::Error>(std::fs::metadata(sqlite.path())?.len())
+            }
+            None => Ok(store.stats().await?.on_disk_bytes.unwrap_or(0)),
+        }
+    };
+    let mut ratios = [0.0; 2];
+    for ratio in &mut ratios {
+        let before = on_disk().await?;
+        let content = sessions::converse(Arc::clone(&store), 100).await;
+        *ratio = on_disk().await?.saturating_sub(before) as f64 / content as f64;
+    }
+    Ok((ratios[0], ratios[1]))
 }
 
 /// Our SQLite targets from SPEC.md; other backends have none.
@@ -132,6 +298,9 @@ async fn report() -> anyhow::Result<()> {
         let samples = measure_appends(Arc::clone(&store), warmup, count).await;
         latency_rows(&mut rows, name, "append", &samples, target(name, "append"));
         store.close().await?;
+    }
+    for name in BACKENDS {
+        session_rows(&mut rows, name, warmup, count, quick).await?;
     }
     let rank = |backend: &str| {
         ["memory", "sqlite", "postgres"]
