@@ -25,6 +25,13 @@ pub struct SessionConfig {
     pub conflict_backoff: Duration,
     /// Limits on preserved agent state (FR-009a).
     pub agent_state: AgentStateLimits,
+    /// A session in the active pool with no activity (message, update) for
+    /// this long becomes `idle` at the next maintenance run and leaves the
+    /// pool, freeing capacity. Default 30 minutes; `None` never idles.
+    pub idle_after: Option<Duration>,
+    /// How often [`spawn_maintenance`](crate::SessionManager::spawn_maintenance)
+    /// runs (idle sweep and cleanup). Default 60 s; 1 s to 24 h.
+    pub maintenance_interval: Duration,
 }
 
 /// Limits on one agent's preserved state (FR-009a).
@@ -57,6 +64,8 @@ impl Default for SessionConfig {
             conflict_retries: 3,
             conflict_backoff: Duration::from_millis(100),
             agent_state: AgentStateLimits::default(),
+            idle_after: Some(Duration::from_secs(30 * 60)),
+            maintenance_interval: Duration::from_secs(60),
         }
     }
 }
@@ -97,6 +106,17 @@ impl SessionConfig {
         }
         if self.agent_state.max_bytes < 1024 {
             return Err(invalid("agent_state.max_bytes", "must be at least 1024"));
+        }
+        if self.idle_after.is_some_and(|idle| idle.is_zero()) {
+            return Err(invalid("idle_after", "must be positive (or None)"));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600))
+            .contains(&self.maintenance_interval)
+        {
+            return Err(invalid(
+                "maintenance_interval",
+                "must be between 1 second and 24 hours",
+            ));
         }
         Ok(())
     }

@@ -20,8 +20,10 @@
 //!   [`AgentStateLimits`]); large states are stored compressed.
 //! - **capacity**: at most [`SessionConfig::max_active_sessions`] active
 //!   sessions; beyond, [`Error::CapacityExceeded`] with a retry-after hint.
-//! - **invalidation and expiry**: [`SessionManager::invalidate`],
-//!   [`SessionManager::cleanup_expired`].
+//! - **invalidation, expiry and idling**: [`SessionManager::invalidate`],
+//!   [`SessionManager::cleanup_expired`]; [`SessionManager::spawn_maintenance`]
+//!   runs cleanup and moves sessions inactive for `idle_after` to `idle`
+//!   periodically.
 //!
 //! Durability: every write is in storage before the call returns. Metrics go
 //! through the [`metrics`] facade (`session_count`,
@@ -68,5 +70,8 @@ mod preserve;
 
 pub use config::{AgentStateLimits, MAX_TTL, MIN_TTL, SessionConfig};
 pub use error::{Error, Result};
-pub use manager::{CreateOptions, SessionManager, SessionManagerBuilder, SessionStats};
+pub use manager::{
+    CreateOptions, MaintenanceReport, MaintenanceTask, SessionManager, SessionManagerBuilder,
+    SessionStats,
+};
 pub use preserve::Preserved;

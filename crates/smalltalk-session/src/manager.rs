@@ -60,12 +60,46 @@ struct Inner {
     store: Arc<dyn Store>,
     config: SessionConfig,
     clock: Arc<dyn Clock>,
-    /// The active pool: sessions this manager holds active, with their
-    /// expiry (for the retry-after estimate).
-    pool: Mutex<HashMap<SessionId, Timestamp>>,
+    /// The active pool: sessions this manager holds active.
+    pool: Mutex<HashMap<SessionId, PoolEntry>>,
     conflicts: AtomicU64,
     rejections: AtomicU64,
     save_failures: AtomicU64,
+}
+
+/// A session in the active pool.
+#[derive(Debug, Clone, Copy)]
+struct PoolEntry {
+    /// For the retry-after estimate and cleanup.
+    expires_at: Timestamp,
+    /// For the idle sweep.
+    last_activity: Timestamp,
+}
+
+/// What one maintenance run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    /// Sessions moved to `idle` after inactivity.
+    pub idled: usize,
+    /// Sessions deleted (expired or invalidated).
+    pub deleted: u64,
+}
+
+/// The background maintenance task; stops when dropped.
+#[derive(Debug)]
+pub struct MaintenanceTask {
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl MaintenanceTask {
+    /// Stops the task (also done on drop).
+    pub fn stop(self) {}
+}
+
+impl Drop for MaintenanceTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
 }
 
 /// Builds a [`SessionManager`].
@@ -138,18 +172,26 @@ impl SessionManager {
         &self.inner.config
     }
 
-    fn pool(&self) -> MutexGuard<'_, HashMap<SessionId, Timestamp>> {
+    fn pool(&self) -> MutexGuard<'_, HashMap<SessionId, PoolEntry>> {
         self.inner
             .pool
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Puts the session in the pool if it is active, else takes it out.
+    /// Puts the session in the pool if it is active (now active), else
+    /// takes it out.
     fn track(&self, session: &Session) {
+        let now = self.inner.clock.now();
         let mut pool = self.pool();
-        if session.state == SessionState::Active && session.expires_at > self.inner.clock.now() {
-            pool.insert(session.id, session.expires_at);
+        if session.state == SessionState::Active && session.expires_at > now {
+            pool.insert(
+                session.id,
+                PoolEntry {
+                    expires_at: session.expires_at,
+                    last_activity: now,
+                },
+            );
         } else {
             pool.remove(&session.id);
         }
@@ -181,13 +223,22 @@ impl SessionManager {
         metrics::counter!("session_conflicts_total").increment(1);
     }
 
-    /// When a slot is likely to free up: the soonest expiry in the pool,
-    /// between 1 and 60 seconds away.
-    fn retry_after(pool: &HashMap<SessionId, Timestamp>, now: Timestamp) -> Duration {
+    /// When a slot is likely to free up: the soonest expiry or idle
+    /// deadline in the pool, between 1 and 60 seconds away.
+    fn retry_after(&self, pool: &HashMap<SessionId, PoolEntry>, now: Timestamp) -> Duration {
+        let idle_after = self.inner.config.idle_after;
         let soonest = pool
             .values()
+            .map(|entry| match idle_after {
+                Some(idle) => entry
+                    .expires_at
+                    .min(entry.last_activity.saturating_add(idle)),
+                None => entry.expires_at,
+            })
             .min()
-            .map_or(Duration::from_secs(1), |expiry| expiry.duration_since(now));
+            .map_or(Duration::from_secs(1), |deadline| {
+                deadline.duration_since(now)
+            });
         soonest.clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 
@@ -209,12 +260,18 @@ impl SessionManager {
                 metrics::counter!("session_rejections_total").increment(1);
                 return Err(Error::CapacityExceeded {
                     limit,
-                    retry_after: Self::retry_after(&pool, now),
+                    retry_after: self.retry_after(&pool, now),
                 });
             }
             // Reserve the slot before the write, so concurrent creations
             // cannot overshoot the limit.
-            pool.insert(session.id, session.expires_at);
+            pool.insert(
+                session.id,
+                PoolEntry {
+                    expires_at: session.expires_at,
+                    last_activity: now,
+                },
+            );
         }
         match self.note_failure(
             self.inner
@@ -414,10 +471,20 @@ impl SessionManager {
     /// [`add_message`](Self::add_message)).
     #[tracing::instrument(skip_all, fields(session_id = %id, count = messages.len()), err)]
     pub async fn add_messages(&self, id: SessionId, messages: &[Message]) -> Result<AppendOutcome> {
-        let guard = AppendGuard::open_at(self.inner.clock.now());
-        let result = self.inner.store.append_messages(id, messages, guard).await;
-        if let Err(smalltalk_storage::Error::NotAccepting { .. }) = &result {
-            self.untrack(id);
+        let now = self.inner.clock.now();
+        let result = self
+            .inner
+            .store
+            .append_messages(id, messages, AppendGuard::open_at(now))
+            .await;
+        match &result {
+            Ok(_) => {
+                if let Some(entry) = self.pool().get_mut(&id) {
+                    entry.last_activity = now;
+                }
+            }
+            Err(smalltalk_storage::Error::NotAccepting { .. }) => self.untrack(id),
+            Err(_) => {}
         }
         self.note_failure(result)
     }
@@ -442,7 +509,7 @@ impl SessionManager {
             if !pool.contains_key(&id) && pool.len() >= limit {
                 self.inner.rejections.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("session_rejections_total").increment(1);
-                let retry_after = Self::retry_after(&pool, self.inner.clock.now());
+                let retry_after = self.retry_after(&pool, self.inner.clock.now());
                 return Err(Error::CapacityExceeded { limit, retry_after });
             }
         }
@@ -562,12 +629,70 @@ impl SessionManager {
         }
         {
             let mut pool = self.pool();
-            pool.retain(|_, expires_at| *expires_at > now);
+            pool.retain(|_, entry| entry.expires_at > now);
             metrics::gauge!("session_count").set(pool.len() as f64);
         }
         tracing::Span::current().record("count", deleted);
         tracing::info!(deleted, "expired and invalidated sessions cleaned up");
         Ok(deleted)
+    }
+
+    /// One maintenance pass: sessions of the pool idle for `idle_after`
+    /// become `idle` (leaving the pool), then
+    /// [`cleanup_expired`](Self::cleanup_expired) runs.
+    #[tracing::instrument(skip_all, err)]
+    pub async fn run_maintenance(&self) -> Result<MaintenanceReport> {
+        let mut report = MaintenanceReport::default();
+        if let Some(idle_after) = self.inner.config.idle_after {
+            let cutoff = self.inner.clock.now().saturating_sub(idle_after);
+            let idle: Vec<SessionId> = self
+                .pool()
+                .iter()
+                .filter(|(_, entry)| entry.last_activity <= cutoff)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in idle {
+                let outcome = self
+                    .update(id, |session| {
+                        if session.state == SessionState::Active {
+                            session.state = SessionState::Idle;
+                        }
+                        Ok(())
+                    })
+                    .await;
+                match outcome {
+                    Ok(_) => report.idled += 1,
+                    // Gone, invalidated or expired meanwhile: just let go.
+                    Err(
+                        Error::NotFound { .. } | Error::Invalidated { .. } | Error::Expired { .. },
+                    ) => self.untrack(id),
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        report.deleted = self.cleanup_expired().await?;
+        Ok(report)
+    }
+
+    /// Runs [`run_maintenance`](Self::run_maintenance) every
+    /// `maintenance_interval` on the current tokio runtime until the
+    /// returned task is dropped. A failed run is logged and retried at the
+    /// next tick.
+    pub fn spawn_maintenance(&self) -> MaintenanceTask {
+        let manager = self.clone();
+        let period = self.inner.config.maintenance_interval;
+        // Anchored now, not when the task first gets to run.
+        let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let handle = tokio::spawn(async move {
+            loop {
+                ticks.tick().await;
+                if let Err(error) = manager.run_maintenance().await {
+                    tracing::error!(%error, "session maintenance failed; retrying at the next tick");
+                }
+            }
+        });
+        MaintenanceTask { handle }
     }
 
     /// Counts per state, the pool, conflict / rejection / failure counters

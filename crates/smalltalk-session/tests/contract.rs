@@ -417,6 +417,46 @@ async fn agent_state_is_preserved_within_limits(backend: &impl Backend) {
     assert_eq!(after.version, stored.version);
 }
 
+/// Sessions inactive for `idle_after` become idle at the maintenance run
+/// and free their slot; active ones stay; expired ones are deleted.
+async fn maintenance_idles_and_cleans_up(backend: &impl Backend) {
+    let config = SessionConfig {
+        max_active_sessions: 2,
+        idle_after: Some(Duration::from_secs(600)),
+        ..fast()
+    };
+    let f = fixture(backend, config).await;
+    let busy = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let quiet = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.clock.advance(Duration::from_secs(300));
+    f.sessions
+        .add_message(busy.id, text("still here", &f.clock))
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(360));
+    let report = f.sessions.run_maintenance().await.unwrap();
+    assert_eq!((report.idled, report.deleted), (1, 0));
+    let states = (
+        f.sessions.get(busy.id).await.unwrap().unwrap().state,
+        f.sessions.get(quiet.id).await.unwrap().unwrap().state,
+    );
+    assert_eq!(states, (SessionState::Active, SessionState::Idle));
+    assert_eq!(f.sessions.stats().await.unwrap().active, 1);
+    f.sessions
+        .create(CreateOptions::default())
+        .await
+        .expect("the idle session freed its slot");
+    // An idle session still accepts messages.
+    f.sessions
+        .add_message(quiet.id, text("later", &f.clock))
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(8 * 24 * 3600));
+    let report = f.sessions.run_maintenance().await.unwrap();
+    assert_eq!(report.deleted, 3);
+    assert_eq!(f.sessions.stats().await.unwrap().active, 0);
+}
+
 /// Bad input gives typed errors and changes nothing.
 async fn bad_input_is_refused(backend: &impl Backend) {
     let f = fixture(backend, fast()).await;
@@ -528,6 +568,7 @@ macro_rules! manager_contract {
                     invalidation_is_final,
                     expiry_and_cleanup,
                     agent_state_is_preserved_within_limits,
+                    maintenance_idles_and_cleans_up,
                     bad_input_is_refused,
                 );
             }
