@@ -624,7 +624,12 @@ impl SessionManager {
                 if ids.is_empty() {
                     break;
                 }
-                deleted += self.note_failure(store.delete_sessions(&ids).await)?;
+                let round = self.note_failure(store.delete_sessions(&ids).await)?;
+                deleted += round;
+                if round == 0 {
+                    // Listed but not deletable by us: stop rather than spin.
+                    break;
+                }
             }
         }
         {
