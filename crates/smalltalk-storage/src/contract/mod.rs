@@ -20,9 +20,12 @@
 //! `SMALLTALK_REQUIRE_POSTGRES` is not `1`). The invoking crate needs
 //! `tokio` with the `macros` and `rt-multi-thread` features.
 
+mod faulty;
 pub mod kv;
 pub mod model;
 pub mod sessions;
+
+pub use faulty::FaultyStore;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,0 +1,185 @@
+//! [`FaultyStore`]: a store wrapper that fails on demand, for testing what
+//! callers do when storage breaks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use smalltalk_types::{
+    Message, Session, SessionId, SessionState, SessionSummary, StorageKey, Timestamp,
+};
+
+use crate::{
+    AppendGuard, AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
+    SessionStore, Store, StoreAdmin, StoreStats,
+};
+
+/// Wraps a store; while a switch is on, matching calls fail with
+/// [`Error::Unavailable`] (as a lost connection would) and reach nothing.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    fail_writes: AtomicBool,
+    fail_reads: AtomicBool,
+    injected: AtomicU64,
+}
+
+impl FaultyStore {
+    /// Wraps `inner`, healthy.
+    pub fn new(inner: Arc<dyn Store>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            fail_writes: AtomicBool::new(false),
+            fail_reads: AtomicBool::new(false),
+            injected: AtomicU64::new(0),
+        })
+    }
+
+    /// Makes writes fail (or succeed again).
+    pub fn fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::SeqCst);
+    }
+
+    /// Makes reads fail (or succeed again).
+    pub fn fail_reads(&self, fail: bool) {
+        self.fail_reads.store(fail, Ordering::SeqCst);
+    }
+
+    /// How many calls were failed on purpose.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    /// The wrapped store, to look behind the faults.
+    pub fn inner(&self) -> &Arc<dyn Store> {
+        &self.inner
+    }
+
+    fn check(&self, switch: &AtomicBool) -> Result<()> {
+        if switch.load(Ordering::SeqCst) {
+            self.injected.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::Unavailable {
+                backend: "faulty",
+                source: "injected fault".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn write(&self) -> Result<()> {
+        self.check(&self.fail_writes)
+    }
+
+    fn read(&self) -> Result<()> {
+        self.check(&self.fail_reads)
+    }
+}
+
+#[async_trait]
+impl SessionStore for FaultyStore {
+    async fn save_session(&self, session: &Session, expected: Expected) -> Result<u64> {
+        self.write()?;
+        self.inner.save_session(session, expected).await
+    }
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
+        self.read()?;
+        self.inner.get_session(id).await
+    }
+    async fn has_session(&self, id: SessionId) -> Result<bool> {
+        self.read()?;
+        self.inner.has_session(id).await
+    }
+    async fn delete_session(&self, id: SessionId) -> Result<bool> {
+        self.write()?;
+        self.inner.delete_session(id).await
+    }
+    async fn append_messages(
+        &self,
+        id: SessionId,
+        messages: &[Message],
+        guard: AppendGuard,
+    ) -> Result<AppendOutcome> {
+        self.write()?;
+        self.inner.append_messages(id, messages, guard).await
+    }
+    async fn get_session_header(&self, id: SessionId) -> Result<Option<Session>> {
+        self.read()?;
+        self.inner.get_session_header(id).await
+    }
+    async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>> {
+        self.read()?;
+        self.inner.get_session_summary(id).await
+    }
+    async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
+        self.read()?;
+        self.inner.list_sessions(filter).await
+    }
+    async fn count_sessions_by_state(&self) -> Result<BTreeMap<SessionState, u64>> {
+        self.read()?;
+        self.inner.count_sessions_by_state().await
+    }
+    async fn get_sessions(&self, ids: &[SessionId]) -> Result<Vec<Option<Session>>> {
+        self.read()?;
+        self.inner.get_sessions(ids).await
+    }
+    async fn save_sessions(&self, batch: &[(Session, Expected)]) -> Result<Vec<u64>> {
+        self.write()?;
+        self.inner.save_sessions(batch).await
+    }
+    async fn delete_sessions(&self, ids: &[SessionId]) -> Result<u64> {
+        self.write()?;
+        self.inner.delete_sessions(ids).await
+    }
+    async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64> {
+        self.write()?;
+        self.inner.delete_expired_sessions(now).await
+    }
+}
+
+#[async_trait]
+impl KeyValueStore for FaultyStore {
+    async fn set(&self, key: &StorageKey, value: &[u8], ttl: Option<Duration>) -> Result<()> {
+        self.write()?;
+        self.inner.set(key, value, ttl).await
+    }
+    async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
+        self.read()?;
+        self.inner.get(key).await
+    }
+    async fn has(&self, key: &StorageKey) -> Result<bool> {
+        self.read()?;
+        self.inner.has(key).await
+    }
+    async fn delete(&self, key: &StorageKey) -> Result<bool> {
+        self.write()?;
+        self.inner.delete(key).await
+    }
+    async fn clear_older_than(&self, cutoff: Timestamp) -> Result<u64> {
+        self.write()?;
+        self.inner.clear_older_than(cutoff).await
+    }
+    async fn purge_expired(&self) -> Result<u64> {
+        self.write()?;
+        self.inner.purge_expired().await
+    }
+}
+
+#[async_trait]
+impl StoreAdmin for FaultyStore {
+    fn backend(&self) -> BackendKind {
+        self.inner.backend()
+    }
+    async fn health_check(&self) -> Result<()> {
+        self.read()?;
+        self.inner.health_check().await
+    }
+    async fn stats(&self) -> Result<StoreStats> {
+        self.read()?;
+        self.inner.stats().await
+    }
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
