@@ -32,6 +32,67 @@ pub struct SessionConfig {
     /// How often [`spawn_maintenance`](crate::SessionManager::spawn_maintenance)
     /// runs (idle sweep and cleanup). Default 60 s; 1 s to 24 h.
     pub maintenance_interval: Duration,
+    /// When writes reach storage (FR-002). Default [`Durability::Sync`].
+    pub durability: Durability,
+    /// How failed background flushes are retried and reported (FR-002a/b).
+    pub save_retry: SaveRetryPolicy,
+}
+
+/// When writes reach storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Every write is in storage before the call returns.
+    #[default]
+    Sync,
+    /// Appends and updates are acknowledged from memory and written to
+    /// storage in the background every `flush_interval` (1 to 60 s; FR-002
+    /// default 30 s), and by [`flush`](crate::SessionManager::flush) and
+    /// [`close`](crate::SessionManager::close). A failed flush is retried
+    /// (see [`SaveRetryPolicy`]) and reported on the next write to that
+    /// session. Writes not yet flushed are lost if the process dies.
+    Async {
+        /// Period of the background flush.
+        flush_interval: Duration,
+    },
+}
+
+/// How a failed background flush is retried and reported (FR-002a/b). The
+/// session's writes stay in memory until they are stored; nothing
+/// acknowledged is dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SaveRetryPolicy {
+    /// Waits before the first retries. Default 1 s, 5 s, 30 s.
+    pub backoff: Vec<Duration>,
+    /// Wait between retries after the backoff steps. Default 60 s.
+    pub retry_every: Duration,
+    /// Consecutive failures before an alert. Default 3.
+    pub alert_after: u32,
+    /// Continuous failure before one CRITICAL alert (re-armed once a
+    /// flush succeeds). Default 5 minutes.
+    pub critical_after: Duration,
+}
+
+impl Default for SaveRetryPolicy {
+    fn default() -> Self {
+        Self {
+            backoff: vec![
+                Duration::from_secs(1),
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            ],
+            retry_every: Duration::from_secs(60),
+            alert_after: 3,
+            critical_after: Duration::from_secs(300),
+        }
+    }
+}
+
+impl SaveRetryPolicy {
+    /// The wait after the `failures`-th consecutive failure (from 1).
+    pub fn wait_after(&self, failures: u32) -> Duration {
+        let step = usize::try_from(failures.saturating_sub(1)).unwrap_or(usize::MAX);
+        self.backoff.get(step).copied().unwrap_or(self.retry_every)
+    }
 }
 
 /// Limits on one agent's preserved state (FR-009a).
@@ -66,6 +127,8 @@ impl Default for SessionConfig {
             agent_state: AgentStateLimits::default(),
             idle_after: Some(Duration::from_secs(30 * 60)),
             maintenance_interval: Duration::from_secs(60),
+            durability: Durability::Sync,
+            save_retry: SaveRetryPolicy::default(),
         }
     }
 }

@@ -65,6 +65,16 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
+    /// Earlier writes to this session, acknowledged in `async` durability,
+    /// have not reached storage yet: the last background flush failed. They
+    /// are kept and retried; this call was not performed. Reported once.
+    #[error("writes to session {id} are not yet stored: {reason}")]
+    FlushFailed {
+        /// The session.
+        id: SessionId,
+        /// The storage error of the last attempt.
+        reason: String,
+    },
     /// An update closure gave up; nothing was written.
     #[error("update aborted: {reason}")]
     Aborted {
@@ -83,7 +93,9 @@ impl Error {
     /// Whether retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::CapacityExceeded { .. } | Error::Conflict { .. } => true,
+            Error::CapacityExceeded { .. } | Error::Conflict { .. } | Error::FlushFailed { .. } => {
+                true
+            }
             Error::Storage(error) => error.is_transient(),
             _ => false,
         }

@@ -68,10 +68,10 @@ mod error;
 mod manager;
 mod preserve;
 
-pub use config::{AgentStateLimits, MAX_TTL, MIN_TTL, SessionConfig};
+pub use config::{AgentStateLimits, Durability, MAX_TTL, MIN_TTL, SaveRetryPolicy, SessionConfig};
 pub use error::{Error, Result};
 pub use manager::{
-    CreateOptions, MaintenanceReport, MaintenanceTask, SessionManager, SessionManagerBuilder,
-    SessionStats,
+    Appended, CreateOptions, FlushReport, MaintenanceReport, MaintenanceTask, SessionManager,
+    SessionManagerBuilder, SessionStats,
 };
 pub use preserve::Preserved;

@@ -1,5 +1,9 @@
 //! The [`SessionManager`].
 
+mod writeback;
+
+pub use writeback::FlushReport;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -8,11 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use smalltalk_storage::{AppendGuard, AppendOutcome, Expected, SessionFilter, Store, StoreStats};
 use smalltalk_types::{
-    AgentState, Clock, Message, Session, SessionId, SessionState, SessionSummary, SystemClock,
-    Timestamp,
+    AgentState, AlertSink, Clock, LogAlertSink, Message, Session, SessionId, SessionState,
+    SessionSummary, SystemClock, Timestamp,
 };
 
-use crate::config::{SessionConfig, check_ttl};
+use crate::config::{Durability, SessionConfig, check_ttl};
 use crate::preserve::{Preserved, preserve};
 use crate::{Error, Result};
 
@@ -23,6 +27,18 @@ pub struct CreateOptions {
     pub ttl: Option<Duration>,
     /// Initial metadata.
     pub metadata: Map<String, Value>,
+}
+
+/// How [`SessionManager::add_message`] acknowledged a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored (`sync` durability): where the messages went.
+    Stored(AppendOutcome),
+    /// Held in memory until the next flush (`async` durability).
+    Buffered {
+        /// Messages of this session waiting for the flush.
+        pending: usize,
+    },
 }
 
 /// Counts and sizes, for operators (FR-037/038).
@@ -38,8 +54,12 @@ pub struct SessionStats {
     pub conflicts: u64,
     /// Creations refused at capacity.
     pub rejections: u64,
-    /// Writes that failed in storage.
+    /// Writes that failed in storage (in `async` durability, each failed
+    /// flush attempt).
     pub save_failures: u64,
+    /// Sessions with acknowledged writes not yet stored (`async`
+    /// durability).
+    pub pending: usize,
     /// The store's own counts and sizes.
     pub store: StoreStats,
 }
@@ -65,6 +85,28 @@ struct Inner {
     conflicts: AtomicU64,
     rejections: AtomicU64,
     save_failures: AtomicU64,
+    alerts: Arc<dyn AlertSink>,
+    /// Pending writes, in `async` durability only.
+    writeback: Option<writeback::PendingWrites>,
+    /// Serializes flushes.
+    flush_lock: tokio::sync::Mutex<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let pending = self.writeback.as_ref().map_or(0, |pending| {
+            pending
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .len()
+        });
+        if pending > 0 {
+            tracing::error!(
+                sessions = pending,
+                "session manager dropped with unflushed writes; call close() before exit"
+            );
+        }
+    }
 }
 
 /// A session in the active pool.
@@ -85,10 +127,10 @@ pub struct MaintenanceReport {
     pub deleted: u64,
 }
 
-/// The background maintenance task; stops when dropped.
+/// The background maintenance tasks; they stop when this is dropped.
 #[derive(Debug)]
 pub struct MaintenanceTask {
-    handle: tokio::task::JoinHandle<()>,
+    handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl MaintenanceTask {
@@ -98,7 +140,7 @@ impl MaintenanceTask {
 
 impl Drop for MaintenanceTask {
     fn drop(&mut self) {
-        self.handle.abort();
+        self.handles.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }
 
@@ -108,6 +150,7 @@ pub struct SessionManagerBuilder {
     store: Arc<dyn Store>,
     config: SessionConfig,
     clock: Arc<dyn Clock>,
+    alerts: Arc<dyn AlertSink>,
 }
 
 impl SessionManagerBuilder {
@@ -123,9 +166,17 @@ impl SessionManagerBuilder {
         self
     }
 
+    /// Sets where alerts go (default: an ERROR log line each).
+    pub fn alerts(mut self, alerts: Arc<dyn AlertSink>) -> Self {
+        self.alerts = alerts;
+        self
+    }
+
     /// Validates the configuration and builds the manager.
     pub fn build(self) -> Result<SessionManager> {
         self.config.validate()?;
+        let writeback =
+            matches!(self.config.durability, Durability::Async { .. }).then(Default::default);
         Ok(SessionManager {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -135,6 +186,9 @@ impl SessionManagerBuilder {
                 conflicts: AtomicU64::new(0),
                 rejections: AtomicU64::new(0),
                 save_failures: AtomicU64::new(0),
+                alerts: self.alerts,
+                writeback,
+                flush_lock: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -164,6 +218,7 @@ impl SessionManager {
             store,
             config: SessionConfig::default(),
             clock: Arc::new(SystemClock),
+            alerts: Arc::new(LogAlertSink),
         }
     }
 
@@ -303,6 +358,7 @@ impl SessionManager {
             .get_session(id)
             .await?
             .ok_or(Error::NotFound { id })?;
+        let session = self.merge_pending(session);
         metrics::histogram!("session_restore_latency_ms")
             .record(started.elapsed().as_secs_f64() * 1000.0);
         check_open(&session, self.inner.clock.now())?;
@@ -310,9 +366,37 @@ impl SessionManager {
         Ok(session)
     }
 
-    /// Reads a session as stored, whatever its state (for inspection).
+    /// Reads a session whatever its state (for inspection), with writes
+    /// not yet flushed in `async` durability.
     pub async fn get(&self, id: SessionId) -> Result<Option<Session>> {
-        Ok(self.inner.store.get_session(id).await?)
+        Ok(self
+            .inner
+            .store
+            .get_session(id)
+            .await?
+            .map(|session| self.merge_pending(session)))
+    }
+
+    /// In `async` durability, stores `id`'s pending writes before an
+    /// operation that must see storage as the caller does.
+    async fn flush_first(&self, id: SessionId) -> Result<()> {
+        if self.inner.writeback.is_some() {
+            if let writeback::Flushed::Failed = self.flush_session(id).await {
+                self.take_surfaced(id)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stores every pending write and reports failure (`async`
+    /// durability; a no-op in `sync`). Call it before the process exits:
+    /// writes not yet flushed live only in memory.
+    pub async fn close(&self) -> Result<()> {
+        let report = self.flush().await?;
+        match self.first_unflushed() {
+            Some((id, reason)) if report.failed > 0 => Err(Error::FlushFailed { id, reason }),
+            _ => Ok(()),
+        }
     }
 
     /// Saves a whole snapshot (a "blind" save). If another writer changed
@@ -324,6 +408,7 @@ impl SessionManager {
     #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
     pub async fn save(&self, session: &Session) -> Result<u64> {
         let id = session.id;
+        self.flush_first(id).await?;
         let summary = self
             .inner
             .store
@@ -415,6 +500,9 @@ impl SessionManager {
         F: FnMut(&mut Session) -> Result<T> + Send,
         T: Send,
     {
+        if self.inner.writeback.is_some() {
+            return self.update_buffered(id, change).await;
+        }
         let retries = self.inner.config.conflict_retries;
         for attempt in 0..=retries {
             let mut session = self
@@ -462,15 +550,19 @@ impl SessionManager {
     /// Appends one message. Never conflicts: concurrent appends are
     /// serialized by storage and none is lost. An invalidated or expired
     /// session refuses it ([`Error::Invalidated`], [`Error::Expired`]),
-    /// checked atomically with the write.
-    pub async fn add_message(&self, id: SessionId, message: Message) -> Result<AppendOutcome> {
+    /// checked atomically with the write in `sync` durability (in `async`,
+    /// against what this manager knows of the session).
+    pub async fn add_message(&self, id: SessionId, message: Message) -> Result<Appended> {
         self.add_messages(id, std::slice::from_ref(&message)).await
     }
 
     /// Appends several messages atomically, in order (see
     /// [`add_message`](Self::add_message)).
     #[tracing::instrument(skip_all, fields(session_id = %id, count = messages.len()), err)]
-    pub async fn add_messages(&self, id: SessionId, messages: &[Message]) -> Result<AppendOutcome> {
+    pub async fn add_messages(&self, id: SessionId, messages: &[Message]) -> Result<Appended> {
+        if self.inner.writeback.is_some() {
+            return self.append_buffered(id, messages).await;
+        }
         let now = self.inner.clock.now();
         let result = self
             .inner
@@ -486,7 +578,7 @@ impl SessionManager {
             Err(smalltalk_storage::Error::NotAccepting { .. }) => self.untrack(id),
             Err(_) => {}
         }
-        self.note_failure(result)
+        self.note_failure(result).map(Appended::Stored)
     }
 
     /// Moves a session to `state`. Going to `invalidated` is
@@ -553,6 +645,8 @@ impl SessionManager {
     #[tracing::instrument(skip_all, fields(session_id = %id), err)]
     pub async fn invalidate(&self, id: SessionId) -> Result<()> {
         self.untrack(id);
+        // Acknowledged writes go in before the tombstone.
+        self.flush_first(id).await?;
         let retries = self.inner.config.conflict_retries;
         for attempt in 0..=retries {
             let mut session = self
@@ -593,6 +687,7 @@ impl SessionManager {
     #[tracing::instrument(skip_all, fields(session_id = %id), err)]
     pub async fn delete(&self, id: SessionId) -> Result<bool> {
         self.untrack(id);
+        self.discard_pending(id);
         self.note_failure(self.inner.store.delete_session(id).await)
     }
 
@@ -681,23 +776,40 @@ impl SessionManager {
 
     /// Runs [`run_maintenance`](Self::run_maintenance) every
     /// `maintenance_interval` on the current tokio runtime until the
-    /// returned task is dropped. A failed run is logged and retried at the
-    /// next tick.
+    /// returned task is dropped; in `async` durability also flushes due
+    /// writes every `flush_interval`. A failed run is logged and retried at
+    /// the next tick.
     pub fn spawn_maintenance(&self) -> MaintenanceTask {
         let manager = self.clone();
         let period = self.inner.config.maintenance_interval;
         // Anchored now, not when the task first gets to run.
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let handle = tokio::spawn(async move {
+        let mut handles = vec![tokio::spawn(async move {
             loop {
                 ticks.tick().await;
                 if let Err(error) = manager.run_maintenance().await {
                     tracing::error!(%error, "session maintenance failed; retrying at the next tick");
                 }
             }
-        });
-        MaintenanceTask { handle }
+        })];
+        if let Durability::Async { flush_interval } = self.inner.config.durability {
+            let manager = self.clone();
+            let mut flushes = tokio::time::interval_at(
+                tokio::time::Instant::now() + flush_interval,
+                flush_interval,
+            );
+            flushes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            handles.push(tokio::spawn(async move {
+                loop {
+                    flushes.tick().await;
+                    // Failures are kept, retried on their schedule and
+                    // alerted inside flush_due.
+                    let _ = manager.flush_due().await;
+                }
+            }));
+        }
+        MaintenanceTask { handles }
     }
 
     /// Counts per state, the pool, conflict / rejection / failure counters
@@ -712,6 +824,7 @@ impl SessionManager {
             conflicts: self.inner.conflicts.load(Ordering::Relaxed),
             rejections: self.inner.rejections.load(Ordering::Relaxed),
             save_failures: self.inner.save_failures.load(Ordering::Relaxed),
+            pending: self.pending_count(),
             store,
         })
     }

@@ -1,0 +1,257 @@
+//! `async` durability: writes acknowledged from memory, flushed later, and
+//! the FR-002a/b policy when flushes fail. Time is a ManualClock; nothing
+//! sleeps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smalltalk_session::{
+    Appended, CreateOptions, Durability, Error, SessionConfig, SessionManager,
+};
+use smalltalk_storage::MemoryStore;
+use smalltalk_storage::contract::FaultyStore;
+use smalltalk_types::{
+    AlertSeverity, ManualClock, Message, RecordingAlertSink, Role, SessionId, Timestamp,
+};
+
+struct Fixture {
+    sessions: SessionManager,
+    faulty: Arc<FaultyStore>,
+    clock: Arc<ManualClock>,
+    alerts: Arc<RecordingAlertSink>,
+}
+
+fn fixture() -> Fixture {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(
+        1_767_225_600_000_000,
+    )));
+    let faulty = FaultyStore::new(Arc::new(MemoryStore::with_clock(clock.clone())));
+    let alerts = Arc::new(RecordingAlertSink::default());
+    let config = SessionConfig {
+        durability: Durability::Async {
+            flush_interval: Duration::from_secs(1),
+        },
+        ..Default::default()
+    };
+    let sessions = SessionManager::builder(faulty.clone())
+        .config(config)
+        .clock(clock.clone())
+        .alerts(alerts.clone())
+        .build()
+        .unwrap();
+    Fixture {
+        sessions,
+        faulty,
+        clock,
+        alerts,
+    }
+}
+
+/// Runs the due flushes; returns how many sessions were attempted.
+async fn attempts(f: &Fixture) -> usize {
+    let report = f.sessions.flush_due().await.unwrap();
+    report.flushed + report.failed + report.dropped
+}
+
+fn text(content: &str) -> Message {
+    Message::new(Role::User, content, Timestamp::EPOCH)
+}
+
+async fn stored_contents(f: &Fixture, id: SessionId) -> Vec<String> {
+    f.faulty
+        .inner()
+        .get_session(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.content)
+        .collect()
+}
+
+#[tokio::test]
+async fn writes_are_acknowledged_from_memory_visible_at_once_and_flushed() {
+    let f = fixture();
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    for index in 0..3 {
+        let ack = f
+            .sessions
+            .add_message(session.id, text(&format!("m{index}")))
+            .await
+            .unwrap();
+        assert_eq!(ack, Appended::Buffered { pending: index + 1 });
+    }
+    f.sessions
+        .update(session.id, |s| {
+            s.metadata.insert("k".into(), "v".into());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    assert!(
+        stored_contents(&f, session.id).await.is_empty(),
+        "not stored yet"
+    );
+    let seen = f.sessions.restore(session.id).await.unwrap();
+    assert_eq!(seen.messages.len(), 3, "reads see acknowledged writes");
+    assert_eq!(seen.metadata["k"], "v");
+    assert_eq!(f.sessions.stats().await.unwrap().pending, 1);
+
+    let report = f.sessions.flush().await.unwrap();
+    assert_eq!((report.flushed, report.failed), (1, 0));
+    assert_eq!(stored_contents(&f, session.id).await, ["m0", "m1", "m2"]);
+    let stored = f
+        .faulty
+        .inner()
+        .get_session(session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.metadata["k"], "v");
+    assert_eq!(f.sessions.stats().await.unwrap().pending, 0);
+    assert_eq!(
+        f.sessions.restore(session.id).await.unwrap().messages.len(),
+        3,
+        "no double counting"
+    );
+}
+
+#[tokio::test]
+async fn failed_flushes_follow_the_retry_policy_alert_and_lose_nothing() {
+    let f = fixture();
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions
+        .add_message(session.id, text("first"))
+        .await
+        .unwrap();
+    f.faulty.fail_writes(true);
+
+    // Attempt 1 fails at t0; the next write reports it, once.
+    assert_eq!(f.sessions.flush().await.unwrap().failed, 1);
+    let reported = f.sessions.add_message(session.id, text("refused")).await;
+    assert!(
+        matches!(reported, Err(Error::FlushFailed { .. })),
+        "{reported:?}"
+    );
+    f.sessions
+        .add_message(session.id, text("second"))
+        .await
+        .unwrap();
+
+    // Nothing is retried before its time.
+    let injected = f.faulty.injected();
+    assert_eq!(attempts(&f).await, 0);
+    assert_eq!(f.faulty.injected(), injected);
+
+    // Then 1 s, 5 s, 30 s, and every 60 s after; the third failure alerts.
+    let mut waits = vec![1, 5, 30];
+    waits.extend([60; 6]);
+    for (attempt, wait) in waits.into_iter().enumerate() {
+        f.clock.advance(Duration::from_secs(wait - 1));
+        assert_eq!(attempts(&f).await, 0, "attempt {} came early", attempt + 2);
+        f.clock.advance(Duration::from_secs(1));
+        assert_eq!(attempts(&f).await, 1, "attempt {} was due", attempt + 2);
+    }
+    let alerts = f.alerts.alerts();
+    let errors: Vec<_> = alerts
+        .iter()
+        .filter(|alert| alert.severity == AlertSeverity::Error)
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one alert at the third failure: {alerts:?}"
+    );
+    assert_eq!(errors[0].context["retryCount"], 3);
+    assert_eq!(errors[0].context["sessionId"], session.id.to_string());
+    let critical = alerts
+        .iter()
+        .filter(|alert| alert.severity == AlertSeverity::Critical)
+        .count();
+    assert_eq!(
+        critical, 1,
+        "one CRITICAL once failing for 5 minutes (at t0 + 336 s), not repeated"
+    );
+    assert_eq!(f.sessions.stats().await.unwrap().save_failures, 10);
+
+    // Recovery: everything acknowledged is stored, in order.
+    f.faulty.fail_writes(false);
+    f.clock.advance(Duration::from_secs(60));
+    assert_eq!(attempts(&f).await, 1);
+    assert_eq!(stored_contents(&f, session.id).await, ["first", "second"]);
+    assert!(
+        f.alerts
+            .alerts()
+            .iter()
+            .any(|alert| alert.severity == AlertSeverity::Info),
+        "recovery announced"
+    );
+    assert_eq!(f.sessions.stats().await.unwrap().pending, 0);
+
+    // Re-armed: a new run of failures raises a new CRITICAL after 5 minutes.
+    f.sessions
+        .add_message(session.id, text("third"))
+        .await
+        .unwrap();
+    f.faulty.fail_writes(true);
+    f.sessions.flush().await.unwrap();
+    f.clock.advance(Duration::from_secs(301));
+    f.sessions.flush().await.unwrap();
+    let critical = f
+        .alerts
+        .alerts()
+        .iter()
+        .filter(|alert| alert.severity == AlertSeverity::Critical)
+        .count();
+    assert_eq!(critical, 2);
+}
+
+#[tokio::test]
+async fn close_flushes_and_reports_what_could_not_be_stored() {
+    let f = fixture();
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions
+        .add_message(session.id, text("kept"))
+        .await
+        .unwrap();
+    f.faulty.fail_writes(true);
+    assert!(matches!(
+        f.sessions.close().await,
+        Err(Error::FlushFailed { .. })
+    ));
+    f.faulty.fail_writes(false);
+    f.sessions.close().await.unwrap();
+    assert_eq!(stored_contents(&f, session.id).await, ["kept"]);
+}
+
+#[tokio::test]
+async fn invalidation_stores_acknowledged_writes_first() {
+    let f = fixture();
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions
+        .add_message(session.id, text("before"))
+        .await
+        .unwrap();
+    f.sessions.invalidate(session.id).await.unwrap();
+    assert_eq!(stored_contents(&f, session.id).await, ["before"]);
+    let after = f.sessions.add_message(session.id, text("after")).await;
+    assert!(matches!(after, Err(Error::Invalidated { .. })), "{after:?}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn the_background_flusher_stores_writes_every_interval() {
+    let f = fixture();
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let _task = f.sessions.spawn_maintenance();
+    f.sessions
+        .add_message(session.id, text("buffered"))
+        .await
+        .unwrap();
+    assert!(stored_contents(&f, session.id).await.is_empty());
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(stored_contents(&f, session.id).await, ["buffered"]);
+}
