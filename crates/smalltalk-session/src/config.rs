@@ -34,8 +34,23 @@ pub struct SessionConfig {
     pub maintenance_interval: Duration,
     /// When writes reach storage (FR-002). Default [`Durability::Sync`].
     pub durability: Durability,
+    /// What cleanup does with a session past its expiry (FR-004). Default
+    /// [`TtlStrategy::Delete`].
+    pub ttl_strategy: TtlStrategy,
     /// How failed background flushes are retried and reported (FR-002a/b).
     pub save_retry: SaveRetryPolicy,
+}
+
+/// What cleanup does with a session past its expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TtlStrategy {
+    /// Delete it with its history.
+    #[default]
+    Delete,
+    /// Keep only its latest state: the history is deleted, the session
+    /// (agent states, metadata) stays, marked `expired`, readable with
+    /// [`get`](crate::SessionManager::get) until deleted explicitly.
+    KeepLatest,
 }
 
 /// When writes reach storage.
@@ -128,6 +143,7 @@ impl Default for SessionConfig {
             idle_after: Some(Duration::from_secs(30 * 60)),
             maintenance_interval: Duration::from_secs(60),
             durability: Durability::Sync,
+            ttl_strategy: TtlStrategy::Delete,
             save_retry: SaveRetryPolicy::default(),
         }
     }

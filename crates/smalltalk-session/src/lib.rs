@@ -68,7 +68,9 @@ mod error;
 mod manager;
 mod preserve;
 
-pub use config::{AgentStateLimits, Durability, MAX_TTL, MIN_TTL, SaveRetryPolicy, SessionConfig};
+pub use config::{
+    AgentStateLimits, Durability, MAX_TTL, MIN_TTL, SaveRetryPolicy, SessionConfig, TtlStrategy,
+};
 pub use error::{Error, Result};
 pub use manager::{
     Appended, CreateOptions, FlushReport, MaintenanceReport, MaintenanceTask, SessionManager,

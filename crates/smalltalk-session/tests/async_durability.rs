@@ -11,7 +11,8 @@ use smalltalk_session::{
 use smalltalk_storage::MemoryStore;
 use smalltalk_storage::contract::FaultyStore;
 use smalltalk_types::{
-    AlertSeverity, ManualClock, Message, RecordingAlertSink, Role, SessionId, Timestamp,
+    AlertSeverity, ManualClock, Message, RecordingAlertSink, Role, SessionId, SessionState,
+    Timestamp,
 };
 
 struct Fixture {
@@ -226,15 +227,51 @@ async fn close_flushes_and_reports_what_could_not_be_stored() {
 }
 
 #[tokio::test]
-async fn invalidation_stores_acknowledged_writes_first() {
+async fn invalidation_flushes_first_and_fails_if_it_cannot() {
     let f = fixture();
     let session = f.sessions.create(CreateOptions::default()).await.unwrap();
     f.sessions
         .add_message(session.id, text("before"))
         .await
         .unwrap();
+    f.faulty.fail_writes(true);
+    let refused = f.sessions.invalidate(session.id).await;
+    assert!(
+        matches!(refused, Err(Error::FlushFailed { .. })),
+        "{refused:?}"
+    );
+    f.faulty.fail_writes(false);
+    let stored = f
+        .faulty
+        .inner()
+        .get_session(session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.state,
+        SessionState::Active,
+        "not invalidated while writes were pending"
+    );
+
     f.sessions.invalidate(session.id).await.unwrap();
-    assert_eq!(stored_contents(&f, session.id).await, ["before"]);
+    let tombstone = f
+        .faulty
+        .inner()
+        .get_session(session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(tombstone.state, SessionState::Invalidated);
+    assert!(
+        tombstone.messages.is_empty(),
+        "content deleted with the invalidation"
+    );
+    assert_eq!(
+        f.sessions.stats().await.unwrap().pending,
+        0,
+        "nothing left behind in memory"
+    );
     let after = f.sessions.add_message(session.id, text("after")).await;
     assert!(matches!(after, Err(Error::Invalidated { .. })), "{after:?}");
 }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
-use smalltalk_session::{AgentStateLimits, CreateOptions, Error, SessionConfig, SessionManager};
+use smalltalk_session::{
+    AgentStateLimits, CreateOptions, Error, SessionConfig, SessionManager, TtlStrategy,
+};
 use smalltalk_storage::Store;
 use smalltalk_storage::contract::{Backend, test_clock};
 use smalltalk_types::{
@@ -329,8 +331,23 @@ async fn invalidation_is_final(backend: &impl Backend) {
         "{revive:?}"
     );
     f.sessions.invalidate(session.id).await.unwrap();
-    let stored = f.sessions.get(session.id).await.unwrap().unwrap();
-    assert_eq!(stored.messages.len(), 1);
+    let tombstone = f.sessions.get(session.id).await.unwrap().unwrap();
+    assert!(
+        tombstone.messages.is_empty(),
+        "the content is deleted at once"
+    );
+    assert!(tombstone.agent_states.is_empty());
+    assert_eq!(tombstone.state, SessionState::Invalidated);
+    assert_eq!(
+        f.sessions.cleanup_expired().await.unwrap(),
+        0,
+        "the tombstone stays until expiry"
+    );
+    assert!(matches!(
+        f.sessions.restore(session.id).await,
+        Err(Error::Invalidated { .. })
+    ));
+    f.clock.advance(Duration::from_secs(8 * 24 * 3600));
     assert_eq!(f.sessions.cleanup_expired().await.unwrap(), 1);
     assert!(matches!(
         f.sessions.restore(session.id).await,
@@ -340,6 +357,58 @@ async fn invalidation_is_final(backend: &impl Backend) {
         f.sessions.invalidate(session.id).await,
         Err(Error::NotFound { .. })
     ));
+}
+
+/// `keep_latest`: past its TTL a session keeps its latest state, loses its
+/// history, and refuses writes.
+async fn keep_latest_keeps_the_state_and_drops_the_history(backend: &impl Backend) {
+    let config = SessionConfig {
+        ttl_strategy: TtlStrategy::KeepLatest,
+        ..fast()
+    };
+    let f = fixture(backend, config).await;
+    let session = f
+        .sessions
+        .create(CreateOptions {
+            ttl: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let other = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions
+        .add_message(session.id, text("old turn", &f.clock))
+        .await
+        .unwrap();
+    let mut state = AgentState::new(agent("keeper"), Timestamp::EPOCH);
+    state.context.insert("summary".into(), json!("the gist"));
+    f.sessions
+        .update_agent_state(session.id, state)
+        .await
+        .unwrap();
+    f.clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(f.sessions.cleanup_expired().await.unwrap(), 1);
+    let kept = f.sessions.get(session.id).await.unwrap().expect("kept");
+    assert_eq!(kept.state, SessionState::Expired);
+    assert!(kept.messages.is_empty());
+    assert_eq!(
+        kept.agent_states[&agent("keeper")].context["summary"],
+        json!("the gist")
+    );
+    assert_eq!(
+        f.sessions.cleanup_expired().await.unwrap(),
+        0,
+        "already reduced"
+    );
+    let add = f
+        .sessions
+        .add_message(session.id, text("late", &f.clock))
+        .await;
+    assert!(matches!(add, Err(Error::Expired { .. })), "{add:?}");
+    assert_eq!(
+        f.sessions.get(other.id).await.unwrap().unwrap().state,
+        SessionState::Active
+    );
 }
 
 /// Past its TTL a session refuses writes, and cleanup deletes it.
@@ -569,6 +638,7 @@ macro_rules! manager_contract {
                     expiry_and_cleanup,
                     agent_state_is_preserved_within_limits,
                     maintenance_idles_and_cleans_up,
+                    keep_latest_keeps_the_state_and_drops_the_history,
                     bad_input_is_refused,
                 );
             }

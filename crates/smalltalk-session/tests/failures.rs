@@ -85,3 +85,65 @@ async fn failed_reads_are_transient_errors() {
     faulty.fail_reads(false);
     assert_eq!(sessions.restore(session.id).await.unwrap().id, session.id);
 }
+
+/// An invalidated session whose history cannot be deleted stays refused,
+/// is retried by maintenance, and raises an alert after repeated failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidated_content_deletion_is_retried_and_alerted() {
+    use smalltalk_types::{AlertSeverity, RecordingAlertSink};
+    let faulty = FaultyStore::new(Arc::new(MemoryStore::new()));
+    let alerts = Arc::new(RecordingAlertSink::default());
+    let sessions = SessionManager::builder(faulty.clone())
+        .alerts(alerts.clone())
+        .build()
+        .unwrap();
+    let session = sessions.create(CreateOptions::default()).await.unwrap();
+    sessions
+        .add_message(session.id, message("private"))
+        .await
+        .unwrap();
+    faulty.fail_operation("delete_history", true);
+    sessions
+        .invalidate(session.id)
+        .await
+        .expect("the invalidation itself succeeds");
+    let refused = sessions.add_message(session.id, message("after")).await;
+    assert!(
+        matches!(refused, Err(Error::Invalidated { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        faulty
+            .inner()
+            .get_session(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .len(),
+        1
+    );
+    sessions.run_maintenance().await.unwrap();
+    sessions.run_maintenance().await.unwrap();
+    let errors = alerts
+        .alerts()
+        .iter()
+        .filter(|alert| alert.severity == AlertSeverity::Error)
+        .count();
+    assert_eq!(errors, 1, "alerted at the third failure");
+    faulty.fail_operation("delete_history", false);
+    sessions.run_maintenance().await.unwrap();
+    assert!(
+        faulty
+            .inner()
+            .get_session(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .is_empty(),
+        "deleted on retry"
+    );
+    sessions.run_maintenance().await.unwrap();
+    assert_eq!(faulty.injected(), 3, "no retry once done");
+}

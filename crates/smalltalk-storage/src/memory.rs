@@ -229,6 +229,7 @@ impl SessionStore for MemoryStore {
                     .created_after
                     .is_none_or(|after| session.created_at > after)
             })
+            .filter(|session| filter.expired_at.is_none_or(|at| session.expires_at <= at))
             .map(summary_of)
             .collect();
         // A UUID's byte order is its lowercase hex text order, which is how
@@ -281,6 +282,16 @@ impl SessionStore for MemoryStore {
             .iter()
             .filter(|id| inner.sessions.remove(id).is_some())
             .count() as u64)
+    }
+
+    async fn delete_history(&self, id: SessionId) -> Result<u64> {
+        let mut inner = self.lock()?;
+        let stored = inner.sessions.get_mut(&id).ok_or(Error::NotFound { id })?;
+        let deleted = stored.session.messages.len() as u64;
+        stored.session.messages.clear();
+        stored.message_bytes = 0;
+        stored.session.version += 1;
+        Ok(deleted)
     }
 
     async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64> {

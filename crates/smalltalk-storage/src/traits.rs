@@ -32,6 +32,8 @@ pub struct SessionFilter {
     pub state: Option<SessionState>,
     /// Only sessions created strictly after this time.
     pub created_after: Option<Timestamp>,
+    /// Only sessions whose expiry is at or before this time (expired then).
+    pub expired_at: Option<Timestamp>,
     /// At most this many.
     pub limit: Option<u32>,
     /// Skip this many first.
@@ -183,6 +185,12 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// Deletes every session whose `expires_at` is at or before `now`;
     /// returns how many.
     async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64>;
+
+    /// Deletes a session's whole history, keeping the session itself (for
+    /// purging an invalidated session's content, or keeping only the
+    /// latest state of an expired one). Bumps the version; returns how many
+    /// messages were deleted.
+    async fn delete_history(&self, id: SessionId) -> Result<u64>;
 }
 
 /// A key-value store for small blobs, with optional time-to-live.

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use smalltalk_storage::{AppendGuard, AppendOutcome, Expected, SessionFilter, Store, StoreStats};
 use smalltalk_types::{
-    AgentState, AlertSink, Clock, LogAlertSink, Message, Session, SessionId, SessionState,
-    SessionSummary, SystemClock, Timestamp,
+    AgentState, Alert, AlertSeverity, AlertSink, Clock, LogAlertSink, Message, Session, SessionId,
+    SessionState, SessionSummary, SystemClock, Timestamp,
 };
 
-use crate::config::{Durability, SessionConfig, check_ttl};
+use crate::config::{Durability, SessionConfig, TtlStrategy, check_ttl};
 use crate::preserve::{Preserved, preserve};
 use crate::{Error, Result};
 
@@ -90,6 +90,9 @@ struct Inner {
     writeback: Option<writeback::PendingWrites>,
     /// Serializes flushes.
     flush_lock: tokio::sync::Mutex<()>,
+    /// Invalidated sessions whose history still has to be deleted, with
+    /// the failures so far.
+    purges: Mutex<HashMap<SessionId, u32>>,
 }
 
 impl Drop for Inner {
@@ -189,6 +192,7 @@ impl SessionManagerBuilder {
                 alerts: self.alerts,
                 writeback,
                 flush_lock: tokio::sync::Mutex::new(()),
+                purges: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -639,8 +643,11 @@ impl SessionManager {
 
     /// Terminates a session (FR-004a): it leaves the active pool at once and
     /// from then on refuses messages and updates with
-    /// [`Error::Invalidated`], on every process sharing the store. Its data
-    /// is deleted by the next [`cleanup_expired`](Self::cleanup_expired).
+    /// [`Error::Invalidated`], on every process sharing the store. Its
+    /// content (history and agent states) is deleted at once; only a
+    /// tombstone with the metadata stays until the session's expiry, so the
+    /// distinct error outlives the content. If deleting the history fails,
+    /// maintenance retries it, with an alert after repeated failure.
     /// Invalidating twice is not an error.
     #[tracing::instrument(skip_all, fields(session_id = %id), err)]
     pub async fn invalidate(&self, id: SessionId) -> Result<()> {
@@ -661,13 +668,18 @@ impl SessionManager {
             let loaded = session.version;
             session.state = SessionState::Invalidated;
             session.updated_at = self.inner.clock.now();
+            // The tombstone keeps the metadata (for audit), not the content.
+            session.agent_states.clear();
             match self
                 .inner
                 .store
                 .save_session(&session, Expected::Version(loaded))
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.purge_history(id).await;
+                    return Ok(());
+                }
                 Err(smalltalk_storage::Error::Conflict { .. }) => {
                     self.note_conflict();
                     if attempt < retries {
@@ -696,17 +708,22 @@ impl SessionManager {
         Ok(self.inner.store.list_sessions(filter).await?)
     }
 
-    /// Deletes every session that has expired, been marked expired, or been
-    /// invalidated, with its history; returns how many (FR-004).
+    /// Applies the TTL strategy to every session past its expiry (deleted,
+    /// or reduced to its latest state), and deletes sessions marked
+    /// `expired` by hand; returns how many sessions it touched (FR-004).
     #[tracing::instrument(skip_all, fields(count), err)]
     pub async fn cleanup_expired(&self) -> Result<u64> {
         let now = self.inner.clock.now();
         let store = &self.inner.store;
-        let mut deleted = self.note_failure(store.delete_expired_sessions(now).await)?;
-        for state in [SessionState::Expired, SessionState::Invalidated] {
+        let mut cleaned = match self.inner.config.ttl_strategy {
+            TtlStrategy::Delete => self.note_failure(store.delete_expired_sessions(now).await)?,
+            TtlStrategy::KeepLatest => self.keep_latest_of_expired(now).await?,
+        };
+        // Sessions marked `expired` by hand go too (keep-latest ones stay).
+        if self.inner.config.ttl_strategy == TtlStrategy::Delete {
             loop {
                 let filter = SessionFilter {
-                    state: Some(state),
+                    state: Some(SessionState::Expired),
                     limit: Some(500),
                     ..Default::default()
                 };
@@ -720,25 +737,127 @@ impl SessionManager {
                     break;
                 }
                 let round = self.note_failure(store.delete_sessions(&ids).await)?;
-                deleted += round;
+                cleaned += round;
                 if round == 0 {
                     // Listed but not deletable by us: stop rather than spin.
                     break;
                 }
             }
         }
+        for id in self.expired_pending(now) {
+            self.discard_pending(id);
+        }
         {
             let mut pool = self.pool();
             pool.retain(|_, entry| entry.expires_at > now);
             metrics::gauge!("session_count").set(pool.len() as f64);
         }
-        tracing::Span::current().record("count", deleted);
-        tracing::info!(deleted, "expired and invalidated sessions cleaned up");
-        Ok(deleted)
+        tracing::Span::current().record("count", cleaned);
+        tracing::info!(cleaned, "expired sessions cleaned up");
+        Ok(cleaned)
+    }
+
+    /// `keep_latest`: expired sessions lose their history and are marked
+    /// `expired`; expired tombstones (invalidated) are deleted.
+    async fn keep_latest_of_expired(&self, now: Timestamp) -> Result<u64> {
+        let store = &self.inner.store;
+        let mut cleaned = 0;
+        for state in [
+            SessionState::Active,
+            SessionState::Idle,
+            SessionState::Invalidated,
+        ] {
+            loop {
+                let filter = SessionFilter {
+                    state: Some(state),
+                    expired_at: Some(now),
+                    limit: Some(500),
+                    ..Default::default()
+                };
+                let ids: Vec<SessionId> = store
+                    .list_sessions(&filter)
+                    .await?
+                    .iter()
+                    .map(|summary| summary.id)
+                    .collect();
+                if ids.is_empty() {
+                    break;
+                }
+                let before = cleaned;
+                if state == SessionState::Invalidated {
+                    cleaned += self.note_failure(store.delete_sessions(&ids).await)?;
+                } else {
+                    for id in ids {
+                        self.note_failure(store.delete_history(id).await)?;
+                        let mut header = match store.get_session_header(id).await? {
+                            Some(header) => header,
+                            None => continue,
+                        };
+                        let loaded = header.version;
+                        header.state = SessionState::Expired;
+                        match store.save_session(&header, Expected::Version(loaded)).await {
+                            Ok(_) => cleaned += 1,
+                            // Changed meanwhile: the next run sees it again.
+                            Err(smalltalk_storage::Error::Conflict { .. }) => {}
+                            Err(other) => return self.note_failure(Err(other)),
+                        }
+                    }
+                }
+                if cleaned == before {
+                    break;
+                }
+            }
+        }
+        Ok(cleaned)
+    }
+
+    /// Deletes `id`'s history (invalidation); on failure queues it for
+    /// maintenance to retry.
+    async fn purge_history(&self, id: SessionId) {
+        match self.inner.store.delete_history(id).await {
+            Ok(_) | Err(smalltalk_storage::Error::NotFound { .. }) => {
+                self.purges().remove(&id);
+            }
+            Err(error) => {
+                let failures = {
+                    let mut purges = self.purges();
+                    let failures = purges.entry(id).or_insert(0);
+                    *failures += 1;
+                    *failures
+                };
+                self.inner.save_failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("session_save_failures_total").increment(1);
+                tracing::error!(session_id = %id, %error, retry_count = failures, "deleting an invalidated session's history failed; maintenance retries");
+                if failures == self.inner.config.save_retry.alert_after {
+                    let mut context = Map::new();
+                    context.insert("sessionId".into(), id.to_string().into());
+                    context.insert("retryCount".into(), failures.into());
+                    context.insert("error".into(), error.to_string().into());
+                    self.inner
+                        .alerts
+                        .raise(Alert {
+                            severity: AlertSeverity::Error,
+                            source: "session".into(),
+                            message: "an invalidated session's content could not be deleted".into(),
+                            context,
+                            timestamp: self.inner.clock.now(),
+                        })
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn purges(&self) -> MutexGuard<'_, HashMap<SessionId, u32>> {
+        self.inner
+            .purges
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// One maintenance pass: sessions of the pool idle for `idle_after`
-    /// become `idle` (leaving the pool), then
+    /// become `idle` (leaving the pool), invalidated sessions whose history
+    /// could not be deleted are retried, then
     /// [`cleanup_expired`](Self::cleanup_expired) runs.
     #[tracing::instrument(skip_all, err)]
     pub async fn run_maintenance(&self) -> Result<MaintenanceReport> {
@@ -769,6 +888,10 @@ impl SessionManager {
                     Err(error) => return Err(error),
                 }
             }
+        }
+        let queued: Vec<SessionId> = self.purges().keys().copied().collect();
+        for id in queued {
+            self.purge_history(id).await;
         }
         report.deleted = self.cleanup_expired().await?;
         Ok(report)

@@ -128,6 +128,23 @@ impl SessionManager {
             .find_map(|(id, entry)| Some((*id, entry.surfaced.clone()?)))
     }
 
+    /// Sessions with pending writes whose expiry has passed (dropped by
+    /// cleanup: the TTL strategy applies to them too).
+    pub(super) fn expired_pending(&self, now: Timestamp) -> Vec<SessionId> {
+        self.pending().map_or_else(Vec::new, |pending| {
+            pending
+                .iter()
+                .filter(|(_, entry)| {
+                    entry
+                        .header
+                        .as_ref()
+                        .is_some_and(|header| header.expires_at <= now)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
     /// How many sessions have writes not yet stored.
     pub(super) fn pending_count(&self) -> usize {
         self.pending().map_or(0, |pending| pending.len())

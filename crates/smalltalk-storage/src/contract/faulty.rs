@@ -1,9 +1,9 @@
 //! [`FaultyStore`]: a store wrapper that fails on demand, for testing what
 //! callers do when storage breaks.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +23,7 @@ pub struct FaultyStore {
     inner: Arc<dyn Store>,
     fail_writes: AtomicBool,
     fail_reads: AtomicBool,
+    failing_operations: Mutex<HashSet<&'static str>>,
     injected: AtomicU64,
 }
 
@@ -33,6 +34,7 @@ impl FaultyStore {
             inner,
             fail_writes: AtomicBool::new(false),
             fail_reads: AtomicBool::new(false),
+            failing_operations: Mutex::new(HashSet::new()),
             injected: AtomicU64::new(0),
         })
     }
@@ -47,6 +49,20 @@ impl FaultyStore {
         self.fail_reads.store(fail, Ordering::SeqCst);
     }
 
+    /// Makes one operation fail (or succeed again), named as its trait
+    /// method: `"delete_history"`, `"append_messages"`, ...
+    pub fn fail_operation(&self, operation: &'static str, fail: bool) {
+        let mut failing = self
+            .failing_operations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if fail {
+            failing.insert(operation);
+        } else {
+            failing.remove(operation);
+        }
+    }
+
     /// How many calls were failed on purpose.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::SeqCst)
@@ -57,8 +73,13 @@ impl FaultyStore {
         &self.inner
     }
 
-    fn check(&self, switch: &AtomicBool) -> Result<()> {
-        if switch.load(Ordering::SeqCst) {
+    fn check(&self, switch: &AtomicBool, operation: &'static str) -> Result<()> {
+        let named = self
+            .failing_operations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains(operation);
+        if switch.load(Ordering::SeqCst) || named {
             self.injected.fetch_add(1, Ordering::SeqCst);
             return Err(Error::Unavailable {
                 backend: "faulty",
@@ -68,31 +89,31 @@ impl FaultyStore {
         Ok(())
     }
 
-    fn write(&self) -> Result<()> {
-        self.check(&self.fail_writes)
+    fn write(&self, operation: &'static str) -> Result<()> {
+        self.check(&self.fail_writes, operation)
     }
 
-    fn read(&self) -> Result<()> {
-        self.check(&self.fail_reads)
+    fn read(&self, operation: &'static str) -> Result<()> {
+        self.check(&self.fail_reads, operation)
     }
 }
 
 #[async_trait]
 impl SessionStore for FaultyStore {
     async fn save_session(&self, session: &Session, expected: Expected) -> Result<u64> {
-        self.write()?;
+        self.write("save_session")?;
         self.inner.save_session(session, expected).await
     }
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
-        self.read()?;
+        self.read("get_session")?;
         self.inner.get_session(id).await
     }
     async fn has_session(&self, id: SessionId) -> Result<bool> {
-        self.read()?;
+        self.read("has_session")?;
         self.inner.has_session(id).await
     }
     async fn delete_session(&self, id: SessionId) -> Result<bool> {
-        self.write()?;
+        self.write("delete_session")?;
         self.inner.delete_session(id).await
     }
     async fn append_messages(
@@ -101,39 +122,43 @@ impl SessionStore for FaultyStore {
         messages: &[Message],
         guard: AppendGuard,
     ) -> Result<AppendOutcome> {
-        self.write()?;
+        self.write("append_messages")?;
         self.inner.append_messages(id, messages, guard).await
     }
     async fn get_session_header(&self, id: SessionId) -> Result<Option<Session>> {
-        self.read()?;
+        self.read("get_session_header")?;
         self.inner.get_session_header(id).await
     }
     async fn get_session_summary(&self, id: SessionId) -> Result<Option<SessionSummary>> {
-        self.read()?;
+        self.read("get_session_summary")?;
         self.inner.get_session_summary(id).await
     }
     async fn list_sessions(&self, filter: &SessionFilter) -> Result<Vec<SessionSummary>> {
-        self.read()?;
+        self.read("list_sessions")?;
         self.inner.list_sessions(filter).await
     }
     async fn count_sessions_by_state(&self) -> Result<BTreeMap<SessionState, u64>> {
-        self.read()?;
+        self.read("count_sessions_by_state")?;
         self.inner.count_sessions_by_state().await
     }
     async fn get_sessions(&self, ids: &[SessionId]) -> Result<Vec<Option<Session>>> {
-        self.read()?;
+        self.read("get_sessions")?;
         self.inner.get_sessions(ids).await
     }
     async fn save_sessions(&self, batch: &[(Session, Expected)]) -> Result<Vec<u64>> {
-        self.write()?;
+        self.write("save_sessions")?;
         self.inner.save_sessions(batch).await
     }
     async fn delete_sessions(&self, ids: &[SessionId]) -> Result<u64> {
-        self.write()?;
+        self.write("delete_sessions")?;
         self.inner.delete_sessions(ids).await
     }
+    async fn delete_history(&self, id: SessionId) -> Result<u64> {
+        self.write("delete_history")?;
+        self.inner.delete_history(id).await
+    }
     async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64> {
-        self.write()?;
+        self.write("delete_expired_sessions")?;
         self.inner.delete_expired_sessions(now).await
     }
 }
@@ -141,27 +166,27 @@ impl SessionStore for FaultyStore {
 #[async_trait]
 impl KeyValueStore for FaultyStore {
     async fn set(&self, key: &StorageKey, value: &[u8], ttl: Option<Duration>) -> Result<()> {
-        self.write()?;
+        self.write("set")?;
         self.inner.set(key, value, ttl).await
     }
     async fn get(&self, key: &StorageKey) -> Result<Option<Vec<u8>>> {
-        self.read()?;
+        self.read("get")?;
         self.inner.get(key).await
     }
     async fn has(&self, key: &StorageKey) -> Result<bool> {
-        self.read()?;
+        self.read("has")?;
         self.inner.has(key).await
     }
     async fn delete(&self, key: &StorageKey) -> Result<bool> {
-        self.write()?;
+        self.write("delete")?;
         self.inner.delete(key).await
     }
     async fn clear_older_than(&self, cutoff: Timestamp) -> Result<u64> {
-        self.write()?;
+        self.write("clear_older_than")?;
         self.inner.clear_older_than(cutoff).await
     }
     async fn purge_expired(&self) -> Result<u64> {
-        self.write()?;
+        self.write("purge_expired")?;
         self.inner.purge_expired().await
     }
 }
@@ -172,11 +197,11 @@ impl StoreAdmin for FaultyStore {
         self.inner.backend()
     }
     async fn health_check(&self) -> Result<()> {
-        self.read()?;
+        self.read("health_check")?;
         self.inner.health_check().await
     }
     async fn stats(&self) -> Result<StoreStats> {
-        self.read()?;
+        self.read("stats")?;
         self.inner.stats().await
     }
     async fn close(&self) -> Result<()> {

@@ -232,6 +232,7 @@ macro_rules! storage_contract {
                 count_by_state,
                 batches,
                 delete_expired,
+                delete_history_keeps_the_session,
                 stats,
                 persistence_across_reopen,
                 concurrent_appenders_lose_nothing,

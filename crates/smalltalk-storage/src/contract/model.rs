@@ -57,8 +57,12 @@ enum Op {
     List {
         state: Option<SessionState>,
         after: Option<i64>,
+        expired_at: Option<i64>,
         limit: Option<u32>,
         offset: u64,
+    },
+    DeleteHistory {
+        slot: usize,
     },
     Counts,
     DeleteExpired {
@@ -130,9 +134,10 @@ fn op() -> impl Strategy<Value = Op> {
         2 => slot.clone().prop_map(|slot| Op::Get { slot }),
         1 => slot.clone().prop_map(|slot| Op::Has { slot }),
         1 => slot.clone().prop_map(|slot| Op::Delete { slot }),
-        1 => prop::collection::vec(slot, 0..4).prop_map(|slots| Op::DeleteBatch { slots }),
-        2 => (prop::option::of(state()), prop::option::of(0..3_i64), prop::option::of(0..4_u32), 0..4_u64)
-            .prop_map(|(state, after, limit, offset)| Op::List { state, after, limit, offset }),
+        1 => prop::collection::vec(slot.clone(), 0..4).prop_map(|slots| Op::DeleteBatch { slots }),
+        2 => (prop::option::of(state()), prop::option::of(0..3_i64), prop::option::of(0..60_i64), prop::option::of(0..4_u32), 0..4_u64)
+            .prop_map(|(state, after, expired_at, limit, offset)| Op::List { state, after, expired_at, limit, offset }),
+        1 => slot.clone().prop_map(|slot| Op::DeleteHistory { slot }),
         1 => Just(Op::Counts),
         1 => (0..60_i64).prop_map(|at| Op::DeleteExpired { at }),
         3 => (key.clone(), prop::collection::vec(any::<u8>(), 0..16), prop::option::of(0..20_u64))
@@ -271,15 +276,21 @@ async fn apply(
             let ids: Vec<SessionId> = slots.iter().map(|slot| fixture.ids[*slot]).collect();
             outcome(store.delete_sessions(&ids).await, Outcome::Count)
         }
+        Op::DeleteHistory { slot } => outcome(
+            store.delete_history(fixture.ids[*slot]).await,
+            Outcome::Count,
+        ),
         Op::List {
             state,
             after,
+            expired_at,
             limit,
             offset,
         } => {
             let filter = SessionFilter {
                 state: *state,
                 created_after: after.map(|seconds| at(fixture, seconds)),
+                expired_at: expired_at.map(|seconds| at(fixture, seconds)),
                 limit: *limit,
                 offset: *offset,
             };

@@ -578,7 +578,18 @@ pub async fn list_filters_and_pagination(backend: &impl Backend) {
         paged.extend(rows.into_iter().map(|summary| summary.id));
     }
     assert_eq!(paged, expected_ids);
+    let expired = SessionFilter {
+        expired_at: Some(at(62)),
+        ..Default::default()
+    };
+    let rows = store.list_sessions(&expired).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|summary| summary.id).collect::<Vec<_>>(),
+        [0, 1, 2].map(|i| expected_ids[i]),
+        "expiry at or before"
+    );
     let combined = SessionFilter {
+        expired_at: None,
         state: Some(SessionState::Active),
         created_after: Some(at(1)),
         limit: Some(2),
@@ -689,6 +700,55 @@ pub async fn batches(backend: &impl Backend) {
     assert_eq!(store.delete_sessions(&ids).await.unwrap(), 2);
     assert!(store.has_session(sessions[1].id).await.unwrap());
     assert_eq!(store.stats().await.unwrap().sessions, 1);
+}
+
+/// Deleting the history keeps the session, its header and its later
+/// appends in order.
+pub async fn delete_history_keeps_the_session(backend: &impl Backend) {
+    let store = open(backend).await;
+    let session = rich_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delete_history(session.id).await.unwrap(),
+        session.messages.len() as u64
+    );
+    let stored = store.get_session(session.id).await.unwrap().unwrap();
+    assert!(stored.messages.is_empty());
+    assert_eq!(
+        (stored.version, &stored.agent_states, &stored.metadata),
+        (2, &session.agent_states, &session.metadata)
+    );
+    let summary = store
+        .get_session_summary(session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.message_count, 0);
+    let appended = store
+        .append_messages(session.id, &[message("fresh", 9)], AppendGuard::NONE)
+        .await
+        .unwrap();
+    assert_eq!((appended.first_sequence, appended.message_count), (0, 1));
+    assert_eq!(
+        store
+            .get_session(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .messages[0]
+            .content,
+        "fresh"
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.messages, 1);
+    let unknown = store.delete_history(SessionId::new()).await;
+    assert!(
+        matches!(unknown, Err(Error::NotFound { .. })),
+        "{unknown:?}"
+    );
 }
 
 /// Expired sessions are deleted with their history; others stay.

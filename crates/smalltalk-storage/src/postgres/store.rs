@@ -390,12 +390,14 @@ impl SessionStore for PgStore {
         let rows = sqlx::query(
             "SELECT id, state, version, created_at, updated_at, expires_at, message_count
              FROM sessions WHERE ($1::TEXT IS NULL OR state = $1) AND ($2::BIGINT IS NULL OR created_at > $2)
+               AND ($5::BIGINT IS NULL OR expires_at <= $5)
              ORDER BY created_at, id LIMIT $3 OFFSET $4",
         )
         .bind(filter.state.map(SessionState::as_str))
         .bind(filter.created_after.map(Timestamp::as_micros))
         .bind(filter.limit.map(i64::from))
         .bind(to_i64(filter.offset))
+        .bind(filter.expired_at.map(Timestamp::as_micros))
         .fetch_all(&self.pool)
         .await
         .map_err(pg_error)?;
@@ -437,6 +439,25 @@ impl SessionStore for PgStore {
         }
         tx.commit().await.map_err(pg_error)?;
         Ok(deleted)
+    }
+
+    async fn delete_history(&self, id: SessionId) -> Result<u64> {
+        // One statement: the session row is locked by the UPDATE, so an
+        // append cannot slip in between.
+        let row: Option<(i64,)> = sqlx::query_as(
+            "WITH upd AS (
+                UPDATE sessions SET version = version + 1, message_count = 0, message_bytes = 0
+                WHERE id = $1 RETURNING id),
+             gone AS (
+                DELETE FROM messages WHERE session_id IN (SELECT id FROM upd) RETURNING 1)
+             SELECT (SELECT COUNT(*) FROM gone) FROM upd",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        row.map(|(deleted,)| to_u64(deleted))
+            .ok_or(Error::NotFound { id })
     }
 
     async fn delete_expired_sessions(&self, now: Timestamp) -> Result<u64> {

@@ -488,6 +488,7 @@ impl SessionStore for SqliteStore {
                 .prepare_cached(
                     "SELECT id, state, version, created_at, updated_at, expires_at, message_count
                  FROM sessions WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR created_at > ?2)
+                   AND (?5 IS NULL OR expires_at <= ?5)
                  ORDER BY created_at, id LIMIT ?3 OFFSET ?4",
                 )
                 .map_err(sqlite_error)?;
@@ -498,6 +499,7 @@ impl SessionStore for SqliteStore {
                         filter.created_after.map(Timestamp::as_micros),
                         filter.limit.map_or(-1, i64::from),
                         to_i64(filter.offset),
+                        filter.expired_at.map(Timestamp::as_micros),
                     ],
                     summary_row,
                 )
@@ -563,6 +565,28 @@ impl SessionStore for SqliteStore {
                 deleted += u64::from(delete_one(conn, &id.to_string())?);
             }
             Ok(deleted)
+        })
+        .await
+    }
+
+    async fn delete_history(&self, id: SessionId) -> Result<u64> {
+        self.write(move |conn| {
+            let key = id.to_string();
+            let deleted = conn
+                .prepare_cached("DELETE FROM messages WHERE session_id = ?1")
+                .and_then(|mut statement| statement.execute([&key]))
+                .map_err(sqlite_error)?;
+            let updated = conn
+                .prepare_cached(
+                    "UPDATE sessions SET version = version + 1, message_count = 0, message_bytes = 0
+                     WHERE id = ?1",
+                )
+                .and_then(|mut statement| statement.execute([&key]))
+                .map_err(sqlite_error)?;
+            if updated == 0 {
+                return Err(Error::NotFound { id });
+            }
+            Ok(deleted as u64)
         })
         .await
     }
