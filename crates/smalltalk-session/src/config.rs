@@ -71,6 +71,18 @@ pub enum Durability {
     },
 }
 
+impl Durability {
+    /// The FR-002 default background flush period.
+    pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_secs(30);
+
+    /// `Async` with the default flush period (30 s).
+    pub const fn asynchronous() -> Self {
+        Durability::Async {
+            flush_interval: Self::DEFAULT_FLUSH_INTERVAL,
+        }
+    }
+}
+
 /// How a failed background flush is retried and reported (FR-002a/b). The
 /// session's writes stay in memory until they are stored; nothing
 /// acknowledged is dropped.
