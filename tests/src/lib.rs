@@ -14,6 +14,27 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The `host:port` of a database URL.
+pub fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
+/// Starts a [`FaultProxy`] in front of the server of the PostgreSQL `url`
+/// and returns it with `url` rewritten to go through it (and a 300 ms
+/// acquire timeout, so an outage shows quickly).
+pub async fn through_proxy(url: &str) -> std::io::Result<(Arc<FaultProxy>, String)> {
+    let upstream = tokio::net::lookup_host(authority(url))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the database host does not resolve"))?;
+    let proxy = FaultProxy::start(upstream).await?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let proxied = url.replacen(authority(url), &proxy.address().to_string(), 1);
+    Ok((proxy, format!("{proxied}{separator}acquire_timeout_ms=300")))
+}
+
 /// A TCP proxy that can fail on demand.
 #[derive(Debug)]
 pub struct FaultProxy {

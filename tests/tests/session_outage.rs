@@ -2,14 +2,8 @@
 //! proxy of the test's own; the shared server is never stopped).
 
 use smalltalk::{CreateOptions, Message, Role, SessionManager, Timestamp};
-use smalltalk_e2e::FaultProxy;
+use smalltalk_e2e::through_proxy;
 use smalltalk_storage::contract::PgBackend;
-
-fn authority(url: &str) -> &str {
-    let rest = &url[url.find("://").expect("scheme") + 3..];
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    rest.split(['/', '?']).next().expect("host")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_messages_survive_an_outage_and_refused_ones_are_absent() {
@@ -18,16 +12,7 @@ async fn acknowledged_messages_survive_an_outage_and_refused_ones_are_absent() {
         return;
     };
     let direct = backend.store_url();
-    let upstream = tokio::net::lookup_host(authority(&direct))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    let url = format!(
-        "{}&acquire_timeout_ms=300",
-        direct.replacen(authority(&direct), &proxy.address().to_string(), 1)
-    );
+    let (proxy, url) = through_proxy(&direct).await.unwrap();
     let sessions = SessionManager::new(smalltalk::open(&url).await.unwrap());
     let session = sessions.create(CreateOptions::default()).await.unwrap();
 
@@ -88,16 +73,7 @@ async fn async_writes_acknowledged_during_an_outage_are_all_flushed_after_it() {
         return;
     };
     let direct = backend.store_url();
-    let upstream = tokio::net::lookup_host(authority(&direct))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    let url = format!(
-        "{}&acquire_timeout_ms=300",
-        direct.replacen(authority(&direct), &proxy.address().to_string(), 1)
-    );
+    let (proxy, url) = through_proxy(&direct).await.unwrap();
     let config = smalltalk::SessionConfig {
         durability: Durability::Async {
             flush_interval: std::time::Duration::from_secs(1),

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use smalltalk::{Expected, Session, SessionId, Timestamp};
-use smalltalk_e2e::FaultProxy;
+use smalltalk_e2e::through_proxy;
 use smalltalk_storage::contract::{PgBackend, SqliteBackend};
 use smalltalk_storage::{Error, Store};
 
@@ -85,13 +85,6 @@ async fn postgres_several_processes_write_one_database() {
     several_processes_append(&backend.store_url()).await;
 }
 
-/// The host:port part of a PostgreSQL URL.
-fn authority(url: &str) -> &str {
-    let rest = &url[url.find("://").expect("scheme") + 3..];
-    let rest = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    rest.split(['/', '?']).next().expect("host")
-}
-
 /// The pool survives the database link going away: calls fail with a
 /// transient error while it is cut, and succeed again once it is back,
 /// without reopening the store.
@@ -102,16 +95,7 @@ async fn postgres_pool_recovers_after_the_link_comes_back() {
         return;
     };
     let direct = backend.store_url();
-    let upstream = tokio::net::lookup_host(authority(&direct))
-        .await
-        .unwrap()
-        .next()
-        .unwrap();
-    let proxy = FaultProxy::start(upstream).await.unwrap();
-    let through_proxy = format!(
-        "{}&acquire_timeout_ms=300",
-        direct.replacen(authority(&direct), &proxy.address().to_string(), 1)
-    );
+    let (proxy, through_proxy) = through_proxy(&direct).await.unwrap();
     let store: std::sync::Arc<dyn Store> = smalltalk::open(&through_proxy).await.unwrap();
     let session = Session::new(
         SessionId::new(),

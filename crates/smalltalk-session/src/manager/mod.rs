@@ -198,6 +198,16 @@ impl SessionManagerBuilder {
     }
 }
 
+/// Refuses an update that changed the session's identity.
+fn check_same_id(id: SessionId, session: &Session) -> Result<()> {
+    if session.id != id {
+        return Err(Error::Aborted {
+            reason: "the update changed the session's id".into(),
+        });
+    }
+    Ok(())
+}
+
 /// Rejects writes to sessions that no longer accept them.
 fn check_open(session: &Session, now: Timestamp) -> Result<()> {
     match session.state {
@@ -507,6 +517,32 @@ impl SessionManager {
         if self.inner.writeback.is_some() {
             return self.update_buffered(id, change).await;
         }
+        let changed = self
+            .change_header(id, |session, now| {
+                check_open(session, now)?;
+                let value = change(session)?;
+                check_same_id(id, session)?;
+                Ok(Some(value))
+            })
+            .await?;
+        let (session, value) = changed.expect("the change always writes");
+        self.track(&session);
+        Ok((session, value))
+    }
+
+    /// Reads `id`'s header, lets `change` edit it (or return `None`: nothing
+    /// to write), and writes it back under compare-and-swap; after a
+    /// conflict, runs `change` again on fresh data, up to `conflict_retries`
+    /// more times with backoff. Returns the written session and the value.
+    async fn change_header<T, F>(
+        &self,
+        id: SessionId,
+        mut change: F,
+    ) -> Result<Option<(Session, T)>>
+    where
+        F: FnMut(&mut Session, Timestamp) -> Result<Option<T>> + Send,
+        T: Send,
+    {
         let retries = self.inner.config.conflict_retries;
         for attempt in 0..=retries {
             let mut session = self
@@ -516,14 +552,10 @@ impl SessionManager {
                 .await?
                 .ok_or(Error::NotFound { id })?;
             let now = self.inner.clock.now();
-            check_open(&session, now)?;
             let loaded = session.version;
-            let value = change(&mut session)?;
-            if session.id != id {
-                return Err(Error::Aborted {
-                    reason: "the update changed the session's id".into(),
-                });
-            }
+            let Some(value) = change(&mut session, now)? else {
+                return Ok(None);
+            };
             session.updated_at = now;
             match self
                 .inner
@@ -533,8 +565,7 @@ impl SessionManager {
             {
                 Ok(version) => {
                     session.version = version;
-                    self.track(&session);
-                    return Ok((session, value));
+                    return Ok(Some((session, value)));
                 }
                 Err(smalltalk_storage::Error::Conflict { .. }) => {
                     self.note_conflict();
@@ -654,45 +685,21 @@ impl SessionManager {
         self.untrack(id);
         // Acknowledged writes go in before the tombstone.
         self.flush_first(id).await?;
-        let retries = self.inner.config.conflict_retries;
-        for attempt in 0..=retries {
-            let mut session = self
-                .inner
-                .store
-                .get_session_header(id)
-                .await?
-                .ok_or(Error::NotFound { id })?;
-            if session.state == SessionState::Invalidated {
-                return Ok(());
-            }
-            let loaded = session.version;
-            session.state = SessionState::Invalidated;
-            session.updated_at = self.inner.clock.now();
-            // The tombstone keeps the metadata (for audit), not the content.
-            session.agent_states.clear();
-            match self
-                .inner
-                .store
-                .save_session(&session, Expected::Version(loaded))
-                .await
-            {
-                Ok(_) => {
-                    self.purge_history(id).await;
-                    return Ok(());
+        let written = self
+            .change_header(id, |session, _| {
+                if session.state == SessionState::Invalidated {
+                    return Ok(None);
                 }
-                Err(smalltalk_storage::Error::Conflict { .. }) => {
-                    self.note_conflict();
-                    if attempt < retries {
-                        self.backoff(attempt).await;
-                    }
-                }
-                Err(other) => return self.note_failure(Err(other)),
-            }
+                session.state = SessionState::Invalidated;
+                // The tombstone keeps the metadata (for audit), not the content.
+                session.agent_states.clear();
+                Ok(Some(()))
+            })
+            .await?;
+        if written.is_some() {
+            self.purge_history(id).await;
         }
-        Err(Error::Conflict {
-            id,
-            attempts: retries + 1,
-        })
+        Ok(())
     }
 
     /// Deletes a session and its history now; `false` if it did not exist.

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use smalltalk_storage::{AppendGuard, Expected};
 use smalltalk_types::{Alert, AlertSeverity, Message, Session, SessionId, SessionState, Timestamp};
 
-use super::{Appended, SessionManager, check_open};
+use super::{Appended, SessionManager, check_open, check_same_id};
 use crate::{Error, Result};
 
 /// Writes to one session acknowledged but not yet stored.
@@ -480,15 +480,6 @@ impl SessionManager {
         }
         Ok(version)
     }
-}
-
-fn check_same_id(id: SessionId, session: &Session) -> Result<()> {
-    if session.id != id {
-        return Err(Error::Aborted {
-            reason: "the update changed the session's id".into(),
-        });
-    }
-    Ok(())
 }
 
 fn alert(
