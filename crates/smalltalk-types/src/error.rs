@@ -16,6 +16,10 @@ pub enum IdKind {
     Agent,
     /// A [`StorageKey`](crate::StorageKey).
     StorageKey,
+    /// A [`Topic`](crate::Topic).
+    Topic,
+    /// A [`TopicPattern`](crate::TopicPattern).
+    TopicPattern,
 }
 
 impl std::fmt::Display for IdKind {
@@ -27,6 +31,8 @@ impl std::fmt::Display for IdKind {
             IdKind::Message => "message id",
             IdKind::Agent => "agent id",
             IdKind::StorageKey => "storage key",
+            IdKind::Topic => "topic",
+            IdKind::TopicPattern => "topic pattern",
         })
     }
 }
@@ -52,6 +58,10 @@ pub enum InvalidIdReason {
     DotDot,
     /// Not a UUID of version 4.
     NotUuidV4,
+    /// Two separators in a row, or one at either end (topics).
+    EmptySegment,
+    /// A wildcard inside a segment, or `>` before the end (patterns).
+    MisplacedWildcard,
 }
 
 impl std::fmt::Display for InvalidIdReason {
@@ -65,6 +75,10 @@ impl std::fmt::Display for InvalidIdReason {
             InvalidIdReason::BadStart => f.write_str("it does not start with a letter or digit"),
             InvalidIdReason::DotDot => f.write_str("it contains `..`"),
             InvalidIdReason::NotUuidV4 => f.write_str("it is not a UUID v4"),
+            InvalidIdReason::EmptySegment => f.write_str("it has an empty segment"),
+            InvalidIdReason::MisplacedWildcard => {
+                f.write_str("a wildcard is not a whole segment, or `>` is not last")
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::format::{Versioned, default_format_version};
 use crate::time::duration_ms;
-use crate::{ConversationId, EventId, SessionId, Timestamp};
+use crate::{ConversationId, EventId, SessionId, Timestamp, Topic};
 
 /// How urgent an event is; replay policies can select critical events only.
 #[derive(
@@ -39,7 +39,7 @@ pub struct Event {
     /// Unique id.
     pub id: EventId,
     /// The topic it was published on, for example `task:completed`.
-    pub topic: String,
+    pub topic: Topic,
     /// Application-level type.
     pub event_type: String,
     /// Who published it.
@@ -125,7 +125,7 @@ mod tests {
     fn events_round_trip() {
         let event = Event {
             id: EventId::new(),
-            topic: "task:completed".into(),
+            topic: Topic::parse("task:completed").unwrap(),
             event_type: "task".into(),
             publisher: "agent-1".into(),
             timestamp: Timestamp::now(),

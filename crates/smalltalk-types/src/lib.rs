@@ -11,6 +11,8 @@
 //!   [`RecoveryStrategy`] ([`health`]), [`Event`] and [`EventReplayPolicy`]
 //!   ([`event`]), [`GroupConversation`] ([`group`]), [`StateVersion`]
 //!   ([`state`]);
+//! - [`topic`]: event topics and subscription patterns (`agent:*`,
+//!   `task.>`), with their grammar and matcher;
 //! - [`format`](mod@format): the stored-format version every persisted record carries,
 //!   so later releases can migrate old data;
 //! - ports: the [`Clock`] ([`time`]) and the [`AlertSink`] ([`ports`]) through
@@ -46,6 +48,7 @@ pub mod ports;
 pub mod session;
 pub mod state;
 pub mod time;
+pub mod topic;
 
 pub use error::{Error, IdKind, InvalidIdReason, Result};
 pub use event::{Event, EventPriority, EventReplayPolicy, ReplayMode};
@@ -61,3 +64,4 @@ pub use ports::{Alert, AlertSeverity, AlertSink, LogAlertSink, RecordingAlertSin
 pub use session::{AgentState, Message, Role, Session, SessionState, SessionSummary};
 pub use state::{EntityType, StateVersion};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use topic::{MAX_TOPIC_LEN, Topic, TopicPattern};
