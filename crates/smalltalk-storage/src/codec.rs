@@ -207,6 +207,23 @@ pub(crate) fn decode_session(
     Ok(session)
 }
 
+/// Encodes an event for the log (its position lives in a column).
+pub(crate) fn encode_event(event: &smalltalk_types::Event) -> Result<Vec<u8>> {
+    if event.position.is_none() {
+        return Ok(encode_record(event)?);
+    }
+    let mut unpositioned = event.clone();
+    unpositioned.position = None;
+    Ok(encode_record(&unpositioned)?)
+}
+
+/// Decodes a logged event and sets its position.
+pub(crate) fn decode_event(body: &[u8], position: u64) -> Result<smalltalk_types::Event> {
+    let mut event: smalltalk_types::Event = decode_record(body)?;
+    event.position = Some(position);
+    Ok(event)
+}
+
 /// The newest timestamp among `messages` if later than `current`.
 pub(crate) fn advanced_updated_at(current: Timestamp, messages: &[Message]) -> Timestamp {
     messages

@@ -40,6 +40,15 @@ pub enum Error {
         /// Why: `invalidated`, or `expired` (by state or by time).
         state: smalltalk_types::SessionState,
     },
+    /// A conditional event append found the log at another position.
+    /// Nothing was written.
+    #[error("the event log is at position {found}, not {expected}")]
+    PositionConflict {
+        /// The newest position the caller expected.
+        expected: u64,
+        /// The newest position found.
+        found: u64,
+    },
     /// Invalid input (an id, a key, a record that does not decode) or a
     /// record stored by a newer release.
     #[error(transparent)]

@@ -61,6 +61,7 @@
 #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub mod codec;
 mod error;
+mod events;
 mod memory;
 mod open;
 mod traits;
@@ -77,6 +78,7 @@ pub mod sqlite;
 pub mod contract;
 
 pub use error::{BoxError, Error, Result};
+pub use events::{EventFilter, EventLog, EventLogStats, LogBounds};
 pub use memory::MemoryStore;
 pub use open::{OpenOptions, open, open_with};
 pub use traits::{

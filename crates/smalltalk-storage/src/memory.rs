@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smalltalk_types::{
-    Clock, Message, Session, SessionId, SessionState, SessionSummary, StorageKey, SystemClock,
-    Timestamp,
+    Clock, Event, Message, Session, SessionId, SessionState, SessionSummary, StorageKey,
+    SystemClock, Timestamp,
 };
 
 use crate::codec::{self, advanced_updated_at};
 use crate::{
-    AppendGuard, AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
-    SessionStore, StoreAdmin, StoreStats,
+    AppendGuard, AppendOutcome, BackendKind, Error, EventFilter, EventLog, EventLogStats, Expected,
+    KeyValueStore, LogBounds, Result, SessionFilter, SessionStore, StoreAdmin, StoreStats,
 };
 
 /// A store that keeps everything in process memory. Nothing survives the
@@ -31,6 +31,10 @@ pub struct MemoryStore {
 struct Inner {
     sessions: HashMap<SessionId, StoredSession>,
     kv: BTreeMap<StorageKey, KvEntry>,
+    /// The event log: position -> (event with its position, encoded size).
+    events: BTreeMap<u64, (Event, u64)>,
+    last_position: u64,
+    cursors: BTreeMap<StorageKey, u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -358,6 +362,102 @@ impl KeyValueStore for MemoryStore {
         let before = inner.kv.len();
         inner.kv.retain(|_, entry| entry.live(now));
         Ok((before - inner.kv.len()) as u64)
+    }
+}
+
+impl Inner {
+    fn append_events(&mut self, events: &[Event]) -> Result<Vec<u64>> {
+        let mut encoded = Vec::with_capacity(events.len());
+        for event in events {
+            encoded.push(codec::encode_event(event)?.len() as u64);
+        }
+        let mut positions = Vec::with_capacity(events.len());
+        for (event, bytes) in events.iter().zip(encoded) {
+            self.last_position += 1;
+            let mut stored = event.clone();
+            stored.position = Some(self.last_position);
+            self.events.insert(self.last_position, (stored, bytes));
+            positions.push(self.last_position);
+        }
+        Ok(positions)
+    }
+}
+
+#[async_trait]
+impl EventLog for MemoryStore {
+    async fn append_events(&self, events: &[Event]) -> Result<Vec<u64>> {
+        self.lock()?.append_events(events)
+    }
+
+    async fn append_events_at(&self, events: &[Event], expected_last: u64) -> Result<Vec<u64>> {
+        let mut inner = self.lock()?;
+        if inner.last_position != expected_last {
+            return Err(Error::PositionConflict {
+                expected: expected_last,
+                found: inner.last_position,
+            });
+        }
+        inner.append_events(events)
+    }
+
+    async fn read_events(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let inner = self.lock()?;
+        Ok(inner
+            .events
+            .range(after.saturating_add(1)..)
+            .map(|(_, (event, _))| event)
+            .filter(|event| filter.matches(event))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn log_bounds(&self) -> Result<LogBounds> {
+        let inner = self.lock()?;
+        Ok(LogBounds {
+            first: inner.events.keys().next().copied(),
+            last: inner.last_position,
+        })
+    }
+
+    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<u64>> {
+        Ok(self.lock()?.cursors.get(subscriber).copied())
+    }
+
+    async fn set_cursor(&self, subscriber: &StorageKey, position: u64) -> Result<()> {
+        self.lock()?.cursors.insert(subscriber.clone(), position);
+        Ok(())
+    }
+
+    async fn delete_cursor(&self, subscriber: &StorageKey) -> Result<bool> {
+        Ok(self.lock()?.cursors.remove(subscriber).is_some())
+    }
+
+    async fn purge_events_before(&self, cutoff: Timestamp) -> Result<u64> {
+        let mut inner = self.lock()?;
+        let before = inner.events.len();
+        inner
+            .events
+            .retain(|_, (event, _)| event.timestamp >= cutoff);
+        Ok((before - inner.events.len()) as u64)
+    }
+
+    async fn event_log_stats(&self) -> Result<EventLogStats> {
+        let inner = self.lock()?;
+        Ok(EventLogStats {
+            events: inner.events.len() as u64,
+            bytes: inner.events.values().map(|(_, bytes)| bytes).sum(),
+            bounds: LogBounds {
+                first: inner.events.keys().next().copied(),
+                last: inner.last_position,
+            },
+            cursors: inner.cursors.len() as u64,
+        })
     }
 }
 

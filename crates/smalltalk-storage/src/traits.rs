@@ -291,6 +291,6 @@ pub trait StoreAdmin: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Everything a backend implements; what [`open`](crate::open) returns.
-pub trait Store: SessionStore + KeyValueStore + StoreAdmin {}
+pub trait Store: SessionStore + KeyValueStore + crate::EventLog + StoreAdmin {}
 
-impl<T: SessionStore + KeyValueStore + StoreAdmin> Store for T {}
+impl<T: SessionStore + KeyValueStore + crate::EventLog + StoreAdmin> Store for T {}

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smalltalk_types::{
-    Message, Session, SessionId, SessionState, SessionSummary, StorageKey, Timestamp,
+    Event, Message, Session, SessionId, SessionState, SessionSummary, StorageKey, Timestamp,
 };
 
 use crate::{
-    AppendGuard, AppendOutcome, BackendKind, Error, Expected, KeyValueStore, Result, SessionFilter,
-    SessionStore, Store, StoreAdmin, StoreStats,
+    AppendGuard, AppendOutcome, BackendKind, Error, EventFilter, EventLog, EventLogStats, Expected,
+    KeyValueStore, LogBounds, Result, SessionFilter, SessionStore, Store, StoreAdmin, StoreStats,
 };
 
 /// Wraps a store; while a switch is on, matching calls fail with
@@ -188,6 +188,51 @@ impl KeyValueStore for FaultyStore {
     async fn purge_expired(&self) -> Result<u64> {
         self.write("purge_expired")?;
         self.inner.purge_expired().await
+    }
+}
+
+#[async_trait]
+impl EventLog for FaultyStore {
+    async fn append_events(&self, events: &[Event]) -> Result<Vec<u64>> {
+        self.write("append_events")?;
+        self.inner.append_events(events).await
+    }
+    async fn append_events_at(&self, events: &[Event], expected_last: u64) -> Result<Vec<u64>> {
+        self.write("append_events_at")?;
+        self.inner.append_events_at(events, expected_last).await
+    }
+    async fn read_events(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        self.read("read_events")?;
+        self.inner.read_events(after, filter, limit).await
+    }
+    async fn log_bounds(&self) -> Result<LogBounds> {
+        self.read("log_bounds")?;
+        self.inner.log_bounds().await
+    }
+    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<u64>> {
+        self.read("cursor")?;
+        self.inner.cursor(subscriber).await
+    }
+    async fn set_cursor(&self, subscriber: &StorageKey, position: u64) -> Result<()> {
+        self.write("set_cursor")?;
+        self.inner.set_cursor(subscriber, position).await
+    }
+    async fn delete_cursor(&self, subscriber: &StorageKey) -> Result<bool> {
+        self.write("delete_cursor")?;
+        self.inner.delete_cursor(subscriber).await
+    }
+    async fn purge_events_before(&self, cutoff: Timestamp) -> Result<u64> {
+        self.write("purge_events_before")?;
+        self.inner.purge_events_before(cutoff).await
+    }
+    async fn event_log_stats(&self) -> Result<EventLogStats> {
+        self.read("event_log_stats")?;
+        self.inner.event_log_stats().await
     }
 }
 

@@ -1,6 +1,6 @@
 //! The contract suite: what every backend must do, written once.
 //!
-//! Each trait has a module of cases ([`sessions`], [`kv`]), each case an
+//! Each trait has a module of cases ([`sessions`], [`kv`], [`events`]), each case an
 //! async function taking a [`Backend`]: something that opens a store on a
 //! given clock, and reopens the *same* data if the backend persists.
 //! [`model`] runs random operation sequences against a backend and against
@@ -20,6 +20,7 @@
 //! `SMALLTALK_REQUIRE_POSTGRES` is not `1`). The invoking crate needs
 //! `tokio` with the `macros` and `rt-multi-thread` features.
 
+pub mod events;
 mod faulty;
 pub mod kv;
 pub mod model;
@@ -239,6 +240,17 @@ macro_rules! storage_contract {
                 concurrent_blind_saves_all_land,
                 bad_ids_are_rejected,
                 closed_store_refuses_calls,
+            );
+
+            $crate::__contract_cases!(events;
+                append_and_read_in_order,
+                conditional_append,
+                filters,
+                cursors,
+                purge_keeps_positions,
+                concurrent_appenders_get_contiguous_positions,
+                persistence_across_reopen,
+                stats,
             );
 
             $crate::__contract_cases!(kv;

@@ -27,6 +27,7 @@ use crate::codec::to_u64;
 use crate::open::query_pairs;
 use crate::{Error, Result};
 
+mod events;
 mod store;
 
 /// Migrations in order; never edit a released entry, append a new one.
@@ -61,6 +62,29 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX kv_by_updated ON kv (updated_at);
     CREATE INDEX kv_by_expiry ON kv (expires_at) WHERE expires_at IS NOT NULL;"#,
+    // 2: the event log, its head (the newest position ever assigned; its
+    //    row lock orders appenders, so positions follow commit order) and
+    //    subscriber cursors.
+    r#"CREATE TABLE event_log_head (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        last BIGINT NOT NULL
+    );
+    INSERT INTO event_log_head (id, last) VALUES (1, 0);
+    CREATE TABLE events (
+        position        BIGINT PRIMARY KEY,
+        topic           TEXT COLLATE "C" NOT NULL,
+        priority        TEXT NOT NULL,
+        session_id      TEXT COLLATE "C",
+        conversation_id TEXT COLLATE "C",
+        timestamp       BIGINT NOT NULL,
+        body            BYTEA NOT NULL
+    );
+    CREATE INDEX events_by_time ON events (timestamp);
+    CREATE TABLE event_cursors (
+        subscriber TEXT COLLATE "C" PRIMARY KEY,
+        position   BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );"#,
 ];
 
 /// A store in a PostgreSQL database. Opened by `postgres://...`.

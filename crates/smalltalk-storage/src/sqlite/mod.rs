@@ -14,6 +14,7 @@
 //!   shared-memory files the same mode.
 //! - Migrations are embedded and run on open.
 
+mod events;
 mod pool;
 mod schema;
 mod store;

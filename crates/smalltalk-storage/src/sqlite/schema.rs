@@ -43,6 +43,28 @@ pub(super) const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX kv_by_updated ON kv (updated_at);
      CREATE INDEX kv_by_expiry ON kv (expires_at) WHERE expires_at IS NOT NULL;",
+    // 2: the event log, its head (the newest position ever assigned) and
+    //    subscriber cursors.
+    "CREATE TABLE event_log_head (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        last INTEGER NOT NULL
+     );
+     INSERT INTO event_log_head (id, last) VALUES (1, 0);
+     CREATE TABLE events (
+        position        INTEGER PRIMARY KEY,
+        topic           TEXT NOT NULL,
+        priority        TEXT NOT NULL,
+        session_id      TEXT,
+        conversation_id TEXT,
+        timestamp       INTEGER NOT NULL,
+        body            BLOB NOT NULL
+     );
+     CREATE INDEX events_by_time ON events (timestamp);
+     CREATE TABLE event_cursors (
+        subscriber TEXT PRIMARY KEY NOT NULL,
+        position   INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+     );",
 ];
 
 /// Brings the schema up to date, atomically. Several processes opening the

@@ -26,7 +26,7 @@ impl SqliteStore {
         }
     }
 
-    async fn write<T, F>(&self, work: F) -> Result<T>
+    pub(super) async fn write<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
@@ -37,7 +37,7 @@ impl SqliteStore {
 
     /// A short read, on the caller's thread (`async` only for a uniform
     /// call shape; it never suspends).
-    async fn read_inline<T>(
+    pub(super) async fn read_inline<T>(
         &self,
         work: impl FnOnce(&Connection) -> Result<T> + Send,
     ) -> Result<T> {
@@ -46,7 +46,7 @@ impl SqliteStore {
     }
 
     /// A read that may take long, on the blocking pool.
-    async fn read_blocking<T, F>(&self, work: F) -> Result<T>
+    pub(super) async fn read_blocking<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,

@@ -1,0 +1,120 @@
+//! The event log: a totally ordered, durable log of events with
+//! per-subscriber cursors (the storage side of the event bus).
+
+use std::fmt;
+
+use async_trait::async_trait;
+use smalltalk_types::{
+    ConversationId, Event, EventPriority, SessionId, StorageKey, Timestamp, TopicPattern,
+};
+
+use crate::Result;
+
+/// Which events [`EventLog::read_events`] returns; every set field must
+/// match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Topic patterns; an event matches if any does. Empty: every topic.
+    pub patterns: Vec<TopicPattern>,
+    /// Only this priority.
+    pub priority: Option<EventPriority>,
+    /// Only events of this session.
+    pub session_id: Option<SessionId>,
+    /// Only events of this conversation.
+    pub conversation_id: Option<ConversationId>,
+    /// Only events published at or after this time.
+    pub since: Option<Timestamp>,
+    /// Only events published before this time.
+    pub until: Option<Timestamp>,
+}
+
+impl EventFilter {
+    /// Whether `event` passes the filter.
+    pub fn matches(&self, event: &Event) -> bool {
+        (self.patterns.is_empty()
+            || self
+                .patterns
+                .iter()
+                .any(|pattern| pattern.matches(&event.topic)))
+            && self
+                .priority
+                .is_none_or(|priority| event.priority == priority)
+            && self
+                .session_id
+                .is_none_or(|id| event.session_id == Some(id))
+            && self
+                .conversation_id
+                .is_none_or(|id| event.conversation_id == Some(id))
+            && self.since.is_none_or(|since| event.timestamp >= since)
+            && self.until.is_none_or(|until| event.timestamp < until)
+    }
+}
+
+/// The positions a log holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogBounds {
+    /// The oldest retained event's position; `None` if none is retained.
+    pub first: Option<u64>,
+    /// The newest position ever assigned (0 if none); never goes back,
+    /// even when events are purged.
+    pub last: u64,
+}
+
+/// Counts and sizes of a log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventLogStats {
+    /// Events retained.
+    pub events: u64,
+    /// Bytes of encoded events retained.
+    pub bytes: u64,
+    /// Positions retained.
+    pub bounds: LogBounds,
+    /// Subscriber cursors stored.
+    pub cursors: u64,
+}
+
+/// A durable, totally ordered event log (FR-011, FR-014).
+///
+/// Positions start at 1, increase by one per event, and are never reused:
+/// an event appended after another commits after it, so a reader that has
+/// seen position `n` has seen every event up to `n` (no gaps appear behind
+/// a reader). Purging removes old events; [`LogBounds::first`] says where
+/// the retained log starts, so a reader can tell it missed purged events.
+#[async_trait]
+pub trait EventLog: Send + Sync + fmt::Debug + 'static {
+    /// Appends `events` in order, atomically; returns their positions. The
+    /// `position` field of the events passed in is ignored.
+    async fn append_events(&self, events: &[Event]) -> Result<Vec<u64>>;
+
+    /// Appends `events` only if the newest position is `expected_last` (0:
+    /// empty log), else [`Error::PositionConflict`](crate::Error::PositionConflict)
+    /// and nothing is written.
+    async fn append_events_at(&self, events: &[Event], expected_last: u64) -> Result<Vec<u64>>;
+
+    /// Up to `limit` events after position `after` (exclusive) that pass
+    /// `filter`, in position order, each with its position set.
+    async fn read_events(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>>;
+
+    /// The retained range of positions.
+    async fn log_bounds(&self) -> Result<LogBounds>;
+
+    /// A subscriber's durable cursor: the last position it acknowledged.
+    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<u64>>;
+
+    /// Sets a subscriber's cursor.
+    async fn set_cursor(&self, subscriber: &StorageKey, position: u64) -> Result<()>;
+
+    /// Deletes a subscriber's cursor; `false` if it had none.
+    async fn delete_cursor(&self, subscriber: &StorageKey) -> Result<bool>;
+
+    /// Deletes every event published before `cutoff`; returns how many.
+    async fn purge_events_before(&self, cutoff: Timestamp) -> Result<u64>;
+
+    /// Counts and sizes.
+    async fn event_log_stats(&self) -> Result<EventLogStats>;
+}

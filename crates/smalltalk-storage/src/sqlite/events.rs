@@ -1,0 +1,249 @@
+//! The event log on SQLite.
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, params};
+use smalltalk_types::{Event, StorageKey, Timestamp};
+
+use super::{SqliteStore, sqlite_error};
+use crate::codec::{self, to_i64, to_u64};
+use crate::{Error, EventFilter, EventLog, EventLogStats, LogBounds, Result};
+
+/// Reads of more events than this run on the blocking pool.
+const INLINE_READ_EVENTS: usize = 1000;
+
+/// An event encoded outside the writer.
+struct EncodedEvent {
+    topic: String,
+    priority: &'static str,
+    session_id: Option<String>,
+    conversation_id: Option<String>,
+    timestamp: i64,
+    body: Vec<u8>,
+}
+
+fn encode(events: &[Event]) -> Result<Vec<EncodedEvent>> {
+    events
+        .iter()
+        .map(|event| {
+            Ok(EncodedEvent {
+                topic: event.topic.as_str().to_owned(),
+                priority: event.priority.as_str(),
+                session_id: event.session_id.map(|id| id.to_string()),
+                conversation_id: event.conversation_id.map(|id| id.to_string()),
+                timestamp: event.timestamp.as_micros(),
+                body: codec::encode_event(event)?,
+            })
+        })
+        .collect()
+}
+
+/// Inserts after the head; `expected` makes it conditional.
+fn append(conn: &Connection, events: &[EncodedEvent], expected: Option<u64>) -> Result<Vec<u64>> {
+    let last: i64 = conn
+        .prepare_cached("SELECT last FROM event_log_head WHERE id = 1")
+        .and_then(|mut statement| statement.query_row([], |row| row.get(0)))
+        .map_err(sqlite_error)?;
+    let last = to_u64(last);
+    if let Some(expected) = expected.filter(|expected| *expected != last) {
+        return Err(Error::PositionConflict {
+            expected,
+            found: last,
+        });
+    }
+    let mut insert = conn
+        .prepare_cached(
+            "INSERT INTO events (position, topic, priority, session_id, conversation_id, timestamp, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )
+        .map_err(sqlite_error)?;
+    let mut positions = Vec::with_capacity(events.len());
+    for (offset, event) in events.iter().enumerate() {
+        let position = last + 1 + offset as u64;
+        insert
+            .execute(params![
+                to_i64(position),
+                event.topic,
+                event.priority,
+                event.session_id,
+                event.conversation_id,
+                event.timestamp,
+                event.body
+            ])
+            .map_err(sqlite_error)?;
+        positions.push(position);
+    }
+    conn.prepare_cached("UPDATE event_log_head SET last = ?1 WHERE id = 1")
+        .and_then(|mut statement| statement.execute([to_i64(last + events.len() as u64)]))
+        .map_err(sqlite_error)?;
+    Ok(positions)
+}
+
+/// Reads in batches, filtering topic patterns here (the rest in SQL).
+fn read(conn: &Connection, after: u64, filter: &EventFilter, limit: usize) -> Result<Vec<Event>> {
+    let mut statement = conn
+        .prepare_cached(
+            "SELECT position, body FROM events
+             WHERE position > ?1 AND (?2 IS NULL OR priority = ?2) AND (?3 IS NULL OR session_id = ?3)
+               AND (?4 IS NULL OR conversation_id = ?4) AND (?5 IS NULL OR timestamp >= ?5)
+               AND (?6 IS NULL OR timestamp < ?6)
+             ORDER BY position LIMIT ?7",
+        )
+        .map_err(sqlite_error)?;
+    let batch = limit.clamp(1, 1024);
+    let mut events = Vec::new();
+    let mut cursor = after;
+    while events.len() < limit {
+        let rows = statement
+            .query_map(
+                params![
+                    to_i64(cursor),
+                    filter.priority.map(|priority| priority.as_str()),
+                    filter.session_id.map(|id| id.to_string()),
+                    filter.conversation_id.map(|id| id.to_string()),
+                    filter.since.map(Timestamp::as_micros),
+                    filter.until.map(Timestamp::as_micros),
+                    batch as i64,
+                ],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
+            )
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(sqlite_error)?;
+        let fetched = rows.len();
+        for (position, body) in rows {
+            cursor = to_u64(position);
+            let event = codec::decode_event(&body, cursor)?;
+            if filter.patterns.is_empty()
+                || filter
+                    .patterns
+                    .iter()
+                    .any(|pattern| pattern.matches(&event.topic))
+            {
+                events.push(event);
+                if events.len() == limit {
+                    break;
+                }
+            }
+        }
+        if fetched < batch {
+            break;
+        }
+    }
+    Ok(events)
+}
+
+fn bounds(conn: &Connection) -> Result<LogBounds> {
+    conn.query_row(
+        "SELECT (SELECT MIN(position) FROM events), (SELECT last FROM event_log_head WHERE id = 1)",
+        [],
+        |row| {
+            Ok(LogBounds {
+                first: row.get::<_, Option<i64>>(0)?.map(to_u64),
+                last: to_u64(row.get(1)?),
+            })
+        },
+    )
+    .map_err(sqlite_error)
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn append_events(&self, events: &[Event]) -> Result<Vec<u64>> {
+        let encoded = encode(events)?;
+        self.write(move |conn| append(conn, &encoded, None)).await
+    }
+
+    async fn append_events_at(&self, events: &[Event], expected_last: u64) -> Result<Vec<u64>> {
+        let encoded = encode(events)?;
+        self.write(move |conn| append(conn, &encoded, Some(expected_last)))
+            .await
+    }
+
+    async fn read_events(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let filter = filter.clone();
+        let work = move |conn: &Connection| read(conn, after, &filter, limit);
+        if limit <= INLINE_READ_EVENTS {
+            self.read_inline(work).await
+        } else {
+            self.read_blocking(work).await
+        }
+    }
+
+    async fn log_bounds(&self) -> Result<LogBounds> {
+        self.read_inline(bounds).await
+    }
+
+    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<u64>> {
+        let subscriber = subscriber.clone();
+        self.read_inline(move |conn| {
+            conn.prepare_cached("SELECT position FROM event_cursors WHERE subscriber = ?1")
+                .and_then(|mut statement| {
+                    statement
+                        .query_row([subscriber.as_str()], |row| row.get::<_, i64>(0))
+                        .optional()
+                })
+                .map(|position| position.map(to_u64))
+                .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn set_cursor(&self, subscriber: &StorageKey, position: u64) -> Result<()> {
+        let (subscriber, now) = (subscriber.clone(), self.clock.now().as_micros());
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO event_cursors (subscriber, position, updated_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (subscriber) DO UPDATE SET position = excluded.position,
+                    updated_at = excluded.updated_at",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![subscriber.as_str(), to_i64(position), now])
+            })
+            .map(drop)
+            .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn delete_cursor(&self, subscriber: &StorageKey) -> Result<bool> {
+        let subscriber = subscriber.clone();
+        self.write(move |conn| {
+            conn.prepare_cached("DELETE FROM event_cursors WHERE subscriber = ?1")
+                .and_then(|mut statement| statement.execute([subscriber.as_str()]))
+                .map(|deleted| deleted > 0)
+                .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn purge_events_before(&self, cutoff: Timestamp) -> Result<u64> {
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM events WHERE timestamp < ?1",
+                [cutoff.as_micros()],
+            )
+            .map(|deleted| deleted as u64)
+            .map_err(sqlite_error)
+        })
+        .await
+    }
+
+    async fn event_log_stats(&self) -> Result<EventLogStats> {
+        self.read_blocking(|conn| {
+            let (events, bytes, cursors): (i64, i64, i64) = conn
+                .query_row(
+                    "SELECT (SELECT COUNT(*) FROM events), (SELECT COALESCE(SUM(length(body)), 0) FROM events),
+                            (SELECT COUNT(*) FROM event_cursors)",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                )
+                .map_err(sqlite_error)?;
+            Ok(EventLogStats { events: to_u64(events), bytes: to_u64(bytes), bounds: bounds(conn)?, cursors: to_u64(cursors) })
+        })
+        .await
+    }
+}
