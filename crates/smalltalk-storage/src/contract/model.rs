@@ -11,11 +11,15 @@ use std::time::Duration;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use smalltalk_types::{
-    Clock, Message, Role, Session, SessionId, SessionState, SessionSummary, StorageKey, Timestamp,
+    Clock, Event, EventPriority, Message, Role, Session, SessionId, SessionState, SessionSummary,
+    StorageKey, Timestamp, TopicPattern,
 };
 
 use super::{Backend, test_clock};
-use crate::{AppendGuard, AppendOutcome, Error, Expected, MemoryStore, SessionFilter, Store};
+use crate::{
+    AppendGuard, AppendOutcome, Error, EventFilter, EventLogStats, Expected, LogBounds,
+    MemoryStore, SessionFilter, Store,
+};
 
 const SLOTS: usize = 3;
 const KEYS: usize = 3;
@@ -90,7 +94,43 @@ enum Op {
         seconds_ago: u64,
     },
     Stats,
+    AppendEvents {
+        count: usize,
+        topic: usize,
+        critical: bool,
+        expected_last: Option<u64>,
+    },
+    ReadEvents {
+        after: u64,
+        pattern: Option<usize>,
+        critical_only: bool,
+        limit: usize,
+    },
+    Bounds,
+    SetCursor {
+        key: usize,
+        position: u64,
+    },
+    GetCursor {
+        key: usize,
+    },
+    DeleteCursor {
+        key: usize,
+    },
+    PurgeEvents {
+        seconds_ago: u64,
+    },
+    EventStats,
 }
+
+/// Topics events are published on, and patterns to read them with.
+const TOPICS: [&str; 4] = [
+    "task:completed",
+    "task.step.done",
+    "agent:heartbeat",
+    "agent.failed",
+];
+const PATTERNS: [&str; 4] = ["task.>", "agent:*", "task:completed", ">"];
 
 #[derive(Debug, Clone, Copy)]
 enum ExpectedOp {
@@ -149,6 +189,16 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Purge),
         1 => (0..20_u64).prop_map(|seconds_ago| Op::ClearOlderThan { seconds_ago }),
         1 => Just(Op::Stats),
+        3 => (0..3_usize, 0..TOPICS.len(), any::<bool>(), prop::option::of(0..8_u64))
+            .prop_map(|(count, topic, critical, expected_last)| Op::AppendEvents { count, topic, critical, expected_last }),
+        2 => (0..8_u64, prop::option::of(0..PATTERNS.len()), any::<bool>(), 1..6_usize)
+            .prop_map(|(after, pattern, critical_only, limit)| Op::ReadEvents { after, pattern, critical_only, limit }),
+        1 => Just(Op::Bounds),
+        1 => (0..KEYS, 0..10_u64).prop_map(|(key, position)| Op::SetCursor { key, position }),
+        1 => (0..KEYS).prop_map(|key| Op::GetCursor { key }),
+        1 => (0..KEYS).prop_map(|key| Op::DeleteCursor { key }),
+        1 => (0..30_u64).prop_map(|seconds_ago| Op::PurgeEvents { seconds_ago }),
+        1 => Just(Op::EventStats),
     ]
 }
 
@@ -171,6 +221,11 @@ enum Outcome {
         messages: u64,
         kv_entries: u64,
     },
+    Positions(Vec<u64>),
+    Events(Vec<Event>),
+    Bounds(LogBounds),
+    Cursor(Option<u64>),
+    EventStats(EventLogStats),
     Err(String),
 }
 
@@ -327,6 +382,53 @@ async fn apply(
             messages: stats.messages,
             kv_entries: stats.kv_entries,
         }),
+        Op::AppendEvents { expected_last, .. } => {
+            let appended = match expected_last {
+                Some(expected) => store.append_events_at(&inputs.events, *expected).await,
+                None => store.append_events(&inputs.events).await,
+            };
+            outcome(appended, Outcome::Positions)
+        }
+        Op::ReadEvents {
+            after,
+            pattern,
+            critical_only,
+            limit,
+        } => {
+            let filter = EventFilter {
+                patterns: pattern
+                    .map(|index| TopicPattern::parse(PATTERNS[index]).expect("valid"))
+                    .into_iter()
+                    .collect(),
+                priority: critical_only.then_some(EventPriority::Critical),
+                ..Default::default()
+            };
+            outcome(
+                store.read_events(*after, &filter, *limit).await,
+                Outcome::Events,
+            )
+        }
+        Op::Bounds => outcome(store.log_bounds().await, Outcome::Bounds),
+        Op::SetCursor { key, position } => outcome(
+            store.set_cursor(&fixture.keys[*key], *position).await,
+            |()| Outcome::Unit,
+        ),
+        Op::GetCursor { key } => outcome(store.cursor(&fixture.keys[*key]).await, Outcome::Cursor),
+        Op::DeleteCursor { key } => outcome(
+            store.delete_cursor(&fixture.keys[*key]).await,
+            Outcome::Bool,
+        ),
+        Op::PurgeEvents { seconds_ago } => outcome(
+            store
+                .purge_events_before(
+                    clock
+                        .now()
+                        .saturating_sub(Duration::from_secs(*seconds_ago)),
+                )
+                .await,
+            Outcome::Count,
+        ),
+        Op::EventStats => outcome(store.event_log_stats().await, Outcome::EventStats),
     }
 }
 
@@ -334,12 +436,14 @@ async fn apply(
 struct Inputs {
     sessions: Vec<Session>,
     messages: Vec<Message>,
+    events: Vec<Event>,
 }
 
 fn inputs_for(fixture: &Fixture, op: &Op, clock: &dyn Clock) -> Inputs {
     let mut inputs = Inputs {
         sessions: Vec::new(),
         messages: Vec::new(),
+        events: Vec::new(),
     };
     match op {
         Op::Save {
@@ -359,6 +463,26 @@ fn inputs_for(fixture: &Fixture, op: &Op, clock: &dyn Clock) -> Inputs {
                     .sessions
                     .push(session_for(fixture, *slot, SessionState::Active, 1, 30));
             }
+        }
+        Op::AppendEvents {
+            count,
+            topic,
+            critical,
+            ..
+        } => {
+            let priority = if *critical {
+                EventPriority::Critical
+            } else {
+                EventPriority::Normal
+            };
+            let mut events = Vec::with_capacity(*count);
+            for index in 0..*count {
+                let mut event =
+                    super::events::event(TOPICS[(topic + index) % TOPICS.len()], 0, priority);
+                event.timestamp = clock.now();
+                events.push(event);
+            }
+            inputs.events = events;
         }
         Op::Append { count, .. } => {
             inputs.messages = (0..*count)
