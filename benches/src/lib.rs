@@ -240,3 +240,75 @@ pub async fn measure_appends(store: Arc<dyn Store>, warmup: usize, count: usize)
     })
     .await
 }
+
+/// An event like the bus will publish: small JSON payload.
+pub fn bench_event(index: usize) -> smalltalk_types::Event {
+    smalltalk_types::Event {
+        id: smalltalk_types::EventId::new(),
+        topic: smalltalk_types::Topic::parse(if index % 2 == 0 {
+            "task:completed"
+        } else {
+            "agent:heartbeat"
+        })
+        .expect("valid topic"),
+        event_type: "bench".into(),
+        publisher: "bench".into(),
+        timestamp: Timestamp::now(),
+        priority: if index % 10 == 0 {
+            smalltalk_types::EventPriority::Critical
+        } else {
+            Default::default()
+        },
+        session_id: None,
+        conversation_id: None,
+        payload: serde_json::json!({"index": index, "text": "a short payload"}),
+        metadata: serde_json::Map::new(),
+        position: None,
+        format_version: smalltalk_types::FORMAT_VERSION,
+    }
+}
+
+/// Reads of a `backlog`-event log from the start (what a replay reads).
+pub async fn measure_log_reads(
+    store: Arc<dyn Store>,
+    backlog: usize,
+    warmup: usize,
+    count: usize,
+) -> Samples {
+    let events: Vec<_> = (0..backlog).map(bench_event).collect();
+    for chunk in events.chunks(1000) {
+        store.append_events(chunk).await.expect("append");
+    }
+    let filter = smalltalk_storage::EventFilter::default();
+    Samples::collect(warmup, count, || {
+        let (store, filter) = (Arc::clone(&store), filter.clone());
+        async move {
+            let read = store.read_events(0, &filter, backlog).await.expect("read");
+            assert_eq!(read.len(), backlog);
+        }
+    })
+    .await
+}
+
+/// Appends one event at a time from `concurrency` tasks; events per second.
+pub async fn measure_log_appends(store: Arc<dyn Store>, concurrency: usize, total: usize) -> f64 {
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(concurrency);
+    for task in 0..concurrency {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let mut index = task;
+            while index < total {
+                store
+                    .append_events(&[bench_event(index)])
+                    .await
+                    .expect("append");
+                index += concurrency;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task");
+    }
+    total as f64 / started.elapsed().as_secs_f64()
+}

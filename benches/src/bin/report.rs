@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use smalltalk_benches::{
     BACKENDS, BenchStore, SIZES, Samples, fresh_store, measure_appends, measure_gets,
-    measure_saves, sessions,
+    measure_log_appends, measure_log_reads, measure_saves, sessions,
 };
 use smalltalk_storage::Store;
 use smalltalk_storage::sqlite::{SqliteOptions, SqliteStore, Synchronous};
@@ -187,6 +187,57 @@ async fn session_rows(
     Ok(())
 }
 
+/// The event log at the storage level (the bus's SC-008 / SC-011 /
+/// EVENT-THROUGHPUT rows come with the bus itself).
+async fn event_log_rows(
+    rows: &mut Vec<Row>,
+    name: &'static str,
+    warmup: usize,
+    count: usize,
+    quick: bool,
+) -> anyhow::Result<()> {
+    for (label, backlog, samples) in [
+        ("1000", 1000, count),
+        ("100000", 100_000, if quick { 5 } else { 20 }),
+    ] {
+        let Some(bench_store) = fresh_store(name).await else {
+            return Ok(());
+        };
+        eprintln!("measuring a read of {backlog} logged events on {name}");
+        let samples = measure_log_reads(
+            Arc::clone(&bench_store.store),
+            backlog,
+            warmup.min(samples),
+            samples,
+        )
+        .await;
+        criterion_rows(
+            rows,
+            "EVENT-LOG",
+            name,
+            &format!("read_{label}_events"),
+            &samples,
+            None,
+        );
+    }
+    let Some(bench_store) = fresh_store(name).await else {
+        return Ok(());
+    };
+    let total = if quick { 5_000 } else { 50_000 };
+    eprintln!("measuring durable appends by 64 tasks on {name}");
+    let per_sec = measure_log_appends(Arc::clone(&bench_store.store), 64, total).await;
+    rows.push(Row {
+        id: "EVENT-LOG",
+        backend: name,
+        metric: "append_64_tasks_per_sec".into(),
+        value: per_sec,
+        unit: "per_sec",
+        target: None,
+        samples: total,
+    });
+    Ok(())
+}
+
 /// Bytes 100-turn conversations add on disk, over their content: the
 /// SQLite file after a checkpoint, PostgreSQL's relation sizes. Returns the
 /// first conversation's ratio on a fresh database (the SPEC metric, one-time
@@ -301,6 +352,9 @@ async fn report() -> anyhow::Result<()> {
     }
     for name in BACKENDS {
         session_rows(&mut rows, name, warmup, count, quick).await?;
+    }
+    for name in BACKENDS {
+        event_log_rows(&mut rows, name, warmup, count, quick).await?;
     }
     let rank = |backend: &str| {
         ["memory", "sqlite", "postgres"]
