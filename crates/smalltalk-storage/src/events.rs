@@ -117,4 +117,70 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
 
     /// Counts and sizes.
     async fn event_log_stats(&self) -> Result<EventLogStats>;
+
+    /// Waits until the log's newest position is beyond `after`, or
+    /// `timeout` passes, and returns the newest position then (compare it
+    /// with `after` to tell which). Appends through this store wake waiters
+    /// at once; on PostgreSQL so do appends by any other process sharing
+    /// the database (LISTEN/NOTIFY). SQLite cannot be notified by other
+    /// processes: their appends are seen at the timeout, so poll with it.
+    async fn wait_for_events(&self, after: u64, timeout: std::time::Duration) -> Result<u64>;
+}
+
+/// The newest position a store knows of, with a way to wait for it to
+/// move. Each backend feeds it from its own appends (and PostgreSQL from
+/// notifications).
+#[derive(Debug)]
+pub(crate) struct LogWatch(tokio::sync::watch::Sender<u64>);
+
+impl Default for LogWatch {
+    fn default() -> Self {
+        Self(tokio::sync::watch::Sender::new(0))
+    }
+}
+
+impl LogWatch {
+    /// Records that the log reached `position`.
+    pub(crate) fn advance(&self, position: u64) {
+        self.0.send_if_modified(|last| {
+            let newer = position > *last;
+            if newer {
+                *last = position;
+            }
+            newer
+        });
+    }
+
+    /// Waits for a position beyond `after`, up to `timeout`; `current` is
+    /// the newest position read from storage, to catch up first and to
+    /// answer at the timeout.
+    pub(crate) async fn wait<F, Fut>(
+        &self,
+        after: u64,
+        timeout: std::time::Duration,
+        current: F,
+    ) -> Result<u64>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<u64>>,
+    {
+        let mut changes = self.0.subscribe();
+        self.advance(current().await?);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let last = *changes.borrow_and_update();
+            if last > after {
+                return Ok(last);
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                // Timed out (or the store is gone): report what storage has.
+                _ => {
+                    let last = current().await?;
+                    self.advance(last);
+                    return Ok(last);
+                }
+            }
+        }
+    }
 }

@@ -23,6 +23,7 @@ use crate::{
 #[derive(Debug)]
 pub struct MemoryStore {
     inner: Mutex<Inner>,
+    log_watch: crate::events::LogWatch,
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
 }
@@ -73,6 +74,7 @@ impl MemoryStore {
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
         Self {
             inner: Mutex::new(Inner::default()),
+            log_watch: Default::default(),
             clock,
             closed: AtomicBool::new(false),
         }
@@ -386,7 +388,10 @@ impl Inner {
 #[async_trait]
 impl EventLog for MemoryStore {
     async fn append_events(&self, events: &[Event]) -> Result<Vec<u64>> {
-        self.lock()?.append_events(events)
+        let positions = self.lock()?.append_events(events)?;
+        self.log_watch
+            .advance(positions.last().copied().unwrap_or(0));
+        Ok(positions)
     }
 
     async fn append_events_at(&self, events: &[Event], expected_last: u64) -> Result<Vec<u64>> {
@@ -397,7 +402,11 @@ impl EventLog for MemoryStore {
                 found: inner.last_position,
             });
         }
-        inner.append_events(events)
+        let positions = inner.append_events(events)?;
+        drop(inner);
+        self.log_watch
+            .advance(positions.last().copied().unwrap_or(0));
+        Ok(positions)
     }
 
     async fn read_events(
@@ -445,6 +454,12 @@ impl EventLog for MemoryStore {
             .events
             .retain(|_, (event, _)| event.timestamp >= cutoff);
         Ok((before - inner.events.len()) as u64)
+    }
+
+    async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<u64> {
+        self.log_watch
+            .wait(after, timeout, || async { Ok(self.lock()?.last_position) })
+            .await
     }
 
     async fn event_log_stats(&self) -> Result<EventLogStats> {

@@ -321,6 +321,42 @@ pub async fn persistence_across_reopen(backend: &impl Backend) {
     assert_eq!(log.append_events(&[normal("c", 3)]).await.unwrap(), [3]);
 }
 
+/// Waiters wake when an append through the store moves the log on; with
+/// nothing new they return the newest position at their timeout.
+pub async fn wakeups(backend: &impl Backend) {
+    use std::time::Duration;
+    let log = open(backend).await;
+    assert_eq!(
+        log.wait_for_events(0, Duration::from_millis(20))
+            .await
+            .unwrap(),
+        0,
+        "timeout, nothing new"
+    );
+    let waiter = {
+        let log = Arc::clone(&log);
+        // An hour: only a wake-up can end this within the bound below.
+        tokio::spawn(async move { log.wait_for_events(0, Duration::from_secs(3600)).await })
+    };
+    log.append_events(&[normal("wake", 1)]).await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the append must wake the waiter");
+    assert_eq!(woken.unwrap().unwrap(), 1);
+    // Already past: returns at once.
+    let now = tokio::time::timeout(
+        Duration::from_secs(30),
+        log.wait_for_events(0, Duration::from_secs(3600)),
+    );
+    assert_eq!(now.await.expect("no wait when already past").unwrap(), 1);
+    assert_eq!(
+        log.wait_for_events(1, Duration::from_millis(20))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
 /// Counts and sizes.
 pub async fn stats(backend: &impl Backend) {
     let log = open(backend).await;

@@ -234,6 +234,10 @@ impl EventLog for FaultyStore {
         self.read("event_log_stats")?;
         self.inner.event_log_stats().await
     }
+    async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<u64> {
+        self.read("wait_for_events")?;
+        self.inner.wait_for_events(after, timeout).await
+    }
 }
 
 #[async_trait]

@@ -251,6 +251,7 @@ macro_rules! storage_contract {
                 concurrent_appenders_get_contiguous_positions,
                 persistence_across_reopen,
                 stats,
+                wakeups,
             );
 
             $crate::__contract_cases!(kv;

@@ -61,6 +61,7 @@ impl PgStore {
             });
         };
         let last = to_u64(last);
+        self.log_watch.advance(last);
         Ok((last + 1 - events.len() as u64..=last).collect())
     }
 }
@@ -178,6 +179,14 @@ impl EventLog for PgStore {
             .await
             .map(|done| done.rows_affected())
             .map_err(pg_error)
+    }
+
+    async fn wait_for_events(&self, after: u64, timeout: std::time::Duration) -> Result<u64> {
+        self.log_watch
+            .wait(after, timeout, || async {
+                Ok(self.log_bounds().await?.last)
+            })
+            .await
     }
 
     async fn event_log_stats(&self) -> Result<EventLogStats> {

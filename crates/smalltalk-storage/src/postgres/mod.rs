@@ -85,6 +85,16 @@ const MIGRATIONS: &[&str] = &[
         position   BIGINT NOT NULL,
         updated_at BIGINT NOT NULL
     );"#,
+    // 3: every append notifies listeners of the new newest position, on a
+    //    channel per schema; delivered at commit, so never early.
+    r#"CREATE FUNCTION smalltalk_notify_events() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('smalltalk_events_' || current_schema(), NEW.last::text);
+        RETURN NEW;
+    END
+    $$;
+    CREATE TRIGGER event_log_head_notify AFTER UPDATE ON event_log_head
+        FOR EACH ROW EXECUTE FUNCTION smalltalk_notify_events();"#,
 ];
 
 /// A store in a PostgreSQL database. Opened by `postgres://...`.
@@ -93,6 +103,32 @@ pub struct PgStore {
     pool: PgPool,
     schema: Option<String>,
     clock: Arc<dyn Clock>,
+    log_watch: Arc<crate::events::LogWatch>,
+    listener: Arc<ListenerTask>,
+}
+
+/// The task receiving the log's notifications; stops with the last clone
+/// of the store.
+#[derive(Debug, Default)]
+struct ListenerTask(std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>);
+
+impl ListenerTask {
+    fn stop(&self) {
+        if let Some(task) = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl PgStore {
@@ -149,14 +185,57 @@ impl PgStore {
             pool,
             schema,
             clock,
+            log_watch: Default::default(),
+            listener: Default::default(),
         };
         store.migrate().await?;
+        store.listen().await?;
         tracing::debug!(
             backend = "postgres",
             schema = store.schema.as_deref(),
             "opened store"
         );
         Ok(store)
+    }
+
+    /// Starts the task that turns the log's notifications (sent by a
+    /// trigger on every append, from any process) into wake-ups.
+    async fn listen(&self) -> Result<()> {
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(pg_error)?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
+            .await
+            .map_err(pg_error)?;
+        listener
+            .listen(&format!("smalltalk_events_{schema}"))
+            .await
+            .map_err(pg_error)?;
+        let watch = Arc::clone(&self.log_watch);
+        let task = tokio::spawn(async move {
+            loop {
+                match listener.recv().await {
+                    Ok(notification) => {
+                        if let Ok(position) = notification.payload().parse() {
+                            watch.advance(position);
+                        }
+                    }
+                    Err(error) => {
+                        // The listener reconnects on the next call; waiters
+                        // meanwhile fall back to their timeout.
+                        tracing::warn!(backend = "postgres", %error, "event notifications interrupted; reconnecting");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        *self
+            .listener
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
+        Ok(())
     }
 
     /// The schema the tables live in, if one was named.

@@ -598,6 +598,7 @@ impl StoreAdmin for PgStore {
     }
 
     async fn close(&self) -> Result<()> {
+        self.listener.stop();
         self.pool.close().await;
         Ok(())
     }

@@ -149,12 +149,27 @@ fn bounds(conn: &Connection) -> Result<LogBounds> {
 impl EventLog for SqliteStore {
     async fn append_events(&self, events: &[Event]) -> Result<Vec<u64>> {
         let encoded = encode(events)?;
-        self.write(move |conn| append(conn, &encoded, None)).await
+        let positions = self.write(move |conn| append(conn, &encoded, None)).await?;
+        self.log_watch
+            .advance(positions.last().copied().unwrap_or(0));
+        Ok(positions)
     }
 
     async fn append_events_at(&self, events: &[Event], expected_last: u64) -> Result<Vec<u64>> {
         let encoded = encode(events)?;
-        self.write(move |conn| append(conn, &encoded, Some(expected_last)))
+        let positions = self
+            .write(move |conn| append(conn, &encoded, Some(expected_last)))
+            .await?;
+        self.log_watch
+            .advance(positions.last().copied().unwrap_or(0));
+        Ok(positions)
+    }
+
+    async fn wait_for_events(&self, after: u64, timeout: std::time::Duration) -> Result<u64> {
+        self.log_watch
+            .wait(after, timeout, || async {
+                Ok(self.log_bounds().await?.last)
+            })
             .await
     }
 

@@ -74,6 +74,7 @@ pub struct SqliteStore {
     readers: Arc<Readers>,
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
+    log_watch: crate::events::LogWatch,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -111,6 +112,7 @@ impl SqliteStore {
             readers,
             clock: options.clock,
             closed: AtomicBool::new(false),
+            log_watch: Default::default(),
         })
     }
 

@@ -1,0 +1,50 @@
+//! PostgreSQL-specific behaviour: cross-process wake-ups through the log's
+//! notifications.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smalltalk_storage::contract::events::event;
+use smalltalk_storage::contract::{Backend, PgBackend, test_clock};
+
+use smalltalk_types::EventPriority;
+
+/// Two stores on one database (separate pools and listener connections, as
+/// two processes would have): an append through one wakes a waiter on the
+/// other, through the server's NOTIFY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_in_one_store_wakes_a_waiter_on_another() {
+    let Some(backend) = PgBackend::fresh().await else {
+        eprintln!("skipped: no PostgreSQL");
+        return;
+    };
+    let writer = backend.open(test_clock()).await;
+    let reader = backend.open(test_clock()).await;
+    writer
+        .append_events(&[event("first", 1, EventPriority::Normal)])
+        .await
+        .unwrap();
+    // A waiter that starts after the append sees it by reading, not by
+    // notification; over ten rounds, only working notifications pass.
+    for round in 1..=10_u64 {
+        let waiter = {
+            let reader = Arc::clone(&reader);
+            // An hour: only a notification (or a late start) ends it.
+            tokio::spawn(async move {
+                reader
+                    .wait_for_events(round, Duration::from_secs(3600))
+                    .await
+            })
+        };
+        writer
+            .append_events(&[event("next", 2, EventPriority::Critical)])
+            .await
+            .unwrap();
+        let woken = tokio::time::timeout(Duration::from_secs(30), waiter)
+            .await
+            .expect("the notification must arrive");
+        assert_eq!(woken.unwrap().unwrap(), round + 1);
+    }
+    reader.close().await.unwrap();
+    writer.close().await.unwrap();
+}
