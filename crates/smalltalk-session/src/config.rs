@@ -21,7 +21,7 @@ pub struct SessionConfig {
     /// conflict before giving up (FR-005). Default 3.
     pub conflict_retries: u32,
     /// Pause before re-applying an update after a conflict; doubles with
-    /// each attempt. Default 100 ms.
+    /// each attempt, up to 64 times this. Default 100 ms.
     pub conflict_backoff: Duration,
     /// Limits on preserved agent state (FR-009a).
     pub agent_state: AgentStateLimits,

@@ -487,12 +487,15 @@ impl SessionManager {
         })
     }
 
+    /// Waits before re-running an update: the configured backoff, doubled
+    /// per attempt up to 64 times it (6.4 s with the default), so many
+    /// retries never mean minutes of sleep.
     async fn backoff(&self, attempt: u32) {
         let pause = self
             .inner
             .config
             .conflict_backoff
-            .saturating_mul(1 << attempt.min(16));
+            .saturating_mul(1 << attempt.min(6));
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
