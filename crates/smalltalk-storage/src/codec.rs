@@ -207,21 +207,88 @@ pub(crate) fn decode_session(
     Ok(session)
 }
 
-/// Encodes an event for the log (its position lives in a column).
-pub(crate) fn encode_event(event: &smalltalk_types::Event) -> Result<Vec<u8>> {
-    if event.position.is_none() {
-        return Ok(encode_record(event)?);
-    }
-    let mut unpositioned = event.clone();
-    unpositioned.position = None;
-    Ok(encode_record(&unpositioned)?)
+/// The part of a logged event kept as JSON; everything else (id, topic,
+/// type, publisher, time, priority, scopes) lives in columns, so reading the
+/// log decodes only this.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventBodyRef<'a> {
+    payload: &'a Value,
+    #[serde(skip_serializing_if = "Map::is_empty")]
+    metadata: &'a Map<String, Value>,
+    format_version: u32,
 }
 
-/// Decodes a logged event and sets its position.
-pub(crate) fn decode_event(body: &[u8], position: u64) -> Result<smalltalk_types::Event> {
-    let mut event: smalltalk_types::Event = decode_record(body)?;
-    event.position = Some(position);
-    Ok(event)
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventBody {
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    metadata: Map<String, Value>,
+    format_version: u32,
+}
+
+/// Encodes the JSON part of a logged event.
+pub(crate) fn encode_event(event: &smalltalk_types::Event) -> Result<Vec<u8>> {
+    Ok(encode_record(&EventBodyRef {
+        payload: &event.payload,
+        metadata: &event.metadata,
+        format_version: event.format_version,
+    })?)
+}
+
+/// A logged event's columns, as read.
+pub(crate) struct EventColumns {
+    pub(crate) position: i64,
+    pub(crate) id: String,
+    pub(crate) topic: String,
+    pub(crate) event_type: String,
+    pub(crate) publisher: String,
+    pub(crate) timestamp: i64,
+    pub(crate) priority: String,
+    pub(crate) session_id: Option<String>,
+    pub(crate) conversation_id: Option<String>,
+    pub(crate) body: Vec<u8>,
+}
+
+/// Rebuilds a logged event from its columns.
+pub(crate) fn decode_event(columns: EventColumns) -> Result<smalltalk_types::Event> {
+    let body: EventBody =
+        serde_json::from_slice(&columns.body).map_err(smalltalk_types::Error::Encoding)?;
+    if body.format_version > smalltalk_types::FORMAT_VERSION {
+        return Err(smalltalk_types::Error::UnsupportedFormatVersion {
+            found: body.format_version,
+            supported: smalltalk_types::FORMAT_VERSION,
+        }
+        .into());
+    }
+    let priority = match columns.priority.as_str() {
+        "critical" => smalltalk_types::EventPriority::Critical,
+        _ => smalltalk_types::EventPriority::Normal,
+    };
+    Ok(smalltalk_types::Event {
+        id: smalltalk_types::EventId::parse(&columns.id)?,
+        topic: smalltalk_types::Topic::parse(&columns.topic)?,
+        event_type: columns.event_type,
+        publisher: columns.publisher,
+        timestamp: Timestamp::from_micros(columns.timestamp),
+        priority,
+        session_id: columns
+            .session_id
+            .as_deref()
+            .map(SessionId::parse)
+            .transpose()?,
+        conversation_id: columns
+            .conversation_id
+            .as_deref()
+            .map(smalltalk_types::ConversationId::parse)
+            .transpose()?,
+        payload: body.payload,
+        metadata: body.metadata,
+        position: Some(to_u64(columns.position)),
+        format_version: body.format_version,
+    })
 }
 
 /// The newest timestamp among `messages` if later than `current`.

@@ -3,6 +3,8 @@
 use async_trait::async_trait;
 use smalltalk_types::{Event, StorageKey, Timestamp};
 
+use sqlx::Row;
+
 use super::{PgStore, pg_error};
 use crate::codec::{self, to_i64, to_u64};
 use crate::{Error, EventFilter, EventLog, EventLogStats, LogBounds, Result};
@@ -13,6 +15,9 @@ impl PgStore {
     /// behind them.
     async fn append(&self, events: &[Event], expected: Option<u64>) -> Result<Vec<u64>> {
         let count = events.len() as i64;
+        let mut ids = Vec::with_capacity(events.len());
+        let mut types = Vec::with_capacity(events.len());
+        let mut publishers = Vec::with_capacity(events.len());
         let mut topics = Vec::with_capacity(events.len());
         let mut priorities = Vec::with_capacity(events.len());
         let mut sessions = Vec::with_capacity(events.len());
@@ -20,6 +25,9 @@ impl PgStore {
         let mut timestamps = Vec::with_capacity(events.len());
         let mut bodies = Vec::with_capacity(events.len());
         for event in events {
+            ids.push(event.id.to_string());
+            types.push(event.event_type.clone());
+            publishers.push(event.publisher.clone());
             topics.push(event.topic.as_str().to_owned());
             priorities.push(event.priority.as_str().to_owned());
             sessions.push(event.session_id.map(|id| id.to_string()));
@@ -32,11 +40,15 @@ impl PgStore {
                 UPDATE event_log_head SET last = last + $1
                 WHERE id = 1 AND ($2::BIGINT IS NULL OR last = $2) RETURNING last),
              ins AS (
-                INSERT INTO events (position, topic, priority, session_id, conversation_id, timestamp, body)
-                SELECT head.last - $1 + batch.ord, batch.topic, batch.priority, batch.session_id,
-                       batch.conversation_id, batch.ts, batch.body
-                FROM head, UNNEST($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BYTEA[])
-                     WITH ORDINALITY AS batch (topic, priority, session_id, conversation_id, ts, body, ord))
+                INSERT INTO events (position, event_id, topic, event_type, publisher, priority, session_id,
+                                    conversation_id, timestamp, body)
+                SELECT head.last - $1 + batch.ord, batch.event_id, batch.topic, batch.event_type,
+                       batch.publisher, batch.priority, batch.session_id, batch.conversation_id, batch.ts,
+                       batch.body
+                FROM head, UNNEST($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BYTEA[],
+                                  $9::TEXT[], $10::TEXT[], $11::TEXT[])
+                     WITH ORDINALITY AS batch (topic, priority, session_id, conversation_id, ts, body,
+                                               event_id, event_type, publisher, ord))
              SELECT last FROM head",
         )
         .bind(count)
@@ -47,6 +59,9 @@ impl PgStore {
         .bind(conversations)
         .bind(timestamps)
         .bind(bodies)
+        .bind(ids)
+        .bind(types)
+        .bind(publishers)
         .fetch_optional(&self.pool)
         .await
         .map_err(pg_error)?;
@@ -86,8 +101,9 @@ impl EventLog for PgStore {
         let mut events = Vec::new();
         let mut cursor = after;
         while events.len() < limit {
-            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT position, body FROM events
+            let rows = sqlx::query(
+                "SELECT position, event_id, topic, event_type, publisher, timestamp, priority, session_id,
+                        conversation_id, body FROM events
                  WHERE position > $1 AND ($2::TEXT IS NULL OR priority = $2)
                    AND ($3::TEXT IS NULL OR session_id = $3) AND ($4::TEXT IS NULL OR conversation_id = $4)
                    AND ($5::BIGINT IS NULL OR timestamp >= $5) AND ($6::BIGINT IS NULL OR timestamp < $6)
@@ -104,9 +120,24 @@ impl EventLog for PgStore {
             .await
             .map_err(pg_error)?;
             let fetched = rows.len();
-            for (position, body) in rows {
-                cursor = to_u64(position);
-                let event = codec::decode_event(&body, cursor)?;
+            for row in rows {
+                let columns = (|| {
+                    Ok::<_, sqlx::Error>(codec::EventColumns {
+                        position: row.try_get(0)?,
+                        id: row.try_get(1)?,
+                        topic: row.try_get(2)?,
+                        event_type: row.try_get(3)?,
+                        publisher: row.try_get(4)?,
+                        timestamp: row.try_get(5)?,
+                        priority: row.try_get(6)?,
+                        session_id: row.try_get(7)?,
+                        conversation_id: row.try_get(8)?,
+                        body: row.try_get(9)?,
+                    })
+                })()
+                .map_err(pg_error)?;
+                cursor = to_u64(columns.position);
+                let event = codec::decode_event(columns)?;
                 if filter.patterns.is_empty()
                     || filter
                         .patterns

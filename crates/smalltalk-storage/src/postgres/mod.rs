@@ -72,7 +72,10 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO event_log_head (id, last) VALUES (1, 0);
     CREATE TABLE events (
         position        BIGINT PRIMARY KEY,
+        event_id        TEXT COLLATE "C" NOT NULL,
         topic           TEXT COLLATE "C" NOT NULL,
+        event_type      TEXT NOT NULL,
+        publisher       TEXT NOT NULL,
         priority        TEXT NOT NULL,
         session_id      TEXT COLLATE "C",
         conversation_id TEXT COLLATE "C",

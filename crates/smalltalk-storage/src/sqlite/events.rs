@@ -13,7 +13,10 @@ const INLINE_READ_EVENTS: usize = 1000;
 
 /// An event encoded outside the writer.
 struct EncodedEvent {
+    id: String,
     topic: String,
+    event_type: String,
+    publisher: String,
     priority: &'static str,
     session_id: Option<String>,
     conversation_id: Option<String>,
@@ -26,7 +29,10 @@ fn encode(events: &[Event]) -> Result<Vec<EncodedEvent>> {
         .iter()
         .map(|event| {
             Ok(EncodedEvent {
+                id: event.id.to_string(),
                 topic: event.topic.as_str().to_owned(),
+                event_type: event.event_type.clone(),
+                publisher: event.publisher.clone(),
                 priority: event.priority.as_str(),
                 session_id: event.session_id.map(|id| id.to_string()),
                 conversation_id: event.conversation_id.map(|id| id.to_string()),
@@ -52,8 +58,9 @@ fn append(conn: &Connection, events: &[EncodedEvent], expected: Option<u64>) -> 
     }
     let mut insert = conn
         .prepare_cached(
-            "INSERT INTO events (position, topic, priority, session_id, conversation_id, timestamp, body)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO events (position, event_id, topic, event_type, publisher, priority, session_id,
+                                 conversation_id, timestamp, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .map_err(sqlite_error)?;
     let mut positions = Vec::with_capacity(events.len());
@@ -62,7 +69,10 @@ fn append(conn: &Connection, events: &[EncodedEvent], expected: Option<u64>) -> 
         insert
             .execute(params![
                 to_i64(position),
+                event.id,
                 event.topic,
+                event.event_type,
+                event.publisher,
                 event.priority,
                 event.session_id,
                 event.conversation_id,
@@ -82,7 +92,8 @@ fn append(conn: &Connection, events: &[EncodedEvent], expected: Option<u64>) -> 
 fn read(conn: &Connection, after: u64, filter: &EventFilter, limit: usize) -> Result<Vec<Event>> {
     let mut statement = conn
         .prepare_cached(
-            "SELECT position, body FROM events
+            "SELECT position, event_id, topic, event_type, publisher, timestamp, priority, session_id,
+                    conversation_id, body FROM events
              WHERE position > ?1 AND (?2 IS NULL OR priority = ?2) AND (?3 IS NULL OR session_id = ?3)
                AND (?4 IS NULL OR conversation_id = ?4) AND (?5 IS NULL OR timestamp >= ?5)
                AND (?6 IS NULL OR timestamp < ?6)
@@ -104,14 +115,27 @@ fn read(conn: &Connection, after: u64, filter: &EventFilter, limit: usize) -> Re
                     filter.until.map(Timestamp::as_micros),
                     batch as i64,
                 ],
-                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?)),
+                |row| {
+                    Ok(codec::EventColumns {
+                        position: row.get(0)?,
+                        id: row.get(1)?,
+                        topic: row.get(2)?,
+                        event_type: row.get(3)?,
+                        publisher: row.get(4)?,
+                        timestamp: row.get(5)?,
+                        priority: row.get(6)?,
+                        session_id: row.get(7)?,
+                        conversation_id: row.get(8)?,
+                        body: row.get(9)?,
+                    })
+                },
             )
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(sqlite_error)?;
         let fetched = rows.len();
-        for (position, body) in rows {
-            cursor = to_u64(position);
-            let event = codec::decode_event(&body, cursor)?;
+        for columns in rows {
+            cursor = to_u64(columns.position);
+            let event = codec::decode_event(columns)?;
             if filter.patterns.is_empty()
                 || filter
                     .patterns

@@ -52,7 +52,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
      INSERT INTO event_log_head (id, last) VALUES (1, 0);
      CREATE TABLE events (
         position        INTEGER PRIMARY KEY,
+        event_id        TEXT NOT NULL,
         topic           TEXT NOT NULL,
+        event_type      TEXT NOT NULL,
+        publisher       TEXT NOT NULL,
         priority        TEXT NOT NULL,
         session_id      TEXT,
         conversation_id TEXT,
