@@ -292,3 +292,45 @@ async fn the_background_flusher_stores_writes_every_interval() {
     }
     assert_eq!(stored_contents(&f, session.id).await, ["buffered"]);
 }
+
+/// Cleanup applies the TTL to buffered writes too: an expired session's
+/// pending writes go with it.
+#[tokio::test]
+async fn cleanup_drops_the_pending_writes_of_expired_sessions() {
+    let f = fixture();
+    let short = f
+        .sessions
+        .create(CreateOptions {
+            ttl: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let long = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions
+        .update(short.id, |s| {
+            s.metadata.insert("pending".into(), true.into());
+            Ok(())
+        })
+        .await
+        .unwrap();
+    f.sessions.add_message(long.id, text("kept")).await.unwrap();
+    assert_eq!(f.sessions.stats().await.unwrap().pending, 2);
+    f.clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(f.sessions.cleanup_expired().await.unwrap(), 1);
+    assert_eq!(
+        f.sessions.stats().await.unwrap().pending,
+        1,
+        "only the live session's writes remain"
+    );
+    assert!(
+        f.faulty
+            .inner()
+            .get_session(short.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    f.sessions.flush().await.unwrap();
+    assert_eq!(stored_contents(&f, long.id).await, ["kept"]);
+}
