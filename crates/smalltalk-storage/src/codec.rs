@@ -252,6 +252,34 @@ pub(crate) struct EventColumns {
     pub(crate) body: Vec<u8>,
 }
 
+/// Adds the events of one fetched batch that match `filter`'s topic
+/// patterns (the other filters ran in SQL) to `events`, up to `limit`, and
+/// moves `cursor` to the last row looked at.
+pub(crate) fn take_matching(
+    rows: Vec<EventColumns>,
+    filter: &crate::EventFilter,
+    limit: usize,
+    events: &mut Vec<smalltalk_types::Event>,
+    cursor: &mut u64,
+) -> Result<()> {
+    for columns in rows {
+        *cursor = to_u64(columns.position);
+        let event = decode_event(columns)?;
+        if filter.patterns.is_empty()
+            || filter
+                .patterns
+                .iter()
+                .any(|pattern| pattern.matches(&event.topic))
+        {
+            events.push(event);
+            if events.len() == limit {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Rebuilds a logged event from its columns.
 pub(crate) fn decode_event(columns: EventColumns) -> Result<smalltalk_types::Event> {
     let body: EventBody =

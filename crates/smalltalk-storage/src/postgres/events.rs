@@ -81,6 +81,22 @@ impl PgStore {
     }
 }
 
+/// The columns of an `events` row, in the read's select order.
+fn event_columns(row: &sqlx::postgres::PgRow) -> sqlx::Result<codec::EventColumns> {
+    Ok(codec::EventColumns {
+        position: row.try_get(0)?,
+        id: row.try_get(1)?,
+        topic: row.try_get(2)?,
+        event_type: row.try_get(3)?,
+        publisher: row.try_get(4)?,
+        timestamp: row.try_get(5)?,
+        priority: row.try_get(6)?,
+        session_id: row.try_get(7)?,
+        conversation_id: row.try_get(8)?,
+        body: row.try_get(9)?,
+    })
+}
+
 #[async_trait]
 impl EventLog for PgStore {
     async fn append_events(&self, events: &[Event]) -> Result<Vec<u64>> {
@@ -120,36 +136,12 @@ impl EventLog for PgStore {
             .await
             .map_err(pg_error)?;
             let fetched = rows.len();
-            for row in rows {
-                let columns = (|| {
-                    Ok::<_, sqlx::Error>(codec::EventColumns {
-                        position: row.try_get(0)?,
-                        id: row.try_get(1)?,
-                        topic: row.try_get(2)?,
-                        event_type: row.try_get(3)?,
-                        publisher: row.try_get(4)?,
-                        timestamp: row.try_get(5)?,
-                        priority: row.try_get(6)?,
-                        session_id: row.try_get(7)?,
-                        conversation_id: row.try_get(8)?,
-                        body: row.try_get(9)?,
-                    })
-                })()
+            let columns = rows
+                .iter()
+                .map(event_columns)
+                .collect::<sqlx::Result<Vec<_>>>()
                 .map_err(pg_error)?;
-                cursor = to_u64(columns.position);
-                let event = codec::decode_event(columns)?;
-                if filter.patterns.is_empty()
-                    || filter
-                        .patterns
-                        .iter()
-                        .any(|pattern| pattern.matches(&event.topic))
-                {
-                    events.push(event);
-                    if events.len() == limit {
-                        break;
-                    }
-                }
-            }
+            codec::take_matching(columns, filter, limit, &mut events, &mut cursor)?;
             if fetched < batch {
                 break;
             }

@@ -133,21 +133,7 @@ fn read(conn: &Connection, after: u64, filter: &EventFilter, limit: usize) -> Re
             .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
             .map_err(sqlite_error)?;
         let fetched = rows.len();
-        for columns in rows {
-            cursor = to_u64(columns.position);
-            let event = codec::decode_event(columns)?;
-            if filter.patterns.is_empty()
-                || filter
-                    .patterns
-                    .iter()
-                    .any(|pattern| pattern.matches(&event.topic))
-            {
-                events.push(event);
-                if events.len() == limit {
-                    break;
-                }
-            }
-        }
+        codec::take_matching(rows, filter, limit, &mut events, &mut cursor)?;
         if fetched < batch {
             break;
         }
