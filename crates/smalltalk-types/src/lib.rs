@@ -15,7 +15,8 @@
 //!   `task.>`), with their grammar and matcher;
 //! - [`format`](mod@format): the stored-format version every persisted record carries,
 //!   so later releases can migrate old data;
-//! - ports: the [`Clock`] ([`time`]) and the [`AlertSink`] ([`ports`]) through
+//! - ports: the [`Clock`] ([`time`]), the [`AlertSink`] and the [`EventSink`]
+//!   ([`ports`]) through
 //!   which crates reach services they do not own;
 //! - [`enum@Error`]: validation and format errors.
 //!
@@ -60,7 +61,10 @@ pub use health::{
     AgentHealthStatus, AgentPhase, HealthState, RecoveryKind, RecoveryStrategy, RestartType,
 };
 pub use id::{AgentId, ConversationId, EventId, MessageId, SessionId, StorageKey};
-pub use ports::{Alert, AlertSeverity, AlertSink, LogAlertSink, RecordingAlertSink};
+pub use ports::{
+    Alert, AlertSeverity, AlertSink, Announcement, EventSink, LogAlertSink, RecordingAlertSink,
+    RecordingEventSink,
+};
 pub use session::{AgentState, Message, Role, Session, SessionState, SessionSummary};
 pub use state::{EntityType, StateVersion};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

@@ -3,8 +3,8 @@
 //! The capability crates never depend on each other; where one needs another
 //! (health publishes events, sessions raise alerts) it talks to a port
 //! defined here and the umbrella crate plugs the implementation in. Tests
-//! plug in fakes such as [`RecordingAlertSink`]. The [`Clock`](crate::Clock)
-//! port lives in [`crate::time`].
+//! plug in fakes such as [`RecordingAlertSink`] and [`RecordingEventSink`].
+//! The [`Clock`](crate::Clock) port lives in [`crate::time`].
 
 use std::fmt;
 use std::sync::Mutex;
@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::Timestamp;
+use crate::{ConversationId, EventPriority, SessionId, Timestamp, Topic};
 
 /// How bad an [`Alert`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -121,5 +121,64 @@ mod tests {
         let alerts = sink.alerts();
         assert_eq!(alerts.len(), 2);
         assert_eq!(alerts[1].severity, AlertSeverity::Critical);
+    }
+}
+
+/// Something that happened, for the [`EventSink`] port: what a capability
+/// crate announces without depending on the event bus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announcement {
+    /// The topic, for example `session:created`.
+    pub topic: Topic,
+    /// Urgency.
+    pub priority: EventPriority,
+    /// The session it concerns.
+    pub session_id: Option<SessionId>,
+    /// The conversation it concerns.
+    pub conversation_id: Option<ConversationId>,
+    /// The details.
+    pub payload: Value,
+    /// When it happened.
+    pub timestamp: Timestamp,
+}
+
+/// Where capability crates announce what happened; the umbrella connects it
+/// to the event bus. Like [`AlertSink`], it must not fail the caller: a sink
+/// that cannot deliver logs and drops.
+#[async_trait]
+pub trait EventSink: Send + Sync + fmt::Debug + 'static {
+    /// Announces one thing that happened.
+    async fn announce(&self, announcement: Announcement);
+}
+
+/// A sink that keeps every announcement in memory, for tests.
+#[derive(Debug, Default)]
+pub struct RecordingEventSink(Mutex<Vec<Announcement>>);
+
+impl RecordingEventSink {
+    /// A copy of the announcements so far, in order.
+    pub fn announcements(&self) -> Vec<Announcement> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// The topics announced so far, in order.
+    pub fn topics(&self) -> Vec<String> {
+        self.announcements()
+            .into_iter()
+            .map(|announcement| announcement.topic.to_string())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventSink for RecordingEventSink {
+    async fn announce(&self, announcement: Announcement) {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(announcement);
     }
 }

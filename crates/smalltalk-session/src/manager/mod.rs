@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use smalltalk_storage::{AppendGuard, AppendOutcome, Expected, SessionFilter, Store, StoreStats};
 use smalltalk_types::{
-    AgentState, Alert, AlertSeverity, AlertSink, Clock, LogAlertSink, Message, Session, SessionId,
-    SessionState, SessionSummary, SystemClock, Timestamp,
+    AgentState, Alert, AlertSeverity, AlertSink, Announcement, Clock, EventPriority, EventSink,
+    LogAlertSink, Message, Session, SessionId, SessionState, SessionSummary, SystemClock,
+    Timestamp, Topic,
 };
 
 use crate::config::{Durability, SessionConfig, TtlStrategy, check_ttl};
@@ -86,6 +87,8 @@ struct Inner {
     rejections: AtomicU64,
     save_failures: AtomicU64,
     alerts: Arc<dyn AlertSink>,
+    /// Where what happened is announced (the umbrella's event bus).
+    events: Option<Arc<dyn EventSink>>,
     /// Pending writes, in `async` durability only.
     writeback: Option<writeback::PendingWrites>,
     /// Serializes flushes.
@@ -154,6 +157,7 @@ pub struct SessionManagerBuilder {
     config: SessionConfig,
     clock: Arc<dyn Clock>,
     alerts: Arc<dyn AlertSink>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 impl SessionManagerBuilder {
@@ -166,6 +170,15 @@ impl SessionManagerBuilder {
     /// Sets the clock (tests use a `ManualClock`).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
+        self
+    }
+
+    /// Announces what happens to sessions through `events`: topics
+    /// `session:created`, `session:message-added`, `session:state-changed`,
+    /// `session:invalidated` (critical) and `session:deleted`, each after
+    /// the change is acknowledged. Default: none.
+    pub fn events(mut self, events: Arc<dyn EventSink>) -> Self {
+        self.events = Some(events);
         self
     }
 
@@ -190,6 +203,7 @@ impl SessionManagerBuilder {
                 rejections: AtomicU64::new(0),
                 save_failures: AtomicU64::new(0),
                 alerts: self.alerts,
+                events: self.events,
                 writeback,
                 flush_lock: tokio::sync::Mutex::new(()),
                 purges: Mutex::new(HashMap::new()),
@@ -233,6 +247,7 @@ impl SessionManager {
             config: SessionConfig::default(),
             clock: Arc::new(SystemClock),
             alerts: Arc::new(LogAlertSink),
+            events: None,
         }
     }
 
@@ -285,6 +300,26 @@ impl SessionManager {
             }
             error.into()
         })
+    }
+
+    /// Announces a change to `id` through the event port, if one is set.
+    async fn announce(&self, topic: &str, priority: EventPriority, id: SessionId, payload: Value) {
+        let Some(events) = &self.inner.events else {
+            return;
+        };
+        let Ok(topic) = Topic::parse(topic) else {
+            tracing::error!(topic, "invalid announcement topic");
+            return;
+        };
+        let announcement = Announcement {
+            topic,
+            priority,
+            session_id: Some(id),
+            conversation_id: None,
+            payload,
+            timestamp: self.inner.clock.now(),
+        };
+        events.announce(announcement).await;
     }
 
     fn note_conflict(&self) {
@@ -351,6 +386,14 @@ impl SessionManager {
             Ok(version) => {
                 session.version = version;
                 self.track(&session);
+                let payload = serde_json::json!({ "expiresAt": session.expires_at, "metadata": session.metadata });
+                self.announce(
+                    "session:created",
+                    EventPriority::Normal,
+                    session.id,
+                    payload,
+                )
+                .await;
                 Ok(session)
             }
             Err(error) => {
@@ -598,9 +641,18 @@ impl SessionManager {
     /// [`add_message`](Self::add_message)).
     #[tracing::instrument(skip_all, fields(session_id = %id, count = messages.len()), err)]
     pub async fn add_messages(&self, id: SessionId, messages: &[Message]) -> Result<Appended> {
-        if self.inner.writeback.is_some() {
-            return self.append_buffered(id, messages).await;
-        }
+        let appended = if self.inner.writeback.is_some() {
+            self.append_buffered(id, messages).await?
+        } else {
+            self.append_stored(id, messages).await?
+        };
+        let payload = serde_json::json!({ "messages": messages });
+        self.announce("session:message-added", EventPriority::Normal, id, payload)
+            .await;
+        Ok(appended)
+    }
+
+    async fn append_stored(&self, id: SessionId, messages: &[Message]) -> Result<Appended> {
         let now = self.inner.clock.now();
         let result = self
             .inner
@@ -643,12 +695,17 @@ impl SessionManager {
                 return Err(Error::CapacityExceeded { limit, retry_after });
             }
         }
+        let mut from = None;
         let (session, ()) = self
             .update(id, |session| {
+                from = Some(session.state);
                 session.state = state;
                 Ok(())
             })
             .await?;
+        let payload = serde_json::json!({ "from": from, "to": state });
+        self.announce("session:state-changed", EventPriority::Normal, id, payload)
+            .await;
         Ok(session)
     }
 
@@ -701,6 +758,13 @@ impl SessionManager {
             .await?;
         if written.is_some() {
             self.purge_history(id).await;
+            self.announce(
+                "session:invalidated",
+                EventPriority::Critical,
+                id,
+                Value::Null,
+            )
+            .await;
         }
         Ok(())
     }
@@ -710,7 +774,12 @@ impl SessionManager {
     pub async fn delete(&self, id: SessionId) -> Result<bool> {
         self.untrack(id);
         self.discard_pending(id);
-        self.note_failure(self.inner.store.delete_session(id).await)
+        let deleted = self.note_failure(self.inner.store.delete_session(id).await)?;
+        if deleted {
+            self.announce("session:deleted", EventPriority::Normal, id, Value::Null)
+                .await;
+        }
+        Ok(deleted)
     }
 
     /// Lists session summaries (see [`SessionFilter`]).
