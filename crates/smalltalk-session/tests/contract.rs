@@ -526,6 +526,45 @@ async fn maintenance_idles_and_cleans_up(backend: &impl Backend) {
     assert_eq!(f.sessions.stats().await.unwrap().active, 0);
 }
 
+/// A message to an idle session makes it active again, capacity
+/// permitting.
+async fn a_message_reactivates_an_idle_session(backend: &impl Backend) {
+    let config = SessionConfig {
+        max_active_sessions: 2,
+        idle_after: Some(Duration::from_secs(600)),
+        ..fast()
+    };
+    let f = fixture(backend, config).await;
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.clock.advance(Duration::from_secs(660));
+    assert_eq!(f.sessions.run_maintenance().await.unwrap().idled, 1);
+    assert_eq!(f.sessions.stats().await.unwrap().active, 0);
+    f.sessions
+        .add_message(session.id, text("back", &f.clock))
+        .await
+        .unwrap();
+    assert_eq!(
+        f.sessions.get(session.id).await.unwrap().unwrap().state,
+        SessionState::Active
+    );
+    assert_eq!(f.sessions.stats().await.unwrap().active, 1);
+
+    // At capacity it stays idle, and the message is still stored.
+    f.clock.advance(Duration::from_secs(660));
+    f.sessions.run_maintenance().await.unwrap();
+    f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions
+        .add_message(session.id, text("again", &f.clock))
+        .await
+        .unwrap();
+    let stored = f.sessions.get(session.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.state, stored.messages.len()),
+        (SessionState::Idle, 2)
+    );
+}
+
 /// Bad input gives typed errors and changes nothing.
 async fn bad_input_is_refused(backend: &impl Backend) {
     let f = fixture(backend, fast()).await;
@@ -639,6 +678,7 @@ macro_rules! manager_contract {
                     agent_state_is_preserved_within_limits,
                     maintenance_idles_and_cleans_up,
                     keep_latest_keeps_the_state_and_drops_the_history,
+                    a_message_reactivates_an_idle_session,
                     bad_input_is_refused,
                 );
             }

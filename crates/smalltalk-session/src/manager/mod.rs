@@ -649,7 +649,27 @@ impl SessionManager {
         let payload = serde_json::json!({ "messages": messages });
         self.announce("session:message-added", EventPriority::Normal, id, payload)
             .await;
+        self.reactivate_if_idle(id).await;
         Ok(appended)
+    }
+
+    /// A message to an idle session makes it active again (and brings it
+    /// back into the pool), capacity permitting; at capacity it stays idle.
+    /// Sessions in the pool are active already: no read for them.
+    async fn reactivate_if_idle(&self, id: SessionId) {
+        if self.pool().contains_key(&id) {
+            return;
+        }
+        let idle = matches!(
+            self.inner.store.get_session_summary(id).await,
+            Ok(Some(summary)) if summary.state == SessionState::Idle
+        );
+        if idle {
+            match self.update_state(id, SessionState::Active).await {
+                Ok(_) => tracing::debug!(session_id = %id, "idle session active again"),
+                Err(error) => tracing::debug!(session_id = %id, %error, "idle session stays idle"),
+            }
+        }
     }
 
     async fn append_stored(&self, id: SessionId, messages: &[Message]) -> Result<Appended> {
