@@ -820,28 +820,11 @@ impl SessionManager {
         };
         // Sessions marked `expired` by hand go too (keep-latest ones stay).
         if self.inner.config.ttl_strategy == TtlStrategy::Delete {
-            loop {
-                let filter = SessionFilter {
-                    state: Some(SessionState::Expired),
-                    limit: Some(500),
-                    ..Default::default()
-                };
-                let ids: Vec<SessionId> = store
-                    .list_sessions(&filter)
-                    .await?
-                    .iter()
-                    .map(|summary| summary.id)
-                    .collect();
-                if ids.is_empty() {
-                    break;
-                }
-                let round = self.note_failure(store.delete_sessions(&ids).await)?;
-                cleaned += round;
-                if round == 0 {
-                    // Listed but not deletable by us: stop rather than spin.
-                    break;
-                }
-            }
+            let by_hand = SessionFilter {
+                state: Some(SessionState::Expired),
+                ..Default::default()
+            };
+            cleaned += self.delete_matching(by_hand).await?;
         }
         for id in self.expired_pending(now) {
             self.discard_pending(id);
@@ -856,6 +839,40 @@ impl SessionManager {
         Ok(cleaned)
     }
 
+    /// Ids of the first page (500) of sessions matching `filter`.
+    async fn page_ids(&self, filter: &SessionFilter) -> Result<Vec<SessionId>> {
+        let page = SessionFilter {
+            limit: Some(500),
+            ..filter.clone()
+        };
+        Ok(self
+            .inner
+            .store
+            .list_sessions(&page)
+            .await?
+            .iter()
+            .map(|summary| summary.id)
+            .collect())
+    }
+
+    /// Deletes every session matching `filter`, a page at a time; returns
+    /// how many.
+    async fn delete_matching(&self, filter: SessionFilter) -> Result<u64> {
+        let mut deleted = 0;
+        loop {
+            let ids = self.page_ids(&filter).await?;
+            if ids.is_empty() {
+                return Ok(deleted);
+            }
+            let round = self.note_failure(self.inner.store.delete_sessions(&ids).await)?;
+            deleted += round;
+            if round == 0 {
+                // Listed but not deletable by us: stop rather than spin.
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// `keep_latest`: expired sessions lose their history and are marked
     /// `expired`; expired tombstones (invalidated) are deleted.
     async fn keep_latest_of_expired(&self, now: Timestamp) -> Result<u64> {
@@ -866,40 +883,33 @@ impl SessionManager {
             SessionState::Idle,
             SessionState::Invalidated,
         ] {
+            let filter = SessionFilter {
+                state: Some(state),
+                expired_at: Some(now),
+                ..Default::default()
+            };
+            if state == SessionState::Invalidated {
+                cleaned += self.delete_matching(filter).await?;
+                continue;
+            }
             loop {
-                let filter = SessionFilter {
-                    state: Some(state),
-                    expired_at: Some(now),
-                    limit: Some(500),
-                    ..Default::default()
-                };
-                let ids: Vec<SessionId> = store
-                    .list_sessions(&filter)
-                    .await?
-                    .iter()
-                    .map(|summary| summary.id)
-                    .collect();
+                let ids = self.page_ids(&filter).await?;
                 if ids.is_empty() {
                     break;
                 }
                 let before = cleaned;
-                if state == SessionState::Invalidated {
-                    cleaned += self.note_failure(store.delete_sessions(&ids).await)?;
-                } else {
-                    for id in ids {
-                        self.note_failure(store.delete_history(id).await)?;
-                        let mut header = match store.get_session_header(id).await? {
-                            Some(header) => header,
-                            None => continue,
-                        };
-                        let loaded = header.version;
-                        header.state = SessionState::Expired;
-                        match store.save_session(&header, Expected::Version(loaded)).await {
-                            Ok(_) => cleaned += 1,
-                            // Changed meanwhile: the next run sees it again.
-                            Err(smalltalk_storage::Error::Conflict { .. }) => {}
-                            Err(other) => return self.note_failure(Err(other)),
-                        }
+                for id in ids {
+                    self.note_failure(store.delete_history(id).await)?;
+                    let Some(mut header) = store.get_session_header(id).await? else {
+                        continue;
+                    };
+                    let loaded = header.version;
+                    header.state = SessionState::Expired;
+                    match store.save_session(&header, Expected::Version(loaded)).await {
+                        Ok(_) => cleaned += 1,
+                        // Changed meanwhile: the next run sees it again.
+                        Err(smalltalk_storage::Error::Conflict { .. }) => {}
+                        Err(other) => return self.note_failure(Err(other)),
                     }
                 }
                 if cleaned == before {
