@@ -16,6 +16,8 @@ pub enum IdKind {
     Agent,
     /// A [`StorageKey`](crate::StorageKey).
     StorageKey,
+    /// A [`SubscriberId`](crate::SubscriberId).
+    Subscriber,
     /// A [`Topic`](crate::Topic).
     Topic,
     /// A [`TopicPattern`](crate::TopicPattern).
@@ -31,6 +33,7 @@ impl std::fmt::Display for IdKind {
             IdKind::Message => "message id",
             IdKind::Agent => "agent id",
             IdKind::StorageKey => "storage key",
+            IdKind::Subscriber => "subscriber id",
             IdKind::Topic => "topic",
             IdKind::TopicPattern => "topic pattern",
         })

@@ -90,7 +90,7 @@ pub enum ReplayMode {
 
 /// A subscriber's replay policy (FR-016a-c).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventReplayPolicy {
     /// Which events.
     #[serde(default)]

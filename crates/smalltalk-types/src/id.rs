@@ -245,6 +245,13 @@ name_id!(
     128
 );
 name_id!(
+    /// Names an event-bus subscriber (a durable consumer). Validated (see
+    /// the [module docs](self)).
+    SubscriberId,
+    IdKind::Subscriber,
+    128
+);
+name_id!(
     /// A key in a key-value or versioned store. Validated (see the
     /// [module docs](self)).
     StorageKey,

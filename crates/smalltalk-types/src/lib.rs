@@ -60,7 +60,7 @@ pub use group::{
 pub use health::{
     AgentHealthStatus, AgentPhase, HealthState, RecoveryKind, RecoveryStrategy, RestartType,
 };
-pub use id::{AgentId, ConversationId, EventId, MessageId, SessionId, StorageKey};
+pub use id::{AgentId, ConversationId, EventId, MessageId, SessionId, StorageKey, SubscriberId};
 pub use ports::{
     Alert, AlertSeverity, AlertSink, Announcement, EventSink, LogAlertSink, RecordingAlertSink,
     RecordingEventSink,

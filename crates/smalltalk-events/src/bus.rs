@@ -1,0 +1,869 @@
+//! The [`EventBus`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::Value;
+use smalltalk_storage::{EventFilter, EventLog};
+use smalltalk_types::{
+    Clock, Event, EventId, FORMAT_VERSION, StorageKey, SubscriberId, SystemClock, Topic,
+    TopicPattern,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::dispatch::Dispatch;
+use crate::log::{Backing, MemoryLog};
+use crate::stats::{BusCounters, BusStats};
+use crate::subscription::{self, Command, NewSubscription, Processed, Start, SubShared};
+use crate::{
+    Draft, Error, EventBusConfig, EventHandler, PublishOptions, Published, ReplayOptions,
+    ReplayReport, Result, SubscribeOptions, Subscription,
+};
+
+/// The active subscriptions, with a generation that changes with them (the
+/// dispatcher's per-topic cache is rebuilt when it does).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    subscriptions: RwLock<Vec<Arc<SubShared>>>,
+    generation: AtomicU64,
+}
+
+impl Registry {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<SubShared>>> {
+        self.subscriptions
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<SubShared>>> {
+        self.subscriptions
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn matching(&self, topic: &Topic) -> Vec<Arc<SubShared>> {
+        self.read()
+            .iter()
+            .filter(|subscription| subscription.pattern.matches(topic))
+            .cloned()
+            .collect()
+    }
+
+    fn snapshot(&self) -> Vec<Arc<SubShared>> {
+        self.read().clone()
+    }
+
+    fn has_key(&self, key: &StorageKey) -> bool {
+        self.read()
+            .iter()
+            .any(|subscription| &subscription.key == key)
+    }
+
+    fn insert(&self, subscription: Arc<SubShared>) {
+        self.write().push(subscription);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn remove(&self, serial: u64) {
+        let mut subscriptions = self.write();
+        let before = subscriptions.len();
+        subscriptions.retain(|subscription| subscription.serial != serial);
+        if subscriptions.len() != before {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn remove_subscriber(&self, subscriber: &SubscriberId) -> Vec<Arc<SubShared>> {
+        let mut subscriptions = self.write();
+        let (removed, kept): (Vec<_>, Vec<_>) = subscriptions
+            .drain(..)
+            .partition(|subscription| &subscription.subscriber == subscriber);
+        *subscriptions = kept;
+        if !removed.is_empty() {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        removed
+    }
+
+    fn of_subscriber(&self, subscriber: &SubscriberId) -> Vec<Arc<SubShared>> {
+        self.read()
+            .iter()
+            .filter(|subscription| &subscription.subscriber == subscriber)
+            .cloned()
+            .collect()
+    }
+}
+
+/// What the bus's handle, its tasks and its subscriptions share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: EventBusConfig,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) backing: Backing,
+    pub(crate) registry: Registry,
+    pub(crate) counters: BusCounters,
+    pub(crate) epoch: Instant,
+    dispatch: tokio::sync::Mutex<Dispatch>,
+    /// A copy of the dispatched position, readable without the lock.
+    dispatched: AtomicU64,
+    processed: Mutex<HashMap<StorageKey, Processed>>,
+    next_serial: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn dispatched(&self) -> u64 {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    fn fan_out(&self, dispatch: &mut Dispatch, events: &[Arc<Event>]) {
+        dispatch.fan_out(&self.registry, events, true);
+        self.dispatched
+            .store(dispatch.dispatched, Ordering::Release);
+    }
+
+    /// Dispatches what other processes appended after `dispatch.dispatched`
+    /// and before `before` (exclusive; `None`: up to the newest).
+    async fn dispatch_from_log(&self, dispatch: &mut Dispatch, before: Option<u64>) -> Result<()> {
+        let everything = EventFilter::default();
+        loop {
+            if before.is_some_and(|before| dispatch.dispatched + 1 >= before) {
+                return Ok(());
+            }
+            let batch = self
+                .backing
+                .read(dispatch.dispatched, &everything, self.config.max_batch)
+                .await?;
+            let full = batch.len() == self.config.max_batch;
+            let batch: Vec<_> = batch
+                .into_iter()
+                .take_while(|event| {
+                    before.is_none_or(|before| event.position.unwrap_or(0) < before)
+                })
+                .collect();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.fan_out(dispatch, &batch);
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+
+    fn processed_for(&self, key: &StorageKey) -> Processed {
+        let mut processed = self
+            .processed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        Arc::clone(
+            processed
+                .entry(key.clone())
+                .or_insert_with(subscription::new_processed),
+        )
+    }
+}
+
+/// A publish waiting for the durable committer.
+struct Commit {
+    events: Vec<Event>,
+    expected_last: Option<u64>,
+    reply: oneshot::Sender<Result<Vec<u64>>>,
+}
+
+/// Builds an [`EventBus`].
+#[derive(Debug, Default)]
+pub struct EventBusBuilder {
+    config: EventBusConfig,
+    clock: Option<Arc<dyn Clock>>,
+    log: Option<Arc<dyn EventLog>>,
+}
+
+impl EventBusBuilder {
+    /// The configuration (default: [`EventBusConfig::default`]).
+    pub fn config(mut self, config: EventBusConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The clock that stamps events and drives retention (default: the
+    /// system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Durable mode: every event is appended to `log` before it is
+    /// delivered (group-committed), replay reads it, and other processes
+    /// sharing the log see the events. Without a log the bus runs in
+    /// memory.
+    pub fn log(mut self, log: Arc<dyn EventLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// Validates the configuration and starts the bus's tasks (the
+    /// retention purge; in durable mode the committer and the log tailer).
+    /// Must run inside a Tokio runtime.
+    pub async fn build(self) -> Result<EventBus> {
+        self.config.validate()?;
+        let (backing, start) = match self.log {
+            Some(log) => {
+                let last = log.log_bounds().await?.last;
+                (Backing::Durable(log), last)
+            }
+            None => (
+                Backing::Memory(MemoryLog::new(self.config.memory_log_capacity)),
+                0,
+            ),
+        };
+        let shared = Arc::new(Shared {
+            clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+            backing,
+            registry: Registry::default(),
+            counters: BusCounters::default(),
+            epoch: Instant::now(),
+            dispatch: tokio::sync::Mutex::new(Dispatch::new(start)),
+            dispatched: AtomicU64::new(start),
+            processed: Mutex::default(),
+            next_serial: AtomicU64::new(1),
+            config: self.config,
+        });
+        let (shutdown, _) = watch::channel(false);
+        let committer = if shared.backing.is_durable() {
+            let (sender, receiver) = mpsc::channel(shared.config.max_batch.max(64));
+            tokio::spawn(commit_loop(
+                Arc::clone(&shared),
+                receiver,
+                shutdown.subscribe(),
+            ));
+            tokio::spawn(tail_loop(Arc::downgrade(&shared), shutdown.subscribe()));
+            Some(sender)
+        } else {
+            None
+        };
+        tokio::spawn(purge_loop(Arc::downgrade(&shared), shutdown.subscribe()));
+        Ok(EventBus {
+            inner: Arc::new(Handle {
+                shared,
+                closed: std::sync::atomic::AtomicBool::new(false),
+                committer,
+                shutdown,
+            }),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Handle {
+    shared: Arc<Shared>,
+    closed: std::sync::atomic::AtomicBool,
+    committer: Option<mpsc::Sender<Commit>>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        for subscription in self.shared.registry.snapshot() {
+            subscription.request_stop();
+        }
+    }
+}
+
+impl std::fmt::Debug for Commit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Commit")
+            .field("events", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Publish/subscribe over an ordered log, with replay and at-least-once,
+/// idempotent delivery. Cheap to clone; the bus stops when the last clone
+/// is dropped or [`close`](Self::close)d.
+///
+/// See the [crate docs](crate) for the model and an example.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    inner: Arc<Handle>,
+}
+
+/// Counts the bytes of a JSON encoding without keeping it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl EventBus {
+    /// A builder, to set the configuration, clock and log.
+    pub fn builder() -> EventBusBuilder {
+        EventBusBuilder::default()
+    }
+
+    /// A bus in memory with the default configuration.
+    pub async fn in_memory() -> Result<Self> {
+        Self::builder().build().await
+    }
+
+    /// A durable bus over `log` with the default configuration.
+    pub async fn durable(log: Arc<dyn EventLog>) -> Result<Self> {
+        Self::builder().log(log).build().await
+    }
+
+    fn shared(&self) -> &Arc<Shared> {
+        &self.inner.shared
+    }
+
+    /// Whether events are appended to a durable log before delivery.
+    pub fn is_durable(&self) -> bool {
+        self.shared().backing.is_durable()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &EventBusConfig {
+        &self.shared().config
+    }
+
+    /// Builds an event (not yet positioned) and its payload size.
+    fn prepare(&self, draft: Draft) -> Result<(Event, usize)> {
+        let shared = self.shared();
+        let mut counter = ByteCount(0);
+        serde_json::to_writer(&mut counter, &draft.payload)
+            .map_err(smalltalk_types::Error::Encoding)?;
+        let size = counter.0;
+        if size > shared.config.max_payload_bytes {
+            return Err(Error::PayloadTooLarge {
+                size,
+                max: shared.config.max_payload_bytes,
+            });
+        }
+        let options = draft.options;
+        let event = Event {
+            id: options.id.unwrap_or_default(),
+            event_type: options
+                .event_type
+                .unwrap_or_else(|| draft.topic.as_str().to_owned()),
+            topic: draft.topic,
+            publisher: options
+                .publisher
+                .unwrap_or_else(|| shared.config.publisher.clone()),
+            timestamp: shared.clock.now(),
+            priority: options.priority,
+            session_id: options.session_id,
+            conversation_id: options.conversation_id,
+            payload: draft.payload,
+            metadata: options.metadata,
+            position: None,
+            format_version: FORMAT_VERSION,
+        };
+        Ok((event, size))
+    }
+
+    /// Publishes one event on `topic` and returns its id once it is in the
+    /// log (durable mode: committed) and handed to the matching
+    /// subscriptions. Never waits for handlers.
+    ///
+    /// Errors: [`Error::Invalid`] for a malformed topic,
+    /// [`Error::PayloadTooLarge`], [`Error::Storage`] if the log failed
+    /// (nothing was delivered).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: Value,
+        options: PublishOptions,
+    ) -> Result<EventId> {
+        let draft = Draft::new(topic, payload)?.options(options);
+        let published = self.publish_drafts(vec![draft], None).await?;
+        Ok(published[0].id)
+    }
+
+    /// Publishes events together, in order, atomically: all are in the log
+    /// or none.
+    pub async fn publish_batch(&self, drafts: Vec<Draft>) -> Result<Vec<Published>> {
+        self.publish_drafts(drafts, None).await
+    }
+
+    /// Publishes only if the log's newest position is `expected_last` (0:
+    /// empty), else [`Error::PositionConflict`] and nothing is published:
+    /// optimistic concurrency for publishers that must not interleave.
+    pub async fn publish_if(&self, expected_last: u64, draft: Draft) -> Result<Published> {
+        let published = self
+            .publish_drafts(vec![draft], Some(expected_last))
+            .await?;
+        Ok(published[0])
+    }
+
+    async fn publish_drafts(
+        &self,
+        drafts: Vec<Draft>,
+        expected_last: Option<u64>,
+    ) -> Result<Vec<Published>> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        if drafts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut events = Vec::with_capacity(drafts.len());
+        let mut payload_bytes = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let (event, size) = self.prepare(draft)?;
+            events.push(event);
+            payload_bytes.push(size);
+        }
+        let ids: Vec<EventId> = events.iter().map(|event| event.id).collect();
+        let positions = match &self.inner.committer {
+            Some(committer) => {
+                let (reply, answer) = oneshot::channel();
+                committer
+                    .send(Commit {
+                        events,
+                        expected_last,
+                        reply,
+                    })
+                    .await
+                    .map_err(|_| Error::Closed)?;
+                answer.await.map_err(|_| Error::Closed)??
+            }
+            None => {
+                self.publish_in_memory(events, &payload_bytes, expected_last)
+                    .await?
+            }
+        };
+        Ok(ids
+            .into_iter()
+            .zip(positions)
+            .map(|(id, position)| Published { id, position })
+            .collect())
+    }
+
+    async fn publish_in_memory(
+        &self,
+        events: Vec<Event>,
+        payload_bytes: &[usize],
+        expected_last: Option<u64>,
+    ) -> Result<Vec<u64>> {
+        let shared = self.shared();
+        let Backing::Memory(log) = &shared.backing else {
+            unreachable!("a bus without a committer is in memory");
+        };
+        let mut dispatch = shared.dispatch.lock().await;
+        if let Some(expected) = expected_last {
+            if dispatch.dispatched != expected {
+                return Err(Error::PositionConflict {
+                    expected,
+                    found: dispatch.dispatched,
+                });
+            }
+        }
+        let first = dispatch.dispatched + 1;
+        let events = positioned(events, first);
+        log.push(&events, payload_bytes);
+        count_published(shared, &events);
+        shared.fan_out(&mut dispatch, &events);
+        Ok((first..first + events.len() as u64).collect())
+    }
+
+    /// Subscribes `subscriber` to topics matching `pattern` (see the
+    /// [grammar](smalltalk_types::topic)); `handler` receives each event on
+    /// the subscription's own task.
+    ///
+    /// The (subscriber, pattern) pair is a durable cursor: if it has one
+    /// from before, what it missed since its last acknowledgement is
+    /// delivered first, per its [replay policy](crate::policy). A first
+    /// subscription starts with the events published after it.
+    ///
+    /// Errors: [`Error::Invalid`] for a malformed pattern or subscriber id,
+    /// [`Error::AlreadySubscribed`], [`Error::Storage`].
+    pub async fn subscribe<H: EventHandler>(
+        &self,
+        pattern: &str,
+        subscriber: &str,
+        handler: H,
+        options: SubscribeOptions,
+    ) -> Result<Subscription> {
+        let pattern = TopicPattern::parse(pattern)?;
+        let subscriber = SubscriberId::parse(subscriber)?;
+        let shared = self.shared();
+        let key = subscription::cursor_key(&subscriber, &pattern);
+        let already = || Error::AlreadySubscribed {
+            subscriber: subscriber.clone(),
+            pattern: pattern.clone(),
+        };
+        if shared.registry.has_key(&key) {
+            return Err(already());
+        }
+        let cursor = shared.backing.cursor(&key).await?;
+        let policy = options
+            .policy
+            .clone()
+            .unwrap_or_else(|| shared.config.policies.for_subscriber(&subscriber).clone());
+        let filter = EventFilter {
+            patterns: vec![pattern.clone()],
+            priority: options.priority,
+            session_id: options.session_id,
+            conversation_id: options.conversation_id,
+            since: None,
+            until: None,
+        };
+        let new = NewSubscription {
+            serial: shared.next_serial.fetch_add(1, Ordering::Relaxed),
+            subscriber: subscriber.clone(),
+            pattern: pattern.clone(),
+            filter,
+            queue_capacity: shared.config.queue_capacity,
+        };
+        let (sub, build) =
+            subscription::create(shared, new, Arc::new(handler), shared.processed_for(&key));
+        let registered_at = {
+            let dispatch = shared.dispatch.lock().await;
+            if shared.registry.has_key(&key) {
+                return Err(already());
+            }
+            shared.registry.insert(Arc::clone(&sub));
+            dispatch.dispatched
+        };
+        if cursor.is_none() {
+            // From now on a restart replays what this subscriber missed.
+            if let Err(error) = shared.backing.set_cursor(&key, registered_at).await {
+                shared.registry.remove(sub.serial);
+                return Err(error);
+            }
+        }
+        let start = Start {
+            cursor,
+            registered_at,
+            policy,
+        };
+        let task = tokio::spawn(build(&start).run(start));
+        *sub.task
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(task);
+        tracing::debug!(%subscriber, %pattern, ?cursor, registered_at, "subscribed");
+        Ok(Subscription {
+            shared: sub,
+            bus: Arc::downgrade(shared),
+        })
+    }
+
+    /// Ends every subscription of `subscriber` and waits for their running
+    /// handlers; returns how many there were.
+    /// [`Error::UnknownSubscriber`] if it had none.
+    pub async fn unsubscribe_all(&self, subscriber: &str) -> Result<usize> {
+        let subscriber = SubscriberId::parse(subscriber)?;
+        let removed = self.shared().registry.remove_subscriber(&subscriber);
+        if removed.is_empty() {
+            return Err(Error::UnknownSubscriber { subscriber });
+        }
+        for subscription in &removed {
+            subscription.request_stop();
+        }
+        for subscription in &removed {
+            if let Some(task) = subscription.take_task() {
+                let _ = task.await;
+            }
+        }
+        Ok(removed.len())
+    }
+
+    /// Delivers past events again to every active subscription of
+    /// `subscriber`, oldest first, each within its own pattern and filters
+    /// and `options`; handlers see [`Delivery::is_replay`](crate::Delivery::is_replay).
+    /// Events are delivered whether processed before or not; the cursor
+    /// does not move. If retention purged events the replay would have
+    /// covered, the report and the handler get a gap notice (and it is
+    /// logged and counted).
+    ///
+    /// [`Error::UnknownSubscriber`] if it has no active subscription.
+    pub async fn replay(&self, subscriber: &str, options: ReplayOptions) -> Result<ReplayReport> {
+        let subscriber = SubscriberId::parse(subscriber)?;
+        let subscriptions = self.shared().registry.of_subscriber(&subscriber);
+        if subscriptions.is_empty() {
+            return Err(Error::UnknownSubscriber { subscriber });
+        }
+        let mut report = ReplayReport::default();
+        for subscription in subscriptions {
+            let (reply, answer) = oneshot::channel();
+            if !subscription.send(Command::Replay(options.clone(), reply)) {
+                continue;
+            }
+            let Ok(part) = answer.await else {
+                continue;
+            };
+            let part = part?;
+            report.delivered += part.delivered;
+            report.gaps.extend(part.gaps);
+        }
+        Ok(report)
+    }
+
+    /// Deletes events older than the retention period now; returns how
+    /// many. The bus also does this every
+    /// [`purge_interval`](EventBusConfig::purge_interval).
+    pub async fn purge_expired(&self) -> Result<u64> {
+        purge(self.shared()).await
+    }
+
+    /// The newest position handed to subscriptions.
+    pub fn position(&self) -> u64 {
+        self.shared().dispatched()
+    }
+
+    /// Counts, latency and per-subscription state.
+    pub async fn stats(&self) -> Result<BusStats> {
+        let shared = self.shared();
+        let (log_events, log_bytes) = shared.backing.stats().await?;
+        let topics = shared.dispatch.lock().await.topics();
+        let subscriptions = shared.registry.snapshot();
+        let subscribers: BTreeSet<_> = subscriptions
+            .iter()
+            .map(|subscription| subscription.subscriber.clone())
+            .collect();
+        let read = crate::stats::read;
+        let counters = &shared.counters;
+        Ok(BusStats {
+            published: read(&counters.published),
+            published_critical: read(&counters.published_critical),
+            delivered: read(&counters.delivered),
+            delivered_critical: read(&counters.delivered_critical),
+            subscriptions: subscriptions.len(),
+            subscribers: subscribers.len(),
+            topics,
+            latency_violations: read(&counters.latency_violations),
+            gaps_detected: read(&counters.gaps_detected),
+            latency: counters.latency(),
+            log_events,
+            log_bytes,
+            subscriptions_detail: subscriptions
+                .iter()
+                .map(|subscription| subscription.stats())
+                .collect(),
+        })
+    }
+
+    /// Stops every subscription (waiting for running handlers and saving
+    /// positions) and the bus's tasks. Publishing afterwards fails with
+    /// [`Error::Closed`].
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let _ = self.inner.shutdown.send(true);
+        let subscriptions = self.shared().registry.snapshot();
+        for subscription in &subscriptions {
+            self.shared().registry.remove(subscription.serial);
+            subscription.request_stop();
+        }
+        for subscription in subscriptions {
+            if let Some(task) = subscription.take_task() {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+/// Wraps events with their positions, from `first`.
+fn positioned(events: Vec<Event>, first: u64) -> Vec<Arc<Event>> {
+    events
+        .into_iter()
+        .zip(first..)
+        .map(|(mut event, position)| {
+            event.position = Some(position);
+            Arc::new(event)
+        })
+        .collect()
+}
+
+fn count_published(shared: &Shared, events: &[Arc<Event>]) {
+    let critical = events
+        .iter()
+        .filter(|event| event.priority == smalltalk_types::EventPriority::Critical)
+        .count() as u64;
+    shared.counters.count_published(
+        smalltalk_types::EventPriority::Normal,
+        events.len() as u64 - critical,
+    );
+    shared
+        .counters
+        .count_published(smalltalk_types::EventPriority::Critical, critical);
+}
+
+async fn purge(shared: &Shared) -> Result<u64> {
+    let cutoff = shared.clock.now().saturating_sub(shared.config.retention);
+    let purged = shared.backing.purge(cutoff).await?;
+    if purged > 0 {
+        tracing::info!(purged, %cutoff, "purged events past retention");
+    }
+    Ok(purged)
+}
+
+/// Durable mode: takes publishes as they come, appends each group in one
+/// commit, then dispatches them (and anything other processes appended
+/// before them) in position order.
+async fn commit_loop(
+    shared: Arc<Shared>,
+    mut requests: mpsc::Receiver<Commit>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let Backing::Durable(log) = &shared.backing else {
+        return;
+    };
+    let mut waiting: Option<Commit> = None;
+    loop {
+        let first = match waiting.take() {
+            Some(commit) => commit,
+            None => tokio::select! {
+                request = requests.recv() => match request {
+                    Some(commit) => commit,
+                    None => return,
+                },
+                _ = shutdown.changed() => {
+                    // Finish what was already asked for, then stop.
+                    requests.close();
+                    match requests.recv().await {
+                        Some(commit) => commit,
+                        None => return,
+                    }
+                }
+            },
+        };
+        let mut group = vec![first];
+        if group[0].expected_last.is_none() {
+            let mut size = group[0].events.len();
+            while size < shared.config.max_batch {
+                match requests.try_recv() {
+                    Ok(commit) if commit.expected_last.is_none() => {
+                        size += commit.events.len();
+                        group.push(commit);
+                    }
+                    Ok(conditional) => {
+                        waiting = Some(conditional);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        commit_group(&shared, log.as_ref(), group).await;
+    }
+}
+
+async fn commit_group(shared: &Shared, log: &dyn EventLog, group: Vec<Commit>) {
+    let mut events = Vec::new();
+    let mut replies = Vec::with_capacity(group.len());
+    for commit in group {
+        replies.push((commit.events.len(), commit.expected_last, commit.reply));
+        events.extend(commit.events);
+    }
+    let mut dispatch = shared.dispatch.lock().await;
+    let appended = match replies[0].1 {
+        Some(expected) => log.append_events_at(&events, expected).await,
+        None => log.append_events(&events).await,
+    };
+    let positions = match appended {
+        Ok(positions) => positions,
+        Err(error) => {
+            let error = Error::from(error);
+            let shared_error = match &error {
+                Error::Storage(source) => Some(Arc::clone(source)),
+                _ => None,
+            };
+            let mut error = Some(error);
+            for (_, _, reply) in replies {
+                let answer = match (&shared_error, error.take()) {
+                    (_, Some(first)) => first,
+                    (Some(source), None) => Error::Storage(Arc::clone(source)),
+                    (None, None) => Error::Closed,
+                };
+                let _ = reply.send(Err(answer));
+            }
+            return;
+        }
+    };
+    let first = positions.first().copied().unwrap_or(0);
+    let events: Vec<Arc<Event>> = events
+        .into_iter()
+        .zip(&positions)
+        .map(|(mut event, position)| {
+            event.position = Some(*position);
+            Arc::new(event)
+        })
+        .collect();
+    // Other processes' events before ours go out first.
+    if first > dispatch.dispatched + 1 {
+        if let Err(error) = shared.dispatch_from_log(&mut dispatch, Some(first)).await {
+            tracing::error!(%error, "could not read other processes' events; the tailer will retry");
+        }
+    }
+    count_published(shared, &events);
+    shared.fan_out(&mut dispatch, &events);
+    drop(dispatch);
+    let mut positions = positions.into_iter();
+    for (count, _, reply) in replies {
+        let _ = reply.send(Ok(positions.by_ref().take(count).collect()));
+    }
+}
+
+/// Durable mode: dispatches events other processes append (woken by the
+/// log's notifications, or every `poll_interval`).
+async fn tail_loop(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let Some(bus) = shared.upgrade() else {
+            return;
+        };
+        let after = bus.dispatched();
+        let interval = bus.config.poll_interval;
+        let newest = tokio::select! {
+            newest = bus.backing.wait(after, interval) => newest,
+            _ = shutdown.changed() => return,
+        };
+        match newest {
+            Ok(newest) if newest > bus.dispatched() => {
+                let mut dispatch = bus.dispatch.lock().await;
+                if let Err(error) = bus.dispatch_from_log(&mut dispatch, None).await {
+                    tracing::warn!(%error, "could not read the event log; retrying");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, "could not wait on the event log; retrying");
+                drop(bus);
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Purges past retention every `purge_interval`.
+async fn purge_loop(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let Some(interval) = shared.upgrade().map(|bus| bus.config.purge_interval) else {
+            return;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(bus) = shared.upgrade() else {
+            return;
+        };
+        if let Err(error) = purge(&bus).await {
+            tracing::warn!(%error, "event retention purge failed; will retry");
+        }
+    }
+}

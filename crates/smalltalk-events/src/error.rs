@@ -1,0 +1,92 @@
+//! The event-bus error type.
+
+use std::sync::Arc;
+
+use smalltalk_types::{SubscriberId, TopicPattern};
+
+/// Errors from an [`EventBus`](crate::EventBus). Each names what the caller
+/// can act on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A topic, pattern or id that does not follow its grammar (see
+    /// [`smalltalk_types::topic`]), or a configuration value out of range
+    /// (`InvalidConfig`, naming the field). Nothing was published or
+    /// subscribed.
+    #[error(transparent)]
+    Invalid(#[from] smalltalk_types::Error),
+    /// The payload is larger than [`EventBusConfig::max_payload_bytes`](crate::EventBusConfig::max_payload_bytes).
+    /// Nothing was published.
+    #[error("payload of {size} bytes is over the {max}-byte limit")]
+    PayloadTooLarge {
+        /// The payload's encoded size in bytes.
+        size: usize,
+        /// The configured limit.
+        max: usize,
+    },
+    /// No active subscription (and, for [`EventBus::replay`](crate::EventBus::replay),
+    /// none) has this subscriber id.
+    #[error("unknown subscriber {subscriber}")]
+    UnknownSubscriber {
+        /// The id asked for.
+        subscriber: SubscriberId,
+    },
+    /// The subscriber already has an active subscription to this pattern:
+    /// each (subscriber, pattern) pair is one durable cursor and can be
+    /// consumed by one subscription at a time.
+    #[error("subscriber {subscriber} is already subscribed to {pattern}")]
+    AlreadySubscribed {
+        /// The subscriber.
+        subscriber: SubscriberId,
+        /// The pattern.
+        pattern: TopicPattern,
+    },
+    /// A conditional publish found the log at another position. Nothing was
+    /// published.
+    #[error("the event log is at position {found}, not {expected}")]
+    PositionConflict {
+        /// The newest position the caller expected.
+        expected: u64,
+        /// The newest position found.
+        found: u64,
+    },
+    /// A replay-policy file that cannot be read or does not parse.
+    #[error("replay policies from {origin}: {reason}")]
+    PolicyFile {
+        /// The file (or `<string>`).
+        origin: String,
+        /// What is wrong, with the line where the parser knows it.
+        reason: String,
+    },
+    /// The event log failed. For a publish, nothing was delivered; whether
+    /// it was stored is unknown only if the failure is
+    /// [transient](Error::is_transient) and happened at commit.
+    #[error("event log failed")]
+    Storage(#[source] Arc<smalltalk_storage::Error>),
+    /// The bus was closed.
+    #[error("the event bus is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Whether retrying later may succeed (the log's backend was
+    /// unavailable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Storage(source) if source.is_transient())
+    }
+}
+
+impl From<smalltalk_storage::Error> for Error {
+    fn from(error: smalltalk_storage::Error) -> Self {
+        match error {
+            smalltalk_storage::Error::PositionConflict { expected, found } => {
+                Error::PositionConflict { expected, found }
+            }
+            smalltalk_storage::Error::Domain(domain) => Error::Invalid(domain),
+            other => Error::Storage(Arc::new(other)),
+        }
+    }
+}
+
+/// `Result` with [`enum@Error`] as the default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
