@@ -867,3 +867,27 @@ async fn purge_loop(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiv
         }
     }
 }
+
+/// The bus as the [`EventSink`](smalltalk_types::EventSink) port: what
+/// capability crates announce (for example the session manager's
+/// `session:created`) is published with the announcement's topic,
+/// priority, scope and payload. A publish that fails is logged at WARN and
+/// dropped: announcing never fails the caller.
+#[async_trait::async_trait]
+impl smalltalk_types::EventSink for EventBus {
+    async fn announce(&self, announcement: smalltalk_types::Announcement) {
+        let topic = announcement.topic.to_string();
+        let mut options = PublishOptions::default().priority(announcement.priority);
+        options.session_id = announcement.session_id;
+        options.conversation_id = announcement.conversation_id;
+        options = options.meta("announcedAt", announcement.timestamp.to_string());
+        let draft = Draft {
+            topic: announcement.topic,
+            payload: announcement.payload,
+            options,
+        };
+        if let Err(error) = self.publish_drafts(vec![draft], None).await {
+            tracing::warn!(%topic, %error, "could not publish an announcement; dropped");
+        }
+    }
+}

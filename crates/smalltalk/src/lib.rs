@@ -8,14 +8,23 @@
 //! | [`types`] | `smalltalk-types` | ids, domain records, errors, ports |
 //! | [`storage`] | `smalltalk-storage` | storage traits; memory, SQLite, PostgreSQL backends |
 //! | `session` | `smalltalk-session` | SessionManager: conversations that survive restarts (feature `session`) |
+//! | `events` | `smalltalk-events` | EventBus: wildcard pub/sub over a durable log, with replay (feature `events`) |
 //!
-//! The event bus, agent health, group conversations and versioned state land
-//! as their own crates and appear here behind their features as they do.
+//! Agent health, group conversations and versioned state land as their own
+//! crates and appear here behind their features as they do.
+//!
+//! The capability crates do not depend on each other; they meet through the
+//! ports in [`types`]. An [`EventBus`] is an
+//! [`EventSink`](types::EventSink), so a session manager built with
+//! `.events(Arc::new(bus.clone()))` publishes `session:created`,
+//! `session:message-added`, `session:state-changed`, `session:invalidated`
+//! and `session:deleted` on the bus.
 //!
 //! # Features
 //!
 //! - `sqlite` (default): the embedded SQLite backend, no setup needed.
 //! - `session` (default): session persistence and recovery.
+//! - `events` (default): the event bus.
 //! - `postgres`: the PostgreSQL backend.
 //! - `full`: everything.
 //!
@@ -39,12 +48,20 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "events")]
+#[cfg_attr(docsrs, doc(cfg(feature = "events")))]
+pub use smalltalk_events as events;
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub use smalltalk_session as session;
 pub use smalltalk_storage as storage;
 pub use smalltalk_types as types;
 
+#[cfg(feature = "events")]
+#[cfg_attr(docsrs, doc(cfg(feature = "events")))]
+pub use smalltalk_events::{
+    Delivery, EventBus, EventBusConfig, Outcome, PublishOptions, SubscribeOptions,
+};
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub use smalltalk_session::{CreateOptions, SessionConfig, SessionManager};
