@@ -7,6 +7,7 @@
 //!   totalling `<size>`, plus 1 KB of agent state (SC-007's shape at 500 KB).
 //! - `append`: appending one 1 KB message to a session of 100 messages.
 
+pub mod events;
 pub mod sessions;
 
 use std::sync::Arc;
@@ -158,6 +159,12 @@ impl Samples {
             op().await;
             samples.push(started.elapsed());
         }
+        samples.sort();
+        Self(samples)
+    }
+
+    /// Samples measured elsewhere.
+    pub fn from_durations(mut samples: Vec<Duration>) -> Self {
         samples.sort();
         Self(samples)
     }

@@ -6,7 +6,8 @@
 //!   or skipped, and why).
 //! - `contract`: only the contract suites, with the table.
 //! - `bench`: the criterion benchmarks (`cargo bench -p smalltalk-benches`).
-//! - `report [--json] [--quick]`: the success-criteria report (release build).
+//! - `report [--json] [--quick] [--only storage|sessions|events]`: the
+//!   success-criteria report (release build).
 //!
 //! PostgreSQL is used when `SMALLTALK_TEST_POSTGRES_URL` is set or
 //! 127.0.0.1:5432 answers; with `SMALLTALK_REQUIRE_POSTGRES=1` an
@@ -46,7 +47,9 @@ fn main() -> Result<()> {
             ])
             .args(&args[1..])),
         _ => {
-            eprintln!("usage: cargo xtask <ci | contract | bench | report [--json] [--quick]>");
+            eprintln!(
+                "usage: cargo xtask <ci | contract | bench | report [--json] [--quick] [--only GROUP]>"
+            );
             std::process::exit(2);
         }
     }

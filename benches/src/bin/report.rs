@@ -238,6 +238,115 @@ async fn event_log_rows(
     Ok(())
 }
 
+/// The event bus: SC-008 (in memory and durable), EVENT-THROUGHPUT and
+/// SC-011 (replay per backend).
+async fn event_bus_rows(
+    rows: &mut Vec<Row>,
+    warmup: usize,
+    count: usize,
+    quick: bool,
+) -> anyhow::Result<()> {
+    use smalltalk_benches::events;
+    use smalltalk_events::EventBusConfig;
+    for name in ["memory", "sqlite", "postgres"] {
+        for subscribers in [1, 10, 100] {
+            // In memory mode for `memory`; durable over the store otherwise.
+            let bench_store = match name {
+                "memory" => None,
+                _ => match fresh_store(name).await {
+                    Some(store) => Some(store),
+                    None => continue,
+                },
+            };
+            let store = bench_store.as_ref().map(|s| Arc::clone(&s.store));
+            let bus = events::bus(store, EventBusConfig::default()).await;
+            let rounds = if subscribers == 100 { count / 4 } else { count };
+            eprintln!("measuring publish-to-handler with {subscribers} subscribers on {name}");
+            let samples =
+                events::measure_publish_to_handler(&bus, subscribers, warmup, rounds).await;
+            let metric = match subscribers {
+                1 => "publish_to_handler".to_owned(),
+                n => format!("publish_to_handler_{n}_subs"),
+            };
+            let target = (name == "memory" && subscribers == 1).then_some(0.05);
+            criterion_rows(rows, "SC-008", name, &metric, &samples, target);
+            bus.close().await;
+        }
+    }
+    for name in ["memory", "sqlite", "postgres"] {
+        let bench_store = match name {
+            "memory" => None,
+            _ => match fresh_store(name).await {
+                Some(store) => Some(store),
+                None => continue,
+            },
+        };
+        let store = bench_store.as_ref().map(|s| Arc::clone(&s.store));
+        // The in-memory log must hold the whole run: a subscriber that
+        // falls further behind than it holds is told of a gap.
+        let config = EventBusConfig {
+            memory_log_capacity: 1_000_000,
+            ..EventBusConfig::default()
+        };
+        let bus = events::bus(store, config).await;
+        let (total, target) = match (name, quick) {
+            ("memory", false) => (1_000_000, Some(1_000_000.0)),
+            ("memory", true) => (200_000, Some(1_000_000.0)),
+            ("sqlite", false) => (100_000, Some(100_000.0)),
+            ("sqlite", true) => (20_000, Some(100_000.0)),
+            (_, false) => (20_000, None),
+            (_, true) => (5_000, None),
+        };
+        for (metric, tasks, batch) in [
+            ("events_per_sec", 64, 1),
+            ("batched_events_per_sec", 4, 100),
+        ] {
+            eprintln!("measuring throughput ({metric}) of {total} events on {name}");
+            let per_sec = events::measure_throughput(&bus, tasks, batch, total).await;
+            rows.push(Row {
+                id: "EVENT-THROUGHPUT",
+                backend: name,
+                metric: metric.into(),
+                value: per_sec,
+                unit: "per_sec",
+                target,
+                samples: total,
+            });
+        }
+        bus.close().await;
+    }
+    for name in BACKENDS {
+        for (label, backlog, samples) in [
+            ("1000", 1000, count),
+            ("100000", 100_000, if quick { 5 } else { 20 }),
+        ] {
+            let Some(bench_store) = fresh_store(name).await else {
+                continue;
+            };
+            let bus = events::bus(
+                Some(Arc::clone(&bench_store.store)),
+                EventBusConfig::default(),
+            )
+            .await;
+            events::fill(&bus, backlog).await;
+            eprintln!("measuring a replay of {backlog} events on {name}");
+            let measured =
+                events::measure_replay(&bus, backlog, warmup.min(samples), samples).await;
+            let target = (name == "sqlite" && backlog == 1000).then_some(1.0);
+            criterion_rows(
+                rows,
+                "SC-011",
+                name,
+                &format!("replay_{label}"),
+                &measured,
+                target,
+            );
+            bus.close().await;
+        }
+    }
+    Ok(())
+}
+
 /// Bytes 100-turn conversations add on disk, over their content: the
 /// SQLite file after a checkpoint, PostgreSQL's relation sizes. Returns the
 /// first conversation's ratio on a fresh database (the SPEC metric, one-time
@@ -297,8 +406,34 @@ async fn report() -> anyhow::Result<()> {
     let json_output = args.iter().any(|arg| arg == "--json");
     let quick = args.iter().any(|arg| arg == "--quick");
     let (warmup, count) = if quick { (20, 200) } else { (100, 2000) };
+    // `--only storage|sessions|events`: one group of rows.
+    let only = args
+        .iter()
+        .position(|arg| arg == "--only")
+        .and_then(|at| args.get(at + 1))
+        .cloned();
+    let wanted = |group: &str| only.as_deref().is_none_or(|only| only == group);
 
     let mut rows = Vec::new();
+    if wanted("storage") {
+        storage_rows(&mut rows, warmup, count).await?;
+    }
+    if wanted("sessions") {
+        for name in BACKENDS {
+            session_rows(&mut rows, name, warmup, count, quick).await?;
+        }
+    }
+    if wanted("events") {
+        for name in BACKENDS {
+            event_log_rows(&mut rows, name, warmup, count, quick).await?;
+        }
+        event_bus_rows(&mut rows, warmup, count, quick).await?;
+    }
+    print_rows(rows, json_output)
+}
+
+/// The storage rows: saves, reads and appends per backend.
+async fn storage_rows(rows: &mut Vec<Row>, warmup: usize, count: usize) -> anyhow::Result<()> {
     // SQLite with synchronous=FULL (durable across power loss).
     for (label, bytes) in SIZES.into_iter().take(2) {
         let dir = tempfile::tempdir()?;
@@ -311,7 +446,7 @@ async fn report() -> anyhow::Result<()> {
         eprintln!("measuring save {label} on sqlite with synchronous=full ({count} samples)");
         let samples = measure_saves(Arc::clone(&store), bytes, warmup, count).await;
         latency_rows(
-            &mut rows,
+            rows,
             "sqlite",
             &format!("save_{label}_full"),
             &samples,
@@ -337,7 +472,7 @@ async fn report() -> anyhow::Result<()> {
                     Operation::Get => measure_gets(Arc::clone(&store), bytes, warmup, count).await,
                 };
                 let metric = format!("{operation}_{label}");
-                latency_rows(&mut rows, name, &metric, &samples, target(name, &metric));
+                latency_rows(rows, name, &metric, &samples, target(name, &metric));
                 store.close().await?;
             }
         }
@@ -347,15 +482,13 @@ async fn report() -> anyhow::Result<()> {
         eprintln!("measuring append on {name} ({count} samples)");
         let store = Arc::clone(&bench_store.store);
         let samples = measure_appends(Arc::clone(&store), warmup, count).await;
-        latency_rows(&mut rows, name, "append", &samples, target(name, "append"));
+        latency_rows(rows, name, "append", &samples, target(name, "append"));
         store.close().await?;
     }
-    for name in BACKENDS {
-        session_rows(&mut rows, name, warmup, count, quick).await?;
-    }
-    for name in BACKENDS {
-        event_log_rows(&mut rows, name, warmup, count, quick).await?;
-    }
+    Ok(())
+}
+
+fn print_rows(mut rows: Vec<Row>, json_output: bool) -> anyhow::Result<()> {
     let rank = |backend: &str| {
         ["memory", "sqlite", "postgres"]
             .iter()
@@ -388,8 +521,13 @@ async fn report() -> anyhow::Result<()> {
             "id", "backend", "metric", "value", "unit", "target"
         );
         for row in &rows {
+            let higher_is_better = row.unit == "per_sec";
             let (target, verdict) = match row.target {
-                Some(target) if row.value <= target => (format!("{target}"), "meets"),
+                Some(target)
+                    if (row.value >= target) == higher_is_better || row.value == target =>
+                {
+                    (format!("{target}"), "meets")
+                }
                 Some(target) => (format!("{target}"), "MISSES"),
                 None => ("-".to_owned(), ""),
             };

@@ -320,7 +320,7 @@ impl Worker {
             }
             self.redeliver_due().await;
             if self.sub.lagging.swap(false, Ordering::SeqCst) {
-                self.catch_up(None).await;
+                self.catch_up().await;
             }
             let stalled = self.update_stall();
             let deadline = self.next_deadline();
@@ -413,7 +413,10 @@ impl Worker {
     async fn take(&mut self, event: Arc<Event>) {
         let position = event.position.unwrap_or(0);
         if self.sub.lagging.swap(false, Ordering::SeqCst) {
-            self.catch_up(Some(position)).await;
+            // Events were dropped somewhere after `last_seen`, perhaps
+            // after this one: read everything the log has (this one
+            // included), then skip what the queue still holds of it.
+            self.catch_up().await;
         }
         if position <= self.last_seen {
             return;
@@ -421,9 +424,11 @@ impl Worker {
         self.deliver(event, false).await;
     }
 
-    /// Reads from the log what the queue could not hold: events after
-    /// `last_seen` and before `until` (or up to the newest).
-    async fn catch_up(&mut self, until: Option<u64>) {
+    /// Reads from the log what the queue could not hold: every event after
+    /// `last_seen` up to the newest. The lagging flag is cleared before the
+    /// read, and an event is in the log before it is offered to the queue,
+    /// so a drop is either read here or flagged again.
+    async fn catch_up(&mut self) {
         let filter = self.sub.filter.clone();
         loop {
             if self.stopped() {
@@ -448,10 +453,6 @@ impl Worker {
             };
             let full = batch.len() == READ_BATCH;
             for event in batch {
-                let position = event.position.unwrap_or(0);
-                if until.is_some_and(|until| position >= until) {
-                    return;
-                }
                 self.deliver(event, false).await;
                 if self.stopped() {
                     return;

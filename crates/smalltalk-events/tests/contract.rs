@@ -976,6 +976,99 @@ async fn an_overflowing_queue_catches_up_from_the_log(env: &Env) {
     assert_eq!(recorder.topics(), expected);
 }
 
+/// An event dropped from a full queue while the handler is busy, with
+/// events queued on both sides of it: all arrive, in order.
+async fn a_dropped_event_arrives_in_order(env: &Env) {
+    let bus = env
+        .bus(EventBusConfig {
+            queue_capacity: 1,
+            ..config()
+        })
+        .await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let recorder = Recorder::acking();
+    let handler = {
+        let (gate, recorder) = (gate.clone(), recorder.clone());
+        move |delivery: Delivery| {
+            let (gate, recorder) = (gate.clone(), recorder.clone());
+            async move {
+                let outcome = recorder.handle(delivery).await;
+                gate.acquire().await.unwrap().forget();
+                outcome
+            }
+        }
+    };
+    let subscription = bus
+        .subscribe("d.*", "gated", handler, SubscribeOptions::default())
+        .await
+        .unwrap();
+    publish(&bus, "d.e1").await;
+    recorder.wait_for(1).await; // e1 is in the handler
+    publish(&bus, "d.e2").await; // queued
+    publish(&bus, "d.e3").await; // the queue is full: dropped
+    assert_eq!(subscription.stats().queue_overflows, 1);
+    gate.add_permits(1);
+    recorder.wait_for(2).await; // e2 is in the handler
+    publish(&bus, "d.e4").await; // queued behind the drop
+    gate.add_permits(100);
+    recorder.wait_for(4).await;
+    assert_eq!(recorder.topics(), ["d.e1", "d.e2", "d.e3", "d.e4"]);
+}
+
+/// Many publishers, a tiny queue and a handler that yields: the queue
+/// overflows over and over while events keep coming. Each event arrives
+/// once, in log order.
+async fn a_lagging_subscriber_under_load_misses_nothing(env: &Env) {
+    let bus = env
+        .bus(EventBusConfig {
+            queue_capacity: 4,
+            ..config()
+        })
+        .await;
+    let recorder = Recorder::acking();
+    let handler = {
+        let recorder = recorder.clone();
+        move |delivery: Delivery| {
+            let recorder = recorder.clone();
+            async move {
+                tokio::task::yield_now().await;
+                recorder.handle(delivery).await
+            }
+        }
+    };
+    let subscription = bus
+        .subscribe("load.*", "laggard", handler, SubscribeOptions::default())
+        .await
+        .unwrap();
+    let per_task = if env.is_durable() { 300 } else { 3000 };
+    let mut publishers = Vec::new();
+    for task in 0..4 {
+        let bus = bus.clone();
+        publishers.push(tokio::spawn(async move {
+            for index in 0..per_task {
+                bus.publish(
+                    "load.event",
+                    json!({"task": task, "index": index}),
+                    PublishOptions::default(),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.unwrap();
+    }
+    recorder.wait_for(4 * per_task).await;
+    let positions = recorder.positions();
+    assert_eq!(positions.len(), 4 * per_task);
+    assert!(
+        positions.windows(2).all(|pair| pair[0] < pair[1]),
+        "out of order or repeated"
+    );
+    assert!(subscription.stats().queue_overflows > 0);
+}
+
 async fn stats_count_what_happened(env: &Env) {
     let bus = env.bus(config()).await;
     let recorder = Recorder::acking();
@@ -1062,6 +1155,8 @@ macro_rules! bus_contract {
                     conditional_publish_checks_the_position,
                     bad_input_is_a_typed_error,
                     an_overflowing_queue_catches_up_from_the_log,
+                    a_lagging_subscriber_under_load_misses_nothing,
+                    a_dropped_event_arrives_in_order,
                     stats_count_what_happened,
                     buses_sharing_a_log_deliver_each_others_events,
                 );
