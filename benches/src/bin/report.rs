@@ -247,7 +247,7 @@ async fn event_bus_rows(
     quick: bool,
 ) -> anyhow::Result<()> {
     use smalltalk_benches::events;
-    use smalltalk_events::EventBusConfig;
+    use smalltalk_events::{AckPersistence, EventBusConfig};
     for name in ["memory", "sqlite", "postgres"] {
         for subscribers in [1, 10, 100] {
             // In memory mode for `memory`; durable over the store otherwise.
@@ -274,21 +274,12 @@ async fn event_bus_rows(
         }
     }
     for name in ["memory", "sqlite", "postgres"] {
-        let bench_store = match name {
-            "memory" => None,
-            _ => match fresh_store(name).await {
-                Some(store) => Some(store),
-                None => continue,
-            },
-        };
-        let store = bench_store.as_ref().map(|s| Arc::clone(&s.store));
         // The in-memory log must hold the whole run: a subscriber that
         // falls further behind than it holds is told of a gap.
         let config = EventBusConfig {
             memory_log_capacity: 1_000_000,
             ..EventBusConfig::default()
         };
-        let bus = events::bus(store, config).await;
         let (total, target) = match (name, quick) {
             ("memory", false) => (1_000_000, Some(1_000_000.0)),
             ("memory", true) => (200_000, Some(1_000_000.0)),
@@ -297,10 +288,27 @@ async fn event_bus_rows(
             (_, false) => (20_000, None),
             (_, true) => (5_000, None),
         };
-        for (metric, tasks, batch) in [
-            ("events_per_sec", 64, 1),
-            ("batched_events_per_sec", 4, 100),
+        let lazy_acks = EventBusConfig {
+            ack_persistence: AckPersistence::Interval(Duration::from_millis(100)),
+            ..config.clone()
+        };
+        for (metric, tasks, batch, config) in [
+            ("events_per_sec", 64, 1, &config),
+            ("batched_events_per_sec", 4, 100, &config),
+            ("acks_every_100ms_events_per_sec", 64, 1, &lazy_acks),
         ] {
+            if name == "memory" && metric.starts_with("acks") {
+                continue;
+            }
+            let bench_store = match name {
+                "memory" => None,
+                _ => match fresh_store(name).await {
+                    Some(store) => Some(store),
+                    None => continue,
+                },
+            };
+            let store = bench_store.as_ref().map(|s| Arc::clone(&s.store));
+            let bus = events::bus(store, config.clone()).await;
             eprintln!("measuring throughput ({metric}) of {total} events on {name}");
             let per_sec = events::measure_throughput(&bus, tasks, batch, total).await;
             rows.push(Row {
@@ -312,8 +320,8 @@ async fn event_bus_rows(
                 target,
                 samples: total,
             });
+            bus.close().await;
         }
-        bus.close().await;
     }
     for name in BACKENDS {
         for (label, backlog, samples) in [

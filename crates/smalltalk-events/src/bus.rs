@@ -100,6 +100,35 @@ impl Registry {
     }
 }
 
+/// The fan-out state's lock. In memory, publishing never awaits while
+/// holding it, so a plain mutex serves (far cheaper under contention); the
+/// durable committer holds it across the append, so it needs Tokio's.
+#[derive(Debug)]
+enum DispatchLock {
+    Memory(Mutex<Dispatch>),
+    Durable(tokio::sync::Mutex<Dispatch>),
+}
+
+impl DispatchLock {
+    /// Runs `f` with the state locked.
+    async fn with<R>(&self, f: impl FnOnce(&mut Dispatch) -> R) -> R {
+        match self {
+            DispatchLock::Memory(lock) => {
+                f(&mut lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+            }
+            DispatchLock::Durable(lock) => f(&mut *lock.lock().await),
+        }
+    }
+
+    /// The durable lock, held across log reads and appends.
+    fn durable(&self) -> &tokio::sync::Mutex<Dispatch> {
+        match self {
+            DispatchLock::Durable(lock) => lock,
+            DispatchLock::Memory(_) => unreachable!("only durable buses read the log to dispatch"),
+        }
+    }
+}
+
 /// What the bus's handle, its tasks and its subscriptions share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -109,7 +138,7 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) counters: BusCounters,
     pub(crate) epoch: Instant,
-    dispatch: tokio::sync::Mutex<Dispatch>,
+    dispatch: DispatchLock,
     /// A copy of the dispatched position, readable without the lock.
     dispatched: AtomicU64,
     processed: Mutex<HashMap<StorageKey, Processed>>,
@@ -222,13 +251,19 @@ impl EventBusBuilder {
                 0,
             ),
         };
+        let dispatch = match backing {
+            Backing::Memory(_) => DispatchLock::Memory(Mutex::new(Dispatch::new(start))),
+            Backing::Durable(_) => {
+                DispatchLock::Durable(tokio::sync::Mutex::new(Dispatch::new(start)))
+            }
+        };
         let shared = Arc::new(Shared {
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             backing,
             registry: Registry::default(),
             counters: BusCounters::default(),
             epoch: Instant::now(),
-            dispatch: tokio::sync::Mutex::new(Dispatch::new(start)),
+            dispatch,
             dispatched: AtomicU64::new(start),
             processed: Mutex::default(),
             next_serial: AtomicU64::new(1),
@@ -461,21 +496,25 @@ impl EventBus {
         let Backing::Memory(log) = &shared.backing else {
             unreachable!("a bus without a committer is in memory");
         };
-        let mut dispatch = shared.dispatch.lock().await;
-        if let Some(expected) = expected_last {
-            if dispatch.dispatched != expected {
-                return Err(Error::PositionConflict {
-                    expected,
-                    found: dispatch.dispatched,
-                });
-            }
-        }
-        let first = dispatch.dispatched + 1;
-        let events = positioned(events, first);
-        log.push(&events, payload_bytes);
-        count_published(shared, &events);
-        shared.fan_out(&mut dispatch, &events);
-        Ok((first..first + events.len() as u64).collect())
+        shared
+            .dispatch
+            .with(|dispatch| {
+                if let Some(expected) = expected_last {
+                    if dispatch.dispatched != expected {
+                        return Err(Error::PositionConflict {
+                            expected,
+                            found: dispatch.dispatched,
+                        });
+                    }
+                }
+                let first = dispatch.dispatched + 1;
+                let events = positioned(events, first);
+                log.push(&events, payload_bytes);
+                count_published(shared, &events);
+                shared.fan_out(dispatch, &events);
+                Ok((first..first + events.len() as u64).collect())
+            })
+            .await
     }
 
     /// Subscribes `subscriber` to topics matching `pattern` (see the
@@ -529,14 +568,17 @@ impl EventBus {
         };
         let (sub, build) =
             subscription::create(shared, new, Arc::new(handler), shared.processed_for(&key));
-        let registered_at = {
-            let dispatch = shared.dispatch.lock().await;
-            if shared.registry.has_key(&key) {
-                return Err(already());
-            }
-            shared.registry.insert(Arc::clone(&sub));
-            dispatch.dispatched
-        };
+        let registered_at = shared
+            .dispatch
+            .with(|dispatch| {
+                if shared.registry.has_key(&key) {
+                    return None;
+                }
+                shared.registry.insert(Arc::clone(&sub));
+                Some(dispatch.dispatched)
+            })
+            .await
+            .ok_or_else(already)?;
         if cursor.is_none() {
             // From now on a restart replays what this subscriber missed.
             if let Err(error) = shared.backing.set_cursor(&key, registered_at).await {
@@ -627,7 +669,7 @@ impl EventBus {
     pub async fn stats(&self) -> Result<BusStats> {
         let shared = self.shared();
         let (log_events, log_bytes) = shared.backing.stats().await?;
-        let topics = shared.dispatch.lock().await.topics();
+        let topics = shared.dispatch.with(|dispatch| dispatch.topics()).await;
         let subscriptions = shared.registry.snapshot();
         let subscribers: BTreeSet<_> = subscriptions
             .iter()
@@ -767,7 +809,7 @@ async fn commit_group(shared: &Shared, log: &dyn EventLog, group: Vec<Commit>) {
         replies.push((commit.events.len(), commit.expected_last, commit.reply));
         events.extend(commit.events);
     }
-    let mut dispatch = shared.dispatch.lock().await;
+    let mut dispatch = shared.dispatch.durable().lock().await;
     let appended = match replies[0].1 {
         Some(expected) => log.append_events_at(&events, expected).await,
         None => log.append_events(&events).await,
@@ -831,7 +873,7 @@ async fn tail_loop(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receive
         };
         match newest {
             Ok(newest) if newest > bus.dispatched() => {
-                let mut dispatch = bus.dispatch.lock().await;
+                let mut dispatch = bus.dispatch.durable().lock().await;
                 if let Err(error) = bus.dispatch_from_log(&mut dispatch, None).await {
                     tracing::warn!(%error, "could not read the event log; retrying");
                 }

@@ -156,7 +156,13 @@ impl Backing {
     pub(crate) async fn set_cursor(&self, key: &StorageKey, position: u64) -> Result<()> {
         match self {
             Backing::Memory(log) => {
-                lock(&log.cursors).insert(key.clone(), position);
+                let mut cursors = lock(&log.cursors);
+                match cursors.get_mut(key) {
+                    Some(cursor) => *cursor = position,
+                    None => {
+                        cursors.insert(key.clone(), position);
+                    }
+                }
                 Ok(())
             }
             Backing::Durable(log) => Ok(log.set_cursor(key, position).await?),

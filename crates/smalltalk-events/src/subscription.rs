@@ -6,6 +6,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::future::Future;
+
 use futures_util::FutureExt;
 use lru::LruCache;
 use smalltalk_storage::EventFilter;
@@ -712,6 +714,15 @@ impl Worker {
         let ack_wait = self.bus.config.ack_wait;
         let handling = AssertUnwindSafe(self.handler.handle(delivery)).catch_unwind();
         tokio::pin!(handling);
+        // Most handlers finish at once: no timer for them.
+        let first =
+            std::future::poll_fn(|cx| std::task::Poll::Ready(handling.as_mut().poll(cx))).await;
+        if let std::task::Poll::Ready(result) = first {
+            return match result {
+                Ok(outcome) => Ran::Outcome(outcome),
+                Err(_) => Ran::Panicked,
+            };
+        }
         loop {
             let deadline = touch.deadline(ack_wait);
             tokio::select! {
