@@ -238,52 +238,49 @@ pub(crate) fn encode_event(event: &smalltalk_types::Event) -> Result<Vec<u8>> {
     })?)
 }
 
-/// A logged event's columns, as read.
-pub(crate) struct EventColumns {
+/// A logged event's columns, as read, borrowed from the row.
+pub(crate) struct EventColumns<'a> {
     pub(crate) position: i64,
-    pub(crate) id: String,
-    pub(crate) topic: String,
-    pub(crate) event_type: String,
-    pub(crate) publisher: String,
+    pub(crate) id: &'a str,
+    pub(crate) topic: &'a str,
+    pub(crate) event_type: &'a str,
+    pub(crate) publisher: &'a str,
     pub(crate) timestamp: i64,
-    pub(crate) priority: String,
-    pub(crate) session_id: Option<String>,
-    pub(crate) conversation_id: Option<String>,
-    pub(crate) body: Vec<u8>,
+    pub(crate) priority: &'a str,
+    pub(crate) session_id: Option<&'a str>,
+    pub(crate) conversation_id: Option<&'a str>,
+    pub(crate) body: &'a [u8],
 }
 
-/// Adds the events of one fetched batch that match `filter`'s topic
-/// patterns (the other filters ran in SQL) to `events`, up to `limit`, and
-/// moves `cursor` to the last row looked at.
-pub(crate) fn take_matching(
-    rows: Vec<EventColumns>,
+/// Adds the event in `columns` to `events` if it matches `filter`'s topic
+/// patterns (the other filters ran in SQL), and moves `cursor` to it. The
+/// topic is checked before the body is decoded.
+pub(crate) fn take_if_matching(
+    columns: &EventColumns<'_>,
     filter: &crate::EventFilter,
-    limit: usize,
     events: &mut Vec<smalltalk_types::Event>,
     cursor: &mut u64,
 ) -> Result<()> {
-    for columns in rows {
-        *cursor = to_u64(columns.position);
-        let event = decode_event(columns)?;
-        if filter.patterns.is_empty()
-            || filter
-                .patterns
-                .iter()
-                .any(|pattern| pattern.matches(&event.topic))
-        {
-            events.push(event);
-            if events.len() == limit {
-                break;
-            }
-        }
+    *cursor = to_u64(columns.position);
+    let topic = smalltalk_types::Topic::parse(columns.topic)?;
+    if filter.patterns.is_empty()
+        || filter
+            .patterns
+            .iter()
+            .any(|pattern| pattern.matches(&topic))
+    {
+        events.push(decode_event(columns, topic)?);
     }
     Ok(())
 }
 
 /// Rebuilds a logged event from its columns.
-pub(crate) fn decode_event(columns: EventColumns) -> Result<smalltalk_types::Event> {
+fn decode_event(
+    columns: &EventColumns<'_>,
+    topic: smalltalk_types::Topic,
+) -> Result<smalltalk_types::Event> {
     let body: EventBody =
-        serde_json::from_slice(&columns.body).map_err(smalltalk_types::Error::Encoding)?;
+        serde_json::from_slice(columns.body).map_err(smalltalk_types::Error::Encoding)?;
     if body.format_version > smalltalk_types::FORMAT_VERSION {
         return Err(smalltalk_types::Error::UnsupportedFormatVersion {
             found: body.format_version,
@@ -291,25 +288,20 @@ pub(crate) fn decode_event(columns: EventColumns) -> Result<smalltalk_types::Eve
         }
         .into());
     }
-    let priority = match columns.priority.as_str() {
+    let priority = match columns.priority {
         "critical" => smalltalk_types::EventPriority::Critical,
         _ => smalltalk_types::EventPriority::Normal,
     };
     Ok(smalltalk_types::Event {
-        id: smalltalk_types::EventId::parse(&columns.id)?,
-        topic: smalltalk_types::Topic::parse(&columns.topic)?,
-        event_type: columns.event_type,
-        publisher: columns.publisher,
+        id: smalltalk_types::EventId::parse(columns.id)?,
+        topic,
+        event_type: columns.event_type.to_owned(),
+        publisher: columns.publisher.to_owned(),
         timestamp: Timestamp::from_micros(columns.timestamp),
         priority,
-        session_id: columns
-            .session_id
-            .as_deref()
-            .map(SessionId::parse)
-            .transpose()?,
+        session_id: columns.session_id.map(SessionId::parse).transpose()?,
         conversation_id: columns
             .conversation_id
-            .as_deref()
             .map(smalltalk_types::ConversationId::parse)
             .transpose()?,
         payload: body.payload,

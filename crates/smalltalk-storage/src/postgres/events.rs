@@ -82,7 +82,7 @@ impl PgStore {
 }
 
 /// The columns of an `events` row, in the read's select order.
-fn event_columns(row: &sqlx::postgres::PgRow) -> sqlx::Result<codec::EventColumns> {
+fn event_columns(row: &sqlx::postgres::PgRow) -> sqlx::Result<codec::EventColumns<'_>> {
     Ok(codec::EventColumns {
         position: row.try_get(0)?,
         id: row.try_get(1)?,
@@ -136,12 +136,13 @@ impl EventLog for PgStore {
             .await
             .map_err(pg_error)?;
             let fetched = rows.len();
-            let columns = rows
-                .iter()
-                .map(event_columns)
-                .collect::<sqlx::Result<Vec<_>>>()
-                .map_err(pg_error)?;
-            codec::take_matching(columns, filter, limit, &mut events, &mut cursor)?;
+            for row in &rows {
+                let columns = event_columns(row).map_err(pg_error)?;
+                codec::take_if_matching(&columns, filter, &mut events, &mut cursor)?;
+                if events.len() == limit {
+                    break;
+                }
+            }
             if fetched < batch {
                 break;
             }

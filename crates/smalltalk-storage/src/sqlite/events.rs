@@ -101,44 +101,74 @@ fn read(conn: &Connection, after: u64, filter: &EventFilter, limit: usize) -> Re
         )
         .map_err(sqlite_error)?;
     let batch = limit.clamp(1, 1024);
-    let mut events = Vec::new();
+    let mut events = Vec::with_capacity(batch);
     let mut cursor = after;
     while events.len() < limit {
-        let rows = statement
-            .query_map(
-                params![
-                    to_i64(cursor),
-                    filter.priority.map(|priority| priority.as_str()),
-                    filter.session_id.map(|id| id.to_string()),
-                    filter.conversation_id.map(|id| id.to_string()),
-                    filter.since.map(Timestamp::as_micros),
-                    filter.until.map(Timestamp::as_micros),
-                    batch as i64,
-                ],
-                |row| {
-                    Ok(codec::EventColumns {
-                        position: row.get(0)?,
-                        id: row.get(1)?,
-                        topic: row.get(2)?,
-                        event_type: row.get(3)?,
-                        publisher: row.get(4)?,
-                        timestamp: row.get(5)?,
-                        priority: row.get(6)?,
-                        session_id: row.get(7)?,
-                        conversation_id: row.get(8)?,
-                        body: row.get(9)?,
-                    })
-                },
-            )
-            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        let mut rows = statement
+            .query(params![
+                to_i64(cursor),
+                filter.priority.map(|priority| priority.as_str()),
+                filter.session_id.map(|id| id.to_string()),
+                filter.conversation_id.map(|id| id.to_string()),
+                filter.since.map(Timestamp::as_micros),
+                filter.until.map(Timestamp::as_micros),
+                batch as i64,
+            ])
             .map_err(sqlite_error)?;
-        let fetched = rows.len();
-        codec::take_matching(rows, filter, limit, &mut events, &mut cursor)?;
+        let mut fetched = 0;
+        while let Some(row) = rows.next().map_err(sqlite_error)? {
+            fetched += 1;
+            let columns = event_columns(row).map_err(sqlite_error)?;
+            codec::take_if_matching(&columns, filter, &mut events, &mut cursor)?;
+            if events.len() == limit {
+                break;
+            }
+        }
         if fetched < batch {
             break;
         }
     }
     Ok(events)
+}
+
+/// The columns of an `events` row, borrowed from SQLite's buffers.
+fn event_columns<'a>(row: &'a rusqlite::Row<'_>) -> rusqlite::Result<codec::EventColumns<'a>> {
+    let text = |index: usize| -> rusqlite::Result<&'a str> {
+        row.get_ref(index)?.as_str().map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(
+                index,
+                rusqlite::types::Type::Text,
+                Box::new(error),
+            )
+        })
+    };
+    let optional_text = |index: usize| -> rusqlite::Result<Option<&'a str>> {
+        row.get_ref(index)?.as_str_or_null().map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(
+                index,
+                rusqlite::types::Type::Text,
+                Box::new(error),
+            )
+        })
+    };
+    Ok(codec::EventColumns {
+        position: row.get(0)?,
+        id: text(1)?,
+        topic: text(2)?,
+        event_type: text(3)?,
+        publisher: text(4)?,
+        timestamp: row.get(5)?,
+        priority: text(6)?,
+        session_id: optional_text(7)?,
+        conversation_id: optional_text(8)?,
+        body: row.get_ref(9)?.as_bytes().map_err(|error| {
+            rusqlite::Error::FromSqlConversionFailure(
+                9,
+                rusqlite::types::Type::Blob,
+                Box::new(error),
+            )
+        })?,
+    })
 }
 
 fn bounds(conn: &Connection) -> Result<LogBounds> {
