@@ -24,9 +24,11 @@ pub mod events;
 mod faulty;
 pub mod kv;
 pub mod model;
+mod recorder;
 pub mod sessions;
 
 pub use faulty::FaultyStore;
+pub use recorder::RecordingRecorder;
 
 use std::sync::Arc;
 use std::time::Duration;
