@@ -306,9 +306,26 @@ impl Worker {
     /// Runs the subscription until it is stopped or the bus goes away.
     pub(crate) async fn run(mut self, start: Start) {
         if let Some(cursor) = start.cursor {
-            if let Err(error) = self.replay_missed(cursor, &start).await {
-                tracing::error!(subscriber = %self.sub.subscriber, pattern = %self.sub.pattern,
-                    %error, "replay on subscribe failed; continuing with live events");
+            self.last_seen = cursor;
+            let mut backoff = Backoff::new();
+            loop {
+                match self.replay_missed(&start).await {
+                    Ok(()) => break,
+                    // Nothing live is handled before the replay is done:
+                    // the cursor must not pass what it has not delivered.
+                    Err(error) => {
+                        tracing::error!(subscriber = %self.sub.subscriber, pattern = %self.sub.pattern,
+                            %error, "replay on subscribe failed; retrying");
+                        if !self.pause(&mut backoff).await {
+                            break;
+                        }
+                    }
+                }
+            }
+            if self.stopped() {
+                // Interrupted: keep the position of what was delivered.
+                self.persist(true).await;
+                return;
             }
             self.last_seen = self.last_seen.max(start.registered_at);
         }
@@ -414,11 +431,13 @@ impl Worker {
     /// An event from the queue.
     async fn take(&mut self, event: Arc<Event>) {
         let position = event.position.unwrap_or(0);
-        if self.sub.lagging.swap(false, Ordering::SeqCst) {
+        if self.sub.lagging.swap(false, Ordering::SeqCst) && !self.catch_up().await {
             // Events were dropped somewhere after `last_seen`, perhaps
-            // after this one: read everything the log has (this one
-            // included), then skip what the queue still holds of it.
-            self.catch_up().await;
+            // after this one: everything the log has is read first (this
+            // one included), then what the queue still holds of it is
+            // skipped. Stopped before that: this one waits for the next
+            // subscription.
+            return;
         }
         if position <= self.last_seen {
             return;
@@ -429,39 +448,59 @@ impl Worker {
     /// Reads from the log what the queue could not hold: every event after
     /// `last_seen` up to the newest. The lagging flag is cleared before the
     /// read, and an event is in the log before it is offered to the queue,
-    /// so a drop is either read here or flagged again.
-    async fn catch_up(&mut self) {
+    /// so a drop is either read here or flagged again. A failing log is
+    /// retried with backoff: nothing after the gap is handled before it is
+    /// filled. `false` if the subscription stopped first.
+    async fn catch_up(&mut self) -> bool {
         let filter = self.sub.filter.clone();
+        let mut backoff = Backoff::new();
         loop {
             if self.stopped() {
-                return;
+                return false;
             }
-            if let Err(error) = self.check_gap(self.last_seen, None).await {
-                tracing::warn!(subscriber = %self.sub.subscriber, %error, "could not read the log bounds");
-            }
-            let batch = match self
-                .bus
-                .backing
-                .read(self.last_seen, &filter, READ_BATCH)
-                .await
-            {
+            let read = match self.check_gap(self.last_seen, None).await {
+                Ok(_) => {
+                    self.bus
+                        .backing
+                        .read(self.last_seen, &filter, READ_BATCH)
+                        .await
+                }
+                Err(error) => Err(error),
+            };
+            let batch = match read {
                 Ok(batch) => batch,
                 Err(error) => {
                     tracing::error!(subscriber = %self.sub.subscriber, %error,
-                        "could not read the log to catch up; retrying with the next event");
-                    self.sub.lagging.store(true, Ordering::SeqCst);
-                    return;
+                        "could not read the log to catch up; retrying");
+                    if !self.pause(&mut backoff).await {
+                        return false;
+                    }
+                    continue;
                 }
             };
+            backoff = Backoff::new();
             let full = batch.len() == READ_BATCH;
             for event in batch {
                 self.deliver(event, false).await;
                 if self.stopped() {
-                    return;
+                    return false;
                 }
             }
             if !full {
-                return;
+                return true;
+            }
+        }
+    }
+
+    /// Waits out `backoff` (then doubles it), unless the subscription is
+    /// stopped first (`false`).
+    async fn pause(&self, backoff: &mut Backoff) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next()) => !self.stopped(),
+            () = self.sub.stop.notified() => {
+                // Keep the stop request for the main loop.
+                self.sub.stop.notify_one();
+                false
             }
         }
     }
@@ -510,10 +549,11 @@ impl Worker {
         self.handler.on_gap(gap.clone()).await;
     }
 
-    /// On subscribe: what was missed since `cursor`, per the policy.
-    async fn replay_missed(&mut self, cursor: u64, start: &Start) -> Result<()> {
+    /// On subscribe: what was missed since `last_seen` (the stored cursor,
+    /// or how far an interrupted attempt got), per the policy.
+    async fn replay_missed(&mut self, start: &Start) -> Result<()> {
         let policy = &start.policy;
-        self.last_seen = cursor;
+        let cursor = self.last_seen;
         if policy.mode == ReplayMode::None || cursor >= start.registered_at {
             return Ok(());
         }
@@ -576,9 +616,9 @@ impl Worker {
     /// in progress, or given up.
     async fn deliver(&mut self, event: Arc<Event>, replayed: bool) {
         let position = event.position.unwrap_or(0);
-        self.last_seen = self.last_seen.max(position);
         if self.is_processed(event.id) {
             bump(&self.sub.counters.duplicates_dropped);
+            self.last_seen = self.last_seen.max(position);
             self.persist(false).await;
             return;
         }
@@ -586,7 +626,14 @@ impl Worker {
             self.record_latency(&event);
         }
         self.wait_for_room().await;
-        self.attempt(event, 1, replayed).await;
+        if self.stopped() {
+            return;
+        }
+        // Only a settled (or in-progress) event moves the position: one
+        // abandoned by a stop is the next subscription's first.
+        if self.attempt(event, 1, replayed).await {
+            self.last_seen = self.last_seen.max(position);
+        }
         self.persist(false).await;
     }
 
@@ -638,8 +685,10 @@ impl Worker {
         }
     }
 
-    /// Runs the handler (again) from `attempt` until an outcome settles it.
-    async fn attempt(&mut self, event: Arc<Event>, mut attempt: u32, replayed: bool) {
+    /// Runs the handler (again) from `attempt` until an outcome settles it
+    /// or leaves it in progress (`true`), or the subscription stops between
+    /// deliveries (`false`: left unacknowledged).
+    async fn attempt(&mut self, event: Arc<Event>, mut attempt: u32, replayed: bool) -> bool {
         let position = event.position.unwrap_or(0);
         loop {
             let touch = Arc::new(Touch::new(self.bus.epoch));
@@ -656,7 +705,7 @@ impl Worker {
             let delay = match self.run_handler(delivery, &touch).await {
                 Ran::Outcome(Outcome::Ack) => {
                     self.settle(&event);
-                    return;
+                    return true;
                 }
                 Ran::Outcome(Outcome::InProgress) => {
                     self.pending.insert(
@@ -669,7 +718,7 @@ impl Worker {
                         },
                     );
                     self.pending_changed();
-                    return;
+                    return true;
                 }
                 Ran::Outcome(Outcome::Nak { delay }) => {
                     bump(&self.sub.counters.naked);
@@ -690,7 +739,7 @@ impl Worker {
             };
             if attempt >= self.bus.config.max_deliver {
                 self.dead_letter(&event, attempt);
-                return;
+                return true;
             }
             let delay = delay.unwrap_or(self.bus.config.redelivery_delay);
             if !delay.is_zero() {
@@ -699,12 +748,12 @@ impl Worker {
                     () = self.sub.stop.notified() => {
                         // Left unacknowledged: the next subscription gets it.
                         self.sub.stop.notify_one();
-                        return;
+                        return false;
                     }
                 }
             }
             if self.stopped() {
-                return;
+                return false;
             }
             attempt += 1;
         }
@@ -934,6 +983,21 @@ impl Worker {
             }
         }
         self.dead_letter(&event, self.bus.config.max_deliver);
+    }
+}
+
+/// Retry pauses: 10 ms, doubling up to 5 s.
+struct Backoff(std::time::Duration);
+
+impl Backoff {
+    fn new() -> Self {
+        Self(std::time::Duration::from_millis(10))
+    }
+
+    fn next(&mut self) -> std::time::Duration {
+        let now = self.0;
+        self.0 = (self.0 * 2).min(std::time::Duration::from_secs(5));
+        now
     }
 }
 
