@@ -169,6 +169,21 @@ impl Shared {
                 .read(dispatch.dispatched, &everything, self.config.max_batch)
                 .await?;
             let full = batch.len() == self.config.max_batch;
+            let first = batch.first().and_then(|event| event.position).unwrap_or(0);
+            if first > dispatch.dispatched + 1 && before.is_none_or(|before| first < before) {
+                // Retention purged events this bus never dispatched: go on
+                // after them, and make every subscription look back, so
+                // each reports the gap to its handler.
+                tracing::error!(
+                    dispatched = dispatch.dispatched,
+                    first,
+                    "events were purged before this bus dispatched them"
+                );
+                dispatch.dispatched = first - 1;
+                for subscription in self.registry.snapshot() {
+                    subscription.look_back();
+                }
+            }
             let batch: Vec<_> = batch
                 .into_iter()
                 .take_while(|event| {
@@ -843,7 +858,9 @@ async fn commit_group(shared: &Shared, log: &dyn EventLog, group: Vec<Commit>) {
             Arc::new(event)
         })
         .collect();
-    // Other processes' events before ours go out first.
+    // Other processes' events before ours go out first. If they cannot be
+    // read now, ours wait too (they are committed): the tailer delivers
+    // both from the log, in order.
     if first > dispatch.dispatched + 1 {
         if let Err(error) = shared.dispatch_from_log(&mut dispatch, Some(first)).await {
             tracing::error!(%error, "could not read other processes' events; the tailer will retry");
@@ -875,7 +892,13 @@ async fn tail_loop(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receive
             Ok(newest) if newest > bus.dispatched() => {
                 let mut dispatch = bus.dispatch.durable().lock().await;
                 if let Err(error) = bus.dispatch_from_log(&mut dispatch, None).await {
+                    drop(dispatch);
                     tracing::warn!(%error, "could not read the event log; retrying");
+                    drop(bus);
+                    tokio::select! {
+                        () = tokio::time::sleep(interval) => {}
+                        _ = shutdown.changed() => return,
+                    }
                 }
             }
             Ok(_) => {}

@@ -39,7 +39,8 @@ impl Dispatch {
     }
 
     /// Hands `events` (in position order) to every subscription they
-    /// match, skipping those already dispatched.
+    /// match, skipping those already dispatched and stopping at a hole
+    /// (events before it must go out first).
     pub(crate) fn fan_out(
         &mut self,
         registry: &crate::bus::Registry,
@@ -57,6 +58,17 @@ impl Dispatch {
             };
             if position <= self.dispatched {
                 continue;
+            }
+            if position != self.dispatched + 1 {
+                // Positions are contiguous: a hole means events not read
+                // yet (another process's). They go out first, later, from
+                // the log; nothing is handed out past them.
+                tracing::debug!(
+                    dispatched = self.dispatched,
+                    position,
+                    "not dispatching past unread events"
+                );
+                return;
             }
             self.dispatched = position;
             let topic = event.topic.as_str();

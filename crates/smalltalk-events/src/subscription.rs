@@ -104,14 +104,21 @@ impl SubShared {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 bump(&self.counters.queue_overflows);
-                if !self.lagging.swap(true, Ordering::SeqCst) {
+                if !self.lagging.load(Ordering::SeqCst) {
                     tracing::debug!(subscriber = %self.subscriber, pattern = %self.pattern,
                         "queue full; the subscriber will catch up from the log");
                 }
-                self.wake.notify_one();
+                self.look_back();
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
+    }
+
+    /// Makes the task read the log after its last position before taking
+    /// more from its queue.
+    pub(crate) fn look_back(&self) {
+        self.lagging.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
     }
 
     /// Asks the task to stop after the handler it is running.

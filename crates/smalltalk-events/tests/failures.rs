@@ -197,3 +197,44 @@ async fn an_event_abandoned_mid_retry_is_delivered_next_time() {
     seen.wait_for(3).await;
     assert_eq!(seen.topics(), ["n.easy", "n.hard", "n.hard"]);
 }
+
+/// Another node's event sits before ours in the log and cannot be read
+/// when ours commits: ours waits, and both go out in log order once the
+/// log can be read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_another_node_that_cannot_be_read_yet_are_not_skipped() {
+    let shared_log: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let other_node = EventBus::durable(shared_log.clone()).await.unwrap();
+    let faulty = FaultyStore::new(shared_log);
+    let this_node = durable(
+        &faulty,
+        EventBusConfig {
+            poll_interval: Duration::from_millis(20),
+            ..Default::default()
+        },
+    )
+    .await;
+    let seen = Seen::new();
+    let handler = {
+        let seen = seen.clone();
+        move |delivery: Delivery| {
+            seen.record(&delivery);
+            async { Outcome::Ack }
+        }
+    };
+    let _subscription = this_node
+        .subscribe("x.*", "here", handler, SubscribeOptions::default())
+        .await
+        .unwrap();
+    // This node can neither wait on the log nor read it for a while.
+    faulty.fail_operation("wait_for_events", true);
+    faulty.fail_operation("read_events", true);
+    until("the tailer to notice", || faulty.injected() >= 1).await;
+    publish(&other_node, "x.theirs").await;
+    publish(&this_node, "x.ours").await; // committed; x.theirs is unread
+    assert!(seen.topics().is_empty(), "nothing out of order");
+    faulty.fail_operation("wait_for_events", false);
+    faulty.fail_operation("read_events", false);
+    seen.wait_for(2).await;
+    assert_eq!(seen.topics(), ["x.theirs", "x.ours"]);
+}
