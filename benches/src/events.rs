@@ -241,3 +241,75 @@ pub async fn measure_replay(
     subscription.unsubscribe().await;
     samples
 }
+
+/// One publish and its handling, repeatable (for criterion): a subscriber
+/// on `bench.*` that counts what it handled.
+pub struct RoundTrip {
+    bus: EventBus,
+    progress: Arc<Progress>,
+    sent: AtomicUsize,
+    _subscription: smalltalk_events::Subscription,
+}
+
+impl RoundTrip {
+    /// Subscribes the counting handler to `bus`.
+    pub async fn new(bus: EventBus) -> Self {
+        let progress = Arc::new(Progress::default());
+        let handler = {
+            let progress = Arc::clone(&progress);
+            move |_: Delivery| {
+                progress.handled_one();
+                async { Outcome::Ack }
+            }
+        };
+        let subscription = bus
+            .subscribe(
+                "bench.*",
+                "round-trip",
+                handler,
+                SubscribeOptions::default(),
+            )
+            .await
+            .expect("subscribe");
+        Self {
+            bus,
+            progress,
+            sent: AtomicUsize::new(0),
+            _subscription: subscription,
+        }
+    }
+
+    /// Publishes one event and waits until the handler has it.
+    pub async fn once(&self) {
+        let sent = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        self.bus
+            .publish(
+                "bench.tick",
+                json!({ "n": sent }),
+                PublishOptions::default(),
+            )
+            .await
+            .expect("publish");
+        self.progress.wait(sent).await;
+    }
+
+    /// Waits until `live` events published directly (not through
+    /// [`once`](Self::once)) were handled.
+    pub async fn replay_settle(&self, live: usize) {
+        let sent = self.sent.fetch_add(live, Ordering::Relaxed) + live;
+        self.progress.wait(sent).await;
+    }
+
+    /// Replays the whole log (of `backlog` events on `bench.*`) to the
+    /// handler and waits until it has every one.
+    pub async fn replay(&self, backlog: usize) {
+        let report = self
+            .bus
+            .replay("round-trip", ReplayOptions::default())
+            .await
+            .expect("replay");
+        assert_eq!(report.delivered as usize, backlog);
+        let sent = self.sent.fetch_add(backlog, Ordering::Relaxed) + backlog;
+        self.progress.wait(sent).await;
+    }
+}
