@@ -51,13 +51,13 @@ pub(crate) struct Touch {
 }
 
 impl Touch {
+    /// Untouched: the clock is read only when a handler does not finish at
+    /// once (see `touch`), which most never need.
     pub(crate) fn new(epoch: Instant) -> Self {
-        let touch = Self {
+        Self {
             epoch,
             last_ms: AtomicU64::new(0),
-        };
-        touch.touch();
-        touch
+        }
     }
 
     pub(crate) fn touch(&self) {

@@ -715,6 +715,8 @@ impl Worker {
                     return true;
                 }
                 Ran::Outcome(Outcome::InProgress) => {
+                    // `ack_wait` for the answer counts from now.
+                    touch.touch();
                     self.pending.insert(
                         position,
                         Pending {
@@ -779,6 +781,8 @@ impl Worker {
                 Err(_) => Ran::Panicked,
             };
         }
+        // Still working: `ack_wait` counts from now.
+        touch.touch();
         loop {
             let deadline = touch.deadline(ack_wait);
             tokio::select! {
