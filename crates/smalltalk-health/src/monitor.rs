@@ -1,0 +1,806 @@
+//! The [`AgentHealthMonitor`].
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use smalltalk_storage::KeyValueStore;
+use smalltalk_types::{
+    AgentHealthStatus, AgentId, AgentPhase, AgentState, Alert, AlertSeverity, AlertSink,
+    Announcement, Clock, EventPriority, EventSink, HealthState, LogAlertSink, RecoveryKind,
+    RecoveryStrategy, RestartType, StorageKey, SystemClock, Timestamp, Topic,
+};
+use tokio::sync::watch;
+
+use crate::{AgentError, AgentFactory, Error, HealthConfig, Heartbeat, MonitoredAgent, Result};
+
+/// The topic every state transition is announced on.
+pub const HEALTH_CHANGED: &str = "agent:health-changed";
+
+/// One registered agent.
+struct Entry {
+    agent: Arc<dyn MonitoredAgent>,
+    strategy: RecoveryStrategy,
+    factory: Option<Arc<dyn AgentFactory>>,
+    status: AgentHealthStatus,
+    heartbeat_sent_at: Option<Timestamp>,
+    probed_at: Option<Timestamp>,
+    /// When the phase or progress counter last changed.
+    progress_at: Timestamp,
+    /// Detections since it was last active.
+    failures: u32,
+    /// Restart times within the strategy's period (restart intensity).
+    restarts: VecDeque<Timestamp>,
+}
+
+/// Counts for [`HealthStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    heartbeats_sent: AtomicU64,
+    heartbeats_failed: AtomicU64,
+    heartbeat_micros: AtomicU64,
+    recovery_attempts: AtomicU64,
+    recovery_successes: AtomicU64,
+}
+
+/// Counts and states across agents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthStats {
+    /// Agents per state.
+    pub agents: HashMap<HealthState, usize>,
+    /// Heartbeats sent.
+    pub heartbeats_sent: u64,
+    /// Heartbeats not answered in time (or answered with an error).
+    pub heartbeats_failed: u64,
+    /// Mean time an answered heartbeat took.
+    pub average_heartbeat_latency: Duration,
+    /// Recovery attempts started.
+    pub recovery_attempts: u64,
+    /// Recoveries that brought the agent back.
+    pub recovery_successes: u64,
+}
+
+struct Inner {
+    config: HealthConfig,
+    clock: Arc<dyn Clock>,
+    agents: Mutex<HashMap<AgentId, Entry>>,
+    states: Option<Arc<dyn KeyValueStore>>,
+    events: Option<Arc<dyn EventSink>>,
+    alerts: Arc<dyn AlertSink>,
+    counters: Counters,
+    /// Bumped on every transition, for waiters.
+    changes: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHealthMonitor")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`AgentHealthMonitor`].
+#[derive(Default)]
+pub struct AgentHealthMonitorBuilder {
+    config: HealthConfig,
+    clock: Option<Arc<dyn Clock>>,
+    states: Option<Arc<dyn KeyValueStore>>,
+    events: Option<Arc<dyn EventSink>>,
+    alerts: Option<Arc<dyn AlertSink>>,
+}
+
+impl AgentHealthMonitorBuilder {
+    /// The configuration (default: [`HealthConfig::default`]).
+    pub fn config(mut self, config: HealthConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The clock deadlines are measured with (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Where agents' saved states live; recovery restores from it.
+    pub fn states(mut self, states: Arc<dyn KeyValueStore>) -> Self {
+        self.states = Some(states);
+        self
+    }
+
+    /// Where state transitions are announced ([`HEALTH_CHANGED`]).
+    pub fn events(mut self, events: Arc<dyn EventSink>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    /// Where alerts go (default: the log).
+    pub fn alerts(mut self, alerts: Arc<dyn AlertSink>) -> Self {
+        self.alerts = Some(alerts);
+        self
+    }
+
+    /// Validates the configuration.
+    pub fn build(self) -> Result<AgentHealthMonitor> {
+        self.config.validate()?;
+        Ok(AgentHealthMonitor {
+            inner: Arc::new(Inner {
+                config: self.config,
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                agents: Mutex::default(),
+                states: self.states,
+                events: self.events,
+                alerts: self.alerts.unwrap_or_else(|| Arc::new(LogAlertSink)),
+                counters: Counters::default(),
+                changes: watch::channel(0).0,
+            }),
+        })
+    }
+}
+
+/// Watches agents and heals them (SPEC §2, FR-006 to FR-010).
+///
+/// One [`sweep`](Self::sweep) asks every agent that is due for a heartbeat
+/// and a probe, all concurrently and each with a timeout, then judges:
+/// `max_missed` missed heartbeats, a phase without progress past its
+/// deadline, or a failed probe make the agent `disconnected`, and its
+/// recovery strategy runs on a task of its own. [`spawn`](Self::spawn)
+/// runs sweeps in the background: one task for all agents.
+#[derive(Debug, Clone)]
+pub struct AgentHealthMonitor {
+    inner: Arc<Inner>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn state_key(agent_id: &AgentId) -> StorageKey {
+    StorageKey::parse(&format!("health.agent-state.{agent_id}"))
+        .expect("an agent id makes a valid storage key")
+}
+
+/// What one sweep learned about one agent.
+struct Answer {
+    agent_id: AgentId,
+    heartbeat: Option<(Result<Heartbeat, AgentError>, Duration)>,
+    probe: Option<Result<(), AgentError>>,
+}
+
+impl AgentHealthMonitor {
+    /// A builder.
+    pub fn builder() -> AgentHealthMonitorBuilder {
+        AgentHealthMonitorBuilder::default()
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &HealthConfig {
+        &self.inner.config
+    }
+
+    /// Starts watching `agent` as `agent_id` with `strategy`. `factory`
+    /// builds the backup for [`RecoveryKind::Replace`].
+    ///
+    /// Errors: [`Error::Invalid`] for a bad id or strategy,
+    /// [`Error::AlreadyRegistered`], [`Error::MissingFactory`].
+    pub fn register(
+        &self,
+        agent_id: &str,
+        agent: Arc<dyn MonitoredAgent>,
+        strategy: RecoveryStrategy,
+        factory: Option<Arc<dyn AgentFactory>>,
+    ) -> Result<()> {
+        let agent_id = AgentId::parse(agent_id)?;
+        strategy.validate()?;
+        if strategy.kind == RecoveryKind::Replace && factory.is_none() {
+            return Err(Error::MissingFactory { agent_id });
+        }
+        let now = self.inner.clock.now();
+        let mut agents = lock(&self.inner.agents);
+        if agents.contains_key(&agent_id) {
+            return Err(Error::AlreadyRegistered { agent_id });
+        }
+        agents.insert(
+            agent_id.clone(),
+            Entry {
+                agent,
+                strategy,
+                factory,
+                status: AgentHealthStatus {
+                    agent_id,
+                    state: HealthState::Active,
+                    last_heartbeat: Some(now),
+                    last_activity: None,
+                    missed_beats: 0,
+                    recovery_attempts: 0,
+                    phase: AgentPhase::Idle,
+                    progress: 0,
+                    last_error: None,
+                },
+                heartbeat_sent_at: None,
+                probed_at: Some(now),
+                progress_at: now,
+                failures: 0,
+                restarts: VecDeque::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops watching an agent. [`Error::UnknownAgent`] if it was not.
+    pub fn unregister(&self, agent_id: &str) -> Result<()> {
+        let agent_id = AgentId::parse(agent_id)?;
+        match lock(&self.inner.agents).remove(&agent_id) {
+            Some(_) => Ok(()),
+            None => Err(Error::UnknownAgent { agent_id }),
+        }
+    }
+
+    /// Natural activity (a message handled, a task done): counts as a
+    /// heartbeat (FR-006), and as progress.
+    pub fn record_activity(&self, agent_id: &str) -> Result<()> {
+        let agent_id = AgentId::parse(agent_id)?;
+        let now = self.inner.clock.now();
+        let mut agents = lock(&self.inner.agents);
+        let entry = agents
+            .get_mut(&agent_id)
+            .ok_or(Error::UnknownAgent { agent_id })?;
+        entry.status.last_activity = Some(now);
+        entry.status.last_heartbeat = Some(now);
+        entry.status.missed_beats = 0;
+        entry.progress_at = now;
+        Ok(())
+    }
+
+    /// Saves `state` as its agent's latest, restored on recovery. Needs a
+    /// store ([`AgentHealthMonitorBuilder::states`]); without one this is
+    /// a no-op.
+    pub async fn save_state(&self, state: &AgentState) -> Result<()> {
+        let Some(states) = &self.inner.states else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(state).map_err(smalltalk_types::Error::Encoding)?;
+        states
+            .set(&state_key(&state.agent_id), &bytes, None)
+            .await?;
+        Ok(())
+    }
+
+    async fn load_state(&self, agent_id: &AgentId) -> Result<Option<AgentState>> {
+        let Some(states) = &self.inner.states else {
+            return Ok(None);
+        };
+        let Some(bytes) = states.get(&state_key(agent_id)).await? else {
+            return Ok(None);
+        };
+        let state = serde_json::from_slice(&bytes).map_err(smalltalk_types::Error::Encoding)?;
+        Ok(Some(state))
+    }
+
+    /// One agent's status. [`Error::UnknownAgent`] if not registered.
+    pub fn status(&self, agent_id: &str) -> Result<AgentHealthStatus> {
+        let agent_id = AgentId::parse(agent_id)?;
+        lock(&self.inner.agents)
+            .get(&agent_id)
+            .map(|entry| entry.status.clone())
+            .ok_or(Error::UnknownAgent { agent_id })
+    }
+
+    /// Every agent's status, by id.
+    pub fn statuses(&self) -> Vec<AgentHealthStatus> {
+        let mut all: Vec<_> = lock(&self.inner.agents)
+            .values()
+            .map(|entry| entry.status.clone())
+            .collect();
+        all.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        all
+    }
+
+    /// Counts and states.
+    pub fn stats(&self) -> HealthStats {
+        let mut agents = HashMap::new();
+        for entry in lock(&self.inner.agents).values() {
+            *agents.entry(entry.status.state).or_insert(0) += 1;
+        }
+        let counters = &self.inner.counters;
+        let sent = counters.heartbeats_sent.load(Ordering::Relaxed);
+        let failed = counters.heartbeats_failed.load(Ordering::Relaxed);
+        let answered = sent.saturating_sub(failed).max(1);
+        HealthStats {
+            agents,
+            heartbeats_sent: sent,
+            heartbeats_failed: failed,
+            average_heartbeat_latency: Duration::from_micros(
+                counters.heartbeat_micros.load(Ordering::Relaxed) / answered,
+            ),
+            recovery_attempts: counters.recovery_attempts.load(Ordering::Relaxed),
+            recovery_successes: counters.recovery_successes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until `agent_id` is in `state`, up to `timeout`; `true` if it
+    /// got there.
+    pub async fn wait_for_state(
+        &self,
+        agent_id: &str,
+        state: HealthState,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let id = AgentId::parse(agent_id)?;
+        let mut changes = self.inner.changes.subscribe();
+        let reached = || -> Result<bool> {
+            lock(&self.inner.agents)
+                .get(&id)
+                .map(|entry| entry.status.state == state)
+                .ok_or_else(|| Error::UnknownAgent {
+                    agent_id: id.clone(),
+                })
+        };
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                if reached()? {
+                    return Ok(true);
+                }
+                if changes.changed().await.is_err() {
+                    return Ok(false);
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or(Ok(false))
+    }
+
+    /// Runs sweeps every quarter of the shorter of the heartbeat and probe
+    /// intervals, on one task, until the returned handle is aborted or the
+    /// monitor dropped.
+    pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.inner);
+        let config = &self.inner.config;
+        let tick = config.heartbeat_interval.min(config.probe_interval) / 4;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(tick.max(Duration::from_millis(1)));
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                AgentHealthMonitor { inner }.sweep().await;
+            }
+        })
+    }
+
+    /// One pass over every agent: heartbeats and probes that are due, sent
+    /// concurrently with timeouts; then detection and, for agents that
+    /// failed, their recovery (started on tasks of their own).
+    pub async fn sweep(&self) {
+        let now = self.inner.clock.now();
+        let config = &self.inner.config;
+        let due: Vec<(AgentId, Arc<dyn MonitoredAgent>, bool, bool)> = lock(&self.inner.agents)
+            .iter_mut()
+            .filter(|(_, entry)| {
+                matches!(
+                    entry.status.state,
+                    HealthState::Active | HealthState::Degraded | HealthState::Disconnected
+                )
+            })
+            .filter_map(|(id, entry)| {
+                let beat = entry
+                    .heartbeat_sent_at
+                    .is_none_or(|at| now.duration_since(at) >= config.heartbeat_interval);
+                let probe = entry.status.state != HealthState::Disconnected
+                    && entry
+                        .probed_at
+                        .is_none_or(|at| now.duration_since(at) >= config.probe_interval);
+                if beat {
+                    entry.heartbeat_sent_at = Some(now);
+                }
+                if probe {
+                    entry.probed_at = Some(now);
+                }
+                (beat || probe).then(|| (id.clone(), Arc::clone(&entry.agent), beat, probe))
+            })
+            .collect();
+        let answers = futures_util::future::join_all(due.into_iter().map(
+            |(agent_id, agent, beat, probe)| async move {
+                let heartbeat =
+                    if beat {
+                        let started = tokio::time::Instant::now();
+                        let answer =
+                            match tokio::time::timeout(config.activity_timeout, agent.heartbeat())
+                                .await
+                            {
+                                Ok(answer) => answer,
+                                Err(_) => Err(AgentError::Failed("heartbeat timed out".into())),
+                            };
+                        Some((answer, started.elapsed()))
+                    } else {
+                        None
+                    };
+                let probe = if probe {
+                    Some(
+                        match tokio::time::timeout(config.probe_timeout, agent.probe()).await {
+                            Ok(answer) => answer,
+                            Err(_) => Err(AgentError::Failed("probe timed out".into())),
+                        },
+                    )
+                } else {
+                    None
+                };
+                Answer {
+                    agent_id,
+                    heartbeat,
+                    probe,
+                }
+            },
+        ))
+        .await;
+        for answer in answers {
+            match self.judge(answer, now) {
+                Verdict::Failed(failure) => self.fail(failure).await,
+                Verdict::Back(agent_id) => {
+                    self.transition(&agent_id, HealthState::Active, "answering again")
+                        .await;
+                }
+                Verdict::Fine => {}
+            }
+        }
+        // Phases without progress, also for agents not asked this time.
+        let stalled: Vec<Failure> = lock(&self.inner.agents)
+            .iter()
+            .filter(|(_, entry)| entry.status.state == HealthState::Active)
+            .filter_map(|(id, entry)| {
+                let deadline = config.deadline(&entry.status.phase)?;
+                (now.duration_since(entry.progress_at) > deadline).then(|| Failure {
+                    agent_id: id.clone(),
+                    reason: format!(
+                        "no progress in phase {:?} for over {deadline:?}",
+                        entry.status.phase
+                    ),
+                    abnormal: true,
+                })
+            })
+            .collect();
+        for failure in stalled {
+            self.fail(failure).await;
+        }
+    }
+
+    /// Applies one agent's answers; says what to act on.
+    fn judge(&self, answer: Answer, now: Timestamp) -> Verdict {
+        let counters = &self.inner.counters;
+        let mut agents = lock(&self.inner.agents);
+        let Some(entry) = agents.get_mut(&answer.agent_id) else {
+            return Verdict::Fine;
+        };
+        let mut failure = None;
+        if let Some((heartbeat, took)) = answer.heartbeat {
+            counters.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+            match heartbeat {
+                Ok(beat) => {
+                    counters
+                        .heartbeat_micros
+                        .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+                    if beat.phase != entry.status.phase || beat.progress != entry.status.progress {
+                        entry.progress_at = now;
+                    }
+                    entry.status.phase = beat.phase;
+                    entry.status.progress = beat.progress;
+                    entry.status.last_heartbeat = Some(now);
+                    entry.status.missed_beats = 0;
+                    if entry.status.state == HealthState::Disconnected {
+                        // Came back by itself (alert-only, or under threshold).
+                        entry.failures = 0;
+                        return Verdict::Back(answer.agent_id);
+                    }
+                }
+                Err(AgentError::Stopped) => {
+                    counters.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
+                    failure = Some(Failure {
+                        agent_id: answer.agent_id.clone(),
+                        reason: "the agent stopped".into(),
+                        abnormal: false,
+                    });
+                }
+                Err(AgentError::Failed(reason)) => {
+                    counters.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
+                    entry.status.missed_beats += 1;
+                    if entry.status.missed_beats >= self.inner.config.max_missed
+                        && entry.status.state != HealthState::Disconnected
+                    {
+                        failure = Some(Failure {
+                            agent_id: answer.agent_id.clone(),
+                            reason: format!(
+                                "missed {} heartbeats ({reason})",
+                                entry.status.missed_beats
+                            ),
+                            abnormal: true,
+                        });
+                    }
+                }
+            }
+        }
+        if failure.is_none() {
+            if let Some(Err(error)) = answer.probe {
+                failure = Some(Failure {
+                    agent_id: answer.agent_id.clone(),
+                    reason: format!(
+                        "liveness probe failed ({error}): answering heartbeats but not work"
+                    ),
+                    abnormal: true,
+                });
+            }
+        }
+        failure.map_or(Verdict::Fine, Verdict::Failed)
+    }
+
+    /// Records a state change, announces it and wakes waiters.
+    async fn transition(&self, agent_id: &AgentId, to: HealthState, reason: &str) {
+        let from = {
+            let mut agents = lock(&self.inner.agents);
+            let Some(entry) = agents.get_mut(agent_id) else {
+                return;
+            };
+            let from = entry.status.state;
+            if from == to {
+                return;
+            }
+            entry.status.state = to;
+            if to != HealthState::Active {
+                entry.status.last_error = Some(reason.to_owned());
+            }
+            from
+        };
+        tracing::info!(%agent_id, ?from, ?to, reason, "agent health changed");
+        metrics::gauge!("agent_health_status", "agent" => agent_id.to_string())
+            .set(state_value(to));
+        if let Some(events) = &self.inner.events {
+            let announcement = Announcement {
+                topic: Topic::parse(HEALTH_CHANGED).expect("valid topic"),
+                priority: if to == HealthState::Failed {
+                    EventPriority::Critical
+                } else {
+                    EventPriority::Normal
+                },
+                session_id: None,
+                conversation_id: None,
+                payload: json!({"agentId": agent_id, "from": from, "to": to, "reason": reason}),
+                timestamp: self.inner.clock.now(),
+            };
+            events.announce(announcement).await;
+        }
+        self.inner.changes.send_modify(|count| *count += 1);
+    }
+
+    async fn alert(&self, severity: AlertSeverity, agent_id: &AgentId, message: String) {
+        let mut context = serde_json::Map::new();
+        context.insert("agentId".into(), json!(agent_id));
+        self.inner
+            .alerts
+            .raise(Alert {
+                severity,
+                source: "health".into(),
+                message,
+                context,
+                timestamp: self.inner.clock.now(),
+            })
+            .await;
+    }
+
+    /// An agent failed: mark it, then run its strategy.
+    async fn fail(&self, failure: Failure) {
+        let Failure {
+            agent_id,
+            reason,
+            abnormal,
+        } = failure;
+        let (strategy, failures) = {
+            let mut agents = lock(&self.inner.agents);
+            let Some(entry) = agents.get_mut(&agent_id) else {
+                return;
+            };
+            if matches!(
+                entry.status.state,
+                HealthState::Recovering | HealthState::Failed
+            ) {
+                return;
+            }
+            entry.failures += 1;
+            (entry.strategy.clone(), entry.failures)
+        };
+        self.transition(&agent_id, HealthState::Disconnected, &reason)
+            .await;
+        if failures < strategy.failure_threshold {
+            return;
+        }
+        let restart = match strategy.restart_type {
+            RestartType::Permanent => true,
+            RestartType::Transient => abnormal,
+            RestartType::Temporary => false,
+        };
+        if strategy.kind == RecoveryKind::Alert || !restart {
+            let why = if strategy.kind == RecoveryKind::Alert {
+                "alert-only strategy: not restarted"
+            } else {
+                "not restarted (restart type)"
+            };
+            self.alert(
+                AlertSeverity::Error,
+                &agent_id,
+                format!("agent {agent_id} failed: {reason}; {why}"),
+            )
+            .await;
+            if !restart {
+                self.transition(&agent_id, HealthState::Failed, &reason)
+                    .await;
+            }
+            return;
+        }
+        self.alert(
+            AlertSeverity::Warning,
+            &agent_id,
+            format!("agent {agent_id} failed: {reason}; recovering"),
+        )
+        .await;
+        let monitor = self.clone();
+        tokio::spawn(async move { monitor.recover(agent_id, strategy).await });
+    }
+
+    /// Restarts or replaces an agent, with backoff, within its restart
+    /// intensity; marks it failed (and alerts) when that runs out.
+    async fn recover(&self, agent_id: AgentId, strategy: RecoveryStrategy) {
+        let mut backoff = strategy.initial_backoff;
+        for attempt in 1..=strategy.max_retries.max(1) {
+            let now = self.inner.clock.now();
+            let allowed = {
+                let mut agents = lock(&self.inner.agents);
+                let Some(entry) = agents.get_mut(&agent_id) else {
+                    return;
+                };
+                while entry
+                    .restarts
+                    .front()
+                    .is_some_and(|at| now.duration_since(*at) > strategy.restart_period)
+                {
+                    entry.restarts.pop_front();
+                }
+                let allowed = (entry.restarts.len() as u32) < strategy.max_restarts;
+                if allowed {
+                    entry.restarts.push_back(now);
+                    entry.status.recovery_attempts += 1;
+                }
+                allowed
+            };
+            if !allowed {
+                let reason = format!(
+                    "restart intensity exceeded: {} restarts within {:?}",
+                    strategy.max_restarts, strategy.restart_period
+                );
+                self.transition(&agent_id, HealthState::Failed, &reason)
+                    .await;
+                self.alert(
+                    AlertSeverity::Critical,
+                    &agent_id,
+                    format!("agent {agent_id} failed: {reason}"),
+                )
+                .await;
+                return;
+            }
+            self.inner
+                .counters
+                .recovery_attempts
+                .fetch_add(1, Ordering::Relaxed);
+            self.transition(&agent_id, HealthState::Recovering, "recovery started")
+                .await;
+            let limit = strategy.timeout.min(self.inner.config.restoration_timeout);
+            let outcome = tokio::time::timeout(limit, self.restore(&agent_id, &strategy)).await;
+            match outcome {
+                Ok(Ok(())) => {
+                    let now = self.inner.clock.now();
+                    if let Some(entry) = lock(&self.inner.agents).get_mut(&agent_id) {
+                        entry.status.missed_beats = 0;
+                        entry.status.last_heartbeat = Some(now);
+                        entry.status.phase = AgentPhase::Idle;
+                        entry.progress_at = now;
+                        entry.heartbeat_sent_at = None;
+                        entry.probed_at = Some(now);
+                        entry.failures = 0;
+                    }
+                    self.inner
+                        .counters
+                        .recovery_successes
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.transition(&agent_id, HealthState::Active, "recovered")
+                        .await;
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%agent_id, attempt, %error, "recovery attempt failed");
+                    if let Some(entry) = lock(&self.inner.agents).get_mut(&agent_id) {
+                        entry.status.last_error = Some(error);
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(%agent_id, attempt, ?limit, "recovery attempt timed out");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = backoff.mul_f64(strategy.backoff_multiplier);
+        }
+        let reason = format!("{} recovery attempts failed", strategy.max_retries);
+        self.transition(&agent_id, HealthState::Failed, &reason)
+            .await;
+        self.alert(
+            AlertSeverity::Critical,
+            &agent_id,
+            format!("agent {agent_id} failed: {reason}"),
+        )
+        .await;
+    }
+
+    /// One attempt: the saved state, then restart or a replacement.
+    async fn restore(
+        &self,
+        agent_id: &AgentId,
+        strategy: &RecoveryStrategy,
+    ) -> std::result::Result<(), String> {
+        let state = self
+            .load_state(agent_id)
+            .await
+            .map_err(|error| format!("loading the saved state: {error}"))?;
+        let (agent, factory) = {
+            let agents = lock(&self.inner.agents);
+            let entry = agents.get(agent_id).ok_or("unregistered")?;
+            (Arc::clone(&entry.agent), entry.factory.clone())
+        };
+        match (strategy.kind, factory) {
+            (RecoveryKind::Replace, Some(factory)) => {
+                let backup = factory
+                    .build(agent_id, state)
+                    .await
+                    .map_err(|error| format!("building the replacement: {error}"))?;
+                if let Some(entry) = lock(&self.inner.agents).get_mut(agent_id) {
+                    entry.agent = backup;
+                }
+                Ok(())
+            }
+            _ => agent
+                .restart(state)
+                .await
+                .map_err(|error| format!("restarting: {error}")),
+        }
+    }
+}
+
+/// What a sweep makes of one agent's answers.
+enum Verdict {
+    Fine,
+    /// It failed.
+    Failed(Failure),
+    /// It was disconnected and answers again.
+    Back(AgentId),
+}
+
+/// A detected failure.
+struct Failure {
+    agent_id: AgentId,
+    reason: String,
+    /// `false` when the agent stopped normally.
+    abnormal: bool,
+}
+
+/// The `agent_health_status` gauge's value per state.
+fn state_value(state: HealthState) -> f64 {
+    match state {
+        HealthState::Active => 1.0,
+        HealthState::Degraded => 0.5,
+        HealthState::Recovering => 0.25,
+        HealthState::Disconnected => 0.0,
+        HealthState::Failed => -1.0,
+    }
+}

@@ -1,0 +1,546 @@
+//! The monitor's contract with in-process agents: a manual clock drives
+//! detection (each sweep is explicit), recovery runs on its own tasks and
+//! is awaited through `wait_for_state`. States and counts, never wall time.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use smalltalk_health::{
+    AgentError, AgentFactory, AgentHealthMonitor, Error, HEALTH_CHANGED, HealthConfig, Heartbeat,
+    MonitoredAgent, PhaseDeadlines,
+};
+use smalltalk_storage::MemoryStore;
+use smalltalk_storage::contract::test_clock;
+use smalltalk_types::{
+    AgentId, AgentPhase, AgentState, AlertSeverity, HealthState, ManualClock, RecordingAlertSink,
+    RecordingEventSink, RecoveryKind, RecoveryStrategy, RestartType, Timestamp,
+};
+
+/// An agent whose answers the test controls.
+#[derive(Debug, Default)]
+struct Fake {
+    down: AtomicBool,
+    zombie: AtomicBool,
+    stopped: AtomicBool,
+    llm: AtomicBool,
+    progress: AtomicU64,
+    failing_restarts: AtomicU32,
+    heartbeats: AtomicU64,
+    restarted_with: Mutex<Vec<Option<AgentState>>>,
+}
+
+impl Fake {
+    fn restarts(&self) -> usize {
+        self.restarted_with.lock().unwrap().len()
+    }
+}
+
+#[async_trait]
+impl MonitoredAgent for Fake {
+    async fn heartbeat(&self) -> Result<Heartbeat, AgentError> {
+        self.heartbeats.fetch_add(1, Ordering::SeqCst);
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(AgentError::Stopped);
+        }
+        if self.down.load(Ordering::SeqCst) {
+            return Err(AgentError::Failed("connection refused".into()));
+        }
+        Ok(Heartbeat {
+            phase: if self.llm.load(Ordering::SeqCst) {
+                AgentPhase::LlmCall
+            } else {
+                AgentPhase::Idle
+            },
+            progress: self.progress.load(Ordering::SeqCst),
+        })
+    }
+
+    async fn probe(&self) -> Result<(), AgentError> {
+        if self.zombie.load(Ordering::SeqCst) {
+            return Err(AgentError::Failed("no answer to work".into()));
+        }
+        Ok(())
+    }
+
+    async fn restart(&self, state: Option<AgentState>) -> Result<(), AgentError> {
+        if self
+            .failing_restarts
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(AgentError::Failed("restart failed".into()));
+        }
+        self.restarted_with.lock().unwrap().push(state);
+        for flag in [&self.down, &self.zombie, &self.stopped, &self.llm] {
+            flag.store(false, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+}
+
+struct Fixture {
+    monitor: AgentHealthMonitor,
+    clock: Arc<ManualClock>,
+    alerts: Arc<RecordingAlertSink>,
+    events: Arc<RecordingEventSink>,
+}
+
+fn config() -> HealthConfig {
+    HealthConfig {
+        heartbeat_interval: Duration::from_millis(100),
+        activity_timeout: Duration::from_millis(200),
+        max_missed: 2,
+        probe_interval: Duration::from_millis(300),
+        probe_timeout: Duration::from_millis(200),
+        restoration_timeout: Duration::from_secs(5),
+        phase_deadlines: PhaseDeadlines {
+            llm_call: Duration::from_millis(500),
+            ..Default::default()
+        },
+    }
+}
+
+fn strategy(kind: RecoveryKind) -> RecoveryStrategy {
+    RecoveryStrategy {
+        kind,
+        initial_backoff: Duration::from_millis(1),
+        ..Default::default()
+    }
+}
+
+fn fixture() -> Fixture {
+    let clock = test_clock();
+    let alerts = Arc::new(RecordingAlertSink::default());
+    let events = Arc::new(RecordingEventSink::default());
+    let monitor = AgentHealthMonitor::builder()
+        .config(config())
+        .clock(clock.clone())
+        .states(Arc::new(MemoryStore::new()))
+        .alerts(alerts.clone())
+        .events(events.clone())
+        .build()
+        .unwrap();
+    Fixture {
+        monitor,
+        clock,
+        alerts,
+        events,
+    }
+}
+
+impl Fixture {
+    /// One heartbeat interval later, a sweep.
+    async fn tick(&self) {
+        self.clock.advance(Duration::from_millis(100));
+        self.monitor.sweep().await;
+    }
+
+    fn state(&self, id: &str) -> HealthState {
+        self.monitor.status(id).unwrap().state
+    }
+
+    async fn reaches(&self, id: &str, state: HealthState) {
+        let reached = self
+            .monitor
+            .wait_for_state(id, state, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            reached,
+            "{id} never became {state:?}: {:?}",
+            self.monitor.status(id)
+        );
+    }
+}
+
+#[tokio::test]
+async fn healthy_agents_stay_active() {
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    f.monitor
+        .register("a", agent.clone(), strategy(RecoveryKind::Restart), None)
+        .unwrap();
+    for _ in 0..10 {
+        f.tick().await;
+    }
+    assert_eq!(f.state("a"), HealthState::Active);
+    assert_eq!(agent.heartbeats.load(Ordering::SeqCst), 10);
+    let stats = f.monitor.stats();
+    assert_eq!(stats.heartbeats_sent, 10);
+    assert_eq!(stats.heartbeats_failed, 0);
+    assert_eq!(stats.agents[&HealthState::Active], 1);
+    assert!(f.events.announcements().is_empty());
+}
+
+#[tokio::test]
+async fn missed_heartbeats_disconnect_and_restart_restores_the_saved_state() {
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    f.monitor
+        .register(
+            "writer",
+            agent.clone(),
+            strategy(RecoveryKind::Restart),
+            None,
+        )
+        .unwrap();
+    let mut saved = AgentState::new(AgentId::parse("writer").unwrap(), Timestamp::EPOCH);
+    saved.context.insert("draft".into(), "v3".into());
+    f.monitor.save_state(&saved).await.unwrap();
+    agent.down.store(true, Ordering::SeqCst);
+    f.tick().await;
+    assert_eq!(
+        f.state("writer"),
+        HealthState::Active,
+        "one miss is not enough"
+    );
+    assert_eq!(f.monitor.status("writer").unwrap().missed_beats, 1);
+    f.tick().await;
+    f.reaches("writer", HealthState::Active).await;
+    assert_eq!(agent.restarts(), 1);
+    let restored = agent.restarted_with.lock().unwrap()[0].clone().unwrap();
+    assert_eq!(restored.context["draft"], "v3");
+    assert_eq!(
+        f.events.topics(),
+        [HEALTH_CHANGED, HEALTH_CHANGED, HEALTH_CHANGED]
+    );
+    let to: Vec<String> = f
+        .events
+        .announcements()
+        .iter()
+        .map(|a| a.payload["to"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(to, ["disconnected", "recovering", "active"]);
+    let stats = f.monitor.stats();
+    assert_eq!((stats.recovery_attempts, stats.recovery_successes), (1, 1));
+    // Healthy again: it stays so.
+    f.tick().await;
+    f.tick().await;
+    assert_eq!(f.state("writer"), HealthState::Active);
+}
+
+#[tokio::test]
+async fn activity_counts_as_a_heartbeat() {
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    f.monitor
+        .register("busy", agent.clone(), strategy(RecoveryKind::Restart), None)
+        .unwrap();
+    agent.down.store(true, Ordering::SeqCst);
+    f.tick().await; // missed 1
+    f.monitor.record_activity("busy").unwrap();
+    assert_eq!(f.monitor.status("busy").unwrap().missed_beats, 0);
+    f.tick().await; // missed 1 again, not 2
+    assert_eq!(f.state("busy"), HealthState::Active);
+    assert!(f.monitor.status("busy").unwrap().last_activity.is_some());
+}
+
+#[tokio::test]
+async fn a_long_llm_call_with_progress_is_healthy_and_a_stalled_one_is_not() {
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    f.monitor
+        .register("llm", agent.clone(), strategy(RecoveryKind::Restart), None)
+        .unwrap();
+    agent.llm.store(true, Ordering::SeqCst);
+    // 3 s in an LLM call whose deadline is 500 ms: progress keeps it alive.
+    for _ in 0..30 {
+        agent.progress.fetch_add(1, Ordering::SeqCst);
+        f.tick().await;
+    }
+    assert_eq!(f.state("llm"), HealthState::Active);
+    assert_eq!(agent.restarts(), 0);
+    // The stream stops; heartbeats still answer.
+    for _ in 0..5 {
+        f.tick().await;
+    }
+    assert_eq!(
+        f.state("llm"),
+        HealthState::Active,
+        "500 ms is not over yet"
+    );
+    f.tick().await;
+    f.reaches("llm", HealthState::Active).await;
+    assert_eq!(agent.restarts(), 1, "stalled past the deadline: restarted");
+    let reason = &f.events.announcements()[0].payload["reason"];
+    assert!(reason.as_str().unwrap().contains("no progress"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_zombie_is_found_by_the_probe_and_restarted() {
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    f.monitor
+        .register(
+            "zombie",
+            agent.clone(),
+            strategy(RecoveryKind::Restart),
+            None,
+        )
+        .unwrap();
+    agent.zombie.store(true, Ordering::SeqCst);
+    for _ in 0..3 {
+        f.tick().await; // heartbeats answer; the probe is due at 300 ms
+    }
+    f.reaches("zombie", HealthState::Active).await;
+    assert_eq!(agent.restarts(), 1);
+    let reason = &f.events.announcements()[0].payload["reason"];
+    assert!(reason.as_str().unwrap().contains("probe"), "{reason}");
+}
+
+/// What the factory was asked for, and what it built.
+type Built = (AgentId, Option<AgentState>, Arc<Fake>);
+
+#[derive(Debug, Default)]
+struct Backups {
+    built: Mutex<Vec<Built>>,
+}
+
+#[async_trait]
+impl AgentFactory for Backups {
+    async fn build(
+        &self,
+        agent_id: &AgentId,
+        state: Option<AgentState>,
+    ) -> Result<Arc<dyn MonitoredAgent>, AgentError> {
+        let backup = Arc::new(Fake::default());
+        self.built
+            .lock()
+            .unwrap()
+            .push((agent_id.clone(), state, backup.clone()));
+        Ok(backup)
+    }
+}
+
+#[tokio::test]
+async fn replace_hands_the_conversation_to_a_backup_with_the_state() {
+    let f = fixture();
+    let primary = Arc::new(Fake::default());
+    let factory = Arc::new(Backups::default());
+    f.monitor
+        .register(
+            "lead",
+            primary.clone(),
+            strategy(RecoveryKind::Replace),
+            Some(factory.clone()),
+        )
+        .unwrap();
+    let mut saved = AgentState::new(AgentId::parse("lead").unwrap(), Timestamp::EPOCH);
+    saved.context.insert("plan".into(), "step 4".into());
+    f.monitor.save_state(&saved).await.unwrap();
+    primary.down.store(true, Ordering::SeqCst);
+    f.tick().await;
+    f.tick().await;
+    f.reaches("lead", HealthState::Active).await;
+    let backup = {
+        let built = factory.built.lock().unwrap();
+        assert_eq!(built.len(), 1);
+        assert_eq!(built[0].1.as_ref().unwrap().context["plan"], "step 4");
+        built[0].2.clone()
+    };
+    assert_eq!(primary.restarts(), 0, "replaced, not restarted");
+    let before = primary.heartbeats.load(Ordering::SeqCst);
+    f.tick().await;
+    f.tick().await;
+    assert_eq!(
+        backup.heartbeats.load(Ordering::SeqCst),
+        2,
+        "the backup is watched now"
+    );
+    assert_eq!(primary.heartbeats.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn alert_only_never_restarts() {
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    f.monitor
+        .register(
+            "watched",
+            agent.clone(),
+            strategy(RecoveryKind::Alert),
+            None,
+        )
+        .unwrap();
+    agent.down.store(true, Ordering::SeqCst);
+    for _ in 0..5 {
+        f.tick().await;
+    }
+    assert_eq!(f.state("watched"), HealthState::Disconnected);
+    assert_eq!(agent.restarts(), 0);
+    let alerts = f.alerts.alerts();
+    assert_eq!(alerts.len(), 1, "one alert per failure, not per sweep");
+    assert_eq!(alerts[0].severity, AlertSeverity::Error);
+    // It comes back by itself.
+    agent.down.store(false, Ordering::SeqCst);
+    f.tick().await;
+    assert_eq!(f.state("watched"), HealthState::Active);
+}
+
+#[tokio::test]
+async fn restart_intensity_exceeded_marks_the_agent_failed_and_alerts() {
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    let strategy = RecoveryStrategy {
+        max_restarts: 2,
+        restart_period: Duration::from_secs(60),
+        ..strategy(RecoveryKind::Restart)
+    };
+    f.monitor
+        .register("flappy", agent.clone(), strategy, None)
+        .unwrap();
+    for _ in 0..2 {
+        agent.down.store(true, Ordering::SeqCst);
+        f.tick().await;
+        f.tick().await;
+        f.reaches("flappy", HealthState::Active).await;
+    }
+    agent.down.store(true, Ordering::SeqCst);
+    f.tick().await;
+    f.tick().await;
+    f.reaches("flappy", HealthState::Failed).await;
+    assert_eq!(agent.restarts(), 2);
+    let critical = f
+        .alerts
+        .alerts()
+        .into_iter()
+        .filter(|alert| alert.severity == AlertSeverity::Critical)
+        .count();
+    assert_eq!(critical, 1);
+    let last = f.events.announcements().pop().unwrap();
+    assert_eq!(last.payload["to"], "failed");
+    assert_eq!(last.priority, smalltalk_types::EventPriority::Critical);
+    // A failed agent is no longer asked.
+    let before = agent.heartbeats.load(Ordering::SeqCst);
+    f.tick().await;
+    assert_eq!(agent.heartbeats.load(Ordering::SeqCst), before);
+}
+
+#[tokio::test]
+async fn failed_restarts_retry_with_backoff_then_give_up() {
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    agent.failing_restarts.store(10, Ordering::SeqCst);
+    let strategy = RecoveryStrategy {
+        max_retries: 3,
+        ..strategy(RecoveryKind::Restart)
+    };
+    f.monitor
+        .register("broken", agent.clone(), strategy, None)
+        .unwrap();
+    agent.down.store(true, Ordering::SeqCst);
+    f.tick().await;
+    f.tick().await;
+    f.reaches("broken", HealthState::Failed).await;
+    assert_eq!(
+        agent.failing_restarts.load(Ordering::SeqCst),
+        7,
+        "3 attempts"
+    );
+    assert_eq!(f.monitor.status("broken").unwrap().recovery_attempts, 3);
+    let stats = f.monitor.stats();
+    assert_eq!((stats.recovery_attempts, stats.recovery_successes), (3, 0));
+}
+
+#[tokio::test]
+async fn restart_types_decide_who_comes_back() {
+    let f = fixture();
+    let transient = Arc::new(Fake::default());
+    let temporary = Arc::new(Fake::default());
+    f.monitor
+        .register(
+            "transient",
+            transient.clone(),
+            RecoveryStrategy {
+                restart_type: RestartType::Transient,
+                ..strategy(RecoveryKind::Restart)
+            },
+            None,
+        )
+        .unwrap();
+    f.monitor
+        .register(
+            "temporary",
+            temporary.clone(),
+            RecoveryStrategy {
+                restart_type: RestartType::Temporary,
+                ..strategy(RecoveryKind::Restart)
+            },
+            None,
+        )
+        .unwrap();
+    transient.stopped.store(true, Ordering::SeqCst); // a normal exit
+    temporary.down.store(true, Ordering::SeqCst); // a crash
+    f.tick().await;
+    f.tick().await;
+    assert_eq!(f.state("transient"), HealthState::Failed);
+    assert_eq!(f.state("temporary"), HealthState::Failed);
+    assert_eq!(transient.restarts() + temporary.restarts(), 0);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_typed_error() {
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    assert!(matches!(
+        f.monitor.status("ghost"),
+        Err(Error::UnknownAgent { .. })
+    ));
+    assert!(matches!(
+        f.monitor.record_activity("ghost"),
+        Err(Error::UnknownAgent { .. })
+    ));
+    assert!(matches!(
+        f.monitor.unregister("ghost"),
+        Err(Error::UnknownAgent { .. })
+    ));
+    assert!(matches!(
+        f.monitor
+            .register("../x", agent.clone(), RecoveryStrategy::default(), None),
+        Err(Error::Invalid(_))
+    ));
+    f.monitor
+        .register("a", agent.clone(), RecoveryStrategy::default(), None)
+        .unwrap();
+    assert!(matches!(
+        f.monitor
+            .register("a", agent.clone(), RecoveryStrategy::default(), None),
+        Err(Error::AlreadyRegistered { .. })
+    ));
+    assert!(matches!(
+        f.monitor
+            .register("b", agent.clone(), strategy(RecoveryKind::Replace), None),
+        Err(Error::MissingFactory { .. })
+    ));
+    let zero_restarts = RecoveryStrategy {
+        max_restarts: 0,
+        ..Default::default()
+    };
+    assert!(matches!(
+        f.monitor.register("c", agent.clone(), zero_restarts, None),
+        Err(Error::Invalid(_))
+    ));
+    for config in [
+        HealthConfig {
+            heartbeat_interval: Duration::ZERO,
+            ..config()
+        },
+        HealthConfig {
+            max_missed: 0,
+            ..config()
+        },
+        HealthConfig {
+            probe_interval: Duration::ZERO,
+            ..config()
+        },
+    ] {
+        assert!(matches!(
+            AgentHealthMonitor::builder().config(config).build(),
+            Err(Error::Invalid(_))
+        ));
+    }
+    f.monitor.unregister("a").unwrap();
+    assert!(f.monitor.statuses().is_empty());
+}
