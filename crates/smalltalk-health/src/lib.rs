@@ -23,6 +23,10 @@
 //! - Recovery retries with exponential backoff up to `max_retries`, within a
 //!   restart intensity (at most `max_restarts` in `restart_period`, as in
 //!   OTP supervisors), then marks the agent `failed` and alerts.
+//! - [`ProcessAgent`] runs an agent as a child process speaking a small
+//!   JSON-lines [protocol](process): a SIGKILLed, SIGSTOPped or zombie
+//!   child is detected like any other failure and respawned with its saved
+//!   state.
 //!
 //! # Example
 //!
@@ -63,8 +67,10 @@ mod agent;
 mod config;
 mod error;
 mod monitor;
+pub mod process;
 
 pub use agent::{AgentError, AgentFactory, Heartbeat, MonitoredAgent};
 pub use config::{HealthConfig, PhaseDeadlines};
 pub use error::{Error, Result};
 pub use monitor::{AgentHealthMonitor, AgentHealthMonitorBuilder, HEALTH_CHANGED, HealthStats};
+pub use process::{ProcessAgent, ProcessCommand};

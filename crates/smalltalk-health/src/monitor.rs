@@ -551,7 +551,8 @@ impl AgentHealthMonitor {
                 return;
             }
             entry.status.state = to;
-            if to != HealthState::Active {
+            // The failure's reason, kept through recovery for operators.
+            if matches!(to, HealthState::Disconnected | HealthState::Failed) {
                 entry.status.last_error = Some(reason.to_owned());
             }
             from
