@@ -663,6 +663,7 @@ impl EventBus {
             };
             let part = part?;
             report.delivered += part.delivered;
+            report.failed += part.failed;
             report.gaps.extend(part.gaps);
         }
         Ok(report)
@@ -953,6 +954,33 @@ impl smalltalk_types::EventSink for EventBus {
         };
         if let Err(error) = self.publish_drafts(vec![draft], None).await {
             tracing::warn!(%topic, %error, "could not publish an announcement; dropped");
+        }
+    }
+}
+
+/// The bus as the [`MissedEventReplayer`](smalltalk_types::MissedEventReplayer)
+/// port: a recovered agent's subscriptions (its id as subscriber id) get
+/// again what was published since it went down.
+#[async_trait::async_trait]
+impl smalltalk_types::MissedEventReplayer for EventBus {
+    async fn replay_missed(
+        &self,
+        agent_id: &smalltalk_types::AgentId,
+        since: smalltalk_types::Timestamp,
+    ) -> std::result::Result<smalltalk_types::ReplayCounts, String> {
+        let options = ReplayOptions {
+            since: Some(since),
+            ..ReplayOptions::default()
+        };
+        match self.replay(agent_id.as_str(), options).await {
+            Ok(report) => Ok(smalltalk_types::ReplayCounts {
+                delivered: report.delivered,
+                failed: report.failed,
+            }),
+            Err(Error::UnknownSubscriber { .. } | Error::Invalid(_)) => {
+                Ok(smalltalk_types::ReplayCounts::default())
+            }
+            Err(error) => Err(error.to_string()),
         }
     }
 }

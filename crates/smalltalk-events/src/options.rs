@@ -185,6 +185,9 @@ pub struct ReplayOptions {
 pub struct ReplayReport {
     /// Events delivered again.
     pub delivered: u64,
+    /// Of which the handler gave up on (naks or panics past
+    /// `max_deliver`).
+    pub failed: u64,
     /// Purged events the replay could not deliver, if any.
     pub gaps: Vec<crate::GapNotice>,
 }

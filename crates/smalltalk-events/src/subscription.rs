@@ -931,7 +931,9 @@ impl Worker {
                 {
                     continue;
                 }
-                self.replay_one(event).await;
+                if !self.replay_one(event).await {
+                    report.failed += 1;
+                }
                 report.delivered += 1;
             }
             if !full {
@@ -971,8 +973,9 @@ impl Worker {
     }
 
     /// Delivers a replayed event until the handler acks (in progress
-    /// counts as accepted), naks past the limit, or panics past it.
-    async fn replay_one(&mut self, event: Arc<Event>) {
+    /// counts as accepted; `true`), or naks or panics past the limit
+    /// (`false`).
+    async fn replay_one(&mut self, event: Arc<Event>) -> bool {
         let position = event.position.unwrap_or(0);
         for attempt in 1..=self.bus.config.max_deliver {
             let touch = Arc::new(Touch::new(self.bus.epoch));
@@ -986,7 +989,7 @@ impl Worker {
             match self.run_handler(delivery, &touch).await {
                 Ran::Outcome(Outcome::Ack | Outcome::InProgress) => {
                     self.mark_processed(event.id);
-                    return;
+                    return true;
                 }
                 Ran::Outcome(Outcome::Nak { .. }) => bump(&self.sub.counters.naked),
                 Ran::Panicked => bump(&self.sub.counters.panics),
@@ -994,6 +997,7 @@ impl Worker {
             }
         }
         self.dead_letter(&event, self.bus.config.max_deliver);
+        false
     }
 }
 

@@ -9,8 +9,8 @@ use serde_json::json;
 use smalltalk_storage::KeyValueStore;
 use smalltalk_types::{
     AgentHealthStatus, AgentId, AgentPhase, AgentState, Alert, AlertSeverity, AlertSink,
-    Announcement, Clock, EventPriority, EventSink, HealthState, LogAlertSink, RecoveryKind,
-    RecoveryStrategy, RestartType, StorageKey, SystemClock, Timestamp, Topic,
+    Announcement, Clock, EventPriority, EventSink, HealthState, LogAlertSink, MissedEventReplayer,
+    RecoveryKind, RecoveryStrategy, RestartType, StorageKey, SystemClock, Timestamp, Topic,
 };
 use tokio::sync::watch;
 
@@ -69,6 +69,7 @@ struct Inner {
     states: Option<Arc<dyn KeyValueStore>>,
     events: Option<Arc<dyn EventSink>>,
     alerts: Arc<dyn AlertSink>,
+    replayer: Option<Arc<dyn MissedEventReplayer>>,
     counters: Counters,
     /// Bumped on every transition, for waiters.
     changes: watch::Sender<u64>,
@@ -90,6 +91,7 @@ pub struct AgentHealthMonitorBuilder {
     states: Option<Arc<dyn KeyValueStore>>,
     events: Option<Arc<dyn EventSink>>,
     alerts: Option<Arc<dyn AlertSink>>,
+    replayer: Option<Arc<dyn MissedEventReplayer>>,
 }
 
 impl AgentHealthMonitorBuilder {
@@ -123,6 +125,14 @@ impl AgentHealthMonitorBuilder {
         self
     }
 
+    /// What replays missed events to a recovered agent before it counts as
+    /// ready (the umbrella connects the event bus). Over half of them
+    /// failing leaves the agent `degraded` (FR-009a).
+    pub fn replayer(mut self, replayer: Arc<dyn MissedEventReplayer>) -> Self {
+        self.replayer = Some(replayer);
+        self
+    }
+
     /// Validates the configuration.
     pub fn build(self) -> Result<AgentHealthMonitor> {
         self.config.validate()?;
@@ -134,6 +144,7 @@ impl AgentHealthMonitorBuilder {
                 states: self.states,
                 events: self.events,
                 alerts: self.alerts.unwrap_or_else(|| Arc::new(LogAlertSink)),
+                replayer: self.replayer,
                 counters: Counters::default(),
                 changes: watch::channel(0).0,
             }),
@@ -552,7 +563,10 @@ impl AgentHealthMonitor {
             }
             entry.status.state = to;
             // The failure's reason, kept through recovery for operators.
-            if matches!(to, HealthState::Disconnected | HealthState::Failed) {
+            if matches!(
+                to,
+                HealthState::Disconnected | HealthState::Failed | HealthState::Degraded
+            ) {
                 entry.status.last_error = Some(reason.to_owned());
             }
             from
@@ -701,7 +715,7 @@ impl AgentHealthMonitor {
             let limit = strategy.timeout.min(self.inner.config.restoration_timeout);
             let outcome = tokio::time::timeout(limit, self.restore(&agent_id, &strategy)).await;
             match outcome {
-                Ok(Ok(())) => {
+                Ok(Ok(state)) => {
                     let now = self.inner.clock.now();
                     if let Some(entry) = lock(&self.inner.agents).get_mut(&agent_id) {
                         entry.status.missed_beats = 0;
@@ -716,8 +730,12 @@ impl AgentHealthMonitor {
                         .counters
                         .recovery_successes
                         .fetch_add(1, Ordering::Relaxed);
-                    self.transition(&agent_id, HealthState::Active, "recovered")
-                        .await;
+                    let reason = if state == HealthState::Degraded {
+                        "recovered, but over half of the missed events failed to replay"
+                    } else {
+                        "recovered"
+                    };
+                    self.transition(&agent_id, state, reason).await;
                     return;
                 }
                 Ok(Err(error)) => {
@@ -744,12 +762,13 @@ impl AgentHealthMonitor {
         .await;
     }
 
-    /// One attempt: the saved state, then restart or a replacement.
+    /// One attempt: the saved state, then restart or a replacement, then
+    /// the missed events. `Degraded` if over half of those failed.
     async fn restore(
         &self,
         agent_id: &AgentId,
         strategy: &RecoveryStrategy,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<HealthState, String> {
         let state = self
             .load_state(agent_id)
             .await
@@ -759,6 +778,10 @@ impl AgentHealthMonitor {
             let entry = agents.get(agent_id).ok_or("unregistered")?;
             (Arc::clone(&entry.agent), entry.factory.clone())
         };
+        let down_since = lock(&self.inner.agents)
+            .get(agent_id)
+            .and_then(|entry| entry.status.last_heartbeat)
+            .unwrap_or_else(|| self.inner.clock.now());
         match (strategy.kind, factory) {
             (RecoveryKind::Replace, Some(factory)) => {
                 let backup = factory
@@ -768,13 +791,25 @@ impl AgentHealthMonitor {
                 if let Some(entry) = lock(&self.inner.agents).get_mut(agent_id) {
                     entry.agent = backup;
                 }
-                Ok(())
             }
             _ => agent
                 .restart(state)
                 .await
-                .map_err(|error| format!("restarting: {error}")),
+                .map_err(|error| format!("restarting: {error}"))?,
         }
+        let Some(replayer) = &self.inner.replayer else {
+            return Ok(HealthState::Active);
+        };
+        let counts = replayer
+            .replay_missed(agent_id, down_since)
+            .await
+            .map_err(|error| format!("replaying missed events: {error}"))?;
+        let total = counts.delivered.max(counts.failed);
+        Ok(if total > 0 && counts.failed * 2 > total {
+            HealthState::Degraded
+        } else {
+            HealthState::Active
+        })
     }
 }
 

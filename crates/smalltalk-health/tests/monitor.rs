@@ -544,3 +544,77 @@ async fn bad_input_is_a_typed_error() {
     f.monitor.unregister("a").unwrap();
     assert!(f.monitor.statuses().is_empty());
 }
+
+/// Counts what it was asked to replay and answers as told.
+#[derive(Debug, Default)]
+struct Replayer {
+    asked: Mutex<Vec<(AgentId, Timestamp)>>,
+    failed: AtomicU64,
+}
+
+#[async_trait]
+impl smalltalk_types::MissedEventReplayer for Replayer {
+    async fn replay_missed(
+        &self,
+        agent_id: &AgentId,
+        since: Timestamp,
+    ) -> Result<smalltalk_types::ReplayCounts, String> {
+        self.asked.lock().unwrap().push((agent_id.clone(), since));
+        Ok(smalltalk_types::ReplayCounts {
+            delivered: 10,
+            failed: self.failed.load(Ordering::SeqCst),
+        })
+    }
+}
+
+#[tokio::test]
+async fn recovery_replays_what_was_missed_and_mostly_failed_replays_degrade() {
+    let clock = test_clock();
+    let replayer = Arc::new(Replayer::default());
+    let monitor = AgentHealthMonitor::builder()
+        .config(config())
+        .clock(clock.clone())
+        .replayer(replayer.clone())
+        .build()
+        .unwrap();
+    let agent = Arc::new(Fake::default());
+    monitor
+        .register(
+            "reader",
+            agent.clone(),
+            strategy(RecoveryKind::Restart),
+            None,
+        )
+        .unwrap();
+    let f = Fixture {
+        monitor,
+        clock,
+        alerts: Arc::default(),
+        events: Arc::default(),
+    };
+    f.tick().await;
+    let last_good = f.monitor.status("reader").unwrap().last_heartbeat.unwrap();
+    agent.down.store(true, Ordering::SeqCst);
+    f.tick().await;
+    f.tick().await;
+    f.reaches("reader", HealthState::Active).await;
+    assert_eq!(
+        replayer.asked.lock().unwrap().clone(),
+        [(AgentId::parse("reader").unwrap(), last_good)],
+        "replayed from its last good heartbeat"
+    );
+    // Next time 6 of 10 missed events fail to replay: degraded.
+    replayer.failed.store(6, Ordering::SeqCst);
+    agent.down.store(true, Ordering::SeqCst);
+    f.tick().await;
+    f.tick().await;
+    f.reaches("reader", HealthState::Degraded).await;
+    assert!(
+        f.monitor
+            .status("reader")
+            .unwrap()
+            .last_error
+            .unwrap()
+            .contains("replay")
+    );
+}

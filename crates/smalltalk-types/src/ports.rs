@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{ConversationId, EventPriority, SessionId, Timestamp, Topic};
+use crate::{AgentId, ConversationId, EventPriority, SessionId, Timestamp, Topic};
 
 /// How bad an [`Alert`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -181,4 +181,26 @@ impl EventSink for RecordingEventSink {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .push(announcement);
     }
+}
+
+/// What a replay of missed events did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayCounts {
+    /// Events handled.
+    pub delivered: u64,
+    /// Events the agent's handlers gave up on.
+    pub failed: u64,
+}
+
+/// Replays to a recovered agent what it missed while it was down; the
+/// health monitor asks, the umbrella connects it to the event bus.
+#[async_trait]
+pub trait MissedEventReplayer: Send + Sync + fmt::Debug + 'static {
+    /// Delivers again to `agent_id`'s subscriptions the events published
+    /// since `since`. An agent with no subscriptions has nothing to replay.
+    async fn replay_missed(
+        &self,
+        agent_id: &AgentId,
+        since: Timestamp,
+    ) -> Result<ReplayCounts, String>;
 }

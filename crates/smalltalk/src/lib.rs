@@ -9,22 +9,28 @@
 //! | [`storage`] | `smalltalk-storage` | storage traits; memory, SQLite, PostgreSQL backends |
 //! | `session` | `smalltalk-session` | SessionManager: conversations that survive restarts (feature `session`) |
 //! | `events` | `smalltalk-events` | EventBus: wildcard pub/sub over a durable log, with replay (feature `events`) |
+//! | `health` | `smalltalk-health` | AgentHealthMonitor: heartbeats, probes, recovery, process agents (feature `health`) |
 //!
-//! Agent health, group conversations and versioned state land as their own
-//! crates and appear here behind their features as they do.
+//! Group conversations and versioned state land as their own crates and
+//! appear here behind their features as they do.
 //!
 //! The capability crates do not depend on each other; they meet through the
 //! ports in [`types`]. An [`EventBus`] is an
 //! [`EventSink`](types::EventSink), so a session manager built with
 //! `.events(Arc::new(bus.clone()))` publishes `session:created`,
 //! `session:message-added`, `session:state-changed`, `session:invalidated`
-//! and `session:deleted` on the bus.
+//! and `session:deleted` on the bus. An `AgentHealthMonitor` built with
+//! `.events(Arc::new(bus.clone()))` and `.replayer(Arc::new(bus.clone()))`
+//! announces `agent:health-changed` there, and a recovered agent gets the
+//! events its subscriptions missed replayed from the bus before it counts
+//! as ready.
 //!
 //! # Features
 //!
 //! - `sqlite` (default): the embedded SQLite backend, no setup needed.
 //! - `session` (default): session persistence and recovery.
 //! - `events` (default): the event bus.
+//! - `health` (default): agent health monitoring and recovery.
 //! - `postgres`: the PostgreSQL backend.
 //! - `full`: everything.
 //!
@@ -51,6 +57,9 @@
 #[cfg(feature = "events")]
 #[cfg_attr(docsrs, doc(cfg(feature = "events")))]
 pub use smalltalk_events as events;
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+pub use smalltalk_health as health;
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub use smalltalk_session as session;
@@ -62,6 +71,9 @@ pub use smalltalk_types as types;
 pub use smalltalk_events::{
     Delivery, EventBus, EventBusConfig, Outcome, PublishOptions, SubscribeOptions,
 };
+#[cfg(feature = "health")]
+#[cfg_attr(docsrs, doc(cfg(feature = "health")))]
+pub use smalltalk_health::{AgentHealthMonitor, HealthConfig, MonitoredAgent};
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub use smalltalk_session::{CreateOptions, SessionConfig, SessionManager};
