@@ -30,6 +30,37 @@ impl Default for PhaseDeadlines {
     }
 }
 
+/// When the whole system degrades gracefully (FR-010a): new sessions
+/// paused, session capacity halved, failed agents retried periodically,
+/// operators alerted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DegradationConfig {
+    /// Enter after more than this many agent failures within `window`.
+    /// Default 3.
+    pub failures: u32,
+    /// Default 30 s.
+    pub window: Duration,
+    /// Leave once fewer than this many agents are `failed` ... Default 2.
+    pub exit_below_failed: usize,
+    /// ... for this long. Default 120 s.
+    pub exit_after: Duration,
+    /// While degraded, failed agents get a new recovery attempt this often.
+    /// Default 60 s.
+    pub retry_interval: Duration,
+}
+
+impl Default for DegradationConfig {
+    fn default() -> Self {
+        Self {
+            failures: 3,
+            window: Duration::from_secs(30),
+            exit_below_failed: 2,
+            exit_after: Duration::from_secs(120),
+            retry_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 /// How the monitor watches agents. Every field has a documented default;
 /// [`validate`](Self::validate) checks the ranges. Tests use milliseconds.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +83,8 @@ pub struct HealthConfig {
     pub restoration_timeout: Duration,
     /// Per-phase progress deadlines.
     pub phase_deadlines: PhaseDeadlines,
+    /// System-wide graceful degradation.
+    pub degradation: DegradationConfig,
 }
 
 impl Default for HealthConfig {
@@ -64,6 +97,7 @@ impl Default for HealthConfig {
             probe_timeout: Duration::from_secs(5),
             restoration_timeout: Duration::from_secs(30),
             phase_deadlines: PhaseDeadlines::default(),
+            degradation: DegradationConfig::default(),
         }
     }
 }
@@ -98,6 +132,18 @@ impl HealthConfig {
         positive("phase_deadlines.tool_call", self.phase_deadlines.tool_call)?;
         if self.phase_deadlines.custom.values().any(Duration::is_zero) {
             return Err(invalid("phase_deadlines.custom", "must be more than zero"));
+        }
+        positive("degradation.window", self.degradation.window)?;
+        positive("degradation.exit_after", self.degradation.exit_after)?;
+        positive(
+            "degradation.retry_interval",
+            self.degradation.retry_interval,
+        )?;
+        if self.degradation.exit_below_failed == 0 {
+            return Err(invalid(
+                "degradation.exit_below_failed",
+                "must be at least 1",
+            ));
         }
         Ok(())
     }

@@ -70,7 +70,9 @@ mod monitor;
 pub mod process;
 
 pub use agent::{AgentError, AgentFactory, Heartbeat, MonitoredAgent};
-pub use config::{HealthConfig, PhaseDeadlines};
+pub use config::{DegradationConfig, HealthConfig, PhaseDeadlines};
 pub use error::{Error, Result};
-pub use monitor::{AgentHealthMonitor, AgentHealthMonitorBuilder, HEALTH_CHANGED, HealthStats};
+pub use monitor::{
+    AgentHealthMonitor, AgentHealthMonitorBuilder, DEGRADATION_CHANGED, HEALTH_CHANGED, HealthStats,
+};
 pub use process::{ProcessAgent, ProcessCommand};

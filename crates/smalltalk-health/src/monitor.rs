@@ -9,8 +9,9 @@ use serde_json::json;
 use smalltalk_storage::KeyValueStore;
 use smalltalk_types::{
     AgentHealthStatus, AgentId, AgentPhase, AgentState, Alert, AlertSeverity, AlertSink,
-    Announcement, Clock, EventPriority, EventSink, HealthState, LogAlertSink, MissedEventReplayer,
-    RecoveryKind, RecoveryStrategy, RestartType, StorageKey, SystemClock, Timestamp, Topic,
+    Announcement, Clock, DegradationControl, EventPriority, EventSink, HealthState, LogAlertSink,
+    MissedEventReplayer, RecoveryKind, RecoveryStrategy, RestartType, StorageKey, SystemClock,
+    Timestamp, Topic,
 };
 use tokio::sync::watch;
 
@@ -18,6 +19,19 @@ use crate::{AgentError, AgentFactory, Error, HealthConfig, Heartbeat, MonitoredA
 
 /// The topic every state transition is announced on.
 pub const HEALTH_CHANGED: &str = "agent:health-changed";
+/// The topic entering and leaving graceful degradation is announced on.
+pub const DEGRADATION_CHANGED: &str = "health:degradation-changed";
+
+/// System-wide degradation state (FR-010a).
+#[derive(Debug, Default)]
+struct Degradation {
+    /// Failure detections within the window.
+    failures: VecDeque<Timestamp>,
+    degraded: bool,
+    /// Since when fewer than `exit_below_failed` agents are failed.
+    calm_since: Option<Timestamp>,
+    retried_at: Option<Timestamp>,
+}
 
 /// One registered agent.
 struct Entry {
@@ -60,6 +74,8 @@ pub struct HealthStats {
     pub recovery_attempts: u64,
     /// Recoveries that brought the agent back.
     pub recovery_successes: u64,
+    /// Whether the system is in graceful degradation.
+    pub degraded: bool,
 }
 
 struct Inner {
@@ -70,6 +86,8 @@ struct Inner {
     events: Option<Arc<dyn EventSink>>,
     alerts: Arc<dyn AlertSink>,
     replayer: Option<Arc<dyn MissedEventReplayer>>,
+    control: Option<Arc<dyn DegradationControl>>,
+    degradation: Mutex<Degradation>,
     counters: Counters,
     /// Bumped on every transition, for waiters.
     changes: watch::Sender<u64>,
@@ -92,6 +110,7 @@ pub struct AgentHealthMonitorBuilder {
     events: Option<Arc<dyn EventSink>>,
     alerts: Option<Arc<dyn AlertSink>>,
     replayer: Option<Arc<dyn MissedEventReplayer>>,
+    control: Option<Arc<dyn DegradationControl>>,
 }
 
 impl AgentHealthMonitorBuilder {
@@ -133,6 +152,13 @@ impl AgentHealthMonitorBuilder {
         self
     }
 
+    /// What honours graceful degradation (the session manager: new
+    /// sessions paused, capacity halved).
+    pub fn degradation_control(mut self, control: Arc<dyn DegradationControl>) -> Self {
+        self.control = Some(control);
+        self
+    }
+
     /// Validates the configuration.
     pub fn build(self) -> Result<AgentHealthMonitor> {
         self.config.validate()?;
@@ -145,6 +171,8 @@ impl AgentHealthMonitorBuilder {
                 events: self.events,
                 alerts: self.alerts.unwrap_or_else(|| Arc::new(LogAlertSink)),
                 replayer: self.replayer,
+                control: self.control,
+                degradation: Mutex::default(),
                 counters: Counters::default(),
                 changes: watch::channel(0).0,
             }),
@@ -331,7 +359,149 @@ impl AgentHealthMonitor {
             ),
             recovery_attempts: counters.recovery_attempts.load(Ordering::Relaxed),
             recovery_successes: counters.recovery_successes.load(Ordering::Relaxed),
+            degraded: self.is_degraded(),
         }
+    }
+
+    /// Whether the system is in graceful degradation (FR-010a).
+    pub fn is_degraded(&self) -> bool {
+        lock(&self.inner.degradation).degraded
+    }
+
+    /// Counts a failure; enters degradation past the threshold.
+    async fn count_failure(&self, now: Timestamp) {
+        let config = &self.inner.config.degradation;
+        let enter = {
+            let mut degradation = lock(&self.inner.degradation);
+            degradation.failures.push_back(now);
+            while degradation
+                .failures
+                .front()
+                .is_some_and(|at| now.duration_since(*at) > config.window)
+            {
+                degradation.failures.pop_front();
+            }
+            let enter =
+                !degradation.degraded && degradation.failures.len() > config.failures as usize;
+            if enter {
+                degradation.degraded = true;
+                degradation.calm_since = None;
+                degradation.retried_at = Some(now);
+            }
+            enter.then_some(degradation.failures.len())
+        };
+        if let Some(failures) = enter {
+            self.switch_degradation(
+                true,
+                format!(
+                    "graceful degradation: {failures} agent failures within {:?}; new sessions paused, capacity halved",
+                    config.window
+                ),
+            )
+            .await;
+        }
+    }
+
+    /// While degraded: retries failed agents every `retry_interval`, and
+    /// leaves once few enough are failed for long enough.
+    async fn check_degradation(&self, now: Timestamp) {
+        let config = &self.inner.config.degradation;
+        let (failed, retry) = {
+            let agents = lock(&self.inner.agents);
+            let failed: Vec<(AgentId, RecoveryStrategy)> = agents
+                .iter()
+                .filter(|(_, entry)| entry.status.state == HealthState::Failed)
+                .map(|(id, entry)| (id.clone(), entry.strategy.clone()))
+                .collect();
+            let mut degradation = lock(&self.inner.degradation);
+            if !degradation.degraded {
+                return;
+            }
+            let retry = degradation
+                .retried_at
+                .is_none_or(|at| now.duration_since(at) >= config.retry_interval);
+            if retry {
+                degradation.retried_at = Some(now);
+            }
+            (failed, retry)
+        };
+        let exit = {
+            let mut degradation = lock(&self.inner.degradation);
+            if failed.len() < config.exit_below_failed {
+                let since = *degradation.calm_since.get_or_insert(now);
+                let exit = now.duration_since(since) >= config.exit_after;
+                if exit {
+                    degradation.degraded = false;
+                    degradation.calm_since = None;
+                    degradation.failures.clear();
+                }
+                exit
+            } else {
+                degradation.calm_since = None;
+                false
+            }
+        };
+        if exit {
+            self.switch_degradation(
+                false,
+                format!(
+                    "graceful degradation over: fewer than {} agents failed for {:?}",
+                    config.exit_below_failed, config.exit_after
+                ),
+            )
+            .await;
+            return;
+        }
+        if retry {
+            for (agent_id, strategy) in failed {
+                if strategy.kind == RecoveryKind::Alert
+                    || strategy.restart_type == RestartType::Temporary
+                {
+                    continue;
+                }
+                if let Some(entry) = lock(&self.inner.agents).get_mut(&agent_id) {
+                    // A fresh chance: the periodic retry is not a crash loop.
+                    entry.restarts.clear();
+                    entry.status.state = HealthState::Disconnected;
+                }
+                let monitor = self.clone();
+                tokio::spawn(async move { monitor.recover(agent_id, strategy).await });
+            }
+        }
+    }
+
+    async fn switch_degradation(&self, degraded: bool, message: String) {
+        if let Some(control) = &self.inner.control {
+            control.set_degraded(degraded);
+        }
+        tracing::warn!(degraded, "{message}");
+        self.inner
+            .alerts
+            .raise(Alert {
+                severity: if degraded {
+                    AlertSeverity::Critical
+                } else {
+                    AlertSeverity::Info
+                },
+                source: "health".into(),
+                message,
+                context: serde_json::Map::new(),
+                timestamp: self.inner.clock.now(),
+            })
+            .await;
+        if let Some(events) = &self.inner.events {
+            events
+                .announce(Announcement {
+                    topic: Topic::parse(DEGRADATION_CHANGED).expect("valid topic"),
+                    priority: EventPriority::Critical,
+                    session_id: None,
+                    conversation_id: None,
+                    payload: json!({ "degraded": degraded }),
+                    timestamp: self.inner.clock.now(),
+                })
+                .await;
+        }
+        self.inner.changes.send_modify(|count| *count += 1);
     }
 
     /// Waits until `agent_id` is in `state`, up to `timeout`; `true` if it
@@ -480,6 +650,7 @@ impl AgentHealthMonitor {
         for failure in stalled {
             self.fail(failure).await;
         }
+        self.check_degradation(now).await;
     }
 
     /// Applies one agent's answers; says what to act on.
@@ -630,6 +801,7 @@ impl AgentHealthMonitor {
         };
         self.transition(&agent_id, HealthState::Disconnected, &reason)
             .await;
+        self.count_failure(self.inner.clock.now()).await;
         if failures < strategy.failure_threshold {
             return;
         }

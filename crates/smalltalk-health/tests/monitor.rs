@@ -99,6 +99,7 @@ fn config() -> HealthConfig {
             llm_call: Duration::from_millis(500),
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 
@@ -617,4 +618,80 @@ async fn recovery_replays_what_was_missed_and_mostly_failed_replays_degrade() {
             .unwrap()
             .contains("replay")
     );
+}
+
+/// Records what the monitor switched.
+#[derive(Debug, Default)]
+struct Control(Mutex<Vec<bool>>);
+
+impl smalltalk_types::DegradationControl for Control {
+    fn set_degraded(&self, degraded: bool) {
+        self.0.lock().unwrap().push(degraded);
+    }
+}
+
+#[tokio::test]
+async fn many_failures_degrade_the_system_until_it_is_calm_again() {
+    let clock = test_clock();
+    let control = Arc::new(Control::default());
+    let alerts = Arc::new(RecordingAlertSink::default());
+    let monitor = AgentHealthMonitor::builder()
+        .config(config())
+        .clock(clock.clone())
+        .alerts(alerts.clone())
+        .degradation_control(control.clone())
+        .build()
+        .unwrap();
+    let f = Fixture {
+        monitor,
+        clock,
+        alerts,
+        events: Arc::default(),
+    };
+    let mut agents = Vec::new();
+    for index in 0..4 {
+        let agent = Arc::new(Fake::default());
+        f.monitor
+            .register(
+                &format!("a{index}"),
+                agent.clone(),
+                strategy(RecoveryKind::Alert),
+                None,
+            )
+            .unwrap();
+        agents.push(agent);
+    }
+    // Three failures within 30 s: not yet.
+    for agent in &agents[..3] {
+        agent.down.store(true, Ordering::SeqCst);
+    }
+    f.tick().await;
+    f.tick().await;
+    assert!(!f.monitor.is_degraded());
+    // A fourth: degraded, sessions told, operators alerted.
+    agents[3].down.store(true, Ordering::SeqCst);
+    f.tick().await;
+    f.tick().await;
+    assert!(f.monitor.is_degraded());
+    assert!(f.monitor.stats().degraded);
+    assert_eq!(control.0.lock().unwrap().clone(), [true]);
+    assert!(
+        f.alerts
+            .alerts()
+            .iter()
+            .any(|alert| alert.severity == AlertSeverity::Critical
+                && alert.message.contains("degradation"))
+    );
+    // They come back; fewer than 2 failed for 120 s: degradation ends.
+    for agent in &agents {
+        agent.down.store(false, Ordering::SeqCst);
+    }
+    f.tick().await;
+    f.clock.advance(Duration::from_secs(119));
+    f.tick().await;
+    assert!(f.monitor.is_degraded(), "not calm for 120 s yet");
+    f.clock.advance(Duration::from_secs(1));
+    f.tick().await;
+    assert!(!f.monitor.is_degraded());
+    assert_eq!(control.0.lock().unwrap().clone(), [true, false]);
 }

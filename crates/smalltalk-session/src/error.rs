@@ -35,6 +35,13 @@ pub enum Error {
         /// An estimate of when a slot frees up.
         retry_after: Duration,
     },
+    /// The system is degraded (FR-010a: too many agents failed): new
+    /// sessions are paused until it recovers (HTTP 503 with `Retry-After`).
+    #[error("new sessions are paused while the system is degraded; retry after {retry_after:?}")]
+    Paused {
+        /// When to try again.
+        retry_after: Duration,
+    },
     /// An update kept conflicting with concurrent writers.
     #[error("session {id} kept changing under the update ({attempts} attempts)")]
     Conflict {

@@ -204,3 +204,11 @@ pub trait MissedEventReplayer: Send + Sync + fmt::Debug + 'static {
         since: Timestamp,
     ) -> Result<ReplayCounts, String>;
 }
+
+/// Graceful degradation (FR-010a): the health monitor switches it, the
+/// session manager honours it (new sessions paused, capacity halved); the
+/// umbrella connects the two.
+pub trait DegradationControl: Send + Sync + fmt::Debug + 'static {
+    /// Enters (`true`) or leaves (`false`) degraded operation.
+    fn set_degraded(&self, degraded: bool);
+}

@@ -96,6 +96,8 @@ struct Inner {
     /// Invalidated sessions whose history still has to be deleted, with
     /// the failures so far.
     purges: Mutex<HashMap<SessionId, u32>>,
+    /// Degraded operation (FR-010a): no new sessions, half the capacity.
+    degraded: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Inner {
@@ -207,8 +209,22 @@ impl SessionManagerBuilder {
                 writeback,
                 flush_lock: tokio::sync::Mutex::new(()),
                 purges: Mutex::new(HashMap::new()),
+                degraded: std::sync::atomic::AtomicBool::new(false),
             }),
         })
+    }
+}
+
+/// The degradation port (FR-010a): the health monitor switches it; while
+/// degraded, [`SessionManager::create`] answers [`Error::Paused`] and the
+/// active pool's limit is halved (idle sessions are reactivated only within
+/// it).
+impl smalltalk_types::DegradationControl for SessionManager {
+    fn set_degraded(&self, degraded: bool) {
+        let was = self.inner.degraded.swap(degraded, Ordering::Relaxed);
+        if was != degraded {
+            tracing::warn!(degraded, "session manager degradation changed");
+        }
     }
 }
 
@@ -346,8 +362,25 @@ impl SessionManager {
         soonest.clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 
+    /// Whether the manager runs degraded (see
+    /// [`DegradationControl`](smalltalk_types::DegradationControl)).
+    pub fn is_degraded(&self) -> bool {
+        self.inner.degraded.load(Ordering::Relaxed)
+    }
+
+    /// The active pool's limit now: halved while degraded.
+    fn capacity(&self) -> usize {
+        let limit = self.inner.config.max_active_sessions;
+        if self.is_degraded() {
+            (limit / 2).max(1)
+        } else {
+            limit
+        }
+    }
+
     /// Creates a session (UUID v4, expiring after the TTL) and stores it.
-    /// Fails with [`Error::CapacityExceeded`] when the active pool is full.
+    /// Fails with [`Error::CapacityExceeded`] when the active pool is full,
+    /// and [`Error::Paused`] while the system is degraded.
     #[tracing::instrument(skip_all, fields(session_id), err)]
     pub async fn create(&self, options: CreateOptions) -> Result<Session> {
         let ttl = options.ttl.unwrap_or(self.inner.config.default_ttl);
@@ -356,9 +389,16 @@ impl SessionManager {
         let mut session = Session::new(SessionId::new(), now, ttl);
         session.metadata = options.metadata;
         tracing::Span::current().record("session_id", tracing::field::display(session.id));
+        if self.is_degraded() {
+            self.inner.rejections.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("session_rejections_total").increment(1);
+            return Err(Error::Paused {
+                retry_after: Duration::from_secs(60),
+            });
+        }
         {
             let mut pool = self.pool();
-            let limit = self.inner.config.max_active_sessions;
+            let limit = self.capacity();
             if pool.len() >= limit {
                 self.inner.rejections.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("session_rejections_total").increment(1);
@@ -707,7 +747,7 @@ impl SessionManager {
         }
         if state == SessionState::Active {
             let pool = self.pool();
-            let limit = self.inner.config.max_active_sessions;
+            let limit = self.capacity();
             if !pool.contains_key(&id) && pool.len() >= limit {
                 self.inner.rejections.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("session_rejections_total").increment(1);
