@@ -355,6 +355,36 @@ async fn event_bus_rows(
     Ok(())
 }
 
+/// Agent health: SC-010 (monitor CPU) and SC-003 (detection latency).
+async fn health_rows(rows: &mut Vec<Row>, quick: bool) {
+    use smalltalk_benches::health;
+    let window = Duration::from_secs(if quick { 4 } else { 20 });
+    for agents in [100, 1_000, 10_000] {
+        eprintln!("measuring monitor CPU with {agents} agents over {window:?}");
+        let pct = health::monitor_cpu(agents, window).await;
+        rows.push(Row {
+            id: "SC-010",
+            backend: "none",
+            metric: format!("monitor_cpu_{agents}_agents_pct"),
+            value: pct,
+            unit: "pct",
+            target: Some(1.0),
+            samples: 1,
+        });
+    }
+    let count = if quick { 20 } else { 100 };
+    eprintln!("measuring {count} failure detections (100 ms interval, 2 missed)");
+    let samples = health::detection(count).await;
+    criterion_rows(
+        rows,
+        "SC-003",
+        "none",
+        "detection_latency",
+        &samples,
+        Some(250.0),
+    );
+}
+
 /// Bytes 100-turn conversations add on disk, over their content: the
 /// SQLite file after a checkpoint, PostgreSQL's relation sizes. Returns the
 /// first conversation's ratio on a fresh database (the SPEC metric, one-time
@@ -414,7 +444,7 @@ async fn report() -> anyhow::Result<()> {
     let json_output = args.iter().any(|arg| arg == "--json");
     let quick = args.iter().any(|arg| arg == "--quick");
     let (warmup, count) = if quick { (20, 200) } else { (100, 2000) };
-    // `--only storage|sessions|events`: one group of rows.
+    // `--only storage|sessions|events|health`: one group of rows.
     let only = args
         .iter()
         .position(|arg| arg == "--only")
@@ -430,6 +460,9 @@ async fn report() -> anyhow::Result<()> {
         for name in BACKENDS {
             session_rows(&mut rows, name, warmup, count, quick).await?;
         }
+    }
+    if wanted("health") {
+        health_rows(&mut rows, quick).await;
     }
     if wanted("events") {
         for name in BACKENDS {
@@ -498,7 +531,7 @@ async fn storage_rows(rows: &mut Vec<Row>, warmup: usize, count: usize) -> anyho
 
 fn print_rows(mut rows: Vec<Row>, json_output: bool) -> anyhow::Result<()> {
     let rank = |backend: &str| {
-        ["memory", "sqlite", "postgres"]
+        ["none", "memory", "sqlite", "postgres"]
             .iter()
             .position(|name| *name == backend)
     };

@@ -65,12 +65,14 @@
 
 mod agent;
 mod config;
+mod cpu;
 mod error;
 mod monitor;
 pub mod process;
 
 pub use agent::{AgentError, AgentFactory, Heartbeat, MonitoredAgent};
 pub use config::{DegradationConfig, HealthConfig, PhaseDeadlines};
+pub use cpu::process_cpu_time;
 pub use error::{Error, Result};
 pub use monitor::{
     AgentHealthMonitor, AgentHealthMonitorBuilder, DEGRADATION_CHANGED, HEALTH_CHANGED, HealthStats,

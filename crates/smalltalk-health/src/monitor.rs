@@ -76,6 +76,10 @@ pub struct HealthStats {
     pub recovery_successes: u64,
     /// Whether the system is in graceful degradation.
     pub degraded: bool,
+    /// CPU time this process has used (user + system, from the OS; `None`
+    /// off Linux). The monitor's own share is what it adds: measure it
+    /// over an interval, as the SC-010 report row does.
+    pub process_cpu_time: Option<Duration>,
 }
 
 struct Inner {
@@ -360,6 +364,7 @@ impl AgentHealthMonitor {
             recovery_attempts: counters.recovery_attempts.load(Ordering::Relaxed),
             recovery_successes: counters.recovery_successes.load(Ordering::Relaxed),
             degraded: self.is_degraded(),
+            process_cpu_time: crate::process_cpu_time(),
         }
     }
 
@@ -541,10 +546,9 @@ impl AgentHealthMonitor {
     /// monitor dropped.
     pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
         let weak = Arc::downgrade(&self.inner);
-        let config = &self.inner.config;
-        let tick = config.heartbeat_interval.min(config.probe_interval) / 4;
+        let tick = sweep_tick(&self.inner.config);
         tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(tick.max(Duration::from_millis(1)));
+            let mut ticks = tokio::time::interval(tick);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
@@ -562,6 +566,11 @@ impl AgentHealthMonitor {
     pub async fn sweep(&self) {
         let now = self.inner.clock.now();
         let config = &self.inner.config;
+        // Sweeps come every `tick`; a timer firing a hair early must not
+        // push a heartbeat to the next one (a whole tick late).
+        let slack = sweep_tick(config) / 2;
+        let due_after =
+            |interval: Duration, at: Timestamp| now.duration_since(at) + slack >= interval;
         let due: Vec<(AgentId, Arc<dyn MonitoredAgent>, bool, bool)> = lock(&self.inner.agents)
             .iter_mut()
             .filter(|(_, entry)| {
@@ -573,11 +582,11 @@ impl AgentHealthMonitor {
             .filter_map(|(id, entry)| {
                 let beat = entry
                     .heartbeat_sent_at
-                    .is_none_or(|at| now.duration_since(at) >= config.heartbeat_interval);
+                    .is_none_or(|at| due_after(config.heartbeat_interval, at));
                 let probe = entry.status.state != HealthState::Disconnected
                     && entry
                         .probed_at
-                        .is_none_or(|at| now.duration_since(at) >= config.probe_interval);
+                        .is_none_or(|at| due_after(config.probe_interval, at));
                 if beat {
                     entry.heartbeat_sent_at = Some(now);
                 }
@@ -589,27 +598,16 @@ impl AgentHealthMonitor {
             .collect();
         let answers = futures_util::future::join_all(due.into_iter().map(
             |(agent_id, agent, beat, probe)| async move {
-                let heartbeat =
-                    if beat {
-                        let started = tokio::time::Instant::now();
-                        let answer =
-                            match tokio::time::timeout(config.activity_timeout, agent.heartbeat())
-                                .await
-                            {
-                                Ok(answer) => answer,
-                                Err(_) => Err(AgentError::Failed("heartbeat timed out".into())),
-                            };
-                        Some((answer, started.elapsed()))
-                    } else {
-                        None
-                    };
+                let heartbeat = if beat {
+                    let started = tokio::time::Instant::now();
+                    let answer =
+                        within(config.activity_timeout, agent.heartbeat(), "heartbeat").await;
+                    Some((answer, started.elapsed()))
+                } else {
+                    None
+                };
                 let probe = if probe {
-                    Some(
-                        match tokio::time::timeout(config.probe_timeout, agent.probe()).await {
-                            Ok(answer) => answer,
-                            Err(_) => Err(AgentError::Failed("probe timed out".into())),
-                        },
-                    )
+                    Some(within(config.probe_timeout, agent.probe(), "probe").await)
                 } else {
                     None
                 };
@@ -621,8 +619,15 @@ impl AgentHealthMonitor {
             },
         ))
         .await;
-        for answer in answers {
-            match self.judge(answer, now) {
+        let verdicts: Vec<Verdict> = {
+            let mut agents = lock(&self.inner.agents);
+            answers
+                .into_iter()
+                .map(|answer| self.judge(&mut agents, answer, now))
+                .collect()
+        };
+        for verdict in verdicts {
+            match verdict {
                 Verdict::Failed(failure) => self.fail(failure).await,
                 Verdict::Back(agent_id) => {
                     self.transition(&agent_id, HealthState::Active, "answering again")
@@ -653,10 +658,15 @@ impl AgentHealthMonitor {
         self.check_degradation(now).await;
     }
 
-    /// Applies one agent's answers; says what to act on.
-    fn judge(&self, answer: Answer, now: Timestamp) -> Verdict {
+    /// Applies one agent's answers (the registry locked once for all of a
+    /// sweep's); says what to act on.
+    fn judge(
+        &self,
+        agents: &mut HashMap<AgentId, Entry>,
+        answer: Answer,
+        now: Timestamp,
+    ) -> Verdict {
         let counters = &self.inner.counters;
-        let mut agents = lock(&self.inner.agents);
         let Some(entry) = agents.get_mut(&answer.agent_id) else {
             return Verdict::Fine;
         };
@@ -1000,6 +1010,31 @@ struct Failure {
     reason: String,
     /// `false` when the agent stopped normally.
     abnormal: bool,
+}
+
+/// `call`'s answer, or a failure after `limit`. Most answers are ready at
+/// the first poll: no timer for them (at 10,000 agents that is most of the
+/// monitor's cost).
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = std::result::Result<T, AgentError>>,
+    what: &str,
+) -> std::result::Result<T, AgentError> {
+    let mut call = std::pin::pin!(call);
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(call.as_mut().poll(cx))).await;
+    if let std::task::Poll::Ready(answer) = first {
+        return answer;
+    }
+    match tokio::time::timeout(limit, call).await {
+        Ok(answer) => answer,
+        Err(_) => Err(AgentError::Failed(format!("{what} timed out"))),
+    }
+}
+
+/// How often [`AgentHealthMonitor::spawn`] sweeps: a quarter of the
+/// shorter interval.
+fn sweep_tick(config: &HealthConfig) -> Duration {
+    (config.heartbeat_interval.min(config.probe_interval) / 4).max(Duration::from_millis(1))
 }
 
 /// The `agent_health_status` gauge's value per state.
