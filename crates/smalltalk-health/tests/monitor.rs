@@ -695,3 +695,23 @@ async fn many_failures_degrade_the_system_until_it_is_calm_again() {
     assert!(!f.monitor.is_degraded());
     assert_eq!(control.0.lock().unwrap().clone(), [true, false]);
 }
+
+#[tokio::test]
+async fn the_health_gauge_follows_the_state() {
+    let recording = smalltalk_storage::contract::RecordingRecorder::default();
+    let _guard = metrics::set_default_local_recorder(&recording);
+    let f = fixture();
+    let agent = Arc::new(Fake::default());
+    let temporary = RecoveryStrategy {
+        restart_type: RestartType::Temporary,
+        ..strategy(RecoveryKind::Restart)
+    };
+    f.monitor
+        .register("gauged", agent.clone(), temporary, None)
+        .unwrap();
+    agent.down.store(true, Ordering::SeqCst);
+    f.tick().await;
+    f.tick().await;
+    assert_eq!(f.state("gauged"), HealthState::Failed);
+    assert_eq!(recording.value("agent_health_status"), -1.0);
+}

@@ -132,3 +132,48 @@ async fn transitions_go_onto_the_bus_and_recovery_replays_missed_events() -> any
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_degraded_system_pauses_new_sessions() -> anyhow::Result<()> {
+    let store = smalltalk::open("memory://").await?;
+    let sessions = smalltalk::SessionManager::new(store);
+    let monitor = AgentHealthMonitor::builder()
+        .config(HealthConfig {
+            heartbeat_interval: Duration::from_millis(20),
+            probe_interval: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .degradation_control(Arc::new(sessions.clone()))
+        .build()?;
+    let alert_only = RecoveryStrategy {
+        kind: smalltalk::types::RecoveryKind::Alert,
+        ..Default::default()
+    };
+    let mut agents = Vec::new();
+    for index in 0..4 {
+        let agent = Arc::new(Flaky::default());
+        monitor.register(
+            &format!("a{index}"),
+            agent.clone(),
+            alert_only.clone(),
+            None,
+        )?;
+        agents.push(agent);
+    }
+    sessions.create(Default::default()).await?;
+    for agent in &agents {
+        agent.down.store(true, Ordering::SeqCst);
+    }
+    let _sweeper = monitor.spawn();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !monitor.is_degraded() {
+        assert!(tokio::time::Instant::now() < deadline, "never degraded");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(sessions.is_degraded());
+    assert!(matches!(
+        sessions.create(Default::default()).await,
+        Err(smalltalk::session::Error::Paused { .. })
+    ));
+    Ok(())
+}
