@@ -5,6 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use serde_json::json;
 use smalltalk_storage::KeyValueStore;
 use smalltalk_types::{
@@ -596,29 +599,86 @@ impl AgentHealthMonitor {
                 (beat || probe).then(|| (id.clone(), Arc::clone(&entry.agent), beat, probe))
             })
             .collect();
-        let answers = futures_util::future::join_all(due.into_iter().map(
-            |(agent_id, agent, beat, probe)| async move {
-                let heartbeat = if beat {
-                    let started = tokio::time::Instant::now();
-                    let answer =
-                        within(config.activity_timeout, agent.heartbeat(), "heartbeat").await;
-                    Some((answer, started.elapsed()))
-                } else {
-                    None
-                };
-                let probe = if probe {
-                    Some(within(config.probe_timeout, agent.probe(), "probe").await)
-                } else {
-                    None
-                };
-                Answer {
-                    agent_id,
-                    heartbeat,
-                    probe,
+        let (heartbeat_timeout, probe_timeout) = (config.activity_timeout, config.probe_timeout);
+        let mut asking: FuturesUnordered<BoxFuture<'static, Answer>> = due
+            .into_iter()
+            .map(|(agent_id, agent, beat, probe)| {
+                async move {
+                    let heartbeat = if beat {
+                        let started = tokio::time::Instant::now();
+                        let answer =
+                            within(heartbeat_timeout, agent.heartbeat(), "heartbeat").await;
+                        Some((answer, started.elapsed()))
+                    } else {
+                        None
+                    };
+                    let probe = if probe {
+                        Some(within(probe_timeout, agent.probe(), "probe").await)
+                    } else {
+                        None
+                    };
+                    Answer {
+                        agent_id,
+                        heartbeat,
+                        probe,
+                    }
                 }
-            },
-        ))
+                .boxed()
+            })
+            .collect();
+        // Answers ready at once (nearly all) are judged in this sweep; slow
+        // ones on a task of their own, so one hung agent never holds up the
+        // sweep, and with it every other agent's detection.
+        let mut ready = Vec::new();
+        std::future::poll_fn(|cx| {
+            while let std::task::Poll::Ready(Some(answer)) = asking.poll_next_unpin(cx) {
+                ready.push(answer);
+            }
+            std::task::Poll::Ready(())
+        })
         .await;
+        self.apply(ready, now).await;
+        if !asking.is_empty() {
+            let monitor = self.clone();
+            tokio::spawn(async move {
+                while let Some(answer) = asking.next().await {
+                    let now = monitor.inner.clock.now();
+                    monitor.apply(vec![answer], now).await;
+                }
+            });
+        }
+        // Phases without progress, also for agents not asked this time.
+        let stalled: Vec<Failure> = lock(&self.inner.agents)
+            .iter()
+            .filter(|(_, entry)| {
+                matches!(
+                    entry.status.state,
+                    HealthState::Active | HealthState::Degraded
+                )
+            })
+            .filter_map(|(id, entry)| {
+                let deadline = config.deadline(&entry.status.phase)?;
+                (now.duration_since(entry.progress_at) > deadline).then(|| Failure {
+                    agent_id: id.clone(),
+                    reason: format!(
+                        "no progress in phase {:?} for over {deadline:?}",
+                        entry.status.phase
+                    ),
+                    abnormal: true,
+                })
+            })
+            .collect();
+        for failure in stalled {
+            self.fail(failure).await;
+        }
+        self.check_degradation(now).await;
+    }
+
+    /// Judges answers (under one lock) and acts on the verdicts.
+    async fn apply(&self, answers: Vec<Answer>, now: Timestamp) {
+        if answers.is_empty() {
+            return;
+        }
         let verdicts: Vec<Verdict> = {
             let mut agents = lock(&self.inner.agents);
             answers
@@ -636,26 +696,6 @@ impl AgentHealthMonitor {
                 Verdict::Fine => {}
             }
         }
-        // Phases without progress, also for agents not asked this time.
-        let stalled: Vec<Failure> = lock(&self.inner.agents)
-            .iter()
-            .filter(|(_, entry)| entry.status.state == HealthState::Active)
-            .filter_map(|(id, entry)| {
-                let deadline = config.deadline(&entry.status.phase)?;
-                (now.duration_since(entry.progress_at) > deadline).then(|| Failure {
-                    agent_id: id.clone(),
-                    reason: format!(
-                        "no progress in phase {:?} for over {deadline:?}",
-                        entry.status.phase
-                    ),
-                    abnormal: true,
-                })
-            })
-            .collect();
-        for failure in stalled {
-            self.fail(failure).await;
-        }
-        self.check_degradation(now).await;
     }
 
     /// Applies one agent's answers (the registry locked once for all of a

@@ -715,3 +715,55 @@ async fn the_health_gauge_follows_the_state() {
     assert_eq!(f.state("gauged"), HealthState::Failed);
     assert_eq!(recording.value("agent_health_status"), -1.0);
 }
+
+/// An agent whose heartbeat never returns.
+#[derive(Debug, Default)]
+struct Hung;
+
+#[async_trait]
+impl MonitoredAgent for Hung {
+    async fn heartbeat(&self) -> Result<Heartbeat, AgentError> {
+        std::future::pending().await
+    }
+    async fn probe(&self) -> Result<(), AgentError> {
+        Ok(())
+    }
+    async fn restart(&self, _state: Option<AgentState>) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_hung_agent_does_not_hold_up_the_sweep() {
+    let clock = test_clock();
+    let monitor = AgentHealthMonitor::builder()
+        .config(HealthConfig {
+            // A hung heartbeat is given an hour: the sweep must not wait.
+            activity_timeout: Duration::from_secs(3600),
+            ..config()
+        })
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let f = Fixture {
+        monitor,
+        clock,
+        alerts: Arc::default(),
+        events: Arc::default(),
+    };
+    f.monitor
+        .register("hung", Arc::new(Hung), strategy(RecoveryKind::Alert), None)
+        .unwrap();
+    let down = Arc::new(Fake::default());
+    f.monitor
+        .register("down", down.clone(), strategy(RecoveryKind::Alert), None)
+        .unwrap();
+    down.down.store(true, Ordering::SeqCst);
+    let swept = tokio::time::timeout(Duration::from_secs(5), async {
+        f.tick().await;
+        f.tick().await;
+    })
+    .await;
+    assert!(swept.is_ok(), "the sweep waited on the hung agent");
+    assert_eq!(f.state("down"), HealthState::Disconnected);
+}
