@@ -36,7 +36,7 @@ macro_rules! uuid_id {
         pub struct $name(Uuid);
 
         impl $name {
-            /// A new random id (UUID v4 from the OS RNG).
+            /// A new random id (UUID v4 from a CSPRNG seeded by the OS).
             pub fn new() -> Self {
                 Self(Uuid::new_v4())
             }
@@ -111,7 +111,7 @@ macro_rules! uuid_id {
 }
 
 uuid_id!(
-    /// Identifies a [`Session`](crate::Session): a UUID v4 from the OS RNG.
+    /// Identifies a [`Session`](crate::Session): a UUID v4 from a CSPRNG seeded by the OS.
     SessionId,
     IdKind::Session
 );

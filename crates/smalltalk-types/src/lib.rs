@@ -4,7 +4,7 @@
 //! does I/O:
 //!
 //! - [`id`]: validated identifiers. [`SessionId`] and the other UUID ids are
-//!   version 4 UUIDs from the OS RNG; [`AgentId`] and [`StorageKey`] accept
+//!   version 4 UUIDs from a CSPRNG seeded by the OS; [`AgentId`] and [`StorageKey`] accept
 //!   only a documented safe charset, so no id can escape its storage location.
 //! - records, all serialized as camelCase JSON: [`Session`] and [`Message`]
 //!   and [`AgentState`] ([`session`]), [`AgentHealthStatus`] and
