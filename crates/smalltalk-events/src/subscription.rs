@@ -25,8 +25,9 @@ use crate::handler::{AckHandle, AckMessage, Answer, Touch};
 use crate::stats::{SubCounters, SubscriptionStats, bump, read};
 use crate::{Delivery, EventHandler, GapNotice, Outcome, ReplayOptions, ReplayReport, Result};
 
-/// Events read from the log per query while replaying or catching up.
-const READ_BATCH: usize = 512;
+/// Events read from the log per query while replaying or catching up (the
+/// SQLite store reads up to 1,000 inline, without a thread handoff).
+const READ_BATCH: usize = 1000;
 
 /// The ids a subscriber has processed, kept across re-subscriptions in
 /// one process (FR-011a).
@@ -987,10 +988,9 @@ impl Worker {
             };
             bump(&self.sub.counters.deliveries);
             match self.run_handler(delivery, &touch).await {
-                Ran::Outcome(Outcome::Ack | Outcome::InProgress) => {
-                    self.mark_processed(event.id);
-                    return true;
-                }
+                // Not marked processed: a deliberate replay is not a
+                // redelivery, and the registry is for those.
+                Ran::Outcome(Outcome::Ack | Outcome::InProgress) => return true,
                 Ran::Outcome(Outcome::Nak { .. }) => bump(&self.sub.counters.naked),
                 Ran::Panicked => bump(&self.sub.counters.panics),
                 Ran::TimedOut => bump(&self.sub.counters.timeouts),
