@@ -67,6 +67,27 @@ impl Progress {
     }
 }
 
+/// Subscribes a handler that only counts what it handled.
+async fn counting(
+    bus: &EventBus,
+    pattern: &str,
+    subscriber: &str,
+) -> (Arc<Progress>, smalltalk_events::Subscription) {
+    let progress = Arc::new(Progress::default());
+    let handler = {
+        let progress = Arc::clone(&progress);
+        move |_: Delivery| {
+            progress.handled_one();
+            async { Outcome::Ack }
+        }
+    };
+    let subscription = bus
+        .subscribe(pattern, subscriber, handler, SubscribeOptions::default())
+        .await
+        .expect("subscribe");
+    (progress, subscription)
+}
+
 /// SC-008: `count` publishes (after `warmup`), each measured from the call
 /// to each of `subscribers` handlers starting.
 pub async fn measure_publish_to_handler(
@@ -134,18 +155,7 @@ pub async fn measure_publish_to_handler(
 /// publish call carrying `batch` events) until one subscriber handled them
 /// all; events per second.
 pub async fn measure_throughput(bus: &EventBus, tasks: usize, batch: usize, total: usize) -> f64 {
-    let progress = Arc::new(Progress::default());
-    let handler = {
-        let progress = Arc::clone(&progress);
-        move |_: Delivery| {
-            progress.handled_one();
-            async { Outcome::Ack }
-        }
-    };
-    let subscription = bus
-        .subscribe("load.*", "sink", handler, SubscribeOptions::default())
-        .await
-        .expect("subscribe");
+    let (progress, subscription) = counting(bus, "load.*", "sink").await;
     let started = Instant::now();
     let per_task = total / tasks;
     let mut publishers = Vec::with_capacity(tasks);
@@ -207,23 +217,7 @@ pub async fn measure_replay(
     warmup: usize,
     count: usize,
 ) -> Samples {
-    let progress = Arc::new(Progress::default());
-    let handler = {
-        let progress = Arc::clone(&progress);
-        move |_: Delivery| {
-            progress.handled_one();
-            async { Outcome::Ack }
-        }
-    };
-    let subscription = bus
-        .subscribe(
-            "history.*",
-            "replayer",
-            handler,
-            SubscribeOptions::default(),
-        )
-        .await
-        .expect("subscribe");
+    let (progress, subscription) = counting(bus, "history.*", "replayer").await;
     let rounds = AtomicUsize::new(0);
     let samples = Samples::collect(warmup, count, || {
         let round = rounds.fetch_add(1, Ordering::Relaxed) + 1;
@@ -254,23 +248,7 @@ pub struct RoundTrip {
 impl RoundTrip {
     /// Subscribes the counting handler to `bus`.
     pub async fn new(bus: EventBus) -> Self {
-        let progress = Arc::new(Progress::default());
-        let handler = {
-            let progress = Arc::clone(&progress);
-            move |_: Delivery| {
-                progress.handled_one();
-                async { Outcome::Ack }
-            }
-        };
-        let subscription = bus
-            .subscribe(
-                "bench.*",
-                "round-trip",
-                handler,
-                SubscribeOptions::default(),
-            )
-            .await
-            .expect("subscribe");
+        let (progress, subscription) = counting(&bus, "bench.*", "round-trip").await;
         Self {
             bus,
             progress,

@@ -749,13 +749,9 @@ fn count_published(shared: &Shared, events: &[Arc<Event>]) {
         .iter()
         .filter(|event| event.priority == smalltalk_types::EventPriority::Critical)
         .count() as u64;
-    shared.counters.count_published(
-        smalltalk_types::EventPriority::Normal,
-        events.len() as u64 - critical,
-    );
     shared
         .counters
-        .count_published(smalltalk_types::EventPriority::Critical, critical);
+        .count_published(events.len() as u64, critical);
 }
 
 async fn purge(shared: &Shared) -> Result<u64> {

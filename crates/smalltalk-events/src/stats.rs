@@ -152,11 +152,11 @@ impl Default for BusCounters {
 }
 
 impl BusCounters {
-    pub(crate) fn count_published(&self, priority: EventPriority, events: u64) {
+    /// Counts `events` published, `critical` of them critical.
+    pub(crate) fn count_published(&self, events: u64, critical: u64) {
         self.published.fetch_add(events, Ordering::Relaxed);
-        if priority == EventPriority::Critical {
-            self.published_critical.fetch_add(events, Ordering::Relaxed);
-        }
+        self.published_critical
+            .fetch_add(critical, Ordering::Relaxed);
         metrics::counter!("event_throughput").increment(events);
     }
 

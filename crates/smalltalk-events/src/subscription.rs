@@ -520,11 +520,11 @@ impl Worker {
         &mut self,
         after: u64,
         window_start: Option<smalltalk_types::Timestamp>,
-    ) -> Result<Option<GapNotice>> {
+    ) -> Result<()> {
         let bounds = self.bus.backing.bounds(self.bus.dispatched()).await?;
         let first_retained = bounds.first.unwrap_or(bounds.last + 1);
         if first_retained <= after + 1 {
-            return Ok(None);
+            return Ok(());
         }
         if let Some(start) = window_start {
             // Whatever was purged was older than the retention cutoff.
@@ -534,7 +534,7 @@ impl Worker {
                 .now()
                 .saturating_sub(self.bus.config.retention);
             if start >= cutoff {
-                return Ok(None);
+                return Ok(());
             }
         }
         let gap = GapNotice {
@@ -545,7 +545,7 @@ impl Worker {
         };
         self.report_gap(&gap).await;
         self.last_seen = self.last_seen.max(gap.to);
-        Ok(Some(gap))
+        Ok(())
     }
 
     async fn report_gap(&self, gap: &GapNotice) {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smalltalk_health::{
-    AgentError, AgentFactory, AgentHealthMonitor, Error, HEALTH_CHANGED, HealthConfig, Heartbeat,
-    MonitoredAgent, PhaseDeadlines,
+    AgentError, AgentFactory, AgentHealthMonitor, AgentHealthMonitorBuilder, Error, HEALTH_CHANGED,
+    HealthConfig, Heartbeat, MonitoredAgent, PhaseDeadlines,
 };
 use smalltalk_storage::MemoryStore;
 use smalltalk_storage::contract::test_clock;
@@ -112,17 +112,23 @@ fn strategy(kind: RecoveryKind) -> RecoveryStrategy {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(|builder| builder)
+}
+
+/// A fixture whose monitor builder `configure` adjusts last.
+fn fixture_with(
+    configure: impl FnOnce(AgentHealthMonitorBuilder) -> AgentHealthMonitorBuilder,
+) -> Fixture {
     let clock = test_clock();
     let alerts = Arc::new(RecordingAlertSink::default());
     let events = Arc::new(RecordingEventSink::default());
-    let monitor = AgentHealthMonitor::builder()
+    let builder = AgentHealthMonitor::builder()
         .config(config())
         .clock(clock.clone())
         .states(Arc::new(MemoryStore::new()))
         .alerts(alerts.clone())
-        .events(events.clone())
-        .build()
-        .unwrap();
+        .events(events.clone());
+    let monitor = configure(builder).build().unwrap();
     Fixture {
         monitor,
         clock,
@@ -132,6 +138,20 @@ fn fixture() -> Fixture {
 }
 
 impl Fixture {
+    /// Registers a controllable agent as `id` with a `kind` strategy.
+    fn watch(&self, id: &str, kind: RecoveryKind) -> Arc<Fake> {
+        self.watch_with(id, strategy(kind))
+    }
+
+    /// Registers a controllable agent as `id` with `strategy`.
+    fn watch_with(&self, id: &str, strategy: RecoveryStrategy) -> Arc<Fake> {
+        let agent = Arc::new(Fake::default());
+        self.monitor
+            .register(id, agent.clone(), strategy, None)
+            .unwrap();
+        agent
+    }
+
     /// One heartbeat interval later, a sweep.
     async fn tick(&self) {
         self.clock.advance(Duration::from_millis(100));
@@ -159,10 +179,7 @@ impl Fixture {
 #[tokio::test]
 async fn healthy_agents_stay_active() {
     let f = fixture();
-    let agent = Arc::new(Fake::default());
-    f.monitor
-        .register("a", agent.clone(), strategy(RecoveryKind::Restart), None)
-        .unwrap();
+    let agent = f.watch("a", RecoveryKind::Restart);
     for _ in 0..10 {
         f.tick().await;
     }
@@ -178,15 +195,7 @@ async fn healthy_agents_stay_active() {
 #[tokio::test]
 async fn missed_heartbeats_disconnect_and_restart_restores_the_saved_state() {
     let f = fixture();
-    let agent = Arc::new(Fake::default());
-    f.monitor
-        .register(
-            "writer",
-            agent.clone(),
-            strategy(RecoveryKind::Restart),
-            None,
-        )
-        .unwrap();
+    let agent = f.watch("writer", RecoveryKind::Restart);
     let mut saved = AgentState::new(AgentId::parse("writer").unwrap(), Timestamp::EPOCH);
     saved.context.insert("draft".into(), "v3".into());
     f.monitor.save_state(&saved).await.unwrap();
@@ -225,10 +234,7 @@ async fn missed_heartbeats_disconnect_and_restart_restores_the_saved_state() {
 #[tokio::test]
 async fn activity_counts_as_a_heartbeat() {
     let f = fixture();
-    let agent = Arc::new(Fake::default());
-    f.monitor
-        .register("busy", agent.clone(), strategy(RecoveryKind::Restart), None)
-        .unwrap();
+    let agent = f.watch("busy", RecoveryKind::Restart);
     agent.down.store(true, Ordering::SeqCst);
     f.tick().await; // missed 1
     f.monitor.record_activity("busy").unwrap();
@@ -241,10 +247,7 @@ async fn activity_counts_as_a_heartbeat() {
 #[tokio::test]
 async fn a_long_llm_call_with_progress_is_healthy_and_a_stalled_one_is_not() {
     let f = fixture();
-    let agent = Arc::new(Fake::default());
-    f.monitor
-        .register("llm", agent.clone(), strategy(RecoveryKind::Restart), None)
-        .unwrap();
+    let agent = f.watch("llm", RecoveryKind::Restart);
     agent.llm.store(true, Ordering::SeqCst);
     // 3 s in an LLM call whose deadline is 500 ms: progress keeps it alive.
     for _ in 0..30 {
@@ -272,15 +275,7 @@ async fn a_long_llm_call_with_progress_is_healthy_and_a_stalled_one_is_not() {
 #[tokio::test]
 async fn a_zombie_is_found_by_the_probe_and_restarted() {
     let f = fixture();
-    let agent = Arc::new(Fake::default());
-    f.monitor
-        .register(
-            "zombie",
-            agent.clone(),
-            strategy(RecoveryKind::Restart),
-            None,
-        )
-        .unwrap();
+    let agent = f.watch("zombie", RecoveryKind::Restart);
     agent.zombie.store(true, Ordering::SeqCst);
     for _ in 0..3 {
         f.tick().await; // heartbeats answer; the probe is due at 300 ms
@@ -356,15 +351,7 @@ async fn replace_hands_the_conversation_to_a_backup_with_the_state() {
 #[tokio::test]
 async fn alert_only_never_restarts() {
     let f = fixture();
-    let agent = Arc::new(Fake::default());
-    f.monitor
-        .register(
-            "watched",
-            agent.clone(),
-            strategy(RecoveryKind::Alert),
-            None,
-        )
-        .unwrap();
+    let agent = f.watch("watched", RecoveryKind::Alert);
     agent.down.store(true, Ordering::SeqCst);
     for _ in 0..5 {
         f.tick().await;
@@ -383,15 +370,14 @@ async fn alert_only_never_restarts() {
 #[tokio::test]
 async fn restart_intensity_exceeded_marks_the_agent_failed_and_alerts() {
     let f = fixture();
-    let agent = Arc::new(Fake::default());
-    let strategy = RecoveryStrategy {
-        max_restarts: 2,
-        restart_period: Duration::from_secs(60),
-        ..strategy(RecoveryKind::Restart)
-    };
-    f.monitor
-        .register("flappy", agent.clone(), strategy, None)
-        .unwrap();
+    let agent = f.watch_with(
+        "flappy",
+        RecoveryStrategy {
+            max_restarts: 2,
+            restart_period: Duration::from_secs(60),
+            ..strategy(RecoveryKind::Restart)
+        },
+    );
     for _ in 0..2 {
         agent.down.store(true, Ordering::SeqCst);
         f.tick().await;
@@ -422,15 +408,14 @@ async fn restart_intensity_exceeded_marks_the_agent_failed_and_alerts() {
 #[tokio::test]
 async fn failed_restarts_retry_with_backoff_then_give_up() {
     let f = fixture();
-    let agent = Arc::new(Fake::default());
+    let agent = f.watch_with(
+        "broken",
+        RecoveryStrategy {
+            max_retries: 3,
+            ..strategy(RecoveryKind::Restart)
+        },
+    );
     agent.failing_restarts.store(10, Ordering::SeqCst);
-    let strategy = RecoveryStrategy {
-        max_retries: 3,
-        ..strategy(RecoveryKind::Restart)
-    };
-    f.monitor
-        .register("broken", agent.clone(), strategy, None)
-        .unwrap();
     agent.down.store(true, Ordering::SeqCst);
     f.tick().await;
     f.tick().await;
@@ -448,30 +433,12 @@ async fn failed_restarts_retry_with_backoff_then_give_up() {
 #[tokio::test]
 async fn restart_types_decide_who_comes_back() {
     let f = fixture();
-    let transient = Arc::new(Fake::default());
-    let temporary = Arc::new(Fake::default());
-    f.monitor
-        .register(
-            "transient",
-            transient.clone(),
-            RecoveryStrategy {
-                restart_type: RestartType::Transient,
-                ..strategy(RecoveryKind::Restart)
-            },
-            None,
-        )
-        .unwrap();
-    f.monitor
-        .register(
-            "temporary",
-            temporary.clone(),
-            RecoveryStrategy {
-                restart_type: RestartType::Temporary,
-                ..strategy(RecoveryKind::Restart)
-            },
-            None,
-        )
-        .unwrap();
+    let restarted = |restart_type| RecoveryStrategy {
+        restart_type,
+        ..strategy(RecoveryKind::Restart)
+    };
+    let transient = f.watch_with("transient", restarted(RestartType::Transient));
+    let temporary = f.watch_with("temporary", restarted(RestartType::Temporary));
     transient.stopped.store(true, Ordering::SeqCst); // a normal exit
     temporary.down.store(true, Ordering::SeqCst); // a crash
     f.tick().await;
@@ -570,29 +537,9 @@ impl smalltalk_types::MissedEventReplayer for Replayer {
 
 #[tokio::test]
 async fn recovery_replays_what_was_missed_and_mostly_failed_replays_degrade() {
-    let clock = test_clock();
     let replayer = Arc::new(Replayer::default());
-    let monitor = AgentHealthMonitor::builder()
-        .config(config())
-        .clock(clock.clone())
-        .replayer(replayer.clone())
-        .build()
-        .unwrap();
-    let agent = Arc::new(Fake::default());
-    monitor
-        .register(
-            "reader",
-            agent.clone(),
-            strategy(RecoveryKind::Restart),
-            None,
-        )
-        .unwrap();
-    let f = Fixture {
-        monitor,
-        clock,
-        alerts: Arc::default(),
-        events: Arc::default(),
-    };
+    let f = fixture_with(|builder| builder.replayer(replayer.clone()));
+    let agent = f.watch("reader", RecoveryKind::Restart);
     f.tick().await;
     let last_good = f.monitor.status("reader").unwrap().last_heartbeat.unwrap();
     agent.down.store(true, Ordering::SeqCst);
@@ -632,33 +579,11 @@ impl smalltalk_types::DegradationControl for Control {
 
 #[tokio::test]
 async fn many_failures_degrade_the_system_until_it_is_calm_again() {
-    let clock = test_clock();
     let control = Arc::new(Control::default());
-    let alerts = Arc::new(RecordingAlertSink::default());
-    let monitor = AgentHealthMonitor::builder()
-        .config(config())
-        .clock(clock.clone())
-        .alerts(alerts.clone())
-        .degradation_control(control.clone())
-        .build()
-        .unwrap();
-    let f = Fixture {
-        monitor,
-        clock,
-        alerts,
-        events: Arc::default(),
-    };
+    let f = fixture_with(|builder| builder.degradation_control(control.clone()));
     let mut agents = Vec::new();
     for index in 0..4 {
-        let agent = Arc::new(Fake::default());
-        f.monitor
-            .register(
-                &format!("a{index}"),
-                agent.clone(),
-                strategy(RecoveryKind::Alert),
-                None,
-            )
-            .unwrap();
+        let agent = f.watch(&format!("a{index}"), RecoveryKind::Alert);
         agents.push(agent);
     }
     // Three failures within 30 s: not yet.
@@ -701,14 +626,13 @@ async fn the_health_gauge_follows_the_state() {
     let recording = smalltalk_storage::contract::RecordingRecorder::default();
     let _guard = metrics::set_default_local_recorder(&recording);
     let f = fixture();
-    let agent = Arc::new(Fake::default());
-    let temporary = RecoveryStrategy {
-        restart_type: RestartType::Temporary,
-        ..strategy(RecoveryKind::Restart)
-    };
-    f.monitor
-        .register("gauged", agent.clone(), temporary, None)
-        .unwrap();
+    let agent = f.watch_with(
+        "gauged",
+        RecoveryStrategy {
+            restart_type: RestartType::Temporary,
+            ..strategy(RecoveryKind::Restart)
+        },
+    );
     agent.down.store(true, Ordering::SeqCst);
     f.tick().await;
     f.tick().await;
@@ -735,29 +659,17 @@ impl MonitoredAgent for Hung {
 
 #[tokio::test]
 async fn a_hung_agent_does_not_hold_up_the_sweep() {
-    let clock = test_clock();
-    let monitor = AgentHealthMonitor::builder()
-        .config(HealthConfig {
+    let f = fixture_with(|builder| {
+        builder.config(HealthConfig {
             // A hung heartbeat is given an hour: the sweep must not wait.
             activity_timeout: Duration::from_secs(3600),
             ..config()
         })
-        .clock(clock.clone())
-        .build()
-        .unwrap();
-    let f = Fixture {
-        monitor,
-        clock,
-        alerts: Arc::default(),
-        events: Arc::default(),
-    };
+    });
     f.monitor
         .register("hung", Arc::new(Hung), strategy(RecoveryKind::Alert), None)
         .unwrap();
-    let down = Arc::new(Fake::default());
-    f.monitor
-        .register("down", down.clone(), strategy(RecoveryKind::Alert), None)
-        .unwrap();
+    let down = f.watch("down", RecoveryKind::Alert);
     down.down.store(true, Ordering::SeqCst);
     let swept = tokio::time::timeout(Duration::from_secs(5), async {
         f.tick().await;
