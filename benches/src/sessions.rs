@@ -207,3 +207,65 @@ pub async fn measure_throughput(
     }
     total as f64 / started.elapsed().max(Duration::from_nanos(1)).as_secs_f64()
 }
+
+/// FLOOD: `rounds` sessions, each with `writers` tasks appending as fast as
+/// they can while `updates` header updates and then one invalidation run
+/// on it. Returns the update and the invalidation latencies.
+pub async fn measure_under_append_flood(
+    store: Arc<dyn Store>,
+    writers: usize,
+    rounds: usize,
+    updates: usize,
+) -> (Samples, Samples) {
+    let sessions = manager(store, rounds + 1);
+    let (mut update_times, mut invalidate_times) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let session = sessions
+            .create(CreateOptions::default())
+            .await
+            .expect("create");
+        let started = Arc::new(tokio::sync::Barrier::new(writers + 1));
+        let mut tasks = Vec::with_capacity(writers);
+        for _ in 0..writers {
+            let (sessions, started) = (sessions.clone(), Arc::clone(&started));
+            tasks.push(tokio::spawn(async move {
+                let message = Message::new(Role::User, "flood", Timestamp::now());
+                let mut first = true;
+                while sessions
+                    .add_message(session.id, message.clone())
+                    .await
+                    .is_ok()
+                {
+                    if std::mem::take(&mut first) {
+                        started.wait().await;
+                    }
+                }
+            }));
+        }
+        started.wait().await;
+        for round in 0..updates {
+            let begun = Instant::now();
+            sessions
+                .update(session.id, |s| {
+                    s.metadata.insert("round".into(), round.into());
+                    Ok(())
+                })
+                .await
+                .expect("update under flood");
+            update_times.push(begun.elapsed());
+        }
+        let begun = Instant::now();
+        sessions
+            .invalidate(session.id)
+            .await
+            .expect("invalidate under flood");
+        invalidate_times.push(begun.elapsed());
+        for task in tasks {
+            task.await.expect("writer");
+        }
+    }
+    (
+        Samples::from_durations(update_times),
+        Samples::from_durations(invalidate_times),
+    )
+}

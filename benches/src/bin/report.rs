@@ -168,6 +168,17 @@ async fn session_rows(
         });
     }
 
+    eprintln!("measuring update and invalidate under an append flood on {name}");
+    let rounds = if quick { 5 } else { 20 };
+    let (updates, invalidations) =
+        sessions::measure_under_append_flood(Arc::clone(&fresh!().store), 16, rounds, 100).await;
+    for (metric, samples) in [
+        ("update_under_append_flood", &updates),
+        ("invalidate_under_append_flood", &invalidations),
+    ] {
+        criterion_rows(rows, "FLOOD", name, metric, samples, None);
+    }
+
     for sessions_count in [100, 10_000] {
         eprintln!("measuring add_message throughput over {sessions_count} sessions on {name}");
         let total = if quick { 5_000 } else { 50_000 };

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use smalltalk_types::Error as DomainError;
+use smalltalk_types::{Backoff, Error as DomainError};
 
 use crate::Result;
 
@@ -17,12 +17,15 @@ pub struct SessionConfig {
     /// least 1. Creating more fails with
     /// [`Error::CapacityExceeded`](crate::Error::CapacityExceeded).
     pub max_active_sessions: usize,
-    /// How many times an update is re-applied on fresh data after a version
-    /// conflict before giving up (FR-005). Default 3.
-    pub conflict_retries: u32,
-    /// Pause before re-applying an update after a conflict; doubles with
-    /// each attempt, up to 64 times this. Default 100 ms.
-    pub conflict_backoff: Duration,
+    /// How long an update keeps re-applying its change on fresh data after
+    /// version conflicts before giving up with
+    /// [`Error::Conflict`](crate::Error::Conflict) (FR-005: the retry
+    /// budget is a deadline, not a count). Only other header changes
+    /// conflict: appends never do. Default 5 s; 1 ms to 10 minutes.
+    pub conflict_timeout: Duration,
+    /// Pause before re-applying an update after a conflict. Default 100 ms,
+    /// doubling, at most 1 s; never past `conflict_timeout`.
+    pub conflict_backoff: Backoff,
     /// Limits on preserved agent state (FR-009a).
     pub agent_state: AgentStateLimits,
     /// A session in the active pool with no activity (message, update) for
@@ -149,8 +152,8 @@ impl Default for SessionConfig {
         Self {
             default_ttl: Duration::from_secs(7 * 24 * 3600),
             max_active_sessions: 100,
-            conflict_retries: 3,
-            conflict_backoff: Duration::from_millis(100),
+            conflict_timeout: Duration::from_secs(5),
+            conflict_backoff: Backoff::new(Duration::from_millis(100), 2.0, Duration::from_secs(1)),
             agent_state: AgentStateLimits::default(),
             idle_after: Some(Duration::from_secs(30 * 60)),
             maintenance_interval: Duration::from_secs(60),
@@ -198,6 +201,16 @@ impl SessionConfig {
         if self.agent_state.max_bytes < 1024 {
             return Err(invalid("agent_state.max_bytes", "must be at least 1024"));
         }
+        if !(Duration::from_millis(1)..=Duration::from_secs(600)).contains(&self.conflict_timeout) {
+            return Err(invalid(
+                "conflict_timeout",
+                format!(
+                    "must be between 1 ms and 10 minutes, got {:?}",
+                    self.conflict_timeout
+                ),
+            ));
+        }
+        self.conflict_backoff.validate("conflict_backoff")?;
         if self.idle_after.is_some_and(|idle| idle.is_zero()) {
             return Err(invalid("idle_after", "must be positive (or None)"));
         }

@@ -11,7 +11,8 @@ use smalltalk_session::{
 use smalltalk_storage::Store;
 use smalltalk_storage::contract::{Backend, test_clock};
 use smalltalk_types::{
-    AgentId, AgentState, ManualClock, Message, Role, Session, SessionId, SessionState, Timestamp,
+    AgentId, AgentState, Backoff, ManualClock, Message, Role, Session, SessionId, SessionState,
+    Timestamp,
 };
 
 struct Fixture {
@@ -37,7 +38,7 @@ async fn fixture(backend: &impl Backend, config: SessionConfig) -> Fixture {
 
 fn fast() -> SessionConfig {
     SessionConfig {
-        conflict_backoff: Duration::from_millis(1),
+        conflict_backoff: Backoff::constant(Duration::from_millis(1)),
         ..Default::default()
     }
 }
@@ -96,7 +97,10 @@ async fn create_and_restore_round_trip(backend: &impl Backend) {
         (&stored_state.config, &stored_state.context),
         (&state.config, &state.context)
     );
-    assert_eq!(restored.version, 102);
+    assert_eq!(
+        restored.version, 2,
+        "one header change; appends leave the version"
+    );
     let unknown = f.sessions.restore(SessionId::new()).await;
     assert!(
         matches!(unknown, Err(Error::NotFound { .. })),
@@ -149,7 +153,7 @@ async fn update_reapplies_the_closure_after_a_conflict(backend: &impl Backend) {
 /// Many concurrent updates of one counter: none is lost.
 async fn concurrent_updates_lose_nothing(backend: &impl Backend) {
     let config = SessionConfig {
-        conflict_retries: 200,
+        conflict_timeout: Duration::from_secs(60),
         ..fast()
     };
     let f = fixture(backend, config).await;
@@ -220,7 +224,7 @@ async fn blind_save_falls_back_to_last_write_wins(backend: &impl Backend) {
         .await
         .unwrap();
     second.metadata.insert("by".into(), json!("second"));
-    assert_eq!(f.sessions.save(&second).await.unwrap(), 4);
+    assert_eq!(f.sessions.save(&second).await.unwrap(), 3);
     let stored = f.sessions.restore(session.id).await.unwrap();
     assert_eq!(stored.metadata["by"], json!("second"));
     assert_eq!(
@@ -229,6 +233,19 @@ async fn blind_save_falls_back_to_last_write_wins(backend: &impl Backend) {
         "the history survives last-write-wins"
     );
     assert_eq!(f.sessions.stats().await.unwrap().conflicts, 1);
+
+    // A snapshot with a message of its own, while another writer appends:
+    // both messages are kept, the snapshot's after the other's.
+    let mut third = f.sessions.restore(session.id).await.unwrap();
+    third.messages.push(text("mine", &f.clock));
+    f.sessions
+        .add_message(session.id, text("theirs", &f.clock))
+        .await
+        .unwrap();
+    f.sessions.save(&third).await.unwrap();
+    let stored = f.sessions.restore(session.id).await.unwrap();
+    let texts: Vec<&str> = stored.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["kept", "theirs", "mine"]);
 
     f.sessions.invalidate(session.id).await.unwrap();
     let resurrect = f.sessions.save(&stored).await;
@@ -245,6 +262,89 @@ async fn blind_save_falls_back_to_last_write_wins(backend: &impl Backend) {
         f.sessions.save(&unknown).await,
         Err(Error::NotFound { .. })
     ));
+}
+
+/// Writers append as fast as they can while 100 updates and then an
+/// invalidation go through: appends never make a header change conflict,
+/// so every update lands without a conflict, `invalidate` succeeds on its
+/// first call, no append started after it returned is acknowledged, and
+/// every writer is told `Invalidated`.
+async fn updates_and_invalidation_get_through_an_append_flood(backend: &impl Backend) {
+    use std::sync::atomic::AtomicBool;
+    const WRITERS: usize = 8;
+    let f = fixture(backend, fast()).await;
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let invalidated = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(tokio::sync::Barrier::new(WRITERS + 1));
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let (sessions, clock) = (f.sessions.clone(), f.clock.clone());
+        let (invalidated, started) = (Arc::clone(&invalidated), Arc::clone(&started));
+        writers.push(tokio::spawn(async move {
+            let (mut acked, mut acked_after) = (0u64, 0u64);
+            let mut first = true;
+            loop {
+                let after = invalidated.load(Ordering::SeqCst);
+                let result = sessions
+                    .add_message(session.id, text(&format!("w{writer}"), &clock))
+                    .await;
+                if first {
+                    first = false;
+                    started.wait().await;
+                }
+                match result {
+                    Ok(_) if after => acked_after += 1,
+                    Ok(_) => acked += 1,
+                    Err(error) => return (acked, acked_after, error),
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    // Every writer is appending before the first update.
+    started.wait().await;
+    for round in 0..100u64 {
+        let (updated, ()) = f
+            .sessions
+            .update(session.id, |s| {
+                s.metadata.insert("round".into(), json!(round));
+                Ok(())
+            })
+            .await
+            .unwrap_or_else(|error| panic!("update {round} failed: {error}"));
+        assert_eq!(updated.metadata["round"], json!(round));
+    }
+    assert_eq!(
+        f.sessions.stats().await.unwrap().conflicts,
+        0,
+        "appends made a header change conflict"
+    );
+    f.sessions
+        .invalidate(session.id)
+        .await
+        .expect("invalidate succeeds on its first call");
+    invalidated.store(true, Ordering::SeqCst);
+    let mut total = 0;
+    for writer in writers {
+        let (acked, acked_after, error) = writer.await.unwrap();
+        assert!(acked > 0, "every writer appended during the updates");
+        assert_eq!(
+            acked_after, 0,
+            "an append was acknowledged after invalidate returned"
+        );
+        assert!(
+            matches!(error, Error::Invalidated { id } if id == session.id),
+            "{error:?}"
+        );
+        total += acked;
+    }
+    assert!(total >= WRITERS as u64);
+    let stored = f.sessions.get(session.id).await.unwrap().unwrap();
+    assert_eq!(stored.state, SessionState::Invalidated);
+    assert!(
+        stored.messages.is_empty(),
+        "the content went with the invalidation"
+    );
 }
 
 /// The pool refuses past its limit with a retry-after hint, and a slot
@@ -672,6 +772,7 @@ macro_rules! manager_contract {
                     concurrent_updates_lose_nothing,
                     concurrent_messages_lose_nothing,
                     blind_save_falls_back_to_last_write_wins,
+                    updates_and_invalidation_get_through_an_append_flood,
                     capacity_is_enforced,
                     invalidation_is_final,
                     expiry_and_cleanup,

@@ -36,10 +36,12 @@ async fn every_session_metric_is_emitted() {
         "one histogram value per restore"
     );
     sessions
-        .add_message(
-            first.id,
-            Message::new(Role::User, "moves the version on", Timestamp::now()),
-        )
+        .update(first.id, |session| {
+            session
+                .metadata
+                .insert("moves".into(), "the version on".into());
+            Ok(())
+        })
         .await
         .unwrap();
     sessions.save(&stale).await.unwrap();

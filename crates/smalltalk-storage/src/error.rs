@@ -31,6 +31,19 @@ pub enum Error {
         /// The version found in storage.
         found: u64,
     },
+    /// A compare-and-swap save of a snapshot carrying new messages found
+    /// the header at the expected version, but the stored history no
+    /// longer ends where the snapshot's did: others appended meanwhile, and
+    /// the snapshot's new messages would take their positions. Nothing was
+    /// written. Appends do not change the header's version, so this is how
+    /// a save learns of them.
+    #[error("session {id} (version {version}) has messages the snapshot does not")]
+    HistoryDiverged {
+        /// The session.
+        id: SessionId,
+        /// The header version, which did match.
+        version: u64,
+    },
     /// The session no longer accepts messages: it was invalidated or has
     /// expired. Final: retrying will not help.
     #[error("session {id} does not accept messages: it is {state}")]

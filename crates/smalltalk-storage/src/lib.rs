@@ -43,9 +43,12 @@
 //! let version = store.save_session(&session, Expected::Absent).await?;
 //! assert_eq!(version, 1);
 //!
-//! // Appending does not rewrite the history.
+//! // Appending does not rewrite the history, nor move the header's version.
 //! let hello = Message::new(Role::User, "hello", now);
 //! store.append_messages(session.id, &[hello], AppendGuard::NONE).await?;
+//! let mut header = store.get_session_header(session.id).await?.expect("saved");
+//! header.metadata.insert("topic".into(), "greetings".into());
+//! assert_eq!(store.save_session(&header, Expected::Version(1)).await?, 2);
 //!
 //! // A stale compare-and-swap is refused, never applied.
 //! let stale = store.save_session(&session, Expected::Version(1)).await;

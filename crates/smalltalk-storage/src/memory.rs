@@ -133,6 +133,16 @@ impl Inner {
         if let Some(stored) = current {
             // The history is append-only: keep what is stored, add the tail.
             let stored_len = stored.session.messages.len();
+            if let Expected::Version(expected) = expected {
+                let overlap = next.messages.len().min(stored_len);
+                if overlap > 0 && next.messages[overlap - 1] != stored.session.messages[overlap - 1]
+                {
+                    return Err(Error::HistoryDiverged {
+                        id: session.id,
+                        version: expected,
+                    });
+                }
+            }
             let tail = next.messages.get(stored_len..).unwrap_or_default().to_vec();
             message_bytes = stored.message_bytes;
             next.messages = stored.session.messages.clone();
@@ -193,7 +203,6 @@ impl SessionStore for MemoryStore {
         guard.check(id, session.version, session.state, session.expires_at)?;
         let first_sequence = stored.session.messages.len() as u64;
         stored.session.messages.extend_from_slice(messages);
-        stored.session.version += 1;
         stored.session.updated_at = advanced_updated_at(stored.session.updated_at, messages);
         stored.message_bytes += added_bytes;
         Ok(AppendOutcome {

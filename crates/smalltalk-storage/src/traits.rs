@@ -110,7 +110,7 @@ impl AppendGuard {
 /// The result of [`SessionStore::append_messages`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AppendOutcome {
-    /// The session's version after the append.
+    /// The session's (header) version, which appends leave as it was.
     pub version: u64,
     /// The position (from 0) of the first appended message in the history.
     pub first_sequence: u64,
@@ -128,8 +128,15 @@ pub struct AppendOutcome {
 /// session.
 ///
 /// Versions are assigned by storage: 1 after the first save, plus one on
-/// every save or append. The `version` field of a snapshot passed in is
-/// ignored; the one of [`Expected`] is what counts.
+/// every save and history deletion. The version is the header's: appends
+/// do not move it (the history has its own sequence, `message_count`), so
+/// however fast messages arrive, a header change read at version `v` and
+/// saved with `Expected::Version(v)` conflicts only with another header
+/// change. A snapshot that carries messages must still agree with the
+/// stored history (be a prefix or an extension of it), else the save is
+/// refused with [`Error::HistoryDiverged`](crate::Error::HistoryDiverged).
+/// The `version` field of a snapshot passed in is ignored; the one of
+/// [`Expected`] is what counts.
 #[async_trait]
 pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
     /// Writes `session` if the stored version matches `expected`; returns the

@@ -18,6 +18,8 @@
 //! - ports: the [`Clock`] ([`time`]), the [`AlertSink`] and the [`EventSink`]
 //!   ([`ports`]) through
 //!   which crates reach services they do not own;
+//! - [`Backoff`]: the one exponential retry schedule, with a cap and
+//!   checked arithmetic;
 //! - [`enum@Error`]: validation and format errors.
 //!
 //! # Example
@@ -39,6 +41,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod backoff;
 pub mod error;
 pub mod event;
 pub mod format;
@@ -51,6 +54,7 @@ pub mod state;
 pub mod time;
 pub mod topic;
 
+pub use backoff::Backoff;
 pub use error::{Error, IdKind, InvalidIdReason, Result};
 pub use event::{Event, EventPriority, EventReplayPolicy, ReplayMode};
 pub use format::{FORMAT_VERSION, Versioned};

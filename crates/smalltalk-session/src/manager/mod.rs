@@ -117,6 +117,15 @@ impl Drop for Inner {
     }
 }
 
+/// The retry budget of one operation after version conflicts (FR-005): a
+/// deadline, not a count.
+#[derive(Debug)]
+struct ConflictBudget {
+    deadline: tokio::time::Instant,
+    /// Retries made so far.
+    attempts: u32,
+}
+
 /// A session in the active pool.
 #[derive(Debug, Clone, Copy)]
 struct PoolEntry {
@@ -497,11 +506,12 @@ impl SessionManager {
     }
 
     /// Saves a whole snapshot (a "blind" save). If another writer changed
-    /// the session since the snapshot was read, the snapshot wins (last
-    /// write wins) after a WARN naming both versions, counted as a conflict;
-    /// the history is never lost (it is append-only: the snapshot's new
-    /// messages are added, stored ones kept). An invalidated session is never
-    /// brought back. Prefer [`update`](Self::update), which never overwrites.
+    /// the header since the snapshot was read, the snapshot wins (last
+    /// write wins) after a WARN naming both versions, counted as a conflict.
+    /// The history is never lost: it is append-only, so messages stored
+    /// meanwhile are kept and the snapshot's own new messages are added
+    /// after them. An invalidated session is never brought back. Prefer
+    /// [`update`](Self::update), which never overwrites.
     #[tracing::instrument(skip_all, fields(session_id = %session.id), err)]
     pub async fn save(&self, session: &Session) -> Result<u64> {
         let id = session.id;
@@ -526,6 +536,7 @@ impl SessionManager {
                 return Ok(version);
             }
             Err(smalltalk_storage::Error::Conflict { found, .. }) => found,
+            Err(smalltalk_storage::Error::HistoryDiverged { version, .. }) => version,
             Err(other) => return self.note_failure(Err(other)),
         };
         tracing::warn!(
@@ -534,61 +545,92 @@ impl SessionManager {
             stored_version = found,
             "blind save conflicted with a newer version; last write wins"
         );
-        self.note_conflict();
-        // Overwrite the version we find, checking each time that the
-        // session was not invalidated meanwhile.
-        for attempt in 0..=self.inner.config.conflict_retries {
-            let summary = self
+        // Overwrite the version we find, on top of the stored history,
+        // checking each time that the session was not invalidated meanwhile.
+        let mut budget = self.conflict_budget();
+        while self.retry_after_conflict(&mut budget).await {
+            let stored = self
                 .inner
                 .store
-                .get_session_summary(id)
+                .get_session(id)
                 .await?
                 .ok_or(Error::NotFound { id })?;
-            if summary.state == SessionState::Invalidated {
+            if stored.state == SessionState::Invalidated {
                 return Err(Error::Invalidated { id });
             }
+            let known: std::collections::HashSet<_> =
+                stored.messages.iter().map(|message| message.id).collect();
+            let mut merged = session.clone();
+            merged.messages = stored.messages;
+            merged.messages.extend(
+                session
+                    .messages
+                    .iter()
+                    .filter(|message| !known.contains(&message.id))
+                    .cloned(),
+            );
             match self
                 .inner
                 .store
-                .save_session(session, Expected::Version(summary.version))
+                .save_session(&merged, Expected::Version(stored.version))
                 .await
             {
                 Ok(version) => {
-                    self.track(session);
+                    self.track(&merged);
                     return Ok(version);
                 }
-                Err(smalltalk_storage::Error::Conflict { .. }) => {
-                    self.note_conflict();
-                    self.backoff(attempt).await;
-                }
+                Err(
+                    smalltalk_storage::Error::Conflict { .. }
+                    | smalltalk_storage::Error::HistoryDiverged { .. },
+                ) => {}
                 Err(other) => return self.note_failure(Err(other)),
             }
         }
         Err(Error::Conflict {
             id,
-            attempts: self.inner.config.conflict_retries + 2,
+            attempts: budget.attempts,
         })
     }
 
-    /// Waits before re-running an update: the configured backoff, doubled
-    /// per attempt up to 64 times it (6.4 s with the default), so many
-    /// retries never mean minutes of sleep.
-    async fn backoff(&self, attempt: u32) {
+    /// A fresh retry budget for one operation: the configured deadline.
+    fn conflict_budget(&self) -> ConflictBudget {
+        ConflictBudget {
+            deadline: tokio::time::Instant::now() + self.inner.config.conflict_timeout,
+            attempts: 0,
+        }
+    }
+
+    /// After a version conflict: counts it, waits the backoff (never past
+    /// the deadline) and answers whether to try again.
+    async fn retry_after_conflict(&self, budget: &mut ConflictBudget) -> bool {
+        self.note_conflict();
+        let now = tokio::time::Instant::now();
+        let Some(left) = budget
+            .deadline
+            .checked_duration_since(now)
+            .filter(|left| !left.is_zero())
+        else {
+            return false;
+        };
         let pause = self
             .inner
             .config
             .conflict_backoff
-            .saturating_mul(1 << attempt.min(6));
+            .delay(budget.attempts)
+            .min(left);
+        budget.attempts += 1;
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
+        true
     }
 
     /// Changes a session under optimistic locking: `change` runs on the
-    /// freshly read session and the result is saved only if nobody wrote in
-    /// between; otherwise `change` runs again on the new data (up to
-    /// `conflict_retries` more times, with backoff), so concurrent updates
-    /// are never lost. Returns the saved session and `change`'s value.
+    /// freshly read session and the result is saved only if no other header
+    /// change came in between; otherwise `change` runs again on the new
+    /// data (with backoff, until `conflict_timeout`), so concurrent updates
+    /// are never lost. Appends do not count as changes here: however fast
+    /// messages arrive, they never make an update conflict. Returns the saved session and `change`'s value.
     ///
     /// The session given to `change` has no history (`messages` is empty:
     /// the history is append-only, see [`add_message`](Self::add_message));
@@ -618,8 +660,9 @@ impl SessionManager {
 
     /// Reads `id`'s header, lets `change` edit it (or return `None`: nothing
     /// to write), and writes it back under compare-and-swap; after a
-    /// conflict, runs `change` again on fresh data, up to `conflict_retries`
-    /// more times with backoff. Returns the written session and the value.
+    /// conflict (another header change: appends never conflict), runs
+    /// `change` again on fresh data with backoff until `conflict_timeout`
+    /// has passed. Returns the written session and the value.
     async fn change_header<T, F>(
         &self,
         id: SessionId,
@@ -629,8 +672,8 @@ impl SessionManager {
         F: FnMut(&mut Session, Timestamp) -> Result<Option<T>> + Send,
         T: Send,
     {
-        let retries = self.inner.config.conflict_retries;
-        for attempt in 0..=retries {
+        let mut budget = self.conflict_budget();
+        loop {
             let mut session = self
                 .inner
                 .store
@@ -654,18 +697,16 @@ impl SessionManager {
                     return Ok(Some((session, value)));
                 }
                 Err(smalltalk_storage::Error::Conflict { .. }) => {
-                    self.note_conflict();
-                    if attempt < retries {
-                        self.backoff(attempt).await;
+                    if !self.retry_after_conflict(&mut budget).await {
+                        return Err(Error::Conflict {
+                            id,
+                            attempts: budget.attempts + 1,
+                        });
                     }
                 }
                 Err(other) => return self.note_failure(Err(other)),
             }
         }
-        Err(Error::Conflict {
-            id,
-            attempts: retries + 1,
-        })
     }
 
     /// Appends one message. Never conflicts: concurrent appends are

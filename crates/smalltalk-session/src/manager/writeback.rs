@@ -428,7 +428,8 @@ impl SessionManager {
         let mut version = known_version.unwrap_or(0);
         if let Some(header) = header {
             let mut stored = None;
-            for _ in 0..=self.inner.config.conflict_retries {
+            let mut budget = self.conflict_budget();
+            loop {
                 let summary = store
                     .get_session_summary(id)
                     .await?
@@ -457,7 +458,11 @@ impl SessionManager {
                         stored = Some(new_version);
                         break;
                     }
-                    Err(smalltalk_storage::Error::Conflict { .. }) => continue,
+                    Err(smalltalk_storage::Error::Conflict { .. }) => {
+                        if !self.retry_after_conflict(&mut budget).await {
+                            break;
+                        }
+                    }
                     Err(error) => return Err(FlushError::Retry(error)),
                 }
             }

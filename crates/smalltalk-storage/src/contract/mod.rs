@@ -239,6 +239,7 @@ macro_rules! storage_contract {
                 stats,
                 persistence_across_reopen,
                 concurrent_appenders_lose_nothing,
+                appends_never_conflict_header_changes,
                 concurrent_blind_saves_all_land,
                 bad_ids_are_rejected,
                 closed_store_refuses_calls,

@@ -248,8 +248,9 @@ pub async fn compare_and_swap(backend: &impl Backend) {
     assert_eq!(store.save_session(&fresh, Expected::Any).await.unwrap(), 1);
 }
 
-/// Appends keep order, bump the version once per call, and move
-/// `updated_at` to the newest message.
+/// Appends keep order, never move the header's version (so they never
+/// make a header change conflict), and move `updated_at` to the newest
+/// message.
 pub async fn append_order(backend: &impl Backend) {
     let store = open(backend).await;
     let session = Session::new(SessionId::new(), at(0), Duration::from_secs(60));
@@ -267,21 +268,21 @@ pub async fn append_order(backend: &impl Backend) {
         .unwrap();
     assert_eq!(
         (first.version, first.first_sequence, first.message_count),
-        (2, 0, 2)
+        (1, 0, 2)
     );
     let second = store
-        .append_messages(session.id, &[message("c", 9)], AppendGuard::at_version(2))
+        .append_messages(session.id, &[message("c", 9)], AppendGuard::at_version(1))
         .await
         .unwrap();
     assert_eq!(
         (second.version, second.first_sequence, second.message_count),
-        (3, 2, 3)
+        (1, 2, 3)
     );
     let empty = store
         .append_messages(session.id, &[], AppendGuard::NONE)
         .await
         .unwrap();
-    assert_eq!((empty.version, empty.message_count), (4, 3));
+    assert_eq!((empty.version, empty.message_count), (1, 3));
     let stored = store.get_session(session.id).await.unwrap().unwrap();
     let texts: Vec<&str> = stored
         .messages
@@ -289,7 +290,7 @@ pub async fn append_order(backend: &impl Backend) {
         .map(|message| message.content.as_str())
         .collect();
     assert_eq!(texts, ["a", "b", "c"]);
-    assert_eq!(stored.version, 4);
+    assert_eq!(stored.version, 1);
     assert_eq!(
         stored.updated_at,
         at(11),
@@ -301,7 +302,7 @@ pub async fn append_order(backend: &impl Backend) {
         .unwrap()[0];
     assert_eq!(
         (summary.message_count, summary.version, summary.updated_at),
-        (3, 4, at(11))
+        (3, 1, at(11))
     );
 }
 
@@ -334,7 +335,7 @@ pub async fn append_guard(backend: &impl Backend) {
 
     session.state = SessionState::Idle;
     store
-        .save_session(&session, Expected::Version(2))
+        .save_session(&session, Expected::Version(1))
         .await
         .unwrap();
     store
@@ -344,7 +345,7 @@ pub async fn append_guard(backend: &impl Backend) {
 
     session.state = SessionState::Invalidated;
     store
-        .save_session(&session, Expected::Version(4))
+        .save_session(&session, Expected::Version(2))
         .await
         .unwrap();
     let invalidated = store
@@ -376,7 +377,7 @@ pub async fn append_guard(backend: &impl Backend) {
         .map(|message| message.content.as_str())
         .collect();
     assert_eq!(texts, ["ok", "idle ok"], "rejected appends wrote nothing");
-    assert_eq!(stored.version, 5);
+    assert_eq!(stored.version, 3);
 
     let unknown = store
         .append_messages(SessionId::new(), &[message("x", 1)], open_now)
@@ -455,7 +456,7 @@ pub async fn summary(backend: &impl Backend) {
         (
             session.id,
             SessionState::Idle,
-            2,
+            1,
             session.messages.len() as u64 + 1
         )
     );
@@ -861,7 +862,7 @@ pub async fn persistence_across_reopen(backend: &impl Backend) {
         .await
         .unwrap()
         .expect("persisted");
-    let mut expected = with_version(session, 2);
+    let mut expected = with_version(session, 1);
     expected.messages.push(message("after save", 7));
     expected.updated_at = at(7);
     // Message ids are random: compare everything but the last id.
@@ -903,7 +904,7 @@ pub async fn concurrent_appenders_lose_nothing(backend: &impl Backend) {
     assert_eq!(stored.messages.len(), TASKS * PER_TASK);
     let stored_ids: HashSet<_> = stored.messages.iter().map(|message| message.id).collect();
     assert_eq!(stored_ids, sent, "every message exactly once");
-    assert_eq!(stored.version, 1 + (TASKS * PER_TASK) as u64);
+    assert_eq!(stored.version, 1, "appends leave the header's version");
     // Each task's own messages keep their order.
     for task in 0..TASKS {
         let prefix = format!("{task}/");
@@ -914,6 +915,64 @@ pub async fn concurrent_appenders_lose_nothing(backend: &impl Backend) {
             .collect();
         assert_eq!(order, (0..PER_TASK).collect::<Vec<_>>());
     }
+}
+
+/// Header changes get through while others append: appends do not move
+/// the version a header save compares on. A snapshot carrying new
+/// messages, though, must still end where the stored history does, or it
+/// is refused with `HistoryDiverged` and writes nothing.
+pub async fn appends_never_conflict_header_changes(backend: &impl Backend) {
+    let store = open(backend).await;
+    let session = Session::new(SessionId::new(), at(0), Duration::from_secs(60));
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    let mut header = store.get_session_header(session.id).await.unwrap().unwrap();
+    store
+        .append_messages(session.id, &[message("a", 1)], AppendGuard::NONE)
+        .await
+        .unwrap();
+    header.metadata.insert("after".into(), json!("append"));
+    assert_eq!(
+        store
+            .save_session(&header, Expected::Version(1))
+            .await
+            .unwrap(),
+        2,
+        "an append in between does not make the header save conflict"
+    );
+
+    // A snapshot read before another append, carrying a new message.
+    let mut snapshot = store.get_session(session.id).await.unwrap().unwrap();
+    store
+        .append_messages(session.id, &[message("b", 2)], AppendGuard::NONE)
+        .await
+        .unwrap();
+    snapshot.messages.push(message("mine", 3));
+    let diverged = store.save_session(&snapshot, Expected::Version(2)).await;
+    assert!(
+        matches!(diverged, Err(Error::HistoryDiverged { version: 2, id }) if id == session.id),
+        "{diverged:?}"
+    );
+    let stored = store.get_session(session.id).await.unwrap().unwrap();
+    let texts: Vec<&str> = stored.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["a", "b"], "a diverged snapshot writes nothing");
+    assert_eq!(stored.version, 2);
+
+    // The same snapshot on top of the fresh history lands.
+    let mut fresh = stored.clone();
+    fresh.messages.push(message("mine", 3));
+    assert_eq!(
+        store
+            .save_session(&fresh, Expected::Version(2))
+            .await
+            .unwrap(),
+        3
+    );
+    let stored = store.get_session(session.id).await.unwrap().unwrap();
+    let texts: Vec<&str> = stored.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["a", "b", "mine"]);
 }
 
 /// Blind saves racing to create one session all land, each with its own

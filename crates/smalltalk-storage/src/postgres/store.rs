@@ -93,16 +93,42 @@ async fn save_one(conn: &mut PgConnection, save: &EncodedSave<'_>) -> Result<u64
             .messages
             .get(to_u64(stored_count) as usize..)
             .unwrap_or_default();
+        // A snapshot's history must be a prefix or an extension of the
+        // stored one (appends do not move the version): compare the last
+        // message both have.
+        let overlap = save.messages.len().min(to_u64(stored_count) as usize);
+        if let (Expected::Version(expected), Some(last)) = (save.expected, overlap.checked_sub(1)) {
+            let last_seq = last as i64;
+            let last = &save.messages[last];
+            let same: Option<bool> = sqlx::query_scalar(
+                "SELECT meta = $3 AND content = $4 FROM messages WHERE session_id = $1 AND seq = $2",
+            )
+            .bind(&id)
+            .bind(last_seq)
+            .bind(&last.meta)
+            .bind(&last.content)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(pg_error)?;
+            if same != Some(true) {
+                return Err(Error::HistoryDiverged {
+                    id: session.id,
+                    version: expected,
+                });
+            }
+        }
+        // Only a save that adds messages depends on the stored count; a
+        // header change goes in whatever was appended meanwhile.
         let updated: Option<i64> = sqlx::query_scalar(
             "WITH upd AS (
                 UPDATE sessions SET state = $2, version = version + 1, created_at = $3,
                     updated_at = $4, expires_at = $5, header = $6,
                     message_count = message_count + $7, message_bytes = message_bytes + $8
-                WHERE id = $1 AND version = $9 AND message_count = $10
-                RETURNING version),
+                WHERE id = $1 AND version = $9 AND ($7 = 0 OR message_count = $10)
+                RETURNING version, message_count - $7 AS first_seq),
              ins AS (
                 INSERT INTO messages (session_id, seq, meta, content)
-                SELECT $1, $10 + batch.ord - 1, batch.meta, batch.content
+                SELECT $1, upd.first_seq + batch.ord - 1, batch.meta, batch.content
                 FROM upd, UNNEST($11::BYTEA[], $12::BYTEA[]) WITH ORDINALITY AS batch (meta, content, ord))
              SELECT version FROM upd",
         )
@@ -305,7 +331,7 @@ impl SessionStore for PgStore {
             // and the messages go in at the positions it returns.
             let updated: Option<(i64, i64)> = sqlx::query_as(
                 "WITH upd AS (
-                    UPDATE sessions SET version = version + 1, message_count = message_count + $3,
+                    UPDATE sessions SET message_count = message_count + $3,
                         updated_at = GREATEST(updated_at, COALESCE($4, updated_at)),
                         message_bytes = message_bytes + $5
                     WHERE id = $1 AND ($2::BIGINT IS NULL OR version = $2)

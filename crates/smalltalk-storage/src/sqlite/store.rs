@@ -131,6 +131,31 @@ fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
         .messages
         .get(stored_count as usize..)
         .unwrap_or_default();
+    // A snapshot's history must be a prefix or an extension of the stored
+    // one (appends do not move the version): compare the last message both
+    // have.
+    let overlap = save.messages.len().min(stored_count as usize);
+    if let (Expected::Version(expected), Some(last)) = (save.expected, overlap.checked_sub(1)) {
+        let stored_last: Option<(Vec<u8>, Vec<u8>)> = conn
+            .prepare_cached("SELECT meta, content FROM messages WHERE session_id = ?1 AND seq = ?2")
+            .and_then(|mut statement| {
+                statement
+                    .query_row(params![id, to_i64(last as u64)], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })
+                    .optional()
+            })
+            .map_err(sqlite_error)?;
+        let snapshot_last = &save.messages[last];
+        if stored_last.is_none_or(|(meta, content)| {
+            meta != snapshot_last.meta || content != snapshot_last.content
+        }) {
+            return Err(Error::HistoryDiverged {
+                id: save.id,
+                version: expected,
+            });
+        }
+    }
     insert_messages(conn, &id, stored_count, tail)?;
     let message_count = to_i64(stored_count + tail.len() as u64);
     let message_bytes = to_i64(stored_bytes + tail.iter().map(EncodedMessage::len).sum::<u64>());
@@ -408,20 +433,21 @@ impl SessionStore for SqliteStore {
             let first_sequence = to_u64(count);
             insert_messages(conn, &key, first_sequence, &bodies)?;
             let updated_at = newest.map_or(updated_at, |newest| updated_at.max(newest.as_micros()));
+            // The header's version stays: appends never make a header
+            // change conflict.
             let outcome = AppendOutcome {
-                version: version + 1,
+                version,
                 first_sequence,
                 message_count: first_sequence + bodies.len() as u64,
             };
             conn.prepare_cached(
-                "UPDATE sessions SET version = ?2, message_count = ?3, updated_at = ?4,
-                                     message_bytes = message_bytes + ?5
+                "UPDATE sessions SET message_count = ?2, updated_at = ?3,
+                                     message_bytes = message_bytes + ?4
                  WHERE id = ?1",
             )
             .and_then(|mut statement| {
                 statement.execute(params![
                     key,
-                    to_i64(outcome.version),
                     to_i64(outcome.message_count),
                     updated_at,
                     to_i64(added_bytes)
