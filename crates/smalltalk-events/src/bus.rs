@@ -420,6 +420,9 @@ impl EventBus {
             position: None,
             format_version: FORMAT_VERSION,
         };
+        // Whatever is published can be read back: no value deeper than the
+        // decoder reads.
+        event.validate_depth()?;
         Ok((event, size))
     }
 
@@ -427,9 +430,11 @@ impl EventBus {
     /// log (durable mode: committed) and handed to the matching
     /// subscriptions. Never waits for handlers.
     ///
-    /// Errors: [`Error::Invalid`] for a malformed topic,
-    /// [`Error::PayloadTooLarge`], [`Error::Storage`] if the log failed
-    /// (nothing was delivered).
+    /// Errors: [`Error::Invalid`] for a malformed topic, or a payload or
+    /// metadata nested deeper than
+    /// [`MAX_JSON_DEPTH`](smalltalk_types::format::MAX_JSON_DEPTH) levels
+    /// (`TooDeep`), [`Error::PayloadTooLarge`], [`Error::Storage`] if the
+    /// log failed (nothing was delivered).
     pub async fn publish(
         &self,
         topic: &str,

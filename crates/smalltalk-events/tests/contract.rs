@@ -939,6 +939,56 @@ async fn bad_input_is_a_typed_error(env: &Env) {
     );
 }
 
+/// Whatever publish accepts, a subscriber reads: a payload or metadata
+/// nested 200 levels deep is refused with a typed error, and subscribers,
+/// live or coming back, get every event before and after it.
+async fn too_deep_payloads_are_refused(env: &Env) {
+    fn nested(levels: usize) -> serde_json::Value {
+        (0..levels).fold(json!(1), |value, _| json!({ "deeper": value }))
+    }
+    let bus = env.bus(config()).await;
+    let live = Recorder::acking();
+    let _live = subscribe(&bus, "deep.*", "live", &live).await;
+    bus.publish("deep.a", json!(1), PublishOptions::default())
+        .await
+        .unwrap();
+    let refused = bus
+        .publish("deep.a", nested(200), PublishOptions::default())
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Invalid(smalltalk_types::Error::TooDeep { .. }))
+        ),
+        "{refused:?}"
+    );
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("x".into(), nested(200));
+    let refused = bus
+        .publish(
+            "deep.a",
+            json!(2),
+            PublishOptions {
+                metadata,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Invalid(smalltalk_types::Error::TooDeep { .. }))
+        ),
+        "{refused:?}"
+    );
+    bus.publish("deep.a", json!(3), PublishOptions::default())
+        .await
+        .unwrap();
+    live.wait_for(2).await;
+    assert_eq!(live.topics(), ["deep.a", "deep.a"]);
+    assert_eq!(bus.stats().await.unwrap().published, 2);
+}
+
 /// A subscriber that cannot keep up: its queue overflows, nothing is lost,
 /// order holds.
 async fn an_overflowing_queue_catches_up_from_the_log(env: &Env) {
@@ -1154,6 +1204,7 @@ macro_rules! bus_contract {
                     explicit_replay_filters_and_limits,
                     conditional_publish_checks_the_position,
                     bad_input_is_a_typed_error,
+                    too_deep_payloads_are_refused,
                     an_overflowing_queue_catches_up_from_the_log,
                     a_lagging_subscriber_under_load_misses_nothing,
                     a_dropped_event_arrives_in_order,

@@ -334,3 +334,51 @@ async fn cleanup_drops_the_pending_writes_of_expired_sessions() {
     f.sessions.flush().await.unwrap();
     assert_eq!(stored_contents(&f, long.id).await, ["kept"]);
 }
+
+/// In `async` durability a value nested too deep is refused when written,
+/// not acknowledged and then failing at every flush.
+#[tokio::test]
+async fn too_deep_values_are_refused_before_the_acknowledgement() {
+    let f = fixture();
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let nested = smalltalk_storage::contract::sessions::nested_json;
+    let mut deep = text("deep");
+    deep.metadata.insert("x".into(), nested(200));
+    let added = f.sessions.add_message(session.id, deep).await;
+    assert!(
+        matches!(
+            added,
+            Err(Error::Domain(smalltalk_types::Error::TooDeep { .. }))
+        ),
+        "{added:?}"
+    );
+    let updated = f
+        .sessions
+        .update(session.id, |s| {
+            s.metadata.insert("x".into(), nested(200));
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(
+            updated,
+            Err(Error::Domain(smalltalk_types::Error::TooDeep { .. }))
+        ),
+        "{updated:?}"
+    );
+    f.sessions
+        .add_message(session.id, text("ok"))
+        .await
+        .unwrap();
+    let report = f.sessions.flush().await.unwrap();
+    assert_eq!((report.flushed, report.failed), (1, 0));
+    let stored = f
+        .faulty
+        .inner()
+        .get_session(session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.messages.len(), 1);
+    assert!(stored.metadata.is_empty());
+}

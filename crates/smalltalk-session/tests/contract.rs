@@ -665,6 +665,72 @@ async fn a_message_reactivates_an_idle_session(backend: &impl Backend) {
     );
 }
 
+/// Whatever a write accepts, a read returns: session metadata, message
+/// metadata and agent states nested 200 levels deep are refused with a
+/// typed error, nothing is stored, and the session restores as before.
+async fn too_deep_values_are_refused(backend: &impl Backend) {
+    let nested = smalltalk_storage::contract::sessions::nested_json;
+    let too_deep = |result: &dyn std::fmt::Debug| format!("{result:?}").contains("TooDeep");
+    let f = fixture(backend, fast()).await;
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("x".into(), nested(200));
+    let created = f
+        .sessions
+        .create(CreateOptions {
+            metadata,
+            ..Default::default()
+        })
+        .await;
+    assert!(
+        matches!(
+            &created,
+            Err(Error::Domain(smalltalk_types::Error::TooDeep { .. }))
+        ),
+        "{created:?}"
+    );
+    assert_eq!(f.sessions.stats().await.unwrap().active, 0, "no slot kept");
+
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions
+        .add_message(session.id, text("before", &f.clock))
+        .await
+        .unwrap();
+    let mut deep = text("deep", &f.clock);
+    deep.metadata.insert("x".into(), nested(200));
+    let added = f.sessions.add_message(session.id, deep).await;
+    assert!(
+        matches!(
+            &added,
+            Err(Error::Domain(smalltalk_types::Error::TooDeep { .. }))
+        ),
+        "{added:?}"
+    );
+    let mut state = AgentState::new(agent("deep"), Timestamp::EPOCH);
+    state.context.insert("x".into(), nested(200));
+    let saved = f.sessions.update_agent_state(session.id, state).await;
+    assert!(too_deep(&saved), "{saved:?}");
+    let updated = f
+        .sessions
+        .update(session.id, |s| {
+            s.metadata.insert("x".into(), nested(200));
+            Ok(())
+        })
+        .await;
+    assert!(too_deep(&updated), "{updated:?}");
+    f.sessions
+        .add_message(session.id, text("after", &f.clock))
+        .await
+        .unwrap();
+    let restored = f.sessions.restore(session.id).await.unwrap();
+    let texts: Vec<&str> = restored
+        .messages
+        .iter()
+        .map(|m| m.content.as_str())
+        .collect();
+    assert_eq!(texts, ["before", "after"]);
+    assert!(restored.agent_states.is_empty() && restored.metadata.is_empty());
+}
+
 /// Bad input gives typed errors and changes nothing.
 async fn bad_input_is_refused(backend: &impl Backend) {
     let f = fixture(backend, fast()).await;
@@ -781,6 +847,7 @@ macro_rules! manager_contract {
                     keep_latest_keeps_the_state_and_drops_the_history,
                     a_message_reactivates_an_idle_session,
                     bad_input_is_refused,
+                    too_deep_values_are_refused,
                 );
             }
         }

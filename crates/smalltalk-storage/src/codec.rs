@@ -43,6 +43,11 @@ struct HeaderRef<'a> {
 /// truth, so the header can be encoded before the new version is known
 /// (outside the writer's transaction).
 pub(crate) fn encode_header(session: &Session) -> Result<Vec<u8>> {
+    smalltalk_types::format::check_map_depth("session metadata", &session.metadata)?;
+    session
+        .agent_states
+        .values()
+        .try_for_each(AgentState::validate_depth)?;
     let json = encode_record(&HeaderRef {
         id: session.id,
         state: session.state,
@@ -136,6 +141,7 @@ struct MessageMeta {
 
 /// Encodes one message for storage.
 pub(crate) fn encode_message(message: &Message) -> Result<EncodedMessage> {
+    message.validate_depth()?;
     let meta = encode_record(&MessageMetaRef {
         id: message.id,
         role: message.role,
@@ -192,17 +198,42 @@ fn decode_message(meta: &[u8], content: Vec<u8>) -> Result<Message> {
 /// Rebuilds a session from its header, the authoritative columns, and its
 /// stored messages (metadata JSON, content bytes) in order.
 pub(crate) fn decode_session(
+    id: SessionId,
     header: &[u8],
     version: u64,
     updated_at: Timestamp,
     messages: impl ExactSizeIterator<Item = (Vec<u8>, Vec<u8>)>,
 ) -> Result<Session> {
-    let mut session: Session = decode_record(&decompress(header)?)?;
+    // A record from a newer release keeps its own typed error; anything
+    // else that does not decode names what is damaged.
+    let undecodable = |sequence: Option<u64>| {
+        move |source| match source {
+            smalltalk_types::Error::UnsupportedFormatVersion { .. } => crate::Error::Domain(source),
+            source => crate::Error::Undecodable {
+                id,
+                sequence,
+                source: Box::new(source),
+            },
+        }
+    };
+    let mut session: Session = decompress(header)
+        .map_err(|error| match error {
+            crate::Error::Domain(source) => undecodable(None)(source),
+            other => other,
+        })
+        .and_then(|plain| decode_record(&plain).map_err(undecodable(None)))?;
     session.version = version;
     session.updated_at = updated_at;
     session.messages.reserve_exact(messages.len());
-    for (meta, content) in messages {
-        session.messages.push(decode_message(&meta, content)?);
+    for (sequence, (meta, content)) in messages.enumerate() {
+        let message = match decode_message(&meta, content) {
+            Ok(message) => message,
+            Err(crate::Error::Domain(source)) => {
+                return Err(undecodable(Some(sequence as u64))(source));
+            }
+            Err(other) => return Err(other),
+        };
+        session.messages.push(message);
     }
     Ok(session)
 }
@@ -231,6 +262,7 @@ struct EventBody {
 
 /// Encodes the JSON part of a logged event.
 pub(crate) fn encode_event(event: &smalltalk_types::Event) -> Result<Vec<u8>> {
+    event.validate_depth()?;
     Ok(encode_record(&EventBodyRef {
         payload: &event.payload,
         metadata: &event.metadata,

@@ -53,6 +53,21 @@ pub enum Error {
         /// Why: `invalidated`, or `expired` (by state or by time).
         state: smalltalk_types::SessionState,
     },
+    /// A stored session or one of its messages does not decode (a record
+    /// damaged outside this library, or written by a release with other
+    /// limits). Names what is damaged; nothing else of the session is
+    /// returned by this read.
+    #[error("session {id}: stored {} does not decode", sequence.map_or_else(|| "header".to_owned(), |sequence| format!("message {sequence}")))]
+    Undecodable {
+        /// The session.
+        id: SessionId,
+        /// The damaged message's position in the history (from 0), or
+        /// `None` for the session's header.
+        sequence: Option<u64>,
+        /// Why it does not decode.
+        #[source]
+        source: Box<smalltalk_types::Error>,
+    },
     /// A conditional event append found the log at another position.
     /// Nothing was written.
     #[error("the event log is at position {found}, not {expected}")]

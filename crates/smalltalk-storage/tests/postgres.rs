@@ -48,3 +48,51 @@ async fn an_append_in_one_store_wakes_a_waiter_on_another() {
     reader.close().await.unwrap();
     writer.close().await.unwrap();
 }
+
+/// A message row damaged behind the store's back: the read names the
+/// session and the message's position instead of failing opaquely, and a
+/// damaged header is named too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_row_is_named_by_the_read() {
+    use smalltalk_storage::{AppendGuard, Error, Expected};
+    use smalltalk_types::{Message, Role, Session, SessionId, Timestamp};
+    let Some(backend) = PgBackend::fresh().await else {
+        eprintln!("skipped: no PostgreSQL");
+        return;
+    };
+    let store = backend.open(test_clock()).await;
+    let session = Session::new(
+        SessionId::new(),
+        Timestamp::now(),
+        Duration::from_secs(3600),
+    );
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    let messages: Vec<Message> = (0..3)
+        .map(|n| Message::new(Role::User, format!("m{n}"), Timestamp::now()))
+        .collect();
+    store
+        .append_messages(session.id, &messages, AppendGuard::NONE)
+        .await
+        .unwrap();
+    backend
+        .execute("UPDATE messages SET meta = '\\x7b6e6f7420'::bytea WHERE seq = 1")
+        .await
+        .unwrap();
+    let read = store.get_session(session.id).await;
+    assert!(
+        matches!(&read, Err(Error::Undecodable { id, sequence: Some(1), .. }) if *id == session.id),
+        "{read:?}"
+    );
+    backend
+        .execute("UPDATE sessions SET header = '\\x5b5b'::bytea")
+        .await
+        .unwrap();
+    let read = store.get_session_header(session.id).await;
+    assert!(
+        matches!(&read, Err(Error::Undecodable { sequence: None, .. })),
+        "{read:?}"
+    );
+}

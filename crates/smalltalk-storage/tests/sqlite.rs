@@ -365,3 +365,45 @@ async fn large_headers_are_stored_compressed() {
         large.metadata
     );
 }
+
+/// A message row damaged behind the store's back: the read names the
+/// session and the message's position instead of failing opaquely; a
+/// damaged header is named too, and an id column that is not a UUID is a
+/// typed error, not a panic.
+#[tokio::test]
+async fn a_tampered_row_is_named_by_the_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tampered.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let session = new_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    let messages: Vec<Message> = (0..3)
+        .map(|n| Message::new(Role::User, format!("m{n}"), Timestamp::now()))
+        .collect();
+    store
+        .append_messages(session.id, &messages, AppendGuard::NONE)
+        .await
+        .unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute("UPDATE messages SET meta = x'7b6e6f7420' WHERE seq = 1", [])
+        .unwrap();
+    let read = store.get_session(session.id).await;
+    assert!(
+        matches!(&read, Err(Error::Undecodable { id, sequence: Some(1), .. }) if *id == session.id),
+        "{read:?}"
+    );
+    conn.execute("UPDATE sessions SET header = x'5b5b'", [])
+        .unwrap();
+    let read = store.get_session_header(session.id).await;
+    assert!(
+        matches!(&read, Err(Error::Undecodable { sequence: None, .. })),
+        "{read:?}"
+    );
+    conn.execute("UPDATE sessions SET id = 'not-a-uuid'", [])
+        .unwrap();
+    let listed = store.list_sessions(&Default::default()).await;
+    assert!(matches!(listed, Err(Error::Domain(_))), "{listed:?}");
+}

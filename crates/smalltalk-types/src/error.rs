@@ -90,6 +90,17 @@ impl std::fmt::Display for InvalidIdReason {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A JSON value nests deeper than
+    /// [`MAX_JSON_DEPTH`](crate::format::MAX_JSON_DEPTH) levels. Refused at
+    /// write, so that whatever a write accepts, a read returns. Nothing was
+    /// stored.
+    #[error("{field} nests JSON deeper than the {limit}-level limit")]
+    TooDeep {
+        /// Which value: `metadata`, `payload`, `agent state` ...
+        field: &'static str,
+        /// The limit.
+        limit: usize,
+    },
     /// An identifier or key failed validation. Nothing was stored or read.
     #[error("invalid {kind}: {reason}")]
     InvalidId {

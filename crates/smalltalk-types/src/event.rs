@@ -69,6 +69,15 @@ pub struct Event {
     pub format_version: u32,
 }
 
+impl Event {
+    /// Checks the payload and the metadata each nest at most
+    /// [`MAX_JSON_DEPTH`](crate::format::MAX_JSON_DEPTH) levels.
+    pub fn validate_depth(&self) -> crate::Result<()> {
+        crate::format::check_depth("event payload", &self.payload)?;
+        crate::format::check_map_depth("event metadata", &self.metadata)
+    }
+}
+
 impl Versioned for Event {
     fn format_version(&self) -> u32 {
         self.format_version

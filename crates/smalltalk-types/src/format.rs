@@ -20,6 +20,62 @@ pub(crate) fn default_format_version() -> u32 {
     FORMAT_VERSION
 }
 
+/// How deep a JSON value given to any write (session or message
+/// metadata, an agent's config, context or turns, an event's payload or
+/// metadata) may nest: `{}` and `[]` count one level each, scalars none.
+/// Deeper values are refused with [`Error::TooDeep`]; the limit keeps every
+/// stored record well inside what the decoder reads back (128 levels for
+/// the whole record).
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Checks `value` nests at most [`MAX_JSON_DEPTH`] levels. Iterative: a
+/// hostile value cannot overflow the stack here.
+pub fn check_depth(field: &'static str, value: &serde_json::Value) -> Result<()> {
+    within(field, depth_at_most(value, MAX_JSON_DEPTH))
+}
+
+/// [`check_depth`] for a JSON object given as its map (the map is one
+/// level).
+pub fn check_map_depth(
+    field: &'static str,
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    within(
+        field,
+        map.values()
+            .all(|value| depth_at_most(value, MAX_JSON_DEPTH - 1)),
+    )
+}
+
+fn within(field: &'static str, ok: bool) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::TooDeep {
+            field,
+            limit: MAX_JSON_DEPTH,
+        })
+    }
+}
+
+/// Whether `value` nests at most `limit` levels.
+fn depth_at_most(value: &serde_json::Value, limit: usize) -> bool {
+    use serde_json::Value;
+    let mut pending: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((value, depth)) = pending.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(fields) => Box::new(fields.values()),
+            _ => continue,
+        };
+        if depth >= limit {
+            return false;
+        }
+        pending.extend(children.map(|child| (child, depth + 1)));
+    }
+    true
+}
+
 /// A persisted record that carries its stored-format version.
 pub trait Versioned {
     /// The version this record was written with.
@@ -71,6 +127,33 @@ fn check(found: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn nested(levels: usize) -> serde_json::Value {
+        let mut value = serde_json::json!(1);
+        for _ in 0..levels {
+            value = serde_json::json!({ "a": value });
+        }
+        value
+    }
+
+    #[test]
+    fn depth_is_checked_without_recursion() {
+        assert!(check_depth("v", &nested(MAX_JSON_DEPTH)).is_ok());
+        assert!(matches!(
+            check_depth("v", &nested(MAX_JSON_DEPTH + 1)),
+            Err(Error::TooDeep {
+                field: "v",
+                limit: MAX_JSON_DEPTH
+            })
+        ));
+        assert!(check_depth("v", &serde_json::json!([[], {}, 3])).is_ok());
+        let mut map = serde_json::Map::new();
+        map.insert("k".into(), nested(MAX_JSON_DEPTH - 1));
+        assert!(check_map_depth("m", &map).is_ok());
+        map.insert("deep".into(), nested(MAX_JSON_DEPTH));
+        assert!(check_map_depth("m", &map).is_err());
+        assert!(check_depth("v", &nested(1_000)).is_err());
+    }
     use crate::{Session, SessionId, Timestamp};
 
     #[test]

@@ -90,6 +90,13 @@ pub struct Message {
 }
 
 impl Message {
+    /// Checks the metadata nests at most
+    /// [`MAX_JSON_DEPTH`](crate::format::MAX_JSON_DEPTH) levels (every
+    /// store refuses deeper ones with [`Error::TooDeep`](crate::Error::TooDeep)).
+    pub fn validate_depth(&self) -> crate::Result<()> {
+        crate::format::check_map_depth("message metadata", &self.metadata)
+    }
+
     /// A message with a fresh id and no metadata.
     pub fn new(role: Role, content: impl Into<String>, timestamp: Timestamp) -> Self {
         Self {
@@ -136,6 +143,14 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// Checks the config, the context and the turns' metadata each nest at
+    /// most [`MAX_JSON_DEPTH`](crate::format::MAX_JSON_DEPTH) levels.
+    pub fn validate_depth(&self) -> crate::Result<()> {
+        crate::format::check_depth("agent state config", &self.config)?;
+        crate::format::check_map_depth("agent state context", &self.context)?;
+        self.history.iter().try_for_each(Message::validate_depth)
+    }
+
     /// An empty state for `agent_id`.
     pub fn new(agent_id: AgentId, now: Timestamp) -> Self {
         Self {
@@ -188,6 +203,17 @@ pub struct Session {
 }
 
 impl Session {
+    /// Checks every JSON value the session holds (metadata, agent states,
+    /// messages) nests at most
+    /// [`MAX_JSON_DEPTH`](crate::format::MAX_JSON_DEPTH) levels.
+    pub fn validate_depth(&self) -> crate::Result<()> {
+        crate::format::check_map_depth("session metadata", &self.metadata)?;
+        self.agent_states
+            .values()
+            .try_for_each(AgentState::validate_depth)?;
+        self.messages.iter().try_for_each(Message::validate_depth)
+    }
+
     /// A new, empty, active session that expires `ttl` after `now`.
     pub fn new(id: SessionId, now: Timestamp, ttl: Duration) -> Self {
         Self {

@@ -171,6 +171,8 @@ impl SessionManager {
                     let mut next = header.clone();
                     let value = change(&mut next)?;
                     check_same_id(id, &next)?;
+                    // Refused now, not at a flush that could never succeed.
+                    next.validate_depth()?;
                     next.updated_at = now;
                     *header = next.clone();
                     let entry = pending.get_mut(&id).expect("just seen");
@@ -196,6 +198,7 @@ impl SessionManager {
             let mut next = loaded.clone();
             let value = change(&mut next)?;
             check_same_id(id, &next)?;
+            next.validate_depth()?;
             next.updated_at = now;
             entry.known_version.get_or_insert(loaded.version);
             entry.header = Some(next.clone());
@@ -214,6 +217,8 @@ impl SessionManager {
         messages: &[Message],
     ) -> Result<Appended> {
         self.take_surfaced(id)?;
+        // Refused now, not at a flush that could never succeed.
+        messages.iter().try_for_each(Message::validate_depth)?;
         let now = self.inner.clock.now();
         let known = self.pending().and_then(|pending| {
             pending

@@ -383,3 +383,39 @@ pub async fn stats(backend: &impl Backend) {
     );
     assert!(stats.bytes > 100, "{stats:?}");
 }
+
+/// An event whose payload or metadata nests 200 levels deep is refused at
+/// append with a typed error, and the log reads on as before.
+pub async fn too_deep_events_are_refused(backend: &impl Backend) {
+    let store = backend.open(test_clock()).await;
+    store.append_events(&[normal("a:b", 1)]).await.unwrap();
+    let mut deep = normal("a:b", 2);
+    deep.payload = super::sessions::nested_json(200);
+    let refused = store.append_events(&[normal("a:b", 2), deep.clone()]).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Domain(smalltalk_types::Error::TooDeep { .. }))
+        ),
+        "{refused:?}"
+    );
+    let mut deep_metadata = normal("a:b", 2);
+    deep_metadata
+        .metadata
+        .insert("x".into(), super::sessions::nested_json(200));
+    let refused = store.append_events_at(&[deep_metadata], 1).await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Domain(smalltalk_types::Error::TooDeep { .. }))
+        ),
+        "{refused:?}"
+    );
+    store.append_events(&[normal("a:c", 3)]).await.unwrap();
+    let read = store.read_events(0, &all(), 100).await.unwrap();
+    assert_eq!(
+        positions(&read),
+        [1, 2],
+        "nothing of the refused batches went in"
+    );
+}

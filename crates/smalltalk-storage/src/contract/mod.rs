@@ -160,6 +160,18 @@ impl PgBackend {
         Some(Self { url, schema })
     }
 
+    /// Runs `sql` in this backend's schema on a connection of its own (for
+    /// tests that tamper with rows behind the store's back).
+    pub async fn execute(&self, sql: &str) -> sqlx::Result<u64> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let search_path = format!("SET search_path TO \"{}\"", self.schema);
+        sqlx::Executor::execute(&mut conn, search_path.as_str()).await?;
+        let done = sqlx::Executor::execute(&mut conn, sql).await?;
+        conn.close().await?;
+        Ok(done.rows_affected())
+    }
+
     /// The store URL, schema included.
     pub fn store_url(&self) -> String {
         let separator = if self.url.contains('?') { '&' } else { '?' };
@@ -241,6 +253,7 @@ macro_rules! storage_contract {
                 concurrent_appenders_lose_nothing,
                 appends_never_conflict_header_changes,
                 concurrent_blind_saves_all_land,
+                too_deep_values_are_refused,
                 bad_ids_are_rejected,
                 closed_store_refuses_calls,
             );
@@ -255,6 +268,7 @@ macro_rules! storage_contract {
                 persistence_across_reopen,
                 stats,
                 wakeups,
+                too_deep_events_are_refused,
             );
 
             $crate::__contract_cases!(kv;

@@ -1008,6 +1008,81 @@ pub async fn concurrent_blind_saves_all_land(backend: &impl Backend) {
 
 /// Hostile ids: path traversal, NUL, 10 KB strings, quotes and SQL
 /// metacharacters, empty. Every one is refused with the same typed error
+/// A JSON value `levels` deep.
+pub fn nested_json(levels: usize) -> serde_json::Value {
+    let mut value = json!("leaf");
+    for _ in 0..levels {
+        value = json!({ "deeper": value });
+    }
+    value
+}
+
+fn is_too_deep(result: &crate::Result<impl std::fmt::Debug>) -> bool {
+    matches!(
+        result,
+        Err(Error::Domain(smalltalk_types::Error::TooDeep { .. }))
+    )
+}
+
+/// Whatever a write accepts, a read returns: metadata, agent states and
+/// message metadata nested 200 levels deep are refused with a typed error
+/// on every write path, and the session stays readable; values at the
+/// documented limit round-trip.
+pub async fn too_deep_values_are_refused(backend: &impl Backend) {
+    use smalltalk_types::format::MAX_JSON_DEPTH;
+    let store = open(backend).await;
+    let mut deep = Session::new(SessionId::new(), at(0), Duration::from_secs(60));
+    deep.metadata.insert("x".into(), nested_json(200));
+    let refused = store.save_session(&deep, Expected::Absent).await;
+    assert!(is_too_deep(&refused), "{refused:?}");
+    assert!(!store.has_session(deep.id).await.unwrap(), "nothing stored");
+
+    let mut session = Session::new(SessionId::new(), at(0), Duration::from_secs(60));
+    // At the limit (the map is one level): accepted and read back.
+    session
+        .metadata
+        .insert("x".into(), nested_json(MAX_JSON_DEPTH - 1));
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+
+    let mut with_state = session.clone();
+    let mut state = AgentState::new(AgentId::parse("deep").unwrap(), at(1));
+    state.config = nested_json(200);
+    with_state
+        .agent_states
+        .insert(state.agent_id.clone(), state);
+    let refused = store.save_session(&with_state, Expected::Version(1)).await;
+    assert!(is_too_deep(&refused), "{refused:?}");
+
+    let mut deep_message = message("deep", 2);
+    deep_message.metadata.insert("x".into(), nested_json(200));
+    let refused = store
+        .append_messages(
+            session.id,
+            &[message("ok", 2), deep_message.clone()],
+            AppendGuard::NONE,
+        )
+        .await;
+    assert!(is_too_deep(&refused), "{refused:?}");
+    let mut snapshot = session.clone();
+    snapshot.messages.push(deep_message);
+    let refused = store.save_session(&snapshot, Expected::Version(1)).await;
+    assert!(is_too_deep(&refused), "{refused:?}");
+
+    store
+        .append_messages(session.id, &[message("after", 3)], AppendGuard::NONE)
+        .await
+        .unwrap();
+    let stored = store.get_session(session.id).await.unwrap().unwrap();
+    assert_eq!(stored.metadata, session.metadata);
+    assert!(stored.agent_states.is_empty());
+    let texts: Vec<&str> = stored.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, ["after"], "refused writes stored nothing");
+    assert_eq!(stored.version, 1);
+}
+
 /// before it can reach a backend, and the store is left unchanged.
 pub async fn bad_ids_are_rejected(backend: &impl Backend) {
     let store = open(backend).await;

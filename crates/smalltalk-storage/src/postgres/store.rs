@@ -263,6 +263,7 @@ impl PgStore {
         .await
         .map_err(pg_error)?;
         codec::decode_session(
+            id,
             &header,
             to_u64(version),
             Timestamp::from_micros(updated_at),
@@ -389,6 +390,7 @@ impl SessionStore for PgStore {
                 .map_err(pg_error)?;
         row.map(|(header, version, updated_at)| {
             codec::decode_session(
+                id,
                 &header,
                 to_u64(version),
                 Timestamp::from_micros(updated_at),

@@ -310,6 +310,7 @@ fn read_session(conn: &Connection, id: SessionId, limit: i64) -> Result<SessionR
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
         .map_err(sqlite_error)?;
     codec::decode_session(
+        id,
         &header,
         to_u64(version),
         Timestamp::from_micros(updated_at),
@@ -473,6 +474,7 @@ impl SessionStore for SqliteStore {
                 .map_err(sqlite_error)?;
             row.map(|(header, version, updated_at)| {
                 codec::decode_session(
+                    id,
                     &header,
                     to_u64(version),
                     Timestamp::from_micros(updated_at),
