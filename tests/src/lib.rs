@@ -3,8 +3,11 @@
 //! - [`FaultProxy`]: a TCP proxy a test puts between a client and a server,
 //!   to cut the link (open connections reset, new ones refused) and restore
 //!   it, without touching the shared server.
+//! - [`fixture`]: the stored-data fixture every release must read back.
 //! - the `append-worker` binary: a separate process that appends messages to
 //!   a session, for tests with several real writer processes.
+
+pub mod fixture;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -172,6 +172,20 @@ impl PgBackend {
         Ok(done.rows_affected())
     }
 
+    /// This backend's schema name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// Runs a script of several SQL statements (simple query protocol) on
+    /// a connection of its own, with no search path set.
+    pub async fn execute_script(&self, sql: &str) -> sqlx::Result<()> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        sqlx::raw_sql(sql).execute(&mut conn).await?;
+        conn.close().await
+    }
+
     /// The store URL, schema included.
     pub fn store_url(&self) -> String {
         let separator = if self.url.contains('?') { '&' } else { '?' };
