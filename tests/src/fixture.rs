@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use smalltalk::storage::{AppendGuard, Expected, Store};
+use smalltalk::storage::{AppendGuard, Cursor, Expected, Store};
 use smalltalk::types::{
     AgentId, AgentState, Event, EventId, EventPriority, Message, MessageId, Role, Session,
     SessionId, SessionState, StorageKey, Timestamp, Topic,
@@ -24,8 +24,8 @@ pub struct Content {
     pub sessions: Vec<Session>,
     /// Events, in log order (positions 1..).
     pub events: Vec<Event>,
-    /// Subscriber cursors.
-    pub cursors: Vec<(StorageKey, u64)>,
+    /// Subscriber cursors (release 0.1.0 stored positions only).
+    pub cursors: Vec<(StorageKey, Cursor)>,
     /// Key-value entries.
     pub kv: Vec<(StorageKey, Vec<u8>)>,
 }
@@ -116,8 +116,14 @@ pub fn content() -> Content {
         })
         .collect();
     let cursors = vec![
-        (StorageKey::parse("worker:task:s").expect("valid"), 2),
-        (StorageKey::parse("monitor:agent.g").expect("valid"), 6),
+        (
+            StorageKey::parse("worker:task:s").expect("valid"),
+            Cursor::at(2),
+        ),
+        (
+            StorageKey::parse("monitor:agent.g").expect("valid"),
+            Cursor::at(6),
+        ),
     ];
     let kv = vec![
         (
@@ -153,8 +159,8 @@ pub async fn write(store: &dyn Store, content: &Content) -> anyhow::Result<()> {
             .await?;
     }
     store.append_events(&content.events).await?;
-    for (key, position) in &content.cursors {
-        store.set_cursor(key, *position).await?;
+    for (key, cursor) in &content.cursors {
+        store.set_cursor(key, *cursor).await?;
     }
     for (key, value) in &content.kv {
         store.set(key, value, None).await?;
@@ -183,9 +189,9 @@ pub async fn check(store: &dyn Store, content: &Content) -> anyhow::Result<()> {
         "events differ:\nstored   {events:?}\nexpected {:?}",
         content.events
     );
-    for (key, position) in &content.cursors {
+    for (key, cursor) in &content.cursors {
         let stored = store.cursor(key).await?;
-        anyhow::ensure!(stored == Some(*position), "cursor {key}: {stored:?}");
+        anyhow::ensure!(stored == Some(*cursor), "cursor {key}: {stored:?}");
     }
     for (key, value) in &content.kv {
         let stored = store.get(key).await?;

@@ -601,7 +601,11 @@ impl EventBus {
             .ok_or_else(already)?;
         if cursor.is_none() {
             // From now on a restart replays what this subscriber missed.
-            if let Err(error) = shared.backing.set_cursor(&key, registered_at).await {
+            if let Err(error) = shared
+                .backing
+                .set_cursor(&key, smalltalk_storage::Cursor::at(registered_at))
+                .await
+            {
                 shared.registry.remove(sub.serial);
                 return Err(error);
             }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smalltalk_storage::{EventFilter, EventLog, LogBounds};
+use smalltalk_storage::{Cursor, EventFilter, EventLog, LogBounds};
 use smalltalk_types::{Event, StorageKey, Timestamp};
 
 use crate::Result;
@@ -26,7 +26,7 @@ struct Ring {
 #[derive(Debug)]
 pub(crate) struct MemoryLog {
     ring: Mutex<Ring>,
-    cursors: Mutex<HashMap<StorageKey, u64>>,
+    cursors: Mutex<HashMap<StorageKey, Cursor>>,
     capacity: usize,
 }
 
@@ -146,26 +146,26 @@ impl Backing {
         }
     }
 
-    pub(crate) async fn cursor(&self, key: &StorageKey) -> Result<Option<u64>> {
+    pub(crate) async fn cursor(&self, key: &StorageKey) -> Result<Option<Cursor>> {
         match self {
             Backing::Memory(log) => Ok(lock(&log.cursors).get(key).copied()),
             Backing::Durable(log) => Ok(log.cursor(key).await?),
         }
     }
 
-    pub(crate) async fn set_cursor(&self, key: &StorageKey, position: u64) -> Result<()> {
+    pub(crate) async fn set_cursor(&self, key: &StorageKey, cursor: Cursor) -> Result<()> {
         match self {
             Backing::Memory(log) => {
                 let mut cursors = lock(&log.cursors);
                 match cursors.get_mut(key) {
-                    Some(cursor) => *cursor = position,
+                    Some(stored) => *stored = cursor,
                     None => {
-                        cursors.insert(key.clone(), position);
+                        cursors.insert(key.clone(), cursor);
                     }
                 }
                 Ok(())
             }
-            Backing::Durable(log) => Ok(log.set_cursor(key, position).await?),
+            Backing::Durable(log) => Ok(log.set_cursor(key, cursor).await?),
         }
     }
 

@@ -10,7 +10,7 @@ use std::future::Future;
 
 use futures_util::FutureExt;
 use lru::LruCache;
-use smalltalk_storage::EventFilter;
+use smalltalk_storage::{Cursor, EventFilter};
 use smalltalk_types::{
     Event, EventId, EventPriority, EventReplayPolicy, ReplayMode, StorageKey, SubscriberId,
     TopicPattern,
@@ -215,7 +215,7 @@ impl Drop for Subscription {
 /// How a subscription starts: from where, and what it replays.
 pub(crate) struct Start {
     /// The cursor stored for this subscription, if it had one.
-    pub(crate) cursor: Option<u64>,
+    pub(crate) cursor: Option<Cursor>,
     /// The bus's newest dispatched position when it registered.
     pub(crate) registered_at: u64,
     pub(crate) policy: EventReplayPolicy,
@@ -248,7 +248,8 @@ pub(crate) struct Worker {
     /// The newest position taken from the queue or the log.
     last_seen: u64,
     pending: BTreeMap<u64, Pending>,
-    persisted: u64,
+    /// The cursor last saved.
+    persisted: Cursor,
     persisted_at: Instant,
 }
 
@@ -300,7 +301,7 @@ pub(crate) fn create(
         processed,
         last_seen: start.registered_at,
         pending: BTreeMap::new(),
-        persisted: start.cursor.unwrap_or(start.registered_at),
+        persisted: start.cursor.unwrap_or(Cursor::at(start.registered_at)),
         persisted_at: Instant::now(),
     };
     (shared, build)
@@ -314,7 +315,7 @@ impl Worker {
     /// Runs the subscription until it is stopped or the bus goes away.
     pub(crate) async fn run(mut self, start: Start) {
         if let Some(cursor) = start.cursor {
-            self.last_seen = cursor;
+            self.last_seen = cursor.position;
             let mut backoff = Backoff::new();
             loop {
                 match self.replay_missed(&start).await {
@@ -379,19 +380,48 @@ impl Worker {
     async fn persist(&mut self, force: bool) {
         let floor = self.floor();
         self.sub.counters.cursor.store(floor, Ordering::Relaxed);
-        if floor <= self.persisted {
+        if floor <= self.persisted.position {
             return;
         }
         let due = match self.bus.config.ack_persistence {
             AckPersistence::EveryAck => true,
             AckPersistence::Interval(every) => force || self.persisted_at.elapsed() >= every,
         };
-        if !due {
-            return;
+        if due {
+            self.save_cursor(floor, 0).await;
         }
-        match self.bus.backing.set_cursor(&self.sub.key, floor).await {
+    }
+
+    /// Before the handler sees `position`: the stored cursor must say the
+    /// subscriber was there at least until it, so a crash from here on
+    /// means redelivery whatever the replay policy (FR-016c). With acks
+    /// saved before every handler this rides on that write; otherwise one
+    /// write covers everything the log holds now.
+    async fn note_live(&mut self, position: u64) {
+        if position > self.persisted.live_until {
+            self.save_cursor(self.floor(), position).await;
+        }
+    }
+
+    /// Saves the cursor at `floor`, live until at least `live_at_least`
+    /// and the bus's newest position now (the subscriber is there: what is
+    /// in the log was not published while it was away). A crash during the
+    /// replay on subscribe thus makes the next one deliver the rest of what
+    /// was missed whatever the policy: more than the policy asks, never
+    /// less.
+    async fn save_cursor(&mut self, floor: u64, live_at_least: u64) {
+        let cursor = Cursor {
+            position: floor.max(self.persisted.position),
+            live_until: self
+                .bus
+                .dispatched()
+                .max(live_at_least)
+                .max(self.persisted.live_until)
+                .max(floor),
+        };
+        match self.bus.backing.set_cursor(&self.sub.key, cursor).await {
             Ok(()) => {
-                self.persisted = floor;
+                self.persisted = cursor;
                 self.persisted_at = Instant::now();
             }
             // Kept in memory and written with the next acknowledgement; a
@@ -560,8 +590,41 @@ impl Worker {
     /// On subscribe: what was missed since `last_seen` (the stored cursor,
     /// or how far an interrupted attempt got), per the policy.
     async fn replay_missed(&mut self, start: &Start) -> Result<()> {
+        // First what was published while the subscriber was there and is
+        // not settled (delivered but not acknowledged when it went away):
+        // always again, whatever the policy.
+        let live_until = start
+            .cursor
+            .map_or(0, |cursor| cursor.live_until)
+            .min(start.registered_at);
+        if self.last_seen < live_until {
+            self.check_gap(self.last_seen, None).await?;
+            let filter = self.sub.filter.clone();
+            let mut after = self.last_seen;
+            'unsettled: loop {
+                let batch = self.bus.backing.read(after, &filter, READ_BATCH).await?;
+                let full = batch.len() == READ_BATCH;
+                for event in batch {
+                    let position = event.position.unwrap_or(0);
+                    if position > live_until {
+                        break 'unsettled;
+                    }
+                    after = position;
+                    self.deliver(event, true).await;
+                    if self.stopped() {
+                        return Ok(());
+                    }
+                }
+                if !full {
+                    break;
+                }
+            }
+            // Nothing else up to there was for this subscription.
+            self.last_seen = self.last_seen.max(live_until);
+        }
+        // Then what was published while it was away, per its policy.
         let policy = &start.policy;
-        let cursor = self.last_seen;
+        let cursor = self.last_seen.max(live_until);
         if policy.mode == ReplayMode::None || cursor >= start.registered_at {
             return Ok(());
         }
@@ -577,7 +640,7 @@ impl Worker {
             .map(|window| self.bus.clock.now().saturating_sub(window));
         filter.since = window_start;
         self.check_gap(cursor, window_start).await?;
-        let mut after = self.last_seen;
+        let mut after = cursor;
         let mut kept: VecDeque<Arc<Event>> = VecDeque::new();
         let keep_at_most = policy
             .max_events
@@ -637,6 +700,7 @@ impl Worker {
         if self.stopped() {
             return;
         }
+        self.note_live(position).await;
         // Only a settled (or in-progress) event moves the position: one
         // abandoned by a stop is the next subscription's first.
         if self.attempt(event, 1, replayed).await {

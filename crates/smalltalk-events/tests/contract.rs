@@ -760,6 +760,58 @@ async fn a_restarted_bus_delivers_what_was_not_acknowledged(env: &Env) {
     assert_eq!(recorder.topics(), ["r.e3", "r.e4", "r.e5", "r.after"]);
 }
 
+/// At-least-once under the default policy (critical-only): a normal
+/// event delivered but not acknowledged when the subscriber went away is
+/// delivered again when it comes back; of what was published while it
+/// was away, only the critical events are.
+async fn unacknowledged_normal_events_come_back_under_critical_only(env: &Env) {
+    if !env.is_durable() {
+        return;
+    }
+    {
+        let bus = env.bus(config()).await;
+        let recorder = Recorder::with(|delivery| {
+            if delivery.event().topic.as_str() == "c.unacked" {
+                Outcome::InProgress // and never answered
+            } else {
+                Outcome::Ack
+            }
+        });
+        let subscription = subscribe(&bus, "c.*", "critical-only", &recorder).await;
+        for topic in ["c.acked", "c.unacked", "c.after"] {
+            publish(&bus, topic).await;
+        }
+        recorder.wait_for(3).await;
+        eventually("acks to be saved", || subscription.stats().acked == 2).await;
+        subscription.unsubscribe().await;
+        // Away now.
+        publish(&bus, "c.away").await;
+        publish_critical(&bus, "c.away-critical").await;
+        bus.close().await;
+    }
+    env.reopen().await;
+    let bus = env.bus(config()).await;
+    let recorder = Recorder::acking();
+    let _subscription = subscribe(&bus, "c.*", "critical-only", &recorder).await;
+    publish(&bus, "c.back").await;
+    eventually("c.back", || {
+        recorder.topics().contains(&"c.back".to_owned())
+    })
+    .await;
+    let topics = recorder.topics();
+    assert_eq!(
+        topics.first().map(String::as_str),
+        Some("c.unacked"),
+        "the unacknowledged normal event comes first: {topics:?}"
+    );
+    assert!(topics.contains(&"c.away-critical".to_owned()), "{topics:?}");
+    assert!(
+        !topics.contains(&"c.away".to_owned()),
+        "a normal event published while away is not replayed: {topics:?}"
+    );
+    assert!(!topics.contains(&"c.acked".to_owned()), "{topics:?}");
+}
+
 /// A closed bus refuses publishes.
 async fn publish_never(bus: &EventBus) {
     let refused = bus
@@ -1200,6 +1252,7 @@ macro_rules! bus_contract {
                     redelivered_ids_are_handled_once,
                     resubscribing_replays_per_policy,
                     a_restarted_bus_delivers_what_was_not_acknowledged,
+                    unacknowledged_normal_events_come_back_under_critical_only,
                     purged_history_is_reported_as_a_gap,
                     explicit_replay_filters_and_limits,
                     conditional_publish_checks_the_position,

@@ -60,6 +60,29 @@ pub struct LogBounds {
     pub last: u64,
 }
 
+/// A subscriber's durable cursor in the log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Cursor {
+    /// The last position acknowledged: everything up to it is settled.
+    pub position: u64,
+    /// The log's newest position the last time the subscriber was known to
+    /// be there (at least `position`, and at least every position it was
+    /// handed). When it comes back, everything up to here that is not
+    /// settled is delivered again whatever its replay policy: the policy
+    /// governs only what was published while it was away.
+    pub live_until: u64,
+}
+
+impl Cursor {
+    /// A cursor at `position`, live until there.
+    pub const fn at(position: u64) -> Self {
+        Self {
+            position,
+            live_until: position,
+        }
+    }
+}
+
 /// Counts and sizes of a log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EventLogStats {
@@ -103,11 +126,12 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// The retained range of positions.
     async fn log_bounds(&self) -> Result<LogBounds>;
 
-    /// A subscriber's durable cursor: the last position it acknowledged.
-    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<u64>>;
+    /// A subscriber's durable cursor. One stored by a release before
+    /// `live_until` existed reads as [`Cursor::at`] its position.
+    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<Cursor>>;
 
     /// Sets a subscriber's cursor.
-    async fn set_cursor(&self, subscriber: &StorageKey, position: u64) -> Result<()>;
+    async fn set_cursor(&self, subscriber: &StorageKey, cursor: Cursor) -> Result<()>;
 
     /// Deletes a subscriber's cursor; `false` if it had none.
     async fn delete_cursor(&self, subscriber: &StorageKey) -> Result<bool>;

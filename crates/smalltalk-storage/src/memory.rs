@@ -35,7 +35,7 @@ struct Inner {
     /// The event log: position -> (event with its position, encoded size).
     events: BTreeMap<u64, (Event, u64)>,
     last_position: u64,
-    cursors: BTreeMap<StorageKey, u64>,
+    cursors: BTreeMap<StorageKey, crate::Cursor>,
 }
 
 #[derive(Debug, Clone)]
@@ -443,12 +443,12 @@ impl EventLog for MemoryStore {
         })
     }
 
-    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<u64>> {
+    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<crate::Cursor>> {
         Ok(self.lock()?.cursors.get(subscriber).copied())
     }
 
-    async fn set_cursor(&self, subscriber: &StorageKey, position: u64) -> Result<()> {
-        self.lock()?.cursors.insert(subscriber.clone(), position);
+    async fn set_cursor(&self, subscriber: &StorageKey, cursor: crate::Cursor) -> Result<()> {
+        self.lock()?.cursors.insert(subscriber.clone(), cursor);
         Ok(())
     }
 

@@ -225,24 +225,31 @@ pub async fn filters(backend: &impl Backend) {
     );
 }
 
-/// Cursors are per subscriber, overwritable and deletable.
+/// Cursors are per subscriber, overwritable and deletable, and keep both
+/// their acknowledged position and how far the log was while the
+/// subscriber was there.
 pub async fn cursors(backend: &impl Backend) {
+    use crate::Cursor;
     let log = open(backend).await;
     let (alpha, beta) = (
         StorageKey::parse("alpha").unwrap(),
         StorageKey::parse("beta").unwrap(),
     );
     assert_eq!(log.cursor(&alpha).await.unwrap(), None);
-    log.set_cursor(&alpha, 5).await.unwrap();
-    log.set_cursor(&beta, 9).await.unwrap();
-    assert_eq!(log.cursor(&alpha).await.unwrap(), Some(5));
-    log.set_cursor(&alpha, 3).await.unwrap();
-    assert_eq!(log.cursor(&alpha).await.unwrap(), Some(3));
+    let live = Cursor {
+        position: 5,
+        live_until: 12,
+    };
+    log.set_cursor(&alpha, live).await.unwrap();
+    log.set_cursor(&beta, Cursor::at(9)).await.unwrap();
+    assert_eq!(log.cursor(&alpha).await.unwrap(), Some(live));
+    log.set_cursor(&alpha, Cursor::at(3)).await.unwrap();
+    assert_eq!(log.cursor(&alpha).await.unwrap(), Some(Cursor::at(3)));
     assert_eq!(log.event_log_stats().await.unwrap().cursors, 2);
     assert!(log.delete_cursor(&alpha).await.unwrap());
     assert!(!log.delete_cursor(&alpha).await.unwrap());
     assert_eq!(log.cursor(&alpha).await.unwrap(), None);
-    assert_eq!(log.cursor(&beta).await.unwrap(), Some(9));
+    assert_eq!(log.cursor(&beta).await.unwrap(), Some(Cursor::at(9)));
 }
 
 /// Purging removes old events; positions are never reused.
@@ -310,14 +317,14 @@ pub async fn persistence_across_reopen(backend: &impl Backend) {
         log.append_events(&[normal("a", 1), normal("b", 2)])
             .await
             .unwrap();
-        log.set_cursor(&key, 1).await.unwrap();
+        log.set_cursor(&key, crate::Cursor::at(1)).await.unwrap();
         let written = log.read_events(0, &all(), 10).await.unwrap();
         log.close().await.unwrap();
         written
     };
     let log = open(backend).await;
     assert_eq!(log.read_events(0, &all(), 10).await.unwrap(), written);
-    assert_eq!(log.cursor(&key).await.unwrap(), Some(1));
+    assert_eq!(log.cursor(&key).await.unwrap(), Some(crate::Cursor::at(1)));
     assert_eq!(log.append_events(&[normal("c", 3)]).await.unwrap(), [3]);
 }
 
@@ -368,7 +375,7 @@ pub async fn stats(backend: &impl Backend) {
     log.append_events(&[normal("a", 1), normal("b", 2)])
         .await
         .unwrap();
-    log.set_cursor(&StorageKey::parse("s").unwrap(), 2)
+    log.set_cursor(&StorageKey::parse("s").unwrap(), crate::Cursor::at(2))
         .await
         .unwrap();
     let stats = log.event_log_stats().await.unwrap();

@@ -214,13 +214,13 @@ impl EventLog for FaultyStore {
         self.read("log_bounds")?;
         self.inner.log_bounds().await
     }
-    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<u64>> {
+    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<crate::Cursor>> {
         self.read("cursor")?;
         self.inner.cursor(subscriber).await
     }
-    async fn set_cursor(&self, subscriber: &StorageKey, position: u64) -> Result<()> {
+    async fn set_cursor(&self, subscriber: &StorageKey, cursor: crate::Cursor) -> Result<()> {
         self.write("set_cursor")?;
-        self.inner.set_cursor(subscriber, position).await
+        self.inner.set_cursor(subscriber, cursor).await
     }
     async fn delete_cursor(&self, subscriber: &StorageKey) -> Result<bool> {
         self.write("delete_cursor")?;

@@ -110,6 +110,7 @@ enum Op {
     SetCursor {
         key: usize,
         position: u64,
+        ahead: u64,
     },
     GetCursor {
         key: usize,
@@ -194,7 +195,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..8_u64, prop::option::of(0..PATTERNS.len()), any::<bool>(), 1..6_usize)
             .prop_map(|(after, pattern, critical_only, limit)| Op::ReadEvents { after, pattern, critical_only, limit }),
         1 => Just(Op::Bounds),
-        1 => (0..KEYS, 0..10_u64).prop_map(|(key, position)| Op::SetCursor { key, position }),
+        1 => (0..KEYS, 0..10_u64, 0..5_u64)
+            .prop_map(|(key, position, ahead)| Op::SetCursor { key, position, ahead }),
         1 => (0..KEYS).prop_map(|key| Op::GetCursor { key }),
         1 => (0..KEYS).prop_map(|key| Op::DeleteCursor { key }),
         1 => (0..30_u64).prop_map(|seconds_ago| Op::PurgeEvents { seconds_ago }),
@@ -224,7 +226,7 @@ enum Outcome {
     Positions(Vec<u64>),
     Events(Vec<Event>),
     Bounds(LogBounds),
-    Cursor(Option<u64>),
+    Cursor(Option<crate::Cursor>),
     EventStats(EventLogStats),
     Err(String),
 }
@@ -409,8 +411,20 @@ async fn apply(
             )
         }
         Op::Bounds => outcome(store.log_bounds().await, Outcome::Bounds),
-        Op::SetCursor { key, position } => outcome(
-            store.set_cursor(&fixture.keys[*key], *position).await,
+        Op::SetCursor {
+            key,
+            position,
+            ahead,
+        } => outcome(
+            store
+                .set_cursor(
+                    &fixture.keys[*key],
+                    crate::Cursor {
+                        position: *position,
+                        live_until: position + ahead,
+                    },
+                )
+                .await,
             |()| Outcome::Unit,
         ),
         Op::GetCursor { key } => outcome(store.cursor(&fixture.keys[*key]).await, Outcome::Cursor),

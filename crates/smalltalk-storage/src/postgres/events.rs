@@ -163,24 +163,30 @@ impl EventLog for PgStore {
         })
     }
 
-    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<u64>> {
-        let position: Option<i64> =
-            sqlx::query_scalar("SELECT position FROM event_cursors WHERE subscriber = $1")
+    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<crate::Cursor>> {
+        let found: Option<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT position, live_until FROM event_cursors WHERE subscriber = $1")
                 .bind(subscriber.as_str())
                 .fetch_optional(&self.pool)
                 .await
                 .map_err(pg_error)?;
-        Ok(position.map(to_u64))
+        Ok(found.map(|(position, live_until)| crate::Cursor {
+            position: to_u64(position),
+            live_until: to_u64(live_until.unwrap_or(position).max(position)),
+        }))
     }
 
-    async fn set_cursor(&self, subscriber: &StorageKey, position: u64) -> Result<()> {
+    async fn set_cursor(&self, subscriber: &StorageKey, cursor: crate::Cursor) -> Result<()> {
         sqlx::query(
-            "INSERT INTO event_cursors (subscriber, position, updated_at) VALUES ($1, $2, $3)
-             ON CONFLICT (subscriber) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+            "INSERT INTO event_cursors (subscriber, position, updated_at, live_until)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (subscriber) DO UPDATE SET position = excluded.position,
+                updated_at = excluded.updated_at, live_until = excluded.live_until",
         )
         .bind(subscriber.as_str())
-        .bind(to_i64(position))
+        .bind(to_i64(cursor.position))
         .bind(self.clock.now().as_micros())
+        .bind(to_i64(cursor.live_until))
         .execute(&self.pool)
         .await
         .map(drop)

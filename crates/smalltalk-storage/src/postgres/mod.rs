@@ -98,6 +98,9 @@ const MIGRATIONS: &[&str] = &[
     $$;
     CREATE TRIGGER event_log_head_notify AFTER UPDATE ON event_log_head
         FOR EACH ROW EXECUTE FUNCTION smalltalk_notify_events();"#,
+    // 4: how far the log was while the subscriber was there (NULL for
+    //    cursors stored before: read as their position).
+    r#"ALTER TABLE event_cursors ADD COLUMN live_until BIGINT;"#,
 ];
 
 /// A store in a PostgreSQL database. Opened by `postgres://...`.

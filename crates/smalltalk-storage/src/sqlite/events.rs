@@ -232,31 +232,46 @@ impl EventLog for SqliteStore {
         self.read_inline(bounds).await
     }
 
-    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<u64>> {
+    async fn cursor(&self, subscriber: &StorageKey) -> Result<Option<crate::Cursor>> {
         let subscriber = subscriber.clone();
         self.read_inline(move |conn| {
-            conn.prepare_cached("SELECT position FROM event_cursors WHERE subscriber = ?1")
-                .and_then(|mut statement| {
-                    statement
-                        .query_row([subscriber.as_str()], |row| row.get::<_, i64>(0))
-                        .optional()
+            conn.prepare_cached(
+                "SELECT position, live_until FROM event_cursors WHERE subscriber = ?1",
+            )
+            .and_then(|mut statement| {
+                statement
+                    .query_row([subscriber.as_str()], |row| {
+                        Ok((row.get::<_, i64>(0)?, row.get::<_, Option<i64>>(1)?))
+                    })
+                    .optional()
+            })
+            .map(|found| {
+                found.map(|(position, live_until)| crate::Cursor {
+                    position: to_u64(position),
+                    live_until: to_u64(live_until.unwrap_or(position).max(position)),
                 })
-                .map(|position| position.map(to_u64))
-                .map_err(sqlite_error)
+            })
+            .map_err(sqlite_error)
         })
         .await
     }
 
-    async fn set_cursor(&self, subscriber: &StorageKey, position: u64) -> Result<()> {
+    async fn set_cursor(&self, subscriber: &StorageKey, cursor: crate::Cursor) -> Result<()> {
         let (subscriber, now) = (subscriber.clone(), self.clock.now().as_micros());
         self.write(move |conn| {
             conn.prepare_cached(
-                "INSERT INTO event_cursors (subscriber, position, updated_at) VALUES (?1, ?2, ?3)
+                "INSERT INTO event_cursors (subscriber, position, updated_at, live_until)
+                 VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (subscriber) DO UPDATE SET position = excluded.position,
-                    updated_at = excluded.updated_at",
+                    updated_at = excluded.updated_at, live_until = excluded.live_until",
             )
             .and_then(|mut statement| {
-                statement.execute(params![subscriber.as_str(), to_i64(position), now])
+                statement.execute(params![
+                    subscriber.as_str(),
+                    to_i64(cursor.position),
+                    now,
+                    to_i64(cursor.live_until)
+                ])
             })
             .map(drop)
             .map_err(sqlite_error)

@@ -68,6 +68,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         position   INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
      );",
+    // 3: how far the log was while the subscriber was there (NULL for
+    //    cursors stored before: read as their position).
+    "ALTER TABLE event_cursors ADD COLUMN live_until INTEGER;",
 ];
 
 /// Brings the schema up to date, atomically. Several processes opening the
