@@ -407,3 +407,43 @@ async fn a_tampered_row_is_named_by_the_read() {
     let listed = store.list_sessions(&Default::default()).await;
     assert!(matches!(listed, Err(Error::Domain(_))), "{listed:?}");
 }
+
+/// The pragmas docs/storage.md promises are set on the write connection:
+/// checkpoints never run inside a caller's commit, the WAL is cut back
+/// after one, deleted content is overwritten.
+#[tokio::test]
+async fn the_documented_pragmas_are_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("pragmas.db"))
+        .await
+        .unwrap();
+    let settings = store.settings().await.unwrap();
+    assert_eq!(settings.journal_mode, "wal");
+    assert_eq!(settings.synchronous, Synchronous::Normal);
+    assert_eq!(settings.wal_autocheckpoint, 0);
+    assert_eq!(
+        settings.journal_size_limit,
+        smalltalk_storage::sqlite::JOURNAL_SIZE_LIMIT as i64
+    );
+    assert!(settings.secure_delete);
+}
+
+/// Closing the store folds the WAL into the database and empties it.
+#[tokio::test]
+async fn close_leaves_no_wal_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("closed.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let session = new_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    let wal = dir.path().join("closed.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    store.close().await.unwrap();
+    let left = std::fs::metadata(&wal).map_or(0, |meta| meta.len());
+    assert_eq!(left, 0, "the WAL is empty (or gone) after close");
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert!(store.has_session(session.id).await.unwrap());
+}

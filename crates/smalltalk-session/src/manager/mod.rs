@@ -187,7 +187,10 @@ impl SessionManagerBuilder {
     /// Announces what happens to sessions through `events`: topics
     /// `session:created`, `session:message-added`, `session:state-changed`,
     /// `session:invalidated` (critical) and `session:deleted`, each after
-    /// the change is acknowledged. Default: none.
+    /// the change is acknowledged. Announcements carry ids, sequence
+    /// numbers and counts, never message content or metadata (they stay on
+    /// the event log for its retention, past an invalidation). Default:
+    /// none.
     pub fn events(mut self, events: Arc<dyn EventSink>) -> Self {
         self.events = Some(events);
         self
@@ -435,7 +438,8 @@ impl SessionManager {
             Ok(version) => {
                 session.version = version;
                 self.track(&session);
-                let payload = serde_json::json!({ "expiresAt": session.expires_at, "metadata": session.metadata });
+                // No metadata: announcements outlive invalidation on the log.
+                let payload = serde_json::json!({ "expiresAt": session.expires_at });
                 self.announce(
                     "session:created",
                     EventPriority::Normal,
@@ -727,7 +731,21 @@ impl SessionManager {
         } else {
             self.append_stored(id, messages).await?
         };
-        let payload = serde_json::json!({ "messages": messages });
+        // Ids, positions and counts only: content lives in the history and
+        // nowhere else, so invalidating the session removes it everywhere.
+        let ids: Vec<_> = messages.iter().map(|message| message.id).collect();
+        let payload = match appended {
+            Appended::Stored(outcome) => serde_json::json!({
+                "messageIds": ids,
+                "count": messages.len(),
+                "firstSequence": outcome.first_sequence,
+                "messageCount": outcome.message_count,
+            }),
+            Appended::Buffered { .. } => serde_json::json!({
+                "messageIds": ids,
+                "count": messages.len(),
+            }),
+        };
         self.announce("session:message-added", EventPriority::Normal, id, payload)
             .await;
         self.reactivate_if_idle(id).await;

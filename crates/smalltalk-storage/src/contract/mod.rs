@@ -172,6 +172,18 @@ impl PgBackend {
         Ok(done.rows_affected())
     }
 
+    /// Runs a query returning one `BIGINT` (a count) in this backend's
+    /// schema, on a connection of its own.
+    pub async fn scalar(&self, sql: &str) -> sqlx::Result<i64> {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&self.url).await?;
+        let search_path = format!("SET search_path TO \"{}\"", self.schema);
+        sqlx::Executor::execute(&mut conn, search_path.as_str()).await?;
+        let value = sqlx::query_scalar(sql).fetch_one(&mut conn).await?;
+        conn.close().await?;
+        Ok(value)
+    }
+
     /// This backend's schema name.
     pub fn schema(&self) -> &str {
         &self.schema

@@ -121,6 +121,32 @@ impl SqliteStore {
         &self.path
     }
 
+    /// The settings in force on the write connection, read back from
+    /// SQLite (for diagnostics and to check the documented pragmas hold).
+    pub async fn settings(&self) -> Result<SqliteSettings> {
+        self.write(|conn| {
+            let text = |pragma: &str| -> Result<String> {
+                conn.query_row(&format!("PRAGMA {pragma}"), [], |row| row.get(0))
+                    .map_err(sqlite_error)
+            };
+            let number = |pragma: &str| -> Result<i64> {
+                conn.query_row(&format!("PRAGMA {pragma}"), [], |row| row.get(0))
+                    .map_err(sqlite_error)
+            };
+            Ok(SqliteSettings {
+                journal_mode: text("journal_mode")?,
+                synchronous: match number("synchronous")? {
+                    3 => Synchronous::Full,
+                    _ => Synchronous::Normal,
+                },
+                wal_autocheckpoint: number("wal_autocheckpoint")?,
+                journal_size_limit: number("journal_size_limit")?,
+                secure_delete: number("secure_delete")? == 1,
+            })
+        })
+        .await
+    }
+
     /// Copies the whole WAL into the database file and truncates the WAL,
     /// for a consistent single-file copy or an exact size. Waits for readers
     /// and writers up to the busy timeout. Checkpoints also run on their own
@@ -153,6 +179,27 @@ impl SqliteStore {
     }
 }
 
+/// The write connection's settings, as [`SqliteStore::settings`] reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteSettings {
+    /// `wal`.
+    pub journal_mode: String,
+    /// `NORMAL` or `FULL`.
+    pub synchronous: Synchronous,
+    /// 0: the write connection never checkpoints inside a commit (the
+    /// background checkpointer does).
+    pub wal_autocheckpoint: i64,
+    /// [`JOURNAL_SIZE_LIMIT`] bytes: the WAL is cut back to this after a
+    /// checkpoint.
+    pub journal_size_limit: i64,
+    /// Deleted content is overwritten with zeros.
+    pub secure_delete: bool,
+}
+
+/// The largest the WAL file stays after a checkpoint (`journal_size_limit`).
+pub const JOURNAL_SIZE_LIMIT: u64 = 64 * 1024 * 1024;
+
 /// Creates the file with mode 0600 if absent, opens it, sets the pragmas and
 /// migrates.
 fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection> {
@@ -177,8 +224,16 @@ fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection> {
         Synchronous::Normal => "NORMAL",
         Synchronous::Full => "FULL",
     };
-    conn.execute_batch(&format!("PRAGMA synchronous = {synchronous}"))
-        .map_err(sqlite_error)?;
+    // Checkpoints run on the checkpointer's thread, never inside a
+    // caller's commit; after one, the WAL file is cut back to 64 MB. Deleted
+    // content is overwritten, not left in free pages.
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {synchronous};
+         PRAGMA wal_autocheckpoint = 0;
+         PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};
+         PRAGMA secure_delete = ON;"
+    ))
+    .map_err(sqlite_error)?;
     conn.set_prepared_statement_cache_capacity(64);
     schema::migrate(&conn)?;
     Ok(conn)

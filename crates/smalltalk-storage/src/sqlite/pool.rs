@@ -266,12 +266,28 @@ impl Writer {
         tokio::task::spawn_blocking(move || {
             let mut conn = lock(&writer.conn);
             let jobs: Vec<Job> = lock(&writer.queue).drain(..).collect();
-            if let (Some(open), false) = (conn.as_ref(), jobs.is_empty()) {
-                // Waiting is allowed here: shutdown runs on the blocking pool.
-                let _ = commit_batch(open, jobs, Placement::Dedicated, writer.busy_timeout);
+            writer.checkpointer.stop();
+            if let Some(open) = conn.as_ref() {
+                if !jobs.is_empty() {
+                    // Waiting is allowed here: shutdown runs on the blocking pool.
+                    let _ = commit_batch(open, jobs, Placement::Dedicated, writer.busy_timeout);
+                }
+                // Fold the WAL into the database and empty it, so nothing
+                // deleted (an invalidated session's content) stays in it.
+                match open.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                    row.get::<_, i64>(0)
+                }) {
+                    Ok(0) => {}
+                    Ok(_) => tracing::warn!(
+                        backend = "sqlite",
+                        "the WAL could not be emptied at close: another connection is reading"
+                    ),
+                    Err(error) => {
+                        tracing::warn!(backend = "sqlite", %error, "checkpoint at close failed")
+                    }
+                }
             }
             *conn = None;
-            writer.checkpointer.stop();
         })
         .await
         .map_err(|join| Error::Backend {

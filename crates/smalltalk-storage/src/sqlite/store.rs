@@ -777,8 +777,10 @@ impl StoreAdmin for SqliteStore {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.writer.shutdown().await?;
+        // Readers first: an idle one would not block the checkpoint at
+        // close, but one kept open is one more connection on the file.
         self.readers.clear();
+        self.writer.shutdown().await?;
         Ok(())
     }
 }
