@@ -5,7 +5,9 @@
 //!   (SC-010). Nothing else runs in the window.
 //! - `detection`: from an agent's last good heartbeat to it being
 //!   `disconnected` after it stops answering, with a 100 ms interval and 2
-//!   missed beats (SC-003: target interval x missed + 50 ms).
+//!   missed beats (SC-003: target interval x missed + 50 ms);
+//! - `detection_hung_default`: the same with the default configuration and
+//!   agents that never answer again (their calls hang, no error comes).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,6 +123,88 @@ pub async fn detection(count: usize) -> Samples {
             .last_heartbeat
             .expect("had a heartbeat");
         latencies.push(at.duration_since(last_good));
+    }
+    sweeper.abort();
+    Samples::from_durations(latencies)
+}
+
+/// An in-process agent that answers until told to hang, then never
+/// answers again (heartbeat and probe pending for ever).
+#[derive(Debug, Default)]
+struct Hangs {
+    hang: AtomicBool,
+}
+
+#[async_trait]
+impl MonitoredAgent for Hangs {
+    async fn heartbeat(&self) -> Result<Heartbeat, AgentError> {
+        if self.hang.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+        Ok(Heartbeat::idle(0))
+    }
+
+    async fn probe(&self) -> Result<(), AgentError> {
+        if self.hang.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+
+    async fn restart(&self, _state: Option<AgentState>) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+/// SC-003 with the default configuration (2 s interval, 2 missed beats, 5 s
+/// timeouts): `count` agents, each hanging at its own moment after a good
+/// heartbeat; from that heartbeat to `disconnected` (target 4 s + 50 ms).
+pub async fn detection_hung_default(count: usize) -> Samples {
+    let monitor = AgentHealthMonitor::builder().build().expect("monitor");
+    let alert_only = RecoveryStrategy {
+        kind: RecoveryKind::Alert,
+        ..RecoveryStrategy::default()
+    };
+    let agents: Vec<Arc<Hangs>> = (0..count).map(|_| Arc::new(Hangs::default())).collect();
+    for (index, agent) in agents.iter().enumerate() {
+        monitor
+            .register(
+                &format!("hung-{index}"),
+                agent.clone(),
+                alert_only.clone(),
+                None,
+            )
+            .expect("register");
+    }
+    let sweeper = monitor.spawn();
+    // Every agent gets its first good beat, then they hang one by one,
+    // spread over a heartbeat interval.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let spread = Duration::from_secs(2).as_micros() as u64 / count.max(1) as u64;
+    let mut watchers = Vec::with_capacity(count);
+    for (index, agent) in agents.iter().enumerate() {
+        tokio::time::sleep(Duration::from_micros(spread)).await;
+        agent.hang.store(true, Ordering::Relaxed);
+        let monitor = monitor.clone();
+        let id = format!("hung-{index}");
+        watchers.push(tokio::spawn(async move {
+            let detected = monitor
+                .wait_for_state(&id, HealthState::Disconnected, Duration::from_secs(30))
+                .await
+                .expect("known agent");
+            let at = Timestamp::now();
+            assert!(detected, "the hung agent was detected");
+            let last_good = monitor
+                .status(&id)
+                .expect("known agent")
+                .last_heartbeat
+                .expect("had a heartbeat");
+            at.duration_since(last_good)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(count);
+    for watcher in watchers {
+        latencies.push(watcher.await.expect("watcher"));
     }
     sweeper.abort();
     Samples::from_durations(latencies)

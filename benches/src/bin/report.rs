@@ -394,6 +394,17 @@ async fn health_rows(rows: &mut Vec<Row>, quick: bool) {
         &samples,
         Some(250.0),
     );
+    let hung = if quick { 20 } else { 100 };
+    eprintln!("measuring {hung} detections of hung agents (default config: 2 s x 2 missed)");
+    let samples = health::detection_hung_default(hung).await;
+    criterion_rows(
+        rows,
+        "SC-003",
+        "none",
+        "detection_latency_hung_default",
+        &samples,
+        Some(4050.0),
+    );
 }
 
 /// Bytes 100-turn conversations add on disk, over their content: the

@@ -148,6 +148,13 @@ impl HealthConfig {
         Ok(())
     }
 
+    /// How long an agent may go without a sign of life (a good heartbeat,
+    /// recorded activity, progress) before it is `disconnected`:
+    /// `heartbeat_interval x max_missed`, whatever answers are pending.
+    pub fn silence_limit(&self) -> Duration {
+        self.heartbeat_interval.saturating_mul(self.max_missed)
+    }
+
     /// How long `phase` may go without progress; `None` for idle.
     pub fn deadline(&self, phase: &AgentPhase) -> Option<Duration> {
         match phase {

@@ -50,6 +50,32 @@ struct Entry {
     failures: u32,
     /// Restart times within the strategy's period (restart intensity).
     restarts: VecDeque<Timestamp>,
+    /// Bumped when the agent is restarted or replaced: an answer from the
+    /// agent as it was before is not judged against the one now.
+    generation: u64,
+}
+
+impl Entry {
+    /// The last sign of life: a good heartbeat, recorded activity, or
+    /// progress within a declared phase.
+    fn sign_of_life(&self) -> Timestamp {
+        let mut last = self.progress_at;
+        for seen in [self.status.last_heartbeat, self.status.last_activity]
+            .into_iter()
+            .flatten()
+        {
+            last = last.max(seen);
+        }
+        last
+    }
+
+    /// Watched for silence: active or degraded.
+    fn watched(&self) -> bool {
+        matches!(
+            self.status.state,
+            HealthState::Active | HealthState::Degraded
+        )
+    }
 }
 
 /// Counts for [`HealthStats`].
@@ -212,8 +238,19 @@ fn state_key(agent_id: &AgentId) -> StorageKey {
 }
 
 /// What one sweep learned about one agent.
+/// What a sweep asks of one agent.
+struct Ask {
+    agent_id: AgentId,
+    generation: u64,
+    agent: Arc<dyn MonitoredAgent>,
+    beat: bool,
+    probe: bool,
+}
+
 struct Answer {
     agent_id: AgentId,
+    /// The [`Entry::generation`] of the agent asked.
+    generation: u64,
     heartbeat: Option<(Result<Heartbeat, AgentError>, Duration)>,
     probe: Option<Result<(), AgentError>>,
 }
@@ -273,6 +310,7 @@ impl AgentHealthMonitor {
                 progress_at: now,
                 failures: 0,
                 restarts: VecDeque::new(),
+                generation: 0,
             },
         );
         Ok(())
@@ -553,14 +591,46 @@ impl AgentHealthMonitor {
         tokio::spawn(async move {
             let mut ticks = tokio::time::interval(tick);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut silence_deadline: Option<Duration> = None;
             loop {
-                ticks.tick().await;
+                // Every tick, and also the moment an agent's silence passes
+                // its limit (SC-003: detection within interval x missed,
+                // not a tick later).
+                match silence_deadline {
+                    Some(wait) => {
+                        tokio::select! {
+                            _ = ticks.tick() => {}
+                            () = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                    None => {
+                        ticks.tick().await;
+                    }
+                }
                 let Some(inner) = weak.upgrade() else {
                     return;
                 };
-                AgentHealthMonitor { inner }.sweep().await;
+                let monitor = AgentHealthMonitor { inner };
+                monitor.sweep().await;
+                silence_deadline = monitor.until_next_silence();
             }
         })
+    }
+
+    /// How long until the first watched agent's silence reaches its limit.
+    fn until_next_silence(&self) -> Option<Duration> {
+        let limit = self.inner.config.silence_limit();
+        let now = self.inner.clock.now();
+        lock(&self.inner.agents)
+            .values()
+            .filter(|entry| entry.watched())
+            .map(|entry| {
+                entry
+                    .sign_of_life()
+                    .saturating_add(limit)
+                    .duration_since(now)
+            })
+            .min()
     }
 
     /// One pass over every agent: heartbeats and probes that are due, sent
@@ -574,7 +644,7 @@ impl AgentHealthMonitor {
         let slack = sweep_tick(config) / 2;
         let due_after =
             |interval: Duration, at: Timestamp| now.duration_since(at) + slack >= interval;
-        let due: Vec<(AgentId, Arc<dyn MonitoredAgent>, bool, bool)> = lock(&self.inner.agents)
+        let due: Vec<Ask> = lock(&self.inner.agents)
             .iter_mut()
             .filter(|(_, entry)| {
                 matches!(
@@ -596,35 +666,50 @@ impl AgentHealthMonitor {
                 if probe {
                     entry.probed_at = Some(now);
                 }
-                (beat || probe).then(|| (id.clone(), Arc::clone(&entry.agent), beat, probe))
+                (beat || probe).then(|| Ask {
+                    agent_id: id.clone(),
+                    generation: entry.generation,
+                    agent: Arc::clone(&entry.agent),
+                    beat,
+                    probe,
+                })
             })
             .collect();
         let (heartbeat_timeout, probe_timeout) = (config.activity_timeout, config.probe_timeout);
         let mut asking: FuturesUnordered<BoxFuture<'static, Answer>> = due
             .into_iter()
-            .map(|(agent_id, agent, beat, probe)| {
-                async move {
-                    let heartbeat = if beat {
-                        let started = tokio::time::Instant::now();
-                        let answer =
-                            within(heartbeat_timeout, agent.heartbeat(), "heartbeat").await;
-                        Some((answer, started.elapsed()))
-                    } else {
-                        None
-                    };
-                    let probe = if probe {
-                        Some(within(probe_timeout, agent.probe(), "probe").await)
-                    } else {
-                        None
-                    };
-                    Answer {
-                        agent_id,
-                        heartbeat,
-                        probe,
+            .map(
+                |Ask {
+                     agent_id,
+                     generation,
+                     agent,
+                     beat,
+                     probe,
+                 }| {
+                    async move {
+                        let heartbeat = if beat {
+                            let started = tokio::time::Instant::now();
+                            let answer =
+                                within(heartbeat_timeout, agent.heartbeat(), "heartbeat").await;
+                            Some((answer, started.elapsed()))
+                        } else {
+                            None
+                        };
+                        let probe = if probe {
+                            Some(within(probe_timeout, agent.probe(), "probe").await)
+                        } else {
+                            None
+                        };
+                        Answer {
+                            agent_id,
+                            generation,
+                            heartbeat,
+                            probe,
+                        }
                     }
-                }
-                .boxed()
-            })
+                    .boxed()
+                },
+            )
             .collect();
         // Answers ready at once (nearly all) are judged in this sweep; slow
         // ones on a task of their own, so one hung agent never holds up the
@@ -647,16 +732,26 @@ impl AgentHealthMonitor {
                 }
             });
         }
-        // Phases without progress, also for agents not asked this time.
+        // Silence: no sign of life for `max_missed` intervals, whatever
+        // answers are still pending (a hung agent's heartbeat may take its
+        // whole timeout to fail). Then phases without progress, also for
+        // agents not asked this time.
+        let silence = config.silence_limit();
         let stalled: Vec<Failure> = lock(&self.inner.agents)
             .iter()
-            .filter(|(_, entry)| {
-                matches!(
-                    entry.status.state,
-                    HealthState::Active | HealthState::Degraded
-                )
-            })
+            .filter(|(_, entry)| entry.watched())
             .filter_map(|(id, entry)| {
+                let silent = now.duration_since(entry.sign_of_life());
+                if silent >= silence {
+                    return Some(Failure {
+                        agent_id: id.clone(),
+                        reason: format!(
+                            "no sign of life for {silent:?} ({} heartbeats unanswered)",
+                            config.max_missed
+                        ),
+                        abnormal: true,
+                    });
+                }
                 let deadline = config.deadline(&entry.status.phase)?;
                 (now.duration_since(entry.progress_at) > deadline).then(|| Failure {
                     agent_id: id.clone(),
@@ -710,6 +805,17 @@ impl AgentHealthMonitor {
         let Some(entry) = agents.get_mut(&answer.agent_id) else {
             return Verdict::Fine;
         };
+        if entry.generation != answer.generation {
+            // Asked of the agent as it was before a restart: counted, not
+            // judged against the one there now.
+            if let Some((heartbeat, _)) = &answer.heartbeat {
+                counters.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
+                if heartbeat.is_err() {
+                    counters.heartbeats_failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return Verdict::Fine;
+        }
         let mut failure = None;
         if let Some((heartbeat, took)) = answer.heartbeat {
             counters.heartbeats_sent.fetch_add(1, Ordering::Relaxed);
@@ -940,6 +1046,7 @@ impl AgentHealthMonitor {
                 Ok(Ok(state)) => {
                     let now = self.inner.clock.now();
                     if let Some(entry) = lock(&self.inner.agents).get_mut(&agent_id) {
+                        entry.generation += 1;
                         entry.status.missed_beats = 0;
                         entry.status.last_heartbeat = Some(now);
                         entry.status.phase = AgentPhase::Idle;

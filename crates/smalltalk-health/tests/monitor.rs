@@ -679,3 +679,148 @@ async fn a_hung_agent_does_not_hold_up_the_sweep() {
     assert!(swept.is_ok(), "the sweep waited on the hung agent");
     assert_eq!(f.state("down"), HealthState::Disconnected);
 }
+
+/// An agent that answers until `hang` is set, then never again (heartbeat
+/// and probe both pending for ever).
+#[derive(Debug, Default)]
+struct Hangs {
+    hang: AtomicBool,
+}
+
+#[async_trait]
+impl MonitoredAgent for Hangs {
+    async fn heartbeat(&self) -> Result<Heartbeat, AgentError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(Heartbeat {
+            phase: AgentPhase::Idle,
+            progress: 0,
+        })
+    }
+    async fn probe(&self) -> Result<(), AgentError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+    async fn restart(&self, _state: Option<AgentState>) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+/// SC-003 with the default configuration (2 s interval, 2 missed beats,
+/// 5 s timeouts): an agent that stops answering after a good beat is
+/// disconnected by the first sweep once its last sign of life is 4 s old,
+/// while its heartbeat is still pending, not when the timeouts run out.
+#[tokio::test]
+async fn a_hung_agent_is_disconnected_after_interval_times_missed() {
+    let f = fixture_with(|builder| builder.config(HealthConfig::default()));
+    let agent = Arc::new(Hangs::default());
+    f.monitor
+        .register("hangs", agent.clone(), strategy(RecoveryKind::Alert), None)
+        .unwrap();
+    let limit = HealthConfig::default().silence_limit();
+    assert_eq!(limit, Duration::from_secs(4));
+    // A good beat now, then silence.
+    f.monitor.sweep().await;
+    let last_good = f.monitor.status("hangs").unwrap().last_heartbeat.unwrap();
+    agent.hang.store(true, Ordering::SeqCst);
+    for _ in 0..7 {
+        f.clock.advance(Duration::from_millis(500));
+        f.monitor.sweep().await;
+        assert_eq!(f.state("hangs"), HealthState::Active, "too early");
+    }
+    f.clock.advance(Duration::from_millis(499));
+    f.monitor.sweep().await;
+    assert_eq!(f.state("hangs"), HealthState::Active, "too early");
+    f.clock.advance(Duration::from_millis(1));
+    f.monitor.sweep().await;
+    let status = f.monitor.status("hangs").unwrap();
+    assert_eq!(status.state, HealthState::Disconnected);
+    assert_eq!(
+        smalltalk_types::Clock::now(&*f.clock).duration_since(last_good),
+        limit
+    );
+    // Activity counts as a sign of life: another agent recording activity
+    // stays active while never answering a heartbeat.
+    let busy = Arc::new(Hangs::default());
+    busy.hang.store(true, Ordering::SeqCst);
+    f.monitor
+        .register("busy", busy, strategy(RecoveryKind::Alert), None)
+        .unwrap();
+    for _ in 0..20 {
+        f.clock.advance(Duration::from_millis(500));
+        f.monitor.record_activity("busy").unwrap();
+        f.monitor.sweep().await;
+    }
+    assert_eq!(f.state("busy"), HealthState::Active);
+}
+
+/// An agent whose heartbeat answer comes late, after it was restarted: the
+/// stale answer (a failure) is not judged against the restarted agent.
+#[tokio::test]
+async fn a_late_answer_is_not_judged_against_the_restarted_agent() {
+    #[derive(Debug, Default)]
+    struct Slow {
+        release: tokio::sync::Notify,
+        slow: AtomicBool,
+    }
+    #[async_trait]
+    impl MonitoredAgent for Slow {
+        async fn heartbeat(&self) -> Result<Heartbeat, AgentError> {
+            if self.slow.swap(false, Ordering::SeqCst) {
+                self.release.notified().await;
+                return Err(AgentError::Failed("late".into()));
+            }
+            Ok(Heartbeat {
+                phase: AgentPhase::Idle,
+                progress: 0,
+            })
+        }
+        async fn probe(&self) -> Result<(), AgentError> {
+            Ok(())
+        }
+        async fn restart(&self, _state: Option<AgentState>) -> Result<(), AgentError> {
+            Ok(())
+        }
+    }
+    let f = fixture_with(|builder| {
+        builder.config(HealthConfig {
+            max_missed: 1,
+            activity_timeout: Duration::from_secs(3600),
+            ..config()
+        })
+    });
+    let agent = Arc::new(Slow::default());
+    f.monitor
+        .register("slow", agent.clone(), strategy(RecoveryKind::Restart), None)
+        .unwrap();
+    f.monitor.sweep().await;
+    // The next heartbeat hangs; silence gets the agent restarted.
+    agent.slow.store(true, Ordering::SeqCst);
+    f.tick().await;
+    assert_eq!(f.state("slow"), HealthState::Disconnected);
+    // No sweep now: only the recovery brings it back.
+    f.reaches("slow", HealthState::Active).await;
+    let restarted = f.monitor.stats().recovery_successes;
+    assert_eq!(restarted, 1);
+    // The old heartbeat now fails: it was asked of the agent before the
+    // restart, so it is not a missed beat of this one.
+    let failed_before = f.monitor.stats().heartbeats_failed;
+    agent.release.notify_one();
+    // Nothing to await but the answer being counted.
+    while f.monitor.stats().heartbeats_failed == failed_before {
+        tokio::task::yield_now().await;
+    }
+    // A failure judged against it would be acted on by the same task right
+    // after the count (a transition and a recovery, no I/O): on this
+    // single-threaded runtime a few turns let that finish.
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let status = f.monitor.status("slow").unwrap();
+    assert_eq!(status.state, HealthState::Active);
+    assert_eq!((status.missed_beats, status.recovery_attempts), (0, 1));
+    assert_eq!(f.monitor.stats().recovery_attempts, 1, "restarted again");
+}
