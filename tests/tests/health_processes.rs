@@ -159,3 +159,46 @@ async fn killed_stopped_and_zombie_children_are_detected_and_restored() {
     assert_eq!(stats.recovery_successes, 23);
     assert_eq!(stats.agents[&HealthState::Active], 5);
 }
+
+/// A SIGSTOPped child whose input pipe is full blocks no caller: requests
+/// beyond the queue fail at once, `handle` times out, and a restart (which
+/// SIGKILLs the stopped child) goes through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_child_with_a_full_pipe_blocks_no_caller() {
+    use smalltalk_health::MonitoredAgent;
+    let agent = Arc::new(
+        ProcessAgent::spawn(command(), None)
+            .await
+            .unwrap()
+            .with_handle_timeout(Duration::from_millis(200)),
+    );
+    let pid = agent.pid().await.unwrap();
+    signal(pid, "STOP");
+    // Far more than a pipe holds (64 KiB): large messages to handle.
+    let big = json!({ "text": "x".repeat(16 * 1024) });
+    let mut calls = Vec::new();
+    for _ in 0..200 {
+        let (agent, big) = (Arc::clone(&agent), big.clone());
+        calls.push(tokio::spawn(async move { agent.handle(big).await }));
+    }
+    let every_call_answered = tokio::time::timeout(Duration::from_secs(10), async {
+        for call in calls {
+            assert!(call.await.unwrap().is_err(), "a stopped child answered");
+        }
+    })
+    .await;
+    assert!(
+        every_call_answered.is_ok(),
+        "a caller was blocked by the full pipe"
+    );
+    let restarted = tokio::time::timeout(Duration::from_secs(10), agent.restart(None)).await;
+    assert!(
+        matches!(restarted, Ok(Ok(()))),
+        "the restart was blocked: {restarted:?}"
+    );
+    assert_ne!(agent.pid().await, Some(pid));
+    tokio::time::timeout(Duration::from_secs(10), agent.probe())
+        .await
+        .expect("the new child answers")
+        .unwrap();
+}

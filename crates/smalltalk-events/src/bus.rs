@@ -566,7 +566,22 @@ impl EventBus {
         if shared.registry.has_key(&key) {
             return Err(already());
         }
-        let cursor = shared.backing.cursor(&key).await?;
+        let cursor = match shared.backing.cursor(&key).await? {
+            Some(cursor) => Some(cursor),
+            // A cursor stored by release 0.1.0 under its older name moves
+            // to the new one.
+            None => match subscription::legacy_cursor_key(&subscriber, &pattern) {
+                Some(legacy) => match shared.backing.cursor(&legacy).await? {
+                    Some(cursor) => {
+                        shared.backing.set_cursor(&key, cursor).await?;
+                        shared.backing.delete_cursor(&legacy).await?;
+                        Some(cursor)
+                    }
+                    None => None,
+                },
+                None => None,
+            },
+        };
         let policy = options
             .policy
             .clone()
@@ -835,6 +850,23 @@ async fn commit_group(shared: &Shared, log: &dyn EventLog, group: Vec<Commit>) {
         Some(expected) => log.append_events_at(&events, expected).await,
         None => log.append_events(&events).await,
     };
+    // A log that answers with another number of positions than events is
+    // broken: an error for every caller, never a panic or a guess.
+    let appended = appended.and_then(|positions| {
+        if positions.len() == events.len() {
+            Ok(positions)
+        } else {
+            Err(smalltalk_storage::Error::Backend {
+                backend: "event log",
+                source: format!(
+                    "the log returned {} positions for {} events",
+                    positions.len(),
+                    events.len()
+                )
+                .into(),
+            })
+        }
+    });
     let positions = match appended {
         Ok(positions) => positions,
         Err(error) => {

@@ -169,6 +169,13 @@ impl Backing {
         }
     }
 
+    pub(crate) async fn delete_cursor(&self, key: &StorageKey) -> Result<bool> {
+        match self {
+            Backing::Memory(log) => Ok(lock(&log.cursors).remove(key).is_some()),
+            Backing::Durable(log) => Ok(log.delete_cursor(key).await?),
+        }
+    }
+
     pub(crate) async fn purge(&self, cutoff: Timestamp) -> Result<u64> {
         match self {
             Backing::Memory(log) => Ok(log.purge(cutoff)),

@@ -38,11 +38,28 @@ pub(crate) fn new_processed() -> Processed {
 }
 
 /// The durable cursor name of a (subscriber, pattern) pair:
-/// `subscriber:pattern`, with the pattern's separators written `.` and
-/// its wildcards `:s` (`*`) and `:g` (`>`), which no topic segment holds.
+/// `c2.<length of the subscriber id>.<subscriber>:<pattern>`, with the
+/// pattern's separators written `.` and its wildcards `:s` (`*`) and `:g`
+/// (`>`), which no topic segment holds. The length makes the name
+/// unambiguous whatever the subscriber id ends with.
 pub(crate) fn cursor_key(subscriber: &SubscriberId, pattern: &TopicPattern) -> StorageKey {
-    let mut key = String::with_capacity(subscriber.as_str().len() + pattern.as_str().len() + 8);
-    key.push_str(subscriber.as_str());
+    let prefix = format!("c2.{}.{}", subscriber.as_str().len(), subscriber.as_str());
+    encoded_key(&prefix, pattern)
+}
+
+/// The name release 0.1.0 gave the pair (`subscriber:pattern`), to carry
+/// its cursor over; `None` where that name was ambiguous (a subscriber id
+/// ending in `:` could collide with a wildcard pattern of another).
+pub(crate) fn legacy_cursor_key(
+    subscriber: &SubscriberId,
+    pattern: &TopicPattern,
+) -> Option<StorageKey> {
+    (!subscriber.as_str().ends_with(':')).then(|| encoded_key(subscriber.as_str(), pattern))
+}
+
+fn encoded_key(prefix: &str, pattern: &TopicPattern) -> StorageKey {
+    let mut key = String::with_capacity(prefix.len() + pattern.as_str().len() + 8);
+    key.push_str(prefix);
     key.push(':');
     for (index, element) in pattern.as_str().split([':', '.']).enumerate() {
         if index > 0 {
@@ -1097,14 +1114,42 @@ mod tests {
         let key = |pattern: &str| {
             cursor_key(&subscriber, &TopicPattern::parse(pattern).unwrap()).to_string()
         };
-        assert_eq!(key("task:*"), "agent-1:task.:s");
-        assert_eq!(key("task.>"), "agent-1:task.:g");
-        assert_eq!(key("*"), "agent-1::s");
+        assert_eq!(key("task:*"), "c2.7.agent-1:task.:s");
+        assert_eq!(key("task.>"), "c2.7.agent-1:task.:g");
+        assert_eq!(key("*"), "c2.7.agent-1::s");
         // Separators are interchangeable in patterns, so in keys too.
         assert_eq!(key("a:b"), key("a.b"));
         assert_ne!(key("a.*"), key("a.s"));
         let long = format!("{}.>", "x".repeat(250));
         let long_subscriber = SubscriberId::parse(&"s".repeat(128)).unwrap();
         cursor_key(&long_subscriber, &TopicPattern::parse(&long).unwrap());
+    }
+
+    /// A subscriber id ending in `:` and a wildcard pattern no longer
+    /// share a cursor with another pair (`a:` + `s` against `a` + `*`).
+    #[test]
+    fn cursor_keys_never_collide() {
+        let pair = |subscriber: &str, pattern: &str| {
+            cursor_key(
+                &SubscriberId::parse(subscriber).unwrap(),
+                &TopicPattern::parse(pattern).unwrap(),
+            )
+        };
+        assert_ne!(pair("a:", "s"), pair("a", "*"));
+        assert_ne!(pair("a:", "s.x"), pair("a", "*.x"));
+        assert_ne!(pair("a:", "g"), pair("a", ">"));
+        // The old names collided: such a pair carries no old cursor over.
+        let legacy = |subscriber: &str, pattern: &str| {
+            legacy_cursor_key(
+                &SubscriberId::parse(subscriber).unwrap(),
+                &TopicPattern::parse(pattern).unwrap(),
+            )
+        };
+        assert_eq!(legacy("a:", "s"), None);
+        assert_eq!(
+            legacy("a", "*").unwrap().as_str(),
+            "a::s",
+            "release 0.1.0's name"
+        );
     }
 }

@@ -812,6 +812,36 @@ async fn unacknowledged_normal_events_come_back_under_critical_only(env: &Env) {
     assert!(!topics.contains(&"c.acked".to_owned()), "{topics:?}");
 }
 
+/// A cursor stored by release 0.1.0 under its older name
+/// (`subscriber:pattern`) carries over: the subscriber gets what it missed
+/// after it, and the cursor moves to the new name.
+async fn a_cursor_of_release_0_1_0_carries_over(env: &Env) {
+    let Some(store) = env.store.lock().unwrap().clone() else {
+        return;
+    };
+    let bus = env.bus(config()).await;
+    for topic in ["old.a", "old.b", "old.c"] {
+        publish(&bus, topic).await;
+    }
+    let legacy = smalltalk_types::StorageKey::parse("veteran:old.:s").unwrap();
+    store
+        .set_cursor(&legacy, smalltalk_storage::Cursor::at(1))
+        .await
+        .unwrap();
+    let recorder = Recorder::acking();
+    let full = SubscribeOptions::default().policy(EventReplayPolicy {
+        mode: ReplayMode::Full,
+        ..Default::default()
+    });
+    let _subscription = bus
+        .subscribe("old.*", "veteran", recorder.clone(), full)
+        .await
+        .unwrap();
+    recorder.wait_for(2).await;
+    assert_eq!(recorder.topics(), ["old.b", "old.c"]);
+    assert_eq!(store.cursor(&legacy).await.unwrap(), None, "moved");
+}
+
 /// A closed bus refuses publishes.
 async fn publish_never(bus: &EventBus) {
     let refused = bus
@@ -1253,6 +1283,7 @@ macro_rules! bus_contract {
                     resubscribing_replays_per_policy,
                     a_restarted_bus_delivers_what_was_not_acknowledged,
                     unacknowledged_normal_events_come_back_under_critical_only,
+                    a_cursor_of_release_0_1_0_carries_over,
                     purged_history_is_reported_as_a_gap,
                     explicit_replay_filters_and_limits,
                     conditional_publish_checks_the_position,

@@ -238,3 +238,27 @@ async fn events_of_another_node_that_cannot_be_read_yet_are_not_skipped() {
     seen.wait_for(2).await;
     assert_eq!(seen.topics(), ["x.theirs", "x.ours"]);
 }
+
+/// A log that answers an append with fewer positions than events is a
+/// typed error for the publisher, never a panic; the bus goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_short_of_positions_is_an_error_not_a_panic() {
+    let faulty = FaultyStore::new(Arc::new(MemoryStore::new()));
+    let bus = EventBus::durable(faulty.clone() as Arc<dyn Store>)
+        .await
+        .unwrap();
+    faulty.short_positions(true);
+    let drafts = vec![
+        smalltalk_events::Draft::new("a.b", json!(1)).unwrap(),
+        smalltalk_events::Draft::new("a.b", json!(2)).unwrap(),
+    ];
+    let result = bus.publish_batch(drafts).await;
+    assert!(
+        matches!(&result, Err(smalltalk_events::Error::Storage(_))),
+        "{result:?}"
+    );
+    faulty.short_positions(false);
+    bus.publish("a.c", json!(3), PublishOptions::default())
+        .await
+        .unwrap();
+}

@@ -20,7 +20,11 @@
 //!
 //! `phase` is `idle`, `llm-call`, `tool-call` or `{"custom": "name"}`.
 //! Lines that are not JSON, or answer no pending request, are ignored (and
-//! logged at DEBUG). Stderr is passed through. A child that exits fails
+//! logged at DEBUG); a line over [`MAX_LINE_BYTES`] is dropped with a WARN
+//! (the request it answered fails at its timeout). Requests are written by
+//! a task of the child's own: a stopped child that does not read its input
+//! blocks only that task, never a caller (at most [`MAX_QUEUED_REQUESTS`]
+//! wait, then requests fail at once), and never a restart. Stderr is passed through. A child that exits fails
 //! every pending request; a restart kills it (SIGKILL) if it is still
 //! there, spawns the command again and sends `restore` with the saved
 //! state before the agent counts as ready.
@@ -47,11 +51,21 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// The longest line read from a child (1 MiB).
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Requests waiting to be written to a child that is not reading them.
+pub const MAX_QUEUED_REQUESTS: usize = 64;
+
+/// How long [`ProcessAgent::handle`] waits for a reply by default.
+pub const DEFAULT_HANDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// One running child.
 #[derive(Debug)]
 struct Running {
     child: Child,
-    stdin: ChildStdin,
+    /// Lines for the writer task.
+    requests: tokio::sync::mpsc::Sender<Vec<u8>>,
     pending: Pending,
 }
 
@@ -71,6 +85,7 @@ pub struct ProcessAgent {
     command: ProcessCommand,
     running: tokio::sync::Mutex<Option<Running>>,
     next_id: AtomicU64,
+    handle_timeout: std::time::Duration,
 }
 
 impl ProcessAgent {
@@ -83,6 +98,7 @@ impl ProcessAgent {
             command,
             running: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
+            handle_timeout: DEFAULT_HANDLE_TIMEOUT,
         };
         agent.restart(state).await?;
         Ok(agent)
@@ -97,11 +113,22 @@ impl ProcessAgent {
             .and_then(|running| running.child.id())
     }
 
-    /// Sends a message to handle and returns the reply.
+    /// Sets how long [`handle`](Self::handle) waits for a reply (default
+    /// [`DEFAULT_HANDLE_TIMEOUT`]).
+    pub fn with_handle_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.handle_timeout = timeout;
+        self
+    }
+
+    /// Sends a message to handle and returns the reply, or fails after
+    /// the handle timeout.
     pub async fn handle(&self, message: Value) -> Result<Value, AgentError> {
-        let answer = self
-            .request(json!({"op": "handle", "message": message}))
-            .await?;
+        let request = self.request(json!({"op": "handle", "message": message}));
+        let answer = tokio::time::timeout(self.handle_timeout, request)
+            .await
+            .map_err(|_| {
+                AgentError::Failed(format!("no reply within {:?}", self.handle_timeout))
+            })??;
         Ok(answer.get("reply").cloned().unwrap_or(Value::Null))
     }
 
@@ -114,18 +141,24 @@ impl ProcessAgent {
         line.push(b'\n');
         let (reply, answer) = oneshot::channel();
         {
-            let mut running = self.running.lock().await;
+            // Held only to queue the line: the writing happens on the
+            // child's writer task.
+            let running = self.running.lock().await;
             let running = running
-                .as_mut()
+                .as_ref()
                 .ok_or_else(|| AgentError::Failed("not running".into()))?;
             lock(&running.pending).insert(id, reply);
-            if let Err(error) = running.stdin.write_all(&line).await {
+            if let Err(error) = running.requests.try_send(line) {
                 lock(&running.pending).remove(&id);
-                return Err(AgentError::Failed(format!(
-                    "writing to the process: {error}"
-                )));
+                return Err(AgentError::Failed(match error {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                        "the process is not reading its input".into()
+                    }
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => {
+                        "the process went away".to_owned()
+                    }
+                }));
             }
-            let _ = running.stdin.flush().await;
         }
         answer
             .await
@@ -145,11 +178,24 @@ impl ProcessAgent {
         let stdout = child.stdout.take().expect("piped stdout");
         let pending: Pending = Arc::default();
         let answers = Arc::clone(&pending);
+        let (requests, queued) = tokio::sync::mpsc::channel(MAX_QUEUED_REQUESTS);
+        tokio::spawn(write_requests(stdin, queued));
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let Ok(answer) = serde_json::from_str::<Value>(&line) else {
-                    tracing::debug!(%line, "ignoring a line that is not JSON");
+            let mut reader = BufReader::new(stdout);
+            loop {
+                let line = match read_line_bounded(&mut reader, MAX_LINE_BYTES).await {
+                    Ok(Some(Line::Text(line))) => line,
+                    Ok(Some(Line::TooLong)) => {
+                        tracing::warn!(
+                            max = MAX_LINE_BYTES,
+                            "dropping a line from the agent process over the length limit"
+                        );
+                        continue;
+                    }
+                    Ok(None) | Err(_) => break,
+                };
+                let Ok(answer) = serde_json::from_slice::<Value>(&line) else {
+                    tracing::debug!(bytes = line.len(), "ignoring a line that is not JSON");
                     continue;
                 };
                 let Some(id) = answer.get("id").and_then(Value::as_u64) else {
@@ -176,9 +222,67 @@ impl ProcessAgent {
         });
         Ok(Running {
             child,
-            stdin,
+            requests,
             pending,
         })
+    }
+}
+
+/// Writes queued request lines to the child until it goes away.
+async fn write_requests(mut stdin: ChildStdin, mut queued: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+    while let Some(line) = queued.recv().await {
+        if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One line read by [`read_line_bounded`].
+enum Line {
+    /// Its bytes, without the newline.
+    Text(Vec<u8>),
+    /// Over the limit: skipped up to its newline.
+    TooLong,
+}
+
+/// Reads up to the next newline, keeping at most `max` bytes; `None` at the
+/// end of input.
+async fn read_line_bounded<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+) -> std::io::Result<Option<Line>> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(if too_long {
+                Some(Line::TooLong)
+            } else {
+                (!line.is_empty()).then_some(Line::Text(line))
+            });
+        }
+        let (chunk, done) = match available.iter().position(|byte| *byte == b'\n') {
+            Some(end) => (&available[..end], end + 1),
+            None => (available, available.len()),
+        };
+        let found_newline = done > chunk.len();
+        if !too_long {
+            if line.len() + chunk.len() > max {
+                too_long = true;
+                line = Vec::new();
+            } else {
+                line.extend_from_slice(chunk);
+            }
+        }
+        reader.consume(done);
+        if found_newline {
+            return Ok(Some(if too_long {
+                Line::TooLong
+            } else {
+                Line::Text(line)
+            }));
+        }
     }
 }
 
@@ -226,5 +330,24 @@ impl MonitoredAgent for ProcessAgent {
         self.request(json!({"op": "restore", "state": state}))
             .await
             .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_over_the_limit_are_skipped_whole() {
+        let input = b"short\n0123456789abcdef\nnext\nlast".to_vec();
+        let mut reader = BufReader::with_capacity(4, input.as_slice());
+        let mut seen = Vec::new();
+        while let Some(line) = read_line_bounded(&mut reader, 8).await.unwrap() {
+            seen.push(match line {
+                Line::Text(text) => String::from_utf8(text).unwrap(),
+                Line::TooLong => "<too long>".into(),
+            });
+        }
+        assert_eq!(seen, ["short", "<too long>", "next", "last"]);
     }
 }

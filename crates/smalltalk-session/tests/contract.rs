@@ -665,6 +665,68 @@ async fn a_message_reactivates_an_idle_session(backend: &impl Backend) {
     );
 }
 
+/// Many idle sessions get a message at once: each reactivation reserves
+/// its slot before writing, so no more than the limit become active.
+async fn concurrent_reactivations_respect_the_limit(backend: &impl Backend) {
+    const LIMIT: usize = 3;
+    let f = fixture(
+        backend,
+        SessionConfig {
+            max_active_sessions: LIMIT,
+            ..fast()
+        },
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        for _ in 0..LIMIT {
+            idle.push(
+                f.sessions
+                    .create(CreateOptions::default())
+                    .await
+                    .unwrap()
+                    .id,
+            );
+        }
+        for id in &idle[idle.len() - LIMIT..] {
+            f.sessions
+                .update_state(*id, SessionState::Idle)
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(f.sessions.stats().await.unwrap().active, 0);
+    let mut tasks = Vec::new();
+    for id in idle.clone() {
+        let (sessions, clock) = (f.sessions.clone(), f.clock.clone());
+        tasks.push(tokio::spawn(async move {
+            sessions
+                .add_message(id, text("wake up", &clock))
+                .await
+                .unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = f.sessions.stats().await.unwrap();
+    assert!(
+        stats.active <= LIMIT,
+        "pool at {} over {LIMIT}",
+        stats.active
+    );
+    let active = stats
+        .by_state
+        .get(&SessionState::Active)
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        active <= LIMIT as u64,
+        "{active} sessions active over {LIMIT}"
+    );
+    assert!(active >= 1, "a message reactivates within the limit");
+}
+
 /// Whatever a write accepts, a read returns: session metadata, message
 /// metadata and agent states nested 200 levels deep are refused with a
 /// typed error, nothing is stored, and the session restores as before.
@@ -846,6 +908,7 @@ macro_rules! manager_contract {
                     maintenance_idles_and_cleans_up,
                     keep_latest_keeps_the_state_and_drops_the_history,
                     a_message_reactivates_an_idle_session,
+                    concurrent_reactivations_respect_the_limit,
                     bad_input_is_refused,
                     too_deep_values_are_refused,
                 );

@@ -136,7 +136,10 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// Deletes a subscriber's cursor; `false` if it had none.
     async fn delete_cursor(&self, subscriber: &StorageKey) -> Result<bool>;
 
-    /// Deletes every event published before `cutoff`; returns how many.
+    /// Deletes the oldest events, by position, up to the first one
+    /// published at or after `cutoff` (all of them if none is); returns how
+    /// many. The retained log stays contiguous: an event whose publisher's
+    /// clock was behind is kept if a newer one came before it.
     async fn purge_events_before(&self, cutoff: Timestamp) -> Result<u64>;
 
     /// Counts and sizes.

@@ -459,9 +459,17 @@ impl EventLog for MemoryStore {
     async fn purge_events_before(&self, cutoff: Timestamp) -> Result<u64> {
         let mut inner = self.lock()?;
         let before = inner.events.len();
-        inner
+        // By position: the oldest events up to the first one at or after
+        // the cutoff, so the retained log has no holes.
+        let keep_from = inner
             .events
-            .retain(|_, (event, _)| event.timestamp >= cutoff);
+            .iter()
+            .find(|(_, (event, _))| event.timestamp >= cutoff)
+            .map(|(position, _)| *position);
+        match keep_from {
+            Some(first) => inner.events = inner.events.split_off(&first),
+            None => inner.events.clear(),
+        }
         Ok((before - inner.events.len()) as u64)
     }
 

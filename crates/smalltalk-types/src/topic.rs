@@ -53,9 +53,54 @@ fn check_length(text: &str, kind: IdKind) -> Result<()> {
     Ok(())
 }
 
-/// A validated event topic, for example `task:completed`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A validated event topic, for example `task:completed`. `:` and `.` are
+/// the same separator, so `task:completed` and `task.completed` are equal
+/// (and hash and order alike); [`as_str`](Self::as_str) keeps the topic as
+/// written.
+#[derive(Clone)]
 pub struct Topic(Box<str>);
+
+/// A name's bytes with `:` read as `.` (the separators are one).
+fn normalized(text: &str) -> impl Iterator<Item = u8> + '_ {
+    text.bytes()
+        .map(|byte| if byte == b':' { b'.' } else { byte })
+}
+
+macro_rules! separator_blind_eq {
+    ($name:ident) => {
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.len() == other.0.len() && normalized(&self.0).eq(normalized(&other.0))
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                for byte in normalized(&self.0) {
+                    state.write_u8(byte);
+                }
+                state.write_usize(self.0.len());
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                normalized(&self.0).cmp(normalized(&other.0))
+            }
+        }
+    };
+}
+
+separator_blind_eq!(Topic);
+separator_blind_eq!(TopicPattern);
 
 impl Topic {
     /// Validates `text` against the [grammar](self).
@@ -90,7 +135,9 @@ impl Topic {
 }
 
 /// A validated subscription pattern, for example `agent:*` or `task.>`.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Equal to the same pattern written with the other separator, like
+/// [`Topic`].
+#[derive(Clone)]
 pub struct TopicPattern(Box<str>);
 
 impl TopicPattern {
@@ -187,6 +234,22 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn the_two_separators_are_one() {
+        use std::collections::HashSet;
+        let colon = Topic::parse("task:done").unwrap();
+        let dot = Topic::parse("task.done").unwrap();
+        assert_eq!(colon, dot);
+        assert_eq!(colon.cmp(&dot), std::cmp::Ordering::Equal);
+        assert_eq!(HashSet::from([colon.clone(), dot]).len(), 1);
+        assert_eq!(colon.as_str(), "task:done", "kept as written");
+        assert_ne!(colon, Topic::parse("task.don").unwrap());
+        assert_eq!(
+            TopicPattern::parse("agent:*").unwrap(),
+            TopicPattern::parse("agent.*").unwrap()
+        );
+    }
 
     fn topic(text: &str) -> Topic {
         Topic::parse(text).unwrap()

@@ -804,24 +804,47 @@ impl SessionManager {
                 .await?
                 .ok_or(Error::NotFound { id });
         }
+        // Going active takes a slot, reserved before the write so that
+        // concurrent reactivations cannot overshoot the limit.
+        let mut reserved = false;
         if state == SessionState::Active {
-            let pool = self.pool();
+            let mut pool = self.pool();
             let limit = self.capacity();
-            if !pool.contains_key(&id) && pool.len() >= limit {
-                self.inner.rejections.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("session_rejections_total").increment(1);
-                let retry_after = self.retry_after(&pool, self.inner.clock.now());
-                return Err(Error::CapacityExceeded { limit, retry_after });
+            let now = self.inner.clock.now();
+            if !pool.contains_key(&id) {
+                if pool.len() >= limit {
+                    self.inner.rejections.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("session_rejections_total").increment(1);
+                    let retry_after = self.retry_after(&pool, now);
+                    return Err(Error::CapacityExceeded { limit, retry_after });
+                }
+                pool.insert(
+                    id,
+                    PoolEntry {
+                        expires_at: now.saturating_add(self.inner.config.default_ttl),
+                        last_activity: now,
+                    },
+                );
+                reserved = true;
             }
         }
         let mut from = None;
-        let (session, ()) = self
+        let updated = self
             .update(id, |session| {
                 from = Some(session.state);
                 session.state = state;
                 Ok(())
             })
-            .await?;
+            .await;
+        let (session, ()) = match updated {
+            Ok(updated) => updated,
+            Err(error) => {
+                if reserved {
+                    self.untrack(id);
+                }
+                return Err(error);
+            }
+        };
         let payload = serde_json::json!({ "from": from, "to": state });
         self.announce("session:state-changed", EventPriority::Normal, id, payload)
             .await;

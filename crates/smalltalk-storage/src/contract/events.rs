@@ -275,6 +275,20 @@ pub async fn purge_keeps_positions(backend: &impl Backend) {
         log.append_events(&[normal("later", 200)]).await.unwrap(),
         [12]
     );
+
+    // Publishers' clocks disagree: purging goes by position, so no hole
+    // opens mid-log (an old timestamp after a newer one is kept).
+    let skewed: Vec<Event> = [300, 250, 400, 260]
+        .into_iter()
+        .map(|seconds| normal("skew", seconds))
+        .collect();
+    log.append_events(&skewed).await.unwrap();
+    assert_eq!(log.purge_events_before(at(280)).await.unwrap(), 1);
+    assert_eq!(
+        positions(&log.read_events(0, &all(), 100).await.unwrap()),
+        [13, 14, 15, 16],
+        "the retained log is contiguous"
+    );
 }
 
 /// Concurrent appenders get distinct, contiguous positions, and every

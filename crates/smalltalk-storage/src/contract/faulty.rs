@@ -25,6 +25,7 @@ pub struct FaultyStore {
     fail_reads: AtomicBool,
     failing_operations: Mutex<HashSet<&'static str>>,
     injected: AtomicU64,
+    short_positions: AtomicBool,
 }
 
 impl FaultyStore {
@@ -36,6 +37,7 @@ impl FaultyStore {
             fail_reads: AtomicBool::new(false),
             failing_operations: Mutex::new(HashSet::new()),
             injected: AtomicU64::new(0),
+            short_positions: AtomicBool::new(false),
         })
     }
 
@@ -61,6 +63,19 @@ impl FaultyStore {
         } else {
             failing.remove(operation);
         }
+    }
+
+    /// Makes event appends answer with one position fewer than events (a
+    /// broken backend), or correctly again.
+    pub fn short_positions(&self, short: bool) {
+        self.short_positions.store(short, Ordering::SeqCst);
+    }
+
+    fn maybe_short(&self, mut positions: Vec<u64>) -> Vec<u64> {
+        if self.short_positions.load(Ordering::SeqCst) {
+            positions.pop();
+        }
+        positions
     }
 
     /// How many calls were failed on purpose.
@@ -195,11 +210,13 @@ impl KeyValueStore for FaultyStore {
 impl EventLog for FaultyStore {
     async fn append_events(&self, events: &[Event]) -> Result<Vec<u64>> {
         self.write("append_events")?;
-        self.inner.append_events(events).await
+        let positions = self.inner.append_events(events).await?;
+        Ok(self.maybe_short(positions))
     }
     async fn append_events_at(&self, events: &[Event], expected_last: u64) -> Result<Vec<u64>> {
         self.write("append_events_at")?;
-        self.inner.append_events_at(events, expected_last).await
+        let positions = self.inner.append_events_at(events, expected_last).await?;
+        Ok(self.maybe_short(positions))
     }
     async fn read_events(
         &self,

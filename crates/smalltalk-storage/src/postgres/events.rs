@@ -203,12 +203,18 @@ impl EventLog for PgStore {
     }
 
     async fn purge_events_before(&self, cutoff: Timestamp) -> Result<u64> {
-        sqlx::query("DELETE FROM events WHERE timestamp < $1")
-            .bind(cutoff.as_micros())
-            .execute(&self.pool)
-            .await
-            .map(|done| done.rows_affected())
-            .map_err(pg_error)
+        // By position: the oldest events up to the first one at or after
+        // the cutoff, so the retained log has no holes.
+        sqlx::query(
+            "DELETE FROM events WHERE position < COALESCE(
+                (SELECT position FROM events WHERE timestamp >= $1 ORDER BY position LIMIT 1),
+                (SELECT MAX(position) + 1 FROM events))",
+        )
+        .bind(cutoff.as_micros())
+        .execute(&self.pool)
+        .await
+        .map(|done| done.rows_affected())
+        .map_err(pg_error)
     }
 
     async fn wait_for_events(&self, after: u64, timeout: std::time::Duration) -> Result<u64> {

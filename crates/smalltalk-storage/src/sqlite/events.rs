@@ -293,7 +293,12 @@ impl EventLog for SqliteStore {
     async fn purge_events_before(&self, cutoff: Timestamp) -> Result<u64> {
         self.write(move |conn| {
             conn.execute(
-                "DELETE FROM events WHERE timestamp < ?1",
+                // By position: the oldest events up to the first one at or
+                // after the cutoff (walked from the oldest), so the retained
+                // log has no holes whatever the publishers' clocks said.
+                "DELETE FROM events WHERE position < COALESCE(
+                    (SELECT position FROM events WHERE timestamp >= ?1 ORDER BY position LIMIT 1),
+                    (SELECT MAX(position) + 1 FROM events))",
                 [cutoff.as_micros()],
             )
             .map(|deleted| deleted as u64)
