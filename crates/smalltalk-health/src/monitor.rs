@@ -124,6 +124,9 @@ struct Inner {
     counters: Counters,
     /// Bumped on every transition, for waiters.
     changes: watch::Sender<u64>,
+    /// When the first agent that was fine at the last sweep reaches its
+    /// silence limit.
+    next_silence: Mutex<Option<Timestamp>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -208,6 +211,7 @@ impl AgentHealthMonitorBuilder {
                 degradation: Mutex::default(),
                 counters: Counters::default(),
                 changes: watch::channel(0).0,
+                next_silence: Mutex::new(None),
             }),
         })
     }
@@ -617,20 +621,11 @@ impl AgentHealthMonitor {
         })
     }
 
-    /// How long until the first watched agent's silence reaches its limit.
+    /// How long until the first watched agent's silence reaches its limit,
+    /// as the last sweep saw it.
     fn until_next_silence(&self) -> Option<Duration> {
-        let limit = self.inner.config.silence_limit();
-        let now = self.inner.clock.now();
-        lock(&self.inner.agents)
-            .values()
-            .filter(|entry| entry.watched())
-            .map(|entry| {
-                entry
-                    .sign_of_life()
-                    .saturating_add(limit)
-                    .duration_since(now)
-            })
-            .min()
+        let next = (*lock(&self.inner.next_silence))?;
+        Some(next.duration_since(self.inner.clock.now()))
     }
 
     /// One pass over every agent: heartbeats and probes that are due, sent
@@ -737,12 +732,19 @@ impl AgentHealthMonitor {
         // whole timeout to fail). Then phases without progress, also for
         // agents not asked this time.
         let silence = config.silence_limit();
+        // The oldest sign of life of those still fine, for the sweep task's
+        // next wake-up (one pass for both).
+        let mut oldest_fine: Option<Timestamp> = None;
         let stalled: Vec<Failure> = lock(&self.inner.agents)
             .iter()
             .filter(|(_, entry)| entry.watched())
             .filter_map(|(id, entry)| {
-                let silent = now.duration_since(entry.sign_of_life());
-                if silent >= silence {
+                let sign_of_life = entry.sign_of_life();
+                let silent = now.duration_since(sign_of_life);
+                if silent < silence {
+                    oldest_fine =
+                        Some(oldest_fine.map_or(sign_of_life, |oldest| oldest.min(sign_of_life)));
+                } else {
                     return Some(Failure {
                         agent_id: id.clone(),
                         reason: format!(
@@ -763,6 +765,7 @@ impl AgentHealthMonitor {
                 })
             })
             .collect();
+        *lock(&self.inner.next_silence) = oldest_fine.map(|oldest| oldest.saturating_add(silence));
         for failure in stalled {
             self.fail(failure).await;
         }
