@@ -586,6 +586,7 @@ impl EventBus {
             .policy
             .clone()
             .unwrap_or_else(|| shared.config.policies.for_subscriber(&subscriber).clone());
+        crate::policy::check(&policy)?;
         let filter = EventFilter {
             patterns: vec![pattern.clone()],
             priority: options.priority,

@@ -38,39 +38,44 @@ pub struct EventBusConfig {
     pub retention: Duration,
     /// How often the retention task purges. Default 5 minutes; 1 s to 24 h.
     pub purge_interval: Duration,
-    /// Largest payload accepted, in bytes of JSON. Default 1 MiB.
+    /// Largest payload accepted, in bytes of JSON. Default 1 MiB; 1 to
+    /// [`MAX_COUNT`].
     pub max_payload_bytes: usize,
     /// Events queued per subscriber between the publisher and the handler.
     /// A full queue never blocks the publisher: the subscriber catches up
-    /// from the log. Default 1,024; at least 1.
+    /// from the log. Default 1,024; 1 to [`MAX_COUNT`].
     pub queue_capacity: usize,
     /// Most events a subscriber may hold unacknowledged (handlers that
     /// answer [`Outcome::InProgress`](crate::Outcome::InProgress)). At the
     /// cap the subscriber stalls: it takes no new events until some are
-    /// acknowledged, and says so in its stats and at WARN. Default 1,000.
+    /// acknowledged, and says so in its stats and at WARN. Default 1,000; 1
+    /// to [`MAX_COUNT`].
     pub max_ack_pending: usize,
     /// Most deliveries of one event to one subscriber (the first included).
     /// After the last nak, panic or timeout the event is dropped for that
-    /// subscriber, logged at ERROR and counted as dead-lettered. Default 5.
+    /// subscriber, logged at ERROR and counted as dead-lettered. Default 5; 1
+    /// to 1,000.
     pub max_deliver: u32,
     /// How long a handler may work on one event, or an in-progress event may
     /// stay unacknowledged, before it is delivered again.
     /// [`Delivery::in_progress`](crate::Delivery::in_progress) restarts the
-    /// clock. Default 30 s.
+    /// clock. Default 30 s; 1 ms to 24 h.
     pub ack_wait: Duration,
     /// Pause before redelivering after a nak without a delay, a panic or a
     /// timeout. Default 0 (at once).
     pub redelivery_delay: Duration,
     /// Event ids remembered per subscriber to drop redeliveries (FR-011a).
-    /// Default 10,000; at least 1.
+    /// Default 10,000; 1 to [`MAX_COUNT`].
     pub processed_capacity: usize,
     /// When acknowledgements reach the log. Default
     /// [`AckPersistence::EveryAck`].
     pub ack_persistence: AckPersistence,
     /// A delivery later than this after its publication is logged at WARN
-    /// and counted in `latency_violation` (FR-013). Default 10 ms.
+    /// and counted in `latency_violation` (FR-013). Default 10 ms; 1 us to
+    /// 1 h.
     pub latency_budget: Duration,
-    /// Most events one durable commit takes (group commit). Default 1,024.
+    /// Most events one durable commit takes (group commit). Default 1,024; 1
+    /// to [`MAX_COUNT`].
     pub max_batch: usize,
     /// How often a bus checks the log for events other processes appended,
     /// when the backend cannot notify it (SQLite). PostgreSQL notifies at
@@ -114,9 +119,16 @@ fn invalid(field: &'static str, reason: impl Into<String>) -> crate::Error {
     .into()
 }
 
+/// The largest count a capacity or batch size may be: queues and limits
+/// become semaphores and allocations, which must stay far from overflow.
+pub const MAX_COUNT: usize = 1 << 24;
+
 fn at_least_one(field: &'static str, value: usize) -> Result<()> {
-    if value == 0 {
-        return Err(invalid(field, "must be at least 1"));
+    if value == 0 || value > MAX_COUNT {
+        return Err(invalid(
+            field,
+            format!("must be between 1 and {MAX_COUNT}, got {value}"),
+        ));
     }
     Ok(())
 }
@@ -147,12 +159,15 @@ impl EventBusConfig {
         at_least_one("max_payload_bytes", self.max_payload_bytes)?;
         at_least_one("queue_capacity", self.queue_capacity)?;
         at_least_one("max_ack_pending", self.max_ack_pending)?;
-        if self.max_deliver == 0 {
-            return Err(invalid("max_deliver", "must be at least 1"));
+        if !(1..=1000).contains(&self.max_deliver) {
+            return Err(invalid("max_deliver", "must be between 1 and 1000"));
         }
-        if self.ack_wait.is_zero() {
-            return Err(invalid("ack_wait", "must be more than zero"));
-        }
+        within(
+            "ack_wait",
+            self.ack_wait,
+            Duration::from_millis(1),
+            Duration::from_secs(24 * 3600),
+        )?;
         within(
             "redelivery_delay",
             self.redelivery_delay,
@@ -168,9 +183,12 @@ impl EventBusConfig {
                 Duration::from_secs(3600),
             )?;
         }
-        if self.latency_budget.is_zero() {
-            return Err(invalid("latency_budget", "must be more than zero"));
-        }
+        within(
+            "latency_budget",
+            self.latency_budget,
+            Duration::from_micros(1),
+            Duration::from_secs(3600),
+        )?;
         at_least_one("max_batch", self.max_batch)?;
         within(
             "poll_interval",

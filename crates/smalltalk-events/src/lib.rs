@@ -75,7 +75,7 @@ mod stats;
 mod subscription;
 
 pub use bus::{EventBus, EventBusBuilder};
-pub use config::{AckPersistence, EventBusConfig, MAX_RETENTION, MIN_RETENTION};
+pub use config::{AckPersistence, EventBusConfig, MAX_COUNT, MAX_RETENTION, MIN_RETENTION};
 pub use error::{Error, Result};
 pub use handler::{AckHandle, Delivery, EventHandler, GapNotice, Outcome};
 pub use options::{

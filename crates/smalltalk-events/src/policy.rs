@@ -93,7 +93,8 @@ impl ReplayPolicies {
     }
 }
 
-fn check(policy: &EventReplayPolicy) -> Result<()> {
+/// Checks one policy (`maxEvents` at least 1, a time window above zero).
+pub(crate) fn check(policy: &EventReplayPolicy) -> Result<()> {
     if policy.max_events == Some(0) {
         return Err(DomainError::InvalidConfig {
             field: "policies.maxEvents",

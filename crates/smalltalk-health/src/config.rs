@@ -110,9 +110,16 @@ fn invalid(field: &'static str, reason: &str) -> crate::Error {
     .into()
 }
 
+/// The longest interval, timeout or deadline accepted (a day): longer
+/// ones would overflow timers.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 fn positive(field: &'static str, value: Duration) -> Result<()> {
-    if value.is_zero() {
-        return Err(invalid(field, "must be more than zero"));
+    if value.is_zero() || value > MAX_DURATION {
+        return Err(invalid(
+            field,
+            &format!("must be between 1 ns and 24 hours, got {value:?}"),
+        ));
     }
     Ok(())
 }
@@ -122,15 +129,20 @@ impl HealthConfig {
     pub fn validate(&self) -> Result<()> {
         positive("heartbeat_interval", self.heartbeat_interval)?;
         positive("activity_timeout", self.activity_timeout)?;
-        if self.max_missed == 0 {
-            return Err(invalid("max_missed", "must be at least 1"));
+        if !(1..=1000).contains(&self.max_missed) {
+            return Err(invalid("max_missed", "must be between 1 and 1000"));
         }
         positive("probe_interval", self.probe_interval)?;
         positive("probe_timeout", self.probe_timeout)?;
         positive("restoration_timeout", self.restoration_timeout)?;
         positive("phase_deadlines.llm_call", self.phase_deadlines.llm_call)?;
         positive("phase_deadlines.tool_call", self.phase_deadlines.tool_call)?;
-        if self.phase_deadlines.custom.values().any(Duration::is_zero) {
+        if self
+            .phase_deadlines
+            .custom
+            .values()
+            .any(|deadline| deadline.is_zero() || *deadline > MAX_DURATION)
+        {
             return Err(invalid("phase_deadlines.custom", "must be more than zero"));
         }
         positive("degradation.window", self.degradation.window)?;

@@ -71,7 +71,7 @@ mod monitor;
 pub mod process;
 
 pub use agent::{AgentError, AgentFactory, Heartbeat, MonitoredAgent};
-pub use config::{DegradationConfig, HealthConfig, PhaseDeadlines};
+pub use config::{DegradationConfig, HealthConfig, MAX_DURATION, PhaseDeadlines};
 pub use cpu::process_cpu_time;
 pub use error::{Error, Result};
 pub use monitor::{

@@ -1000,7 +1000,7 @@ impl AgentHealthMonitor {
     /// Restarts or replaces an agent, with backoff, within its restart
     /// intensity; marks it failed (and alerts) when that runs out.
     async fn recover(&self, agent_id: AgentId, strategy: RecoveryStrategy) {
-        let mut backoff = strategy.initial_backoff;
+        let backoff = strategy.backoff();
         for attempt in 1..=strategy.max_retries.max(1) {
             let now = self.inner.clock.now();
             let allowed = {
@@ -1080,8 +1080,7 @@ impl AgentHealthMonitor {
                     tracing::warn!(%agent_id, attempt, ?limit, "recovery attempt timed out");
                 }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.mul_f64(strategy.backoff_multiplier);
+            tokio::time::sleep(backoff.delay(attempt - 1)).await;
         }
         let reason = format!("{} recovery attempts failed", strategy.max_retries);
         self.transition(&agent_id, HealthState::Failed, &reason)

@@ -222,6 +222,49 @@ impl SessionConfig {
                 "must be between 1 second and 24 hours",
             ));
         }
+        if let Durability::Async { flush_interval } = self.durability {
+            if !(Duration::from_secs(1)..=Duration::from_secs(60)).contains(&flush_interval) {
+                return Err(invalid(
+                    "durability.flush_interval",
+                    format!("must be between 1 and 60 seconds, got {flush_interval:?}"),
+                ));
+            }
+        }
+        self.save_retry.validate()
+    }
+}
+
+impl SaveRetryPolicy {
+    /// Checks the ranges: each backoff step and `retry_every` 1 ms to 1 h,
+    /// at most 16 steps, `alert_after` 1 to 1,000, `critical_after` 1 s
+    /// to 24 h.
+    pub fn validate(&self) -> Result<()> {
+        let step = Duration::from_millis(1)..=Duration::from_secs(3600);
+        if self.backoff.len() > 16 || self.backoff.iter().any(|wait| !step.contains(wait)) {
+            return Err(invalid(
+                "save_retry.backoff",
+                "at most 16 steps, each between 1 ms and 1 hour",
+            ));
+        }
+        if !step.contains(&self.retry_every) {
+            return Err(invalid(
+                "save_retry.retry_every",
+                "must be between 1 ms and 1 hour",
+            ));
+        }
+        if !(1..=1000).contains(&self.alert_after) {
+            return Err(invalid(
+                "save_retry.alert_after",
+                "must be between 1 and 1000 (0 would never alert)",
+            ));
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(24 * 3600)).contains(&self.critical_after)
+        {
+            return Err(invalid(
+                "save_retry.critical_after",
+                "must be between 1 second and 24 hours",
+            ));
+        }
         Ok(())
     }
 }

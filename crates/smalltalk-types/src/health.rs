@@ -139,6 +139,20 @@ impl Default for RecoveryStrategy {
 
 impl RecoveryStrategy {
     /// Checks every field's range.
+    /// The retry schedule between recovery attempts: `initial_backoff`,
+    /// times `backoff_multiplier` per attempt, at most
+    /// [`MAX_BACKOFF_DELAY`](crate::backoff::MAX_BACKOFF_DELAY).
+    pub fn backoff(&self) -> crate::Backoff {
+        crate::Backoff::new(
+            self.initial_backoff,
+            self.backoff_multiplier,
+            crate::backoff::MAX_BACKOFF_DELAY,
+        )
+    }
+
+    /// Checks every field's range (multiplier 1 to 100, initial backoff
+    /// at most an hour, 1 to 1,000 retries and restarts); the error names
+    /// the field.
     pub fn validate(&self) -> Result<()> {
         let invalid = |field, reason: &str| {
             Err(Error::InvalidConfig {
@@ -146,20 +160,23 @@ impl RecoveryStrategy {
                 reason: reason.into(),
             })
         };
-        if self.failure_threshold == 0 {
-            return invalid("failureThreshold", "must be at least 1");
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        if !(1..=1000).contains(&self.failure_threshold) {
+            return invalid("failureThreshold", "must be between 1 and 1000");
         }
-        if self.timeout.is_zero() {
-            return invalid("timeoutMs", "must be positive");
+        if self.timeout.is_zero() || self.timeout > DAY {
+            return invalid("timeoutMs", "must be between 1 ms and 24 hours");
         }
-        if !(self.backoff_multiplier.is_finite() && self.backoff_multiplier >= 1.0) {
-            return invalid("backoffMultiplier", "must be a finite number >= 1.0");
+        self.backoff()
+            .validate("initialBackoffMs/backoffMultiplier")?;
+        if !(1..=1000).contains(&self.max_retries) {
+            return invalid("maxRetries", "must be between 1 and 1000");
         }
-        if self.max_restarts == 0 {
-            return invalid("maxRestarts", "must be at least 1");
+        if !(1..=1000).contains(&self.max_restarts) {
+            return invalid("maxRestarts", "must be between 1 and 1000");
         }
-        if self.restart_period.is_zero() {
-            return invalid("restartPeriodMs", "must be positive");
+        if self.restart_period.is_zero() || self.restart_period > 30 * DAY {
+            return invalid("restartPeriodMs", "must be between 1 ms and 30 days");
         }
         Ok(())
     }
