@@ -116,7 +116,7 @@ uuid_id!(
     IdKind::Session
 );
 uuid_id!(
-    /// Identifies a [`GroupConversation`](crate::GroupConversation).
+    /// Identifies a group conversation (an event's conversation scope).
     ConversationId,
     IdKind::Conversation
 );

@@ -9,8 +9,8 @@
 //! - records, all serialized as camelCase JSON: [`Session`] and [`Message`]
 //!   and [`AgentState`] ([`session`]), [`AgentHealthStatus`] and
 //!   [`RecoveryStrategy`] ([`health`]), [`Event`] and [`EventReplayPolicy`]
-//!   ([`event`]), [`GroupConversation`] ([`group`]), [`StateVersion`]
-//!   ([`state`]);
+//!   ([`event`]). Groups and versioned state define their own records in
+//!   their crates when they land;
 //! - [`topic`]: event topics and subscription patterns (`agent:*`,
 //!   `task.>`), with their grammar and matcher;
 //! - [`format`](mod@format): the stored-format version every persisted record carries,
@@ -45,12 +45,10 @@ pub mod backoff;
 pub mod error;
 pub mod event;
 pub mod format;
-pub mod group;
 pub mod health;
 pub mod id;
 pub mod ports;
 pub mod session;
-pub mod state;
 pub mod time;
 pub mod topic;
 
@@ -58,9 +56,6 @@ pub use backoff::Backoff;
 pub use error::{Error, IdKind, InvalidIdReason, Result};
 pub use event::{Event, EventPriority, EventReplayPolicy, ReplayMode};
 pub use format::{FORMAT_VERSION, Versioned};
-pub use group::{
-    ConversationContext, GroupConversation, Participant, SpeakerSelectionStrategy, WorkflowState,
-};
 pub use health::{
     AgentHealthStatus, AgentPhase, HealthState, RecoveryKind, RecoveryStrategy, RestartType,
 };
@@ -70,6 +65,5 @@ pub use ports::{
     MissedEventReplayer, RecordingAlertSink, RecordingEventSink, ReplayCounts,
 };
 pub use session::{AgentState, Message, Role, Session, SessionState, SessionSummary};
-pub use state::{EntityType, StateVersion};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};
 pub use topic::{MAX_TOPIC_LEN, Topic, TopicPattern};

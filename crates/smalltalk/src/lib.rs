@@ -14,6 +14,12 @@
 //! Group conversations and versioned state land as their own crates and
 //! appear here behind their features as they do.
 //!
+//! [`Runtime`] (features `session`, `events` and `health`, all default)
+//! opens one store from a URL, builds the session manager, the event bus
+//! and the health monitor over it and connects every port between them;
+//! `shutdown()` closes it all in order. Use it when you want everything;
+//! use a capability crate alone when you want one.
+//!
 //! The capability crates do not depend on each other; they meet through the
 //! ports in [`types`]. An [`EventBus`] is an
 //! [`EventSink`](types::EventSink), so a session manager built with
@@ -53,6 +59,15 @@
 //! ```
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(all(feature = "session", feature = "events", feature = "health"))]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(all(feature = "session", feature = "events", feature = "health")))
+)]
+pub mod runtime;
+#[cfg(all(feature = "session", feature = "events", feature = "health"))]
+pub use runtime::{Error, Runtime, RuntimeBuilder};
 
 #[cfg(feature = "events")]
 #[cfg_attr(docsrs, doc(cfg(feature = "events")))]

@@ -1,0 +1,307 @@
+//! [`Runtime`]: one store, the session manager, the event bus and the
+//! health monitor, with every port between them connected.
+//!
+//! ```text
+//! SessionManager --announcements (EventSink)--------------> EventBus
+//! AgentHealthMonitor --transitions (EventSink)-------------> EventBus
+//! AgentHealthMonitor --missed events (MissedEventReplayer)-> EventBus
+//! AgentHealthMonitor --degradation (DegradationControl)----> SessionManager
+//! AgentHealthMonitor --saved agent state (KeyValueStore)---> the store
+//! ```
+//!
+//! Built from a storage URL (`sqlite://...`, `postgres://...`, `memory://`)
+//! or a store already open; [`Runtime::shutdown`] stops the background
+//! tasks, flushes the sessions, closes the bus and then the store, in that
+//! order, in one call.
+
+use std::sync::Arc;
+
+use smalltalk_events::{EventBus, EventBusConfig};
+use smalltalk_health::{AgentHealthMonitor, HealthConfig};
+use smalltalk_session::{MaintenanceTask, SessionConfig, SessionManager};
+use smalltalk_storage::Store;
+use smalltalk_types::{AlertSink, Clock, LogAlertSink, SystemClock};
+
+/// Errors from building or shutting down a [`Runtime`]: which part failed,
+/// with its own error as the source.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The store could not be opened or closed.
+    #[error("storage")]
+    Storage(#[source] smalltalk_storage::Error),
+    /// The session manager's configuration, or its final flush.
+    #[error("sessions")]
+    Session(#[source] smalltalk_session::Error),
+    /// The event bus's configuration or log.
+    #[error("event bus")]
+    Events(#[source] smalltalk_events::Error),
+    /// The health monitor's configuration.
+    #[error("health monitor")]
+    Health(#[source] smalltalk_health::Error),
+}
+
+/// Builds a [`Runtime`]; see [`Runtime::builder`].
+#[derive(Debug)]
+pub struct RuntimeBuilder {
+    source: Source,
+    sessions: SessionConfig,
+    events: EventBusConfig,
+    health: HealthConfig,
+    clock: Arc<dyn Clock>,
+    alerts: Arc<dyn AlertSink>,
+    background: bool,
+}
+
+#[derive(Debug)]
+enum Source {
+    Url(String),
+    Store(Arc<dyn Store>),
+}
+
+impl RuntimeBuilder {
+    /// The session manager's configuration (validated by
+    /// [`build`](Self::build)).
+    pub fn sessions(mut self, config: SessionConfig) -> Self {
+        self.sessions = config;
+        self
+    }
+
+    /// The event bus's configuration.
+    pub fn events(mut self, config: EventBusConfig) -> Self {
+        self.events = config;
+        self
+    }
+
+    /// The health monitor's configuration.
+    pub fn health(mut self, config: HealthConfig) -> Self {
+        self.health = config;
+        self
+    }
+
+    /// The clock every part uses (tests pass a `ManualClock`). Default: the
+    /// system clock. With a URL, the store uses it too.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Where alerts go (default: an ERROR log line each).
+    pub fn alerts(mut self, alerts: Arc<dyn AlertSink>) -> Self {
+        self.alerts = alerts;
+        self
+    }
+
+    /// Whether [`build`](Self::build) starts the background tasks (session
+    /// maintenance and flushes, health sweeps). Default `true`; tests that
+    /// drive sweeps and maintenance by hand turn it off.
+    pub fn background(mut self, background: bool) -> Self {
+        self.background = background;
+        self
+    }
+
+    /// Opens the store (for a URL), builds every part and connects them.
+    /// Nothing is left open on failure.
+    pub async fn build(self) -> Result<Runtime, Error> {
+        let store = match self.source {
+            Source::Url(url) => {
+                let options = smalltalk_storage::OpenOptions {
+                    clock: Arc::clone(&self.clock),
+                };
+                smalltalk_storage::open_with(&url, options)
+                    .await
+                    .map_err(Error::Storage)?
+            }
+            Source::Store(store) => store,
+        };
+        let built = Self::wire(
+            Arc::clone(&store),
+            self.sessions,
+            self.events,
+            self.health,
+            self.clock,
+            self.alerts,
+        )
+        .await;
+        let (sessions, bus, monitor) = match built {
+            Ok(parts) => parts,
+            Err(error) => {
+                let _ = store.close().await;
+                return Err(error);
+            }
+        };
+        let background = self.background.then(|| Background {
+            maintenance: sessions.spawn_maintenance(),
+            sweeps: monitor.spawn(),
+        });
+        Ok(Runtime {
+            store,
+            sessions,
+            bus,
+            monitor,
+            background,
+        })
+    }
+
+    async fn wire(
+        store: Arc<dyn Store>,
+        sessions: SessionConfig,
+        events: EventBusConfig,
+        health: HealthConfig,
+        clock: Arc<dyn Clock>,
+        alerts: Arc<dyn AlertSink>,
+    ) -> Result<(SessionManager, EventBus, AgentHealthMonitor), Error> {
+        let bus = EventBus::builder()
+            .config(events)
+            .clock(Arc::clone(&clock))
+            .log(Arc::clone(&store) as Arc<dyn smalltalk_storage::EventLog>)
+            .build()
+            .await
+            .map_err(Error::Events)?;
+        let manager = SessionManager::builder(Arc::clone(&store))
+            .config(sessions)
+            .clock(Arc::clone(&clock))
+            .alerts(Arc::clone(&alerts))
+            .events(Arc::new(bus.clone()))
+            .build()
+            .map_err(Error::Session);
+        let manager = match manager {
+            Ok(manager) => manager,
+            Err(error) => {
+                bus.close().await;
+                return Err(error);
+            }
+        };
+        let monitor = AgentHealthMonitor::builder()
+            .config(health)
+            .clock(clock)
+            .alerts(alerts)
+            .states(Arc::clone(&store) as Arc<dyn smalltalk_storage::KeyValueStore>)
+            .events(Arc::new(bus.clone()))
+            .replayer(Arc::new(bus.clone()))
+            .degradation_control(Arc::new(manager.clone()))
+            .build()
+            .map_err(Error::Health);
+        match monitor {
+            Ok(monitor) => Ok((manager, bus, monitor)),
+            Err(error) => {
+                bus.close().await;
+                Err(error)
+            }
+        }
+    }
+}
+
+/// The background tasks a runtime started.
+#[derive(Debug)]
+struct Background {
+    maintenance: MaintenanceTask,
+    sweeps: tokio::task::JoinHandle<()>,
+}
+
+/// Every capability over one store, wired together. Cheap accessors hand
+/// out the parts (each is itself cheap to clone).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use smalltalk::{CreateOptions, Message, Role, Runtime, Timestamp};
+///
+/// let dir = tempfile::tempdir()?;
+/// let runtime = Runtime::builder(format!("sqlite://{}", dir.path().join("rt.db").display()))
+///     .build()
+///     .await?;
+/// let session = runtime.sessions().create(CreateOptions::default()).await?;
+/// runtime
+///     .sessions()
+///     .add_message(session.id, Message::new(Role::User, "hello", Timestamp::now()))
+///     .await?;
+/// // The announcement went onto the bus's durable log.
+/// assert!(runtime.events().stats().await?.published >= 2);
+/// runtime.shutdown().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Runtime {
+    store: Arc<dyn Store>,
+    sessions: SessionManager,
+    bus: EventBus,
+    monitor: AgentHealthMonitor,
+    background: Option<Background>,
+}
+
+impl Runtime {
+    /// Starts building a runtime over the store at `url` (`sqlite://path`,
+    /// `postgres://...`, `memory://`).
+    pub fn builder(url: impl Into<String>) -> RuntimeBuilder {
+        Self::builder_with(Source::Url(url.into()))
+    }
+
+    /// Starts building a runtime over a store already open. The runtime
+    /// closes it at [`shutdown`](Self::shutdown).
+    pub fn builder_over(store: Arc<dyn Store>) -> RuntimeBuilder {
+        Self::builder_with(Source::Store(store))
+    }
+
+    fn builder_with(source: Source) -> RuntimeBuilder {
+        RuntimeBuilder {
+            source,
+            sessions: SessionConfig::default(),
+            events: EventBusConfig::default(),
+            health: HealthConfig::default(),
+            clock: Arc::new(SystemClock),
+            alerts: Arc::new(LogAlertSink),
+            background: true,
+        }
+    }
+
+    /// A runtime with the defaults over the store at `url`.
+    pub async fn open(url: &str) -> Result<Self, Error> {
+        Self::builder(url).build().await
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The session manager (announcing on the bus, paused by the monitor's
+    /// degradation).
+    pub fn sessions(&self) -> &SessionManager {
+        &self.sessions
+    }
+
+    /// The event bus, durable on the store's log.
+    pub fn events(&self) -> &EventBus {
+        &self.bus
+    }
+
+    /// The health monitor (transitions on the bus, missed events replayed
+    /// from it, agent state saved in the store).
+    pub fn health(&self) -> &AgentHealthMonitor {
+        &self.monitor
+    }
+
+    /// Stops the background tasks, stores every pending session write,
+    /// closes the bus (waiting for its subscriptions), then the store. The
+    /// first failure is returned; every step runs regardless.
+    pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(background) = self.background.take() {
+            background.sweeps.abort();
+            drop(background.maintenance);
+        }
+        let flushed = self.sessions.close().await.map_err(Error::Session);
+        self.bus.close().await;
+        let closed = self.store.close().await.map_err(Error::Storage);
+        flushed.and(closed)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        if let Some(background) = self.background.take() {
+            background.sweeps.abort();
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `Runtime`: one store, every capability, every port connected, one
+//! shutdown.
+
+#![cfg(all(feature = "session", feature = "events", feature = "health"))]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use smalltalk::health::{AgentError, Heartbeat};
+use smalltalk::types::{AgentState, HealthState, RecoveryKind, RecoveryStrategy};
+use smalltalk::{
+    CreateOptions, Delivery, HealthConfig, Message, MonitoredAgent, Outcome, Role, Runtime,
+    SessionConfig, SubscribeOptions, Timestamp,
+};
+
+#[derive(Debug, Default)]
+struct Flaky {
+    down: AtomicBool,
+}
+
+#[async_trait]
+impl MonitoredAgent for Flaky {
+    async fn heartbeat(&self) -> Result<Heartbeat, AgentError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(AgentError::Failed("down".into()));
+        }
+        Ok(Heartbeat::idle(0))
+    }
+    async fn probe(&self) -> Result<(), AgentError> {
+        Ok(())
+    }
+    async fn restart(&self, _state: Option<AgentState>) -> Result<(), AgentError> {
+        Ok(())
+    }
+}
+
+fn recording(topics: Arc<Mutex<Vec<String>>>) -> impl Fn(Delivery) -> std::future::Ready<Outcome> {
+    move |delivery: Delivery| {
+        topics
+            .lock()
+            .unwrap()
+            .push(delivery.event().topic.to_string());
+        std::future::ready(Outcome::Ack)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_builder_wires_every_port_and_one_call_shuts_down() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("runtime.db").display());
+    let runtime = Runtime::builder(&url)
+        .health(HealthConfig {
+            heartbeat_interval: Duration::from_millis(20),
+            activity_timeout: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .build()
+        .await?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let _watch = runtime
+        .events()
+        .subscribe(
+            ">",
+            "watcher",
+            recording(Arc::clone(&seen)),
+            SubscribeOptions::default(),
+        )
+        .await?;
+
+    // Sessions announce on the bus.
+    let session = runtime.sessions().create(CreateOptions::default()).await?;
+    runtime
+        .sessions()
+        .add_message(
+            session.id,
+            Message::new(Role::User, "hello", Timestamp::now()),
+        )
+        .await?;
+
+    // The monitor's transitions go onto the bus, and enough failures
+    // degrade the session manager (new sessions paused).
+    let alert_only = RecoveryStrategy {
+        kind: RecoveryKind::Alert,
+        ..Default::default()
+    };
+    for index in 0..4 {
+        let agent = Arc::new(Flaky::default());
+        agent.down.store(true, Ordering::SeqCst);
+        runtime
+            .health()
+            .register(&format!("agent-{index}"), agent, alert_only.clone(), None)?;
+    }
+    for index in 0..4 {
+        let down = runtime
+            .health()
+            .wait_for_state(
+                &format!("agent-{index}"),
+                HealthState::Disconnected,
+                Duration::from_secs(10),
+            )
+            .await?;
+        assert!(down, "agent-{index} was detected");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !runtime.sessions().is_degraded() {
+        assert!(tokio::time::Instant::now() < deadline, "never degraded");
+        tokio::task::yield_now().await;
+    }
+    let paused = runtime.sessions().create(CreateOptions::default()).await;
+    assert!(
+        matches!(paused, Err(smalltalk::session::Error::Paused { .. })),
+        "{paused:?}"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let topics = seen.lock().unwrap().clone();
+        if [
+            "session:created",
+            "session:message-added",
+            "agent:health-changed",
+        ]
+        .iter()
+        .all(|wanted| {
+            topics
+                .iter()
+                .any(|topic| topic.replace('.', ":") == *wanted)
+        }) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "saw only {topics:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+
+    let store = Arc::clone(runtime.store());
+    runtime.shutdown().await?;
+    assert!(
+        matches!(
+            store.health_check().await,
+            Err(smalltalk::StorageError::Closed)
+        ),
+        "the store is closed"
+    );
+    // Everything was stored: a new runtime over the same file reads it.
+    let again = Runtime::open(&url).await?;
+    let restored = again.sessions().restore(session.id).await?;
+    assert_eq!(restored.messages.len(), 1);
+    again.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_bad_configuration_is_a_typed_error_naming_the_part() {
+    let built = Runtime::builder("memory://")
+        .sessions(SessionConfig {
+            max_active_sessions: 0,
+            ..Default::default()
+        })
+        .build()
+        .await;
+    assert!(
+        matches!(built, Err(smalltalk::Error::Session(_))),
+        "{built:?}"
+    );
+    let built = Runtime::builder("nosuch://x").build().await;
+    assert!(
+        matches!(built, Err(smalltalk::Error::Storage(_))),
+        "{built:?}"
+    );
+}
