@@ -269,3 +269,93 @@ pub async fn measure_under_append_flood(
         Samples::from_durations(invalidate_times),
     )
 }
+
+/// This process's resident memory, in bytes (Linux `/proc/self/statm`;
+/// `None` elsewhere).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // The page size on the Linux targets we run on.
+    Some(pages * 4096)
+}
+
+/// A manager over `store` with `present` active sessions, each holding one
+/// message, and their ids.
+pub async fn populated(
+    store: Arc<dyn Store>,
+    present: usize,
+    capacity: usize,
+) -> (SessionManager, Vec<smalltalk_types::SessionId>) {
+    let sessions = manager(store, capacity);
+    let mut ids = Vec::with_capacity(present);
+    for _ in 0..present {
+        let session = sessions
+            .create(CreateOptions::default())
+            .await
+            .expect("create");
+        sessions
+            .add_message(
+                session.id,
+                Message::new(Role::User, "hello", Timestamp::now()),
+            )
+            .await
+            .expect("append");
+        ids.push(session.id);
+    }
+    (sessions, ids)
+}
+
+/// SC-020 on the rejection path: creations refused with the pool full at
+/// `present` active sessions.
+pub async fn measure_rejections_at(
+    store: Arc<dyn Store>,
+    present: usize,
+    warmup: usize,
+    count: usize,
+) -> Samples {
+    let (sessions, _) = populated(store, present, present).await;
+    Samples::collect(warmup, count, || {
+        let sessions = sessions.clone();
+        async move {
+            let refused = sessions.create(CreateOptions::default()).await;
+            assert!(
+                matches!(
+                    refused,
+                    Err(smalltalk_session::Error::CapacityExceeded { .. })
+                ),
+                "at capacity"
+            );
+        }
+    })
+    .await
+}
+
+/// SC-018: `present` active sessions on one manager; the resident memory
+/// they add (MB), and appends spread over them at that load.
+pub async fn measure_active_load(
+    store: Arc<dyn Store>,
+    present: usize,
+    warmup: usize,
+    count: usize,
+) -> (Option<f64>, Samples) {
+    let before = resident_bytes();
+    let (sessions, ids) = populated(store, present, present).await;
+    let after = resident_bytes();
+    let added_mb = before
+        .zip(after)
+        .map(|(before, after)| after.saturating_sub(before) as f64 / (1024.0 * 1024.0));
+    let mut next = 0usize;
+    let samples = Samples::collect(warmup, count, || {
+        let sessions = sessions.clone();
+        next = (next + 7919) % ids.len();
+        let id = ids[next];
+        async move {
+            sessions
+                .add_message(id, Message::new(Role::User, "under load", Timestamp::now()))
+                .await
+                .expect("append");
+        }
+    })
+    .await;
+    (added_mb, samples)
+}
