@@ -208,6 +208,9 @@ pub async fn measure_throughput(
     total as f64 / started.elapsed().max(Duration::from_nanos(1)).as_secs_f64()
 }
 
+/// Most appends one flooding writer makes per round.
+const FLOOD_APPENDS_PER_WRITER: usize = 200_000;
+
 /// FLOOD: `rounds` sessions, each with `writers` tasks appending as fast as
 /// they can while `updates` header updates and then one invalidation run
 /// on it. Returns the update and the invalidation latencies.
@@ -231,14 +234,19 @@ pub async fn measure_under_append_flood(
             tasks.push(tokio::spawn(async move {
                 let message = Message::new(Role::User, "flood", Timestamp::now());
                 let mut first = true;
-                while sessions
-                    .add_message(session.id, message.clone())
-                    .await
-                    .is_ok()
-                {
+                // Bounded, so a fast backend cannot fill memory.
+                for _ in 0..FLOOD_APPENDS_PER_WRITER {
+                    if sessions
+                        .add_message(session.id, message.clone())
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
                     if std::mem::take(&mut first) {
                         started.wait().await;
                     }
+                    tokio::task::yield_now().await;
                 }
             }));
         }
