@@ -41,10 +41,24 @@ pub(crate) fn new_processed() -> Processed {
 /// `c2.<length of the subscriber id>.<subscriber>:<pattern>`, with the
 /// pattern's separators written `.` and its wildcards `:s` (`*`) and `:g`
 /// (`>`), which no topic segment holds. The length makes the name
-/// unambiguous whatever the subscriber id ends with.
+/// unambiguous whatever the subscriber id ends with. A name that would be
+/// longer than a storage key may be becomes `c2x.<FNV-1a 64 of the name>.`
+/// followed by as much of the name as fits.
 pub(crate) fn cursor_key(subscriber: &SubscriberId, pattern: &TopicPattern) -> StorageKey {
     let prefix = format!("c2.{}.{}", subscriber.as_str().len(), subscriber.as_str());
-    encoded_key(&prefix, pattern)
+    let full = encoded_name(&prefix, pattern);
+    if full.len() <= StorageKey::MAX_LEN {
+        return StorageKey::parse(&full).expect("a subscriber id and a pattern make a valid key");
+    }
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in full.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut short = format!("c2x.{hash:016x}.");
+    let room = StorageKey::MAX_LEN - short.len();
+    // The name is ASCII: any byte boundary is a char boundary.
+    short.push_str(&full[..room]);
+    StorageKey::parse(&short).expect("a hashed cursor name is a valid key")
 }
 
 /// The name release 0.1.0 gave the pair (`subscriber:pattern`), to carry
@@ -54,10 +68,13 @@ pub(crate) fn legacy_cursor_key(
     subscriber: &SubscriberId,
     pattern: &TopicPattern,
 ) -> Option<StorageKey> {
-    (!subscriber.as_str().ends_with(':')).then(|| encoded_key(subscriber.as_str(), pattern))
+    if subscriber.as_str().ends_with(':') {
+        return None;
+    }
+    StorageKey::parse(&encoded_name(subscriber.as_str(), pattern)).ok()
 }
 
-fn encoded_key(prefix: &str, pattern: &TopicPattern) -> StorageKey {
+fn encoded_name(prefix: &str, pattern: &TopicPattern) -> String {
     let mut key = String::with_capacity(prefix.len() + pattern.as_str().len() + 8);
     key.push_str(prefix);
     key.push(':');
@@ -71,7 +88,7 @@ fn encoded_key(prefix: &str, pattern: &TopicPattern) -> StorageKey {
             segment => key.push_str(segment),
         }
     }
-    StorageKey::parse(&key).expect("a subscriber id and a pattern make a valid storage key")
+    key
 }
 
 /// What the bus and the subscription's task share.
@@ -267,6 +284,8 @@ pub(crate) struct Worker {
     pending: BTreeMap<u64, Pending>,
     /// The cursor last saved.
     persisted: Cursor,
+    /// Past the replay on subscribe: handling what is published now.
+    live: bool,
     persisted_at: Instant,
 }
 
@@ -319,6 +338,7 @@ pub(crate) fn create(
         last_seen: start.registered_at,
         pending: BTreeMap::new(),
         persisted: start.cursor.unwrap_or(Cursor::at(start.registered_at)),
+        live: false,
         persisted_at: Instant::now(),
     };
     (shared, build)
@@ -355,6 +375,7 @@ impl Worker {
             }
             self.last_seen = self.last_seen.max(start.registered_at);
         }
+        self.live = true;
         self.persist(true).await;
         loop {
             if self.stopped() {
@@ -413,25 +434,35 @@ impl Worker {
     /// subscriber was there at least until it, so a crash from here on
     /// means redelivery whatever the replay policy (FR-016c). With acks
     /// saved before every handler this rides on that write; otherwise one
-    /// write covers everything the log holds now.
-    async fn note_live(&mut self, position: u64) {
-        if position > self.persisted.live_until {
-            self.save_cursor(self.floor(), position).await;
+    /// write covers everything the log holds now. The handler does not see
+    /// the event until the mark is stored: a failing log is retried with
+    /// backoff. `false` if the subscription stopped first.
+    async fn note_live(&mut self, position: u64) -> bool {
+        let mut backoff = Backoff::new();
+        while position > self.persisted.live_until {
+            if self.save_cursor(self.floor(), position).await {
+                break;
+            }
+            if !self.pause(&mut backoff).await {
+                return false;
+            }
         }
+        true
     }
 
     /// Saves the cursor at `floor`, live until at least `live_at_least`
-    /// and the bus's newest position now (the subscriber is there: what is
-    /// in the log was not published while it was away). A crash during the
-    /// replay on subscribe thus makes the next one deliver the rest of what
-    /// was missed whatever the policy: more than the policy asks, never
-    /// less.
-    async fn save_cursor(&mut self, floor: u64, live_at_least: u64) {
+    /// and, once the replay on subscribe is done, the bus's newest position
+    /// now (the subscriber is there: what is in the log was not published
+    /// while it was away). During the replay the mark covers only what was
+    /// handed over, so a crash then leaves the rest to the policy.
+    /// `false` if the log refused the write (kept in memory and written
+    /// with the next save; a crash before then means redelivery of acked
+    /// events, never loss).
+    async fn save_cursor(&mut self, floor: u64, live_at_least: u64) -> bool {
+        let head = if self.live { self.bus.dispatched() } else { 0 };
         let cursor = Cursor {
             position: floor.max(self.persisted.position),
-            live_until: self
-                .bus
-                .dispatched()
+            live_until: head
                 .max(live_at_least)
                 .max(self.persisted.live_until)
                 .max(floor),
@@ -440,11 +471,13 @@ impl Worker {
             Ok(()) => {
                 self.persisted = cursor;
                 self.persisted_at = Instant::now();
+                true
             }
-            // Kept in memory and written with the next acknowledgement; a
-            // crash before then means redelivery, never loss.
-            Err(error) => tracing::warn!(subscriber = %self.sub.subscriber, %error,
-                "could not save the subscriber's position; will retry"),
+            Err(error) => {
+                tracing::warn!(subscriber = %self.sub.subscriber, %error,
+                    "could not save the subscriber's position; will retry");
+                false
+            }
         }
     }
 
@@ -680,7 +713,7 @@ impl Worker {
                         kept.push_back(event);
                     }
                     None => {
-                        self.deliver(event, true).await;
+                        self.deliver_per_policy(event).await;
                         if self.stopped() {
                             return Ok(());
                         }
@@ -692,12 +725,21 @@ impl Worker {
             }
         }
         for event in kept {
-            self.deliver(event, true).await;
+            self.deliver_per_policy(event).await;
             if self.stopped() {
                 return Ok(());
             }
         }
         Ok(())
+    }
+
+    /// Delivers one event the replay policy selected: what it skipped
+    /// before it is settled (the policy passed on it), so a crash from here
+    /// does not bring it back.
+    async fn deliver_per_policy(&mut self, event: Arc<Event>) {
+        let position = event.position.unwrap_or(0);
+        self.last_seen = self.last_seen.max(position.saturating_sub(1));
+        self.deliver(event, true).await;
     }
 
     /// Delivers one event (new to this subscription) until it is acked,
@@ -717,7 +759,9 @@ impl Worker {
         if self.stopped() {
             return;
         }
-        self.note_live(position).await;
+        if !self.note_live(position).await {
+            return;
+        }
         // Only a settled (or in-progress) event moves the position: one
         // abandoned by a stop is the next subscription's first.
         if self.attempt(event, 1, replayed).await {
@@ -1123,6 +1167,18 @@ mod tests {
         let long = format!("{}.>", "x".repeat(250));
         let long_subscriber = SubscriberId::parse(&"s".repeat(128)).unwrap();
         cursor_key(&long_subscriber, &TopicPattern::parse(&long).unwrap());
+        // The longest of both, all wildcards: hashed to fit, still distinct.
+        let stars = TopicPattern::parse(&["*"; 128].join(".")).unwrap();
+        let mut fewer = ["*"; 127].join(".");
+        fewer.push_str(".>");
+        let fewer = TopicPattern::parse(&fewer).unwrap();
+        let (a, b) = (
+            cursor_key(&long_subscriber, &stars),
+            cursor_key(&long_subscriber, &fewer),
+        );
+        assert!(a.as_str().len() <= StorageKey::MAX_LEN);
+        assert!(a.as_str().starts_with("c2x."));
+        assert_ne!(a, b);
     }
 
     /// A subscriber id ending in `:` and a wildcard pattern no longer

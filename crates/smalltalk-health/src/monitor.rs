@@ -127,6 +127,10 @@ struct Inner {
     /// When the first agent that was fine at the last sweep reaches its
     /// silence limit.
     next_silence: Mutex<Option<Timestamp>>,
+    /// Source of [`Entry::generation`]s.
+    generations: AtomicU64,
+    /// Set by [`AgentHealthMonitor::close`].
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Inner {
@@ -212,6 +216,8 @@ impl AgentHealthMonitorBuilder {
                 counters: Counters::default(),
                 changes: watch::channel(0).0,
                 next_silence: Mutex::new(None),
+                generations: AtomicU64::new(0),
+                closed: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -314,7 +320,10 @@ impl AgentHealthMonitor {
                 progress_at: now,
                 failures: 0,
                 restarts: VecDeque::new(),
-                generation: 0,
+                // Monitor-wide, so an answer from an agent unregistered
+                // and registered again under the same id is not judged
+                // against the new one.
+                generation: self.inner.generations.fetch_add(1, Ordering::Relaxed),
             },
         );
         Ok(())
@@ -621,6 +630,18 @@ impl AgentHealthMonitor {
         })
     }
 
+    /// Stops watching: sweeps, late answers and recoveries under way (at
+    /// their next step) do nothing more, so nothing reaches the store, the
+    /// bus or the agents after the caller closes those. Idempotent.
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
     /// How long until the first watched agent's silence reaches its limit,
     /// as the last sweep saw it.
     fn until_next_silence(&self) -> Option<Duration> {
@@ -632,6 +653,9 @@ impl AgentHealthMonitor {
     /// concurrently with timeouts; then detection and, for agents that
     /// failed, their recovery (started on tasks of their own).
     pub async fn sweep(&self) {
+        if self.is_closed() {
+            return;
+        }
         let now = self.inner.clock.now();
         let config = &self.inner.config;
         // Sweeps come every `tick`; a timer firing a hair early must not
@@ -774,7 +798,7 @@ impl AgentHealthMonitor {
 
     /// Judges answers (under one lock) and acts on the verdicts.
     async fn apply(&self, answers: Vec<Answer>, now: Timestamp) {
-        if answers.is_empty() {
+        if answers.is_empty() || self.is_closed() {
             return;
         }
         let verdicts: Vec<Verdict> = {
@@ -1002,6 +1026,9 @@ impl AgentHealthMonitor {
     async fn recover(&self, agent_id: AgentId, strategy: RecoveryStrategy) {
         let backoff = strategy.backoff();
         for attempt in 1..=strategy.max_retries.max(1) {
+            if self.is_closed() {
+                return;
+            }
             let now = self.inner.clock.now();
             let allowed = {
                 let mut agents = lock(&self.inner.agents);
@@ -1049,7 +1076,7 @@ impl AgentHealthMonitor {
                 Ok(Ok(state)) => {
                     let now = self.inner.clock.now();
                     if let Some(entry) = lock(&self.inner.agents).get_mut(&agent_id) {
-                        entry.generation += 1;
+                        entry.generation = self.inner.generations.fetch_add(1, Ordering::Relaxed);
                         entry.status.missed_beats = 0;
                         entry.status.last_heartbeat = Some(now);
                         entry.status.phase = AgentPhase::Idle;

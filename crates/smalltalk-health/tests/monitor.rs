@@ -824,3 +824,23 @@ async fn a_late_answer_is_not_judged_against_the_restarted_agent() {
     assert_eq!((status.missed_beats, status.recovery_attempts), (0, 1));
     assert_eq!(f.monitor.stats().recovery_attempts, 1, "restarted again");
 }
+
+/// A closed monitor acts on nothing: no sweep, no detection, no recovery.
+#[tokio::test]
+async fn a_closed_monitor_does_nothing_more() {
+    let f = fixture();
+    let agent = f.watch("closing", RecoveryKind::Restart);
+    f.monitor.close();
+    assert!(f.monitor.is_closed());
+    agent.down.store(true, Ordering::SeqCst);
+    for _ in 0..10 {
+        f.tick().await;
+    }
+    assert_eq!(f.state("closing"), HealthState::Active);
+    assert_eq!(
+        agent.heartbeats.load(Ordering::SeqCst),
+        0,
+        "nothing was asked"
+    );
+    assert_eq!(agent.restarts(), 0);
+}

@@ -283,13 +283,18 @@ impl Runtime {
         &self.monitor
     }
 
-    /// Stops the background tasks, stores every pending session write,
-    /// closes the bus (waiting for its subscriptions), then the store. The
-    /// first failure is returned; every step runs regardless.
+    /// Closes the health monitor (no sweep, late answer or recovery acts
+    /// any more), stops the session maintenance between runs, stores every
+    /// pending session write, closes the bus (waiting for its
+    /// subscriptions), then the store. The first failure is returned; every
+    /// step runs regardless.
     pub async fn shutdown(mut self) -> Result<(), Error> {
+        self.monitor.close();
         if let Some(background) = self.background.take() {
             background.sweeps.abort();
-            drop(background.maintenance);
+            // Lets a flush under way finish: aborting it could leave
+            // messages stored but still pending, to be stored again.
+            background.maintenance.shutdown().await;
         }
         let flushed = self.sessions.close().await.map_err(Error::Session);
         self.bus.close().await;

@@ -144,15 +144,28 @@ pub struct MaintenanceReport {
     pub deleted: u64,
 }
 
-/// The background maintenance tasks; they stop when this is dropped.
+/// The background maintenance tasks; dropping this aborts them at once
+/// (possibly mid-run), [`shutdown`](Self::shutdown) lets the current run
+/// finish first.
 #[derive(Debug)]
 pub struct MaintenanceTask {
     handles: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl MaintenanceTask {
     /// Stops the task (also done on drop).
     pub fn stop(self) {}
+
+    /// Stops the tasks between runs and waits for them: a flush or
+    /// maintenance pass under way completes first, so nothing is half
+    /// written when the caller flushes or closes next.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        for handle in std::mem::take(&mut self.handles) {
+            let _ = handle.await;
+        }
+    }
 }
 
 impl Drop for MaintenanceTask {
@@ -1136,12 +1149,17 @@ impl SessionManager {
     pub fn spawn_maintenance(&self) -> MaintenanceTask {
         let manager = self.clone();
         let period = self.inner.config.maintenance_interval;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         // Anchored now, not when the task first gets to run.
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut until_stopped = stopped.clone();
         let mut handles = vec![tokio::spawn(async move {
             loop {
-                ticks.tick().await;
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    _ = until_stopped.wait_for(|stop| *stop) => return,
+                }
                 if let Err(error) = manager.run_maintenance().await {
                     tracing::error!(%error, "session maintenance failed; retrying at the next tick");
                 }
@@ -1154,16 +1172,20 @@ impl SessionManager {
                 flush_interval,
             );
             flushes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut until_stopped = stopped;
             handles.push(tokio::spawn(async move {
                 loop {
-                    flushes.tick().await;
+                    tokio::select! {
+                        _ = flushes.tick() => {}
+                        _ = until_stopped.wait_for(|stop| *stop) => return,
+                    }
                     // Failures are kept, retried on their schedule and
                     // alerted inside flush_due.
                     let _ = manager.flush_due().await;
                 }
             }));
         }
-        MaintenanceTask { handles }
+        MaintenanceTask { handles, stop }
     }
 
     /// Counts per state, the pool, conflict / rejection / failure counters
