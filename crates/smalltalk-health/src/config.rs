@@ -143,7 +143,10 @@ impl HealthConfig {
             .values()
             .any(|deadline| deadline.is_zero() || *deadline > MAX_DURATION)
         {
-            return Err(invalid("phase_deadlines.custom", "must be more than zero"));
+            return Err(invalid(
+                "phase_deadlines.custom",
+                "each must be between 1 ns and 24 hours",
+            ));
         }
         positive("degradation.window", self.degradation.window)?;
         positive("degradation.exit_after", self.degradation.exit_after)?;

@@ -176,6 +176,16 @@ pub(crate) fn encode_append(messages: &[Message]) -> Result<EncodedAppend> {
     })
 }
 
+/// The id of a stored message, from its metadata JSON.
+pub(crate) fn message_id(meta: &[u8]) -> Result<MessageId> {
+    #[derive(Deserialize)]
+    struct IdOnly {
+        id: MessageId,
+    }
+    let only: IdOnly = serde_json::from_slice(meta).map_err(smalltalk_types::Error::Encoding)?;
+    Ok(only.id)
+}
+
 /// Decodes one stored message, taking ownership of its content bytes.
 fn decode_message(meta: &[u8], content: Vec<u8>) -> Result<Message> {
     let meta: MessageMeta =

@@ -135,7 +135,8 @@ impl Inner {
             let stored_len = stored.session.messages.len();
             if let Expected::Version(expected) = expected {
                 let overlap = next.messages.len().min(stored_len);
-                if overlap > 0 && next.messages[overlap - 1] != stored.session.messages[overlap - 1]
+                if overlap > 0
+                    && next.messages[overlap - 1].id != stored.session.messages[overlap - 1].id
                 {
                     return Err(Error::HistoryDiverged {
                         id: session.id,

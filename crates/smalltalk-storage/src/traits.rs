@@ -43,8 +43,11 @@ pub struct SessionFilter {
 /// Conditions an append must meet, checked atomically with the write.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AppendGuard {
-    /// Only if the session is at exactly this version, else
-    /// [`Error::Conflict`](crate::Error::Conflict).
+    /// Only if the session's header is at exactly this version, else
+    /// [`Error::Conflict`](crate::Error::Conflict). Appends do not move the
+    /// header's version, so this guards against a header change (an
+    /// invalidation, an update) since it was read, not against other
+    /// appends.
     pub version: Option<u64>,
     /// Only if the session accepts messages at this time: its state is
     /// `active` or `idle` and it has not expired. Else

@@ -138,7 +138,6 @@ impl Default for RecoveryStrategy {
 }
 
 impl RecoveryStrategy {
-    /// Checks every field's range.
     /// The retry schedule between recovery attempts: `initial_backoff`,
     /// times `backoff_multiplier` per attempt, at most
     /// [`MAX_BACKOFF_DELAY`](crate::backoff::MAX_BACKOFF_DELAY).

@@ -562,51 +562,66 @@ impl SessionManager {
             stored_version = found,
             "blind save conflicted with a newer version; last write wins"
         );
-        // Overwrite the version we find, on top of the stored history,
-        // checking each time that the session was not invalidated meanwhile.
+        // The header over the version we find (appends cannot make that
+        // conflict), checking each time that the session was not
+        // invalidated meanwhile; then the snapshot's own messages that the
+        // history lacks, appended after what is stored.
+        let mut header = session.clone();
+        header.messages.clear();
         let mut budget = self.conflict_budget();
-        while self.retry_after_conflict(&mut budget).await {
+        let version = loop {
+            if !self.retry_after_conflict(&mut budget).await {
+                return Err(Error::Conflict {
+                    id,
+                    attempts: budget.attempts,
+                });
+            }
+            let summary = self
+                .inner
+                .store
+                .get_session_summary(id)
+                .await?
+                .ok_or(Error::NotFound { id })?;
+            if summary.state == SessionState::Invalidated {
+                return Err(Error::Invalidated { id });
+            }
+            match self
+                .inner
+                .store
+                .save_session(&header, Expected::Version(summary.version))
+                .await
+            {
+                Ok(version) => break version,
+                Err(smalltalk_storage::Error::Conflict { .. }) => {}
+                Err(other) => return self.note_failure(Err(other)),
+            }
+        };
+        if !session.messages.is_empty() {
             let stored = self
                 .inner
                 .store
                 .get_session(id)
                 .await?
                 .ok_or(Error::NotFound { id })?;
-            if stored.state == SessionState::Invalidated {
-                return Err(Error::Invalidated { id });
-            }
             let known: std::collections::HashSet<_> =
                 stored.messages.iter().map(|message| message.id).collect();
-            let mut merged = session.clone();
-            merged.messages = stored.messages;
-            merged.messages.extend(
-                session
-                    .messages
-                    .iter()
-                    .filter(|message| !known.contains(&message.id))
-                    .cloned(),
-            );
-            match self
-                .inner
-                .store
-                .save_session(&merged, Expected::Version(stored.version))
-                .await
-            {
-                Ok(version) => {
-                    self.track(&merged);
-                    return Ok(version);
-                }
-                Err(
-                    smalltalk_storage::Error::Conflict { .. }
-                    | smalltalk_storage::Error::HistoryDiverged { .. },
-                ) => {}
-                Err(other) => return self.note_failure(Err(other)),
+            let missing: Vec<Message> = session
+                .messages
+                .iter()
+                .filter(|message| !known.contains(&message.id))
+                .cloned()
+                .collect();
+            if !missing.is_empty() {
+                self.note_failure(
+                    self.inner
+                        .store
+                        .append_messages(id, &missing, AppendGuard::NONE)
+                        .await,
+                )?;
             }
         }
-        Err(Error::Conflict {
-            id,
-            attempts: budget.attempts,
-        })
+        self.track(session);
+        Ok(version)
     }
 
     /// A fresh retry budget for one operation: the configured deadline.

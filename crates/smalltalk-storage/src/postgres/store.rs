@@ -98,19 +98,19 @@ async fn save_one(conn: &mut PgConnection, save: &EncodedSave<'_>) -> Result<u64
         // message both have.
         let overlap = save.messages.len().min(to_u64(stored_count) as usize);
         if let (Expected::Version(expected), Some(last)) = (save.expected, overlap.checked_sub(1)) {
-            let last_seq = last as i64;
-            let last = &save.messages[last];
-            let same: Option<bool> = sqlx::query_scalar(
-                "SELECT meta = $3 AND content = $4 FROM messages WHERE session_id = $1 AND seq = $2",
-            )
-            .bind(&id)
-            .bind(last_seq)
-            .bind(&last.meta)
-            .bind(&last.content)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(pg_error)?;
-            if same != Some(true) {
+            let stored: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT meta FROM messages WHERE session_id = $1 AND seq = $2")
+                    .bind(&id)
+                    .bind(last as i64)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(pg_error)?;
+            // Messages are compared by id: immutable once stored, and unique.
+            let same = match stored {
+                Some(meta) => codec::message_id(&meta)? == session.messages[last].id,
+                None => false,
+            };
+            if !same {
                 return Err(Error::HistoryDiverged {
                     id: session.id,
                     version: expected,

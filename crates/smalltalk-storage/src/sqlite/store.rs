@@ -67,6 +67,7 @@ struct EncodedSave {
     expires_at: i64,
     header: Vec<u8>,
     messages: Vec<EncodedMessage>,
+    message_ids: Vec<smalltalk_types::MessageId>,
 }
 
 fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave> {
@@ -83,6 +84,7 @@ fn encode_save(session: &Session, expected: Expected) -> Result<EncodedSave> {
             .iter()
             .map(codec::encode_message)
             .collect::<Result<_>>()?,
+        message_ids: session.messages.iter().map(|message| message.id).collect(),
     })
 }
 
@@ -136,20 +138,20 @@ fn save_one(conn: &Connection, save: &EncodedSave) -> Result<u64> {
     // have.
     let overlap = save.messages.len().min(stored_count as usize);
     if let (Expected::Version(expected), Some(last)) = (save.expected, overlap.checked_sub(1)) {
-        let stored_last: Option<(Vec<u8>, Vec<u8>)> = conn
-            .prepare_cached("SELECT meta, content FROM messages WHERE session_id = ?1 AND seq = ?2")
+        let stored_last: Option<Vec<u8>> = conn
+            .prepare_cached("SELECT meta FROM messages WHERE session_id = ?1 AND seq = ?2")
             .and_then(|mut statement| {
                 statement
-                    .query_row(params![id, to_i64(last as u64)], |row| {
-                        Ok((row.get(0)?, row.get(1)?))
-                    })
+                    .query_row(params![id, to_i64(last as u64)], |row| row.get(0))
                     .optional()
             })
             .map_err(sqlite_error)?;
-        let snapshot_last = &save.messages[last];
-        if stored_last.is_none_or(|(meta, content)| {
-            meta != snapshot_last.meta || content != snapshot_last.content
-        }) {
+        // Messages are compared by id: immutable once stored, and unique.
+        let same = match stored_last {
+            Some(meta) => codec::message_id(&meta)? == save.message_ids[last],
+            None => false,
+        };
+        if !same {
             return Err(Error::HistoryDiverged {
                 id: save.id,
                 version: expected,
