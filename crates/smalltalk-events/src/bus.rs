@@ -1,6 +1,6 @@
 //! The [`EventBus`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -21,6 +21,10 @@ use crate::{
     Draft, Error, EventBusConfig, EventHandler, PublishOptions, Published, ReplayOptions,
     ReplayReport, Result, SubscribeOptions, Subscription,
 };
+
+/// Processed-id registries kept for (subscriber, pattern) pairs with no
+/// subscription now, at most (the least recently used go first).
+pub(crate) const MAX_IDLE_REGISTRIES: usize = 256;
 
 /// The active subscriptions, with a generation that changes with them (the
 /// dispatcher's per-topic cache is rebuilt when it does).
@@ -141,7 +145,7 @@ pub(crate) struct Shared {
     dispatch: DispatchLock,
     /// A copy of the dispatched position, readable without the lock.
     dispatched: AtomicU64,
-    processed: Mutex<HashMap<StorageKey, Processed>>,
+    processed: Mutex<lru::LruCache<StorageKey, Processed>>,
     next_serial: AtomicU64,
 }
 
@@ -200,16 +204,46 @@ impl Shared {
         }
     }
 
+    /// The processed-id registry of a (subscriber, pattern): kept across
+    /// re-subscribes in this process. Registries no subscription holds any
+    /// more are dropped, least recently used first, past
+    /// [`MAX_IDLE_REGISTRIES`], so subscribers coming and going for months
+    /// keep bounded memory.
     fn processed_for(&self, key: &StorageKey) -> Processed {
         let mut processed = self
             .processed
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        Arc::clone(
-            processed
-                .entry(key.clone())
-                .or_insert_with(subscription::new_processed),
-        )
+        let registry = match processed.get(key) {
+            Some(registry) => Arc::clone(registry),
+            None => {
+                let registry = subscription::new_processed();
+                processed.put(key.clone(), Arc::clone(&registry));
+                registry
+            }
+        };
+        // Held by the map alone: no subscription uses it.
+        let idle: Vec<StorageKey> = processed
+            .iter()
+            .rev()
+            .filter(|(_, registry)| Arc::strong_count(registry) == 1)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in idle
+            .iter()
+            .take(idle.len().saturating_sub(MAX_IDLE_REGISTRIES))
+        {
+            processed.pop(key);
+        }
+        registry
+    }
+
+    /// Processed-id registries kept now (for stats).
+    fn processed_registries(&self) -> usize {
+        self.processed
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
     }
 }
 
@@ -280,7 +314,7 @@ impl EventBusBuilder {
             epoch: Instant::now(),
             dispatch,
             dispatched: AtomicU64::new(start),
-            processed: Mutex::default(),
+            processed: Mutex::new(lru::LruCache::unbounded()),
             next_serial: AtomicU64::new(1),
             config: self.config,
         });
@@ -710,7 +744,10 @@ impl EventBus {
     pub async fn stats(&self) -> Result<BusStats> {
         let shared = self.shared();
         let (log_events, log_bytes) = shared.backing.stats().await?;
-        let topics = shared.dispatch.with(|dispatch| dispatch.topics()).await;
+        let (topics, cached_topics) = shared
+            .dispatch
+            .with(|dispatch| (dispatch.topics(), dispatch.cached_topics()))
+            .await;
         let subscriptions = shared.registry.snapshot();
         let subscribers: BTreeSet<_> = subscriptions
             .iter()
@@ -726,6 +763,8 @@ impl EventBus {
             subscriptions: subscriptions.len(),
             subscribers: subscribers.len(),
             topics,
+            cached_topics,
+            processed_registries: shared.processed_registries(),
             latency_violations: read(&counters.latency_violations),
             gaps_detected: read(&counters.gaps_detected),
             latency: counters.latency(),

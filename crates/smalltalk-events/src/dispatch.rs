@@ -10,6 +10,11 @@ use crate::subscription::SubShared;
 /// Distinct topics counted in stats, at most.
 const MAX_TOPICS_COUNTED: usize = 10_000;
 
+/// Topics whose matching subscriptions are cached, at most: past it the
+/// cache starts over, so a process that sees endless distinct topics keeps
+/// bounded memory.
+pub(crate) const MAX_CACHED_TOPICS: usize = 4_096;
+
 /// Fan-out state, behind the bus's dispatch lock. Whoever holds the lock
 /// hands events to subscriptions in position order, so every queue is in
 /// log order; a subscription registers under the same lock, so it sees
@@ -36,6 +41,11 @@ impl Dispatch {
     /// Distinct topics published.
     pub(crate) fn topics(&self) -> usize {
         self.topics.len()
+    }
+
+    /// Topics in the fan-out cache now.
+    pub(crate) fn cached_topics(&self) -> usize {
+        self.by_topic.len()
     }
 
     /// Hands `events` (in position order) to every subscription they
@@ -82,6 +92,9 @@ impl Dispatch {
                 Some(subscribers) => Arc::clone(subscribers),
                 None => {
                     let matching: Arc<[Arc<SubShared>]> = registry.matching(&event.topic).into();
+                    if self.by_topic.len() >= MAX_CACHED_TOPICS {
+                        self.by_topic.clear();
+                    }
                     self.by_topic.insert(topic.into(), Arc::clone(&matching));
                     matching
                 }

@@ -80,6 +80,14 @@ pub struct BusStats {
     pub subscribers: usize,
     /// Distinct topics published (counted up to 10,000).
     pub topics: usize,
+    /// Topics in the fan-out cache (at most 4,096: past it the cache starts
+    /// over).
+    pub cached_topics: usize,
+    /// Processed-id registries kept: one per (subscriber, pattern) with a
+    /// subscription, plus those without one, for a quick re-subscribe,
+    /// trimmed to 256 (least recently used first) whenever a subscription
+    /// starts.
+    pub processed_registries: usize,
     /// Deliveries later than the latency budget.
     pub latency_violations: u64,
     /// Gap notices sent.

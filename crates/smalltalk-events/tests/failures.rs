@@ -262,3 +262,59 @@ async fn a_log_short_of_positions_is_an_error_not_a_panic() {
         .await
         .unwrap();
 }
+
+/// A process that runs for months keeps bounded memory: 100,000 distinct
+/// topics leave at most the cache's bound behind, and 10,000 subscribers
+/// coming and going at most the idle registries' bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_and_subscribers_that_come_and_go_stay_bounded() {
+    let bus = EventBus::builder()
+        .config(EventBusConfig {
+            memory_log_capacity: 1_000,
+            ..Default::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let _all = bus
+        .subscribe(
+            ">",
+            "everything",
+            |_| async { Outcome::Ack },
+            SubscribeOptions::default(),
+        )
+        .await
+        .unwrap();
+    for n in 0..100_000 {
+        bus.publish(&format!("t{n}.x"), json!(null), PublishOptions::default())
+            .await
+            .unwrap();
+    }
+    let stats = bus.stats().await.unwrap();
+    assert!(
+        stats.cached_topics <= 4_096,
+        "{} topics cached",
+        stats.cached_topics
+    );
+    for n in 0..10_000 {
+        let subscription = bus
+            .subscribe(
+                "come.and.go",
+                &format!("visitor-{n}"),
+                |_| async { Outcome::Ack },
+                SubscribeOptions::default(),
+            )
+            .await
+            .unwrap();
+        subscription.unsubscribe().await;
+    }
+    let stats = bus.stats().await.unwrap();
+    // 256 idle at the last subscribe, the one that left since, the live one.
+    assert!(
+        stats.processed_registries <= 256 + 2,
+        "{} registries kept",
+        stats.processed_registries
+    );
+    // The one still subscribed keeps its registry.
+    assert!(stats.processed_registries >= 1);
+}
