@@ -31,6 +31,15 @@ pub enum Error {
     /// Saving or loading an agent's state failed.
     #[error("agent state storage failed")]
     Storage(#[from] smalltalk_storage::Error),
+    /// The session an agent serves refused to keep or give its state (over
+    /// its limits, gone, invalidated, or its storage failing).
+    #[error("agent {agent_id}'s state in its session: {reason}")]
+    AgentState {
+        /// The agent.
+        agent_id: AgentId,
+        /// What the session manager answered.
+        reason: String,
+    },
 }
 
 /// `Result` with [`enum@Error`] as the default error type.

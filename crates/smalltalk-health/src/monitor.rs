@@ -11,10 +11,10 @@ use futures_util::{FutureExt, StreamExt};
 use serde_json::json;
 use smalltalk_storage::KeyValueStore;
 use smalltalk_types::{
-    AgentHealthStatus, AgentId, AgentPhase, AgentState, Alert, AlertSeverity, AlertSink,
-    Announcement, Clock, DegradationControl, EventPriority, EventSink, HealthState, LogAlertSink,
-    MissedEventReplayer, RecoveryKind, RecoveryStrategy, RestartType, StorageKey, SystemClock,
-    Timestamp, Topic,
+    AgentHealthStatus, AgentId, AgentPhase, AgentState, AgentStateSource, Alert, AlertSeverity,
+    AlertSink, Announcement, Clock, DegradationControl, EventPriority, EventSink, HealthState,
+    LogAlertSink, MissedEventReplayer, RecoveryKind, RecoveryStrategy, RestartType, SessionId,
+    StorageKey, SystemClock, Timestamp, Topic,
 };
 use tokio::sync::watch;
 
@@ -53,6 +53,8 @@ struct Entry {
     /// Bumped when the agent is restarted or replaced: an answer from the
     /// agent as it was before is not judged against the one now.
     generation: u64,
+    /// The session it serves, where its state lives.
+    session: Option<SessionId>,
 }
 
 impl Entry {
@@ -116,6 +118,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     agents: Mutex<HashMap<AgentId, Entry>>,
     states: Option<Arc<dyn KeyValueStore>>,
+    agent_states: Option<Arc<dyn AgentStateSource>>,
     events: Option<Arc<dyn EventSink>>,
     alerts: Arc<dyn AlertSink>,
     replayer: Option<Arc<dyn MissedEventReplayer>>,
@@ -147,6 +150,7 @@ pub struct AgentHealthMonitorBuilder {
     config: HealthConfig,
     clock: Option<Arc<dyn Clock>>,
     states: Option<Arc<dyn KeyValueStore>>,
+    agent_states: Option<Arc<dyn AgentStateSource>>,
     events: Option<Arc<dyn EventSink>>,
     alerts: Option<Arc<dyn AlertSink>>,
     replayer: Option<Arc<dyn MissedEventReplayer>>,
@@ -154,6 +158,16 @@ pub struct AgentHealthMonitorBuilder {
 }
 
 impl AgentHealthMonitorBuilder {
+    /// Where the state of an agent that serves a session lives: that
+    /// session (the session manager implements the port), so a restarted
+    /// agent gets the state the session kept, within its limits. Agents are
+    /// tied to their session with
+    /// [`AgentHealthMonitor::attach_session`].
+    pub fn agent_states(mut self, source: Arc<dyn AgentStateSource>) -> Self {
+        self.agent_states = Some(source);
+        self
+    }
+
     /// The configuration (default: [`HealthConfig::default`]).
     pub fn config(mut self, config: HealthConfig) -> Self {
         self.config = config;
@@ -166,7 +180,8 @@ impl AgentHealthMonitorBuilder {
         self
     }
 
-    /// Where agents' saved states live; recovery restores from it.
+    /// Where the saved states of agents that serve no session live (a
+    /// monitor used without sessions); recovery restores from it.
     pub fn states(mut self, states: Arc<dyn KeyValueStore>) -> Self {
         self.states = Some(states);
         self
@@ -208,6 +223,7 @@ impl AgentHealthMonitorBuilder {
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 agents: Mutex::default(),
                 states: self.states,
+                agent_states: self.agent_states,
                 events: self.events,
                 alerts: self.alerts.unwrap_or_else(|| Arc::new(LogAlertSink)),
                 replayer: self.replayer,
@@ -247,7 +263,6 @@ fn state_key(agent_id: &AgentId) -> StorageKey {
         .expect("an agent id makes a valid storage key")
 }
 
-/// What one sweep learned about one agent.
 /// What a sweep asks of one agent.
 struct Ask {
     agent_id: AgentId,
@@ -257,6 +272,7 @@ struct Ask {
     probe: bool,
 }
 
+/// What one sweep learned about one agent.
 struct Answer {
     agent_id: AgentId,
     /// The [`Entry::generation`] of the agent asked.
@@ -324,6 +340,7 @@ impl AgentHealthMonitor {
                 // and registered again under the same id is not judged
                 // against the new one.
                 generation: self.inner.generations.fetch_add(1, Ordering::Relaxed),
+                session: None,
             },
         );
         Ok(())
@@ -358,6 +375,17 @@ impl AgentHealthMonitor {
     /// store ([`AgentHealthMonitorBuilder::states`]); without one this is
     /// a no-op.
     pub async fn save_state(&self, state: &AgentState) -> Result<()> {
+        if let (Some(source), Some(session)) =
+            (&self.inner.agent_states, self.session_of(&state.agent_id))
+        {
+            return source
+                .store_agent_state(session, state.clone())
+                .await
+                .map_err(|reason| Error::AgentState {
+                    agent_id: state.agent_id.clone(),
+                    reason,
+                });
+        }
         let Some(states) = &self.inner.states else {
             return Ok(());
         };
@@ -369,6 +397,16 @@ impl AgentHealthMonitor {
     }
 
     async fn load_state(&self, agent_id: &AgentId) -> Result<Option<AgentState>> {
+        if let (Some(source), Some(session)) = (&self.inner.agent_states, self.session_of(agent_id))
+        {
+            return source
+                .load_agent_state(session, agent_id)
+                .await
+                .map_err(|reason| Error::AgentState {
+                    agent_id: agent_id.clone(),
+                    reason,
+                });
+        }
         let Some(states) = &self.inner.states else {
             return Ok(None);
         };
@@ -377,6 +415,26 @@ impl AgentHealthMonitor {
         };
         let state = serde_json::from_slice(&bytes).map_err(smalltalk_types::Error::Encoding)?;
         Ok(Some(state))
+    }
+
+    /// Ties `agent_id` to the session it serves: with an
+    /// [`agent_states`](AgentHealthMonitorBuilder::agent_states) source, its
+    /// state is saved in and restored from that session.
+    /// [`Error::UnknownAgent`] if not registered.
+    pub fn attach_session(&self, agent_id: &str, session: SessionId) -> Result<()> {
+        let agent_id = AgentId::parse(agent_id)?;
+        let mut agents = lock(&self.inner.agents);
+        let entry = agents
+            .get_mut(&agent_id)
+            .ok_or(Error::UnknownAgent { agent_id })?;
+        entry.session = Some(session);
+        Ok(())
+    }
+
+    fn session_of(&self, agent_id: &AgentId) -> Option<SessionId> {
+        lock(&self.inner.agents)
+            .get(agent_id)
+            .and_then(|entry| entry.session)
     }
 
     /// One agent's status. [`Error::UnknownAgent`] if not registered.

@@ -205,6 +205,27 @@ pub trait MissedEventReplayer: Send + Sync + fmt::Debug + 'static {
     ) -> Result<ReplayCounts, String>;
 }
 
+/// Where an agent's state lives (FR-009a): the session it serves. The
+/// health monitor keeps and restores an agent's state through it, so a
+/// restarted agent gets the state the session kept, within the session's
+/// limits; the session manager implements it, the umbrella connects them.
+#[async_trait]
+pub trait AgentStateSource: Send + Sync + fmt::Debug + 'static {
+    /// `agent`'s state in `session`, if it has one.
+    async fn load_agent_state(
+        &self,
+        session: crate::SessionId,
+        agent: &AgentId,
+    ) -> Result<Option<crate::AgentState>, String>;
+
+    /// Stores `state` as its agent's state in `session`.
+    async fn store_agent_state(
+        &self,
+        session: crate::SessionId,
+        state: crate::AgentState,
+    ) -> Result<(), String>;
+}
+
 /// Graceful degradation (FR-010a): the health monitor switches it, the
 /// session manager honours it (new sessions paused, capacity halved); the
 /// umbrella connects the two.

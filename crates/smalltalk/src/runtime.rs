@@ -6,7 +6,8 @@
 //! AgentHealthMonitor --transitions (EventSink)-------------> EventBus
 //! AgentHealthMonitor --missed events (MissedEventReplayer)-> EventBus
 //! AgentHealthMonitor --degradation (DegradationControl)----> SessionManager
-//! AgentHealthMonitor --saved agent state (KeyValueStore)---> the store
+//! AgentHealthMonitor --agent state (AgentStateSource)------> SessionManager
+//! AgentHealthMonitor --state of agents in no session-------> the store
 //! ```
 //!
 //! Built from a storage URL (`sqlite://...`, `postgres://...`, `memory://`)
@@ -176,6 +177,9 @@ impl RuntimeBuilder {
             .config(health)
             .clock(clock)
             .alerts(alerts)
+            // Agents serving a session keep their state there (FR-009a);
+            // others in the store.
+            .agent_states(Arc::new(manager.clone()))
             .states(Arc::clone(&store) as Arc<dyn smalltalk_storage::KeyValueStore>)
             .events(Arc::new(bus.clone()))
             .replayer(Arc::new(bus.clone()))

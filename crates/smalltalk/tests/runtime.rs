@@ -172,3 +172,89 @@ async fn a_bad_configuration_is_a_typed_error_naming_the_part() {
         "{built:?}"
     );
 }
+
+/// An agent that records the state it was restarted with.
+#[derive(Debug, Default)]
+struct Remembers {
+    down: AtomicBool,
+    restored: Mutex<Vec<Option<AgentState>>>,
+}
+
+#[async_trait]
+impl MonitoredAgent for Remembers {
+    async fn heartbeat(&self) -> Result<Heartbeat, AgentError> {
+        if self.down.load(Ordering::SeqCst) {
+            return Err(AgentError::Failed("down".into()));
+        }
+        Ok(Heartbeat::idle(0))
+    }
+    async fn probe(&self) -> Result<(), AgentError> {
+        Ok(())
+    }
+    async fn restart(&self, state: Option<AgentState>) -> Result<(), AgentError> {
+        self.restored.lock().unwrap().push(state);
+        self.down.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+/// One home for agent state: the monitor keeps an agent's state in the
+/// session it serves (FR-009a limits applied) and a restart gets that
+/// state back; nothing is kept under another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_gets_the_state_its_session_kept() -> anyhow::Result<()> {
+    use smalltalk::session::AgentStateLimits;
+    use smalltalk::types::AgentId;
+    let runtime = Runtime::builder("memory://")
+        .sessions(SessionConfig {
+            agent_state: AgentStateLimits {
+                max_turns: 2,
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+        .health(HealthConfig {
+            heartbeat_interval: Duration::from_millis(20),
+            activity_timeout: Duration::from_millis(100),
+            ..Default::default()
+        })
+        .build()
+        .await?;
+    let session = runtime.sessions().create(CreateOptions::default()).await?;
+    let agent = Arc::new(Remembers::default());
+    runtime
+        .health()
+        .register("writer", agent.clone(), RecoveryStrategy::default(), None)?;
+    runtime.health().attach_session("writer", session.id)?;
+    let mut state = AgentState::new(AgentId::parse("writer")?, Timestamp::now());
+    state.context.insert("draft".into(), "chapter 3".into());
+    state.history = (0..5)
+        .map(|n| Message::new(Role::Assistant, format!("turn {n}"), Timestamp::now()))
+        .collect();
+    runtime.health().save_state(&state).await?;
+    // Kept in the session, trimmed to its limits.
+    let kept = runtime.sessions().restore(session.id).await?;
+    let kept = &kept.agent_states[&state.agent_id];
+    assert_eq!(kept.history.len(), 2, "FR-009a: the newest 2 turns");
+    assert_eq!(kept.context["draft"], "chapter 3");
+    assert_eq!(
+        runtime
+            .store()
+            .get(&smalltalk::StorageKey::parse("health.agent-state.writer")?)
+            .await?,
+        None,
+        "no second copy in the key-value store"
+    );
+
+    agent.down.store(true, Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while agent.restored.lock().unwrap().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never restarted");
+        tokio::task::yield_now().await;
+    }
+    let restored = agent.restored.lock().unwrap()[0].clone().expect("a state");
+    assert_eq!(restored.history.len(), 2);
+    assert_eq!(restored.context["draft"], "chapter 3");
+    runtime.shutdown().await?;
+    Ok(())
+}

@@ -253,6 +253,40 @@ impl smalltalk_types::DegradationControl for SessionManager {
     }
 }
 
+/// The agent-state port (FR-009a): the health monitor keeps and restores an
+/// agent's state in the session it serves, through
+/// [`update_agent_state`](SessionManager::update_agent_state) (so the
+/// preservation limits apply) and the session's header.
+#[async_trait::async_trait]
+impl smalltalk_types::AgentStateSource for SessionManager {
+    async fn load_agent_state(
+        &self,
+        session: SessionId,
+        agent: &smalltalk_types::AgentId,
+    ) -> std::result::Result<Option<AgentState>, String> {
+        let header = self
+            .inner
+            .store
+            .get_session_header(session)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(header
+            .map(|header| self.merge_pending(header))
+            .and_then(|mut header| header.agent_states.remove(agent)))
+    }
+
+    async fn store_agent_state(
+        &self,
+        session: SessionId,
+        state: AgentState,
+    ) -> std::result::Result<(), String> {
+        self.update_agent_state(session, state)
+            .await
+            .map(drop)
+            .map_err(|error| error.to_string())
+    }
+}
+
 /// Refuses an update that changed the session's identity.
 fn check_same_id(id: SessionId, session: &Session) -> Result<()> {
     if session.id != id {
