@@ -508,6 +508,10 @@ fn inputs_for(fixture: &Fixture, op: &Op, clock: &dyn Clock) -> Inputs {
     inputs
 }
 
+/// Where failing cases are kept (relative to the crate running the suite:
+/// cargo runs tests from the package's directory).
+const REGRESSIONS: &str = "proptest-regressions/model.txt";
+
 /// Runs the property for the backend made by `fresh` (one fresh location
 /// per case). Skips if `fresh` returns `None`.
 pub fn check<F, Fut, B>(fresh: F)
@@ -529,8 +533,13 @@ where
         .ok()
         .and_then(|value| value.parse().ok())
         .unwrap_or(32);
+    // Failing cases are saved next to the crate's tests and run first
+    // from then on, on every backend; commit the file when one appears.
     let mut runner = TestRunner::new(Config {
         cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(REGRESSIONS),
+        )),
         ..Config::default()
     });
     let result = runner.run(&prop::collection::vec(op(), 1..40), |ops| {
