@@ -42,6 +42,11 @@ pub struct SessionConfig {
     pub ttl_strategy: TtlStrategy,
     /// How failed background flushes are retried and reported (FR-002a/b).
     pub save_retry: SaveRetryPolicy,
+    /// `async` durability: most bytes of messages held acknowledged but not
+    /// yet stored; past it appends are refused with
+    /// [`Error::Backpressure`](crate::Error::Backpressure) (transient) and
+    /// nothing acknowledged is dropped. Default 256 MiB; 1 KiB to 64 GiB.
+    pub max_pending_bytes: usize,
 }
 
 /// What cleanup does with a session past its expiry.
@@ -160,6 +165,7 @@ impl Default for SessionConfig {
             durability: Durability::Sync,
             ttl_strategy: TtlStrategy::Delete,
             save_retry: SaveRetryPolicy::default(),
+            max_pending_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -220,6 +226,12 @@ impl SessionConfig {
             return Err(invalid(
                 "maintenance_interval",
                 "must be between 1 second and 24 hours",
+            ));
+        }
+        if !(1024..=64 * 1024 * 1024 * 1024).contains(&(self.max_pending_bytes as u64)) {
+            return Err(invalid(
+                "max_pending_bytes",
+                "must be between 1 KiB and 64 GiB",
             ));
         }
         if let Durability::Async { flush_interval } = self.durability {

@@ -82,6 +82,17 @@ pub enum Error {
         /// The storage error of the last attempt.
         reason: String,
     },
+    /// `async` durability: the messages acknowledged but not yet stored
+    /// would pass `max_pending_bytes` (storage is failing or slow). This
+    /// call was refused; nothing acknowledged before was dropped. Retry
+    /// once flushes catch up (HTTP 503).
+    #[error("{pending_bytes} bytes of messages wait for storage, at the {limit}-byte limit")]
+    Backpressure {
+        /// Bytes buffered now.
+        pending_bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// An update closure gave up; nothing was written.
     #[error("update aborted: {reason}")]
     Aborted {
@@ -100,9 +111,10 @@ impl Error {
     /// Whether retrying the same call later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::CapacityExceeded { .. } | Error::Conflict { .. } | Error::FlushFailed { .. } => {
-                true
-            }
+            Error::CapacityExceeded { .. }
+            | Error::Conflict { .. }
+            | Error::FlushFailed { .. }
+            | Error::Backpressure { .. } => true,
             Error::Storage(error) => error.is_transient(),
             _ => false,
         }

@@ -382,3 +382,62 @@ async fn too_deep_values_are_refused_before_the_acknowledgement() {
     assert_eq!(stored.messages.len(), 1);
     assert!(stored.metadata.is_empty());
 }
+
+/// While storage fails, acknowledged messages pile up in memory only to
+/// `max_pending_bytes`: past it appends are refused with a transient
+/// typed error and nothing acknowledged is dropped; once flushes go
+/// through there is room again.
+#[tokio::test]
+async fn the_write_back_buffer_is_capped_in_bytes() {
+    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(
+        1_767_225_600_000_000,
+    )));
+    let faulty = FaultyStore::new(Arc::new(MemoryStore::with_clock(clock.clone())));
+    let sessions = SessionManager::builder(faulty.clone())
+        .config(SessionConfig {
+            durability: Durability::Async {
+                flush_interval: Duration::from_secs(1),
+            },
+            max_pending_bytes: 8 * 1024,
+            ..Default::default()
+        })
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let session = sessions.create(CreateOptions::default()).await.unwrap();
+    faulty.fail_writes(true);
+    let kilobyte = || text(&"k".repeat(1024));
+    let mut acknowledged = 0;
+    let refused = loop {
+        match sessions.add_message(session.id, kilobyte()).await {
+            Ok(_) => acknowledged += 1,
+            Err(error) => break error,
+        }
+        assert!(acknowledged < 100, "never refused");
+    };
+    assert!(
+        matches!(refused, Error::Backpressure { limit: 8192, .. }),
+        "{refused:?}"
+    );
+    assert!(refused.is_transient());
+    assert!(
+        (5..=7).contains(&acknowledged),
+        "{acknowledged} acknowledged"
+    );
+    let _ = sessions.flush().await;
+    faulty.fail_writes(false);
+    let report = sessions.flush().await.unwrap();
+    assert_eq!(report.flushed, 1);
+    let stored = faulty
+        .inner()
+        .get_session(session.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.messages.len(),
+        acknowledged,
+        "nothing acknowledged was dropped"
+    );
+    sessions.add_message(session.id, kilobyte()).await.unwrap();
+}

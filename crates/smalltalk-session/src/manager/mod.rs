@@ -98,6 +98,8 @@ struct Inner {
     purges: Mutex<HashMap<SessionId, u32>>,
     /// Degraded operation (FR-010a): no new sessions, half the capacity.
     degraded: std::sync::atomic::AtomicBool,
+    /// Bytes of messages buffered in `async` durability.
+    pending_bytes: AtomicU64,
 }
 
 impl Drop for Inner {
@@ -235,6 +237,7 @@ impl SessionManagerBuilder {
                 flush_lock: tokio::sync::Mutex::new(()),
                 purges: Mutex::new(HashMap::new()),
                 degraded: std::sync::atomic::AtomicBool::new(false),
+                pending_bytes: AtomicU64::new(0),
             }),
         })
     }

@@ -2,6 +2,7 @@
 //! background, with the retry, alert and reporting policy of FR-002a/b.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use smalltalk_storage::{AppendGuard, Expected};
 use smalltalk_types::{Alert, AlertSeverity, Message, Session, SessionId, SessionState, Timestamp};
@@ -18,6 +19,8 @@ pub(super) struct Pending {
     header_generation: u64,
     /// Messages acknowledged, in order.
     messages: Vec<Message>,
+    /// Their size, as [`message_bytes`] counts it.
+    bytes: u64,
     /// The stored version this manager last saw or wrote, to notice other
     /// writers (async mode assumes one writer per session).
     known_version: Option<u64>,
@@ -37,6 +40,18 @@ impl Pending {
     fn is_empty(&self) -> bool {
         self.header.is_none() && self.messages.is_empty()
     }
+}
+
+/// What a buffered message counts against
+/// [`SessionConfig::max_pending_bytes`](crate::SessionConfig::max_pending_bytes):
+/// its content, its metadata as JSON, and 128 bytes for the rest.
+pub(super) fn message_bytes(message: &Message) -> u64 {
+    let metadata = if message.metadata.is_empty() {
+        0
+    } else {
+        serde_json::to_vec(&message.metadata).map_or(0, |json| json.len())
+    };
+    (message.content.len() + metadata + 128) as u64
 }
 
 /// The pending writes of a manager, by session.
@@ -116,8 +131,20 @@ impl SessionManager {
     /// Forgets `id`'s pending writes (the session is being deleted).
     pub(super) fn discard_pending(&self, id: SessionId) {
         if let Some(mut pending) = self.pending() {
-            pending.remove(&id);
+            if let Some(entry) = pending.remove(&id) {
+                self.release_bytes(entry.bytes);
+            }
         }
+    }
+
+    /// Buffered message bytes no longer held.
+    fn release_bytes(&self, bytes: u64) {
+        let _ =
+            self.inner
+                .pending_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                    Some(held.saturating_sub(bytes))
+                });
     }
 
     /// A session whose last flush failed, with the error.
@@ -250,10 +277,23 @@ impl SessionManager {
                 }
             },
         }
+        let bytes: u64 = messages.iter().map(message_bytes).sum();
+        let limit = self.inner.config.max_pending_bytes as u64;
         let pending_messages = {
             let mut pending = self.pending().expect("async durability");
+            // Checked and added under the lock: concurrent appends cannot
+            // overshoot together.
+            let held = self.inner.pending_bytes.load(Ordering::Relaxed);
+            if held.saturating_add(bytes) > limit {
+                return Err(Error::Backpressure {
+                    pending_bytes: held,
+                    limit,
+                });
+            }
+            self.inner.pending_bytes.fetch_add(bytes, Ordering::Relaxed);
             let entry = pending.entry(id).or_default();
             entry.messages.extend_from_slice(messages);
+            entry.bytes += bytes;
             entry.messages.len()
         };
         if let Some(entry) = self.pool().get_mut(&id) {
@@ -330,7 +370,13 @@ impl SessionManager {
             };
             match result {
                 Ok(version) => {
-                    entry.messages.drain(..messages.len());
+                    let stored: u64 = entry
+                        .messages
+                        .drain(..messages.len())
+                        .map(|message| message_bytes(&message))
+                        .sum();
+                    entry.bytes = entry.bytes.saturating_sub(stored);
+                    self.release_bytes(stored);
                     if entry.header_generation == header_generation {
                         entry.header = None;
                     }
@@ -367,6 +413,7 @@ impl SessionManager {
                         now,
                         Some(&reason),
                     ));
+                    self.release_bytes(entry.bytes);
                     pending.remove(&id);
                     Flushed::Dropped
                 }
