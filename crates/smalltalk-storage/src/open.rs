@@ -29,11 +29,15 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
 /// Opens a store from a URL:
 ///
 /// - `memory://`: a fresh in-memory store;
-/// - `sqlite://PATH` (`sqlite:///abs/path.db`, `sqlite://relative.db`),
-///   options `synchronous=normal|full`, `busy_timeout_ms=N`; feature `sqlite`;
+/// - `sqlite://PATH` (`sqlite:///abs/path.db`, `sqlite://relative.db`, from
+///   the working directory), options `synchronous=normal|full`,
+///   `busy_timeout_ms=N`; feature `sqlite`;
 /// - `postgres://user@host:port/db` (or `postgresql://`), options
 ///   `schema=NAME` (created if absent), `max_connections=N` plus everything
 ///   the driver accepts; feature `postgres`.
+///
+/// Paths and option names and values are percent-decoded (`%20` is a
+/// space; a part that is not UTF-8 once decoded is `InvalidUrl`).
 pub async fn open_with(url: &str, options: OpenOptions) -> Result<Arc<dyn Store>> {
     let (scheme, rest) = url.split_once("://").ok_or_else(|| Error::InvalidUrl {
         reason: "expected SCHEME://...".into(),
@@ -55,18 +59,31 @@ pub async fn open_with(url: &str, options: OpenOptions) -> Result<Arc<dyn Store>
     }
 }
 
-/// Splits `a=1&b=2` into pairs.
+/// Splits `a=1&b=2` into pairs, percent-decoded (`+` is a space in
+/// values, as in forms).
 #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-pub(crate) fn query_pairs(query: &str) -> Result<Vec<(&str, &str)>> {
+pub(crate) fn query_pairs(query: &str) -> Result<Vec<(String, String)>> {
     query
         .split('&')
         .filter(|pair| !pair.is_empty())
         .map(|pair| {
-            pair.split_once('=').ok_or_else(|| Error::InvalidUrl {
+            let (name, value) = pair.split_once('=').ok_or_else(|| Error::InvalidUrl {
                 reason: format!("option `{pair}` has no value"),
-            })
+            })?;
+            Ok((decoded(name)?, decoded(&value.replace('+', " "))?))
         })
         .collect()
+}
+
+/// Percent-decodes one part of a URL; it must be UTF-8 afterwards.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) fn decoded(part: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(part)
+        .decode_utf8()
+        .map(|text| text.into_owned())
+        .map_err(|_| Error::InvalidUrl {
+            reason: "a percent-encoded part is not UTF-8".into(),
+        })
 }
 
 #[cfg(feature = "sqlite")]
@@ -74,6 +91,9 @@ async fn open_sqlite(rest: &str, options: OpenOptions) -> Result<Arc<dyn Store>>
     use crate::sqlite::{SqliteOptions, SqliteStore, Synchronous};
 
     let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    // `sqlite://relative/path` and `sqlite:///absolute/path`, with `%20`
+    // and the like decoded.
+    let path = decoded(path)?;
     if path.is_empty() {
         return Err(Error::InvalidUrl {
             reason: "sqlite:// needs a file path".into(),
@@ -84,7 +104,7 @@ async fn open_sqlite(rest: &str, options: OpenOptions) -> Result<Arc<dyn Store>>
         ..SqliteOptions::default()
     };
     for (name, value) in query_pairs(query)? {
-        match (name, value.to_ascii_lowercase().as_str()) {
+        match (name.as_str(), value.to_ascii_lowercase().as_str()) {
             ("synchronous", "normal") => sqlite.synchronous = Synchronous::Normal,
             ("synchronous", "full") => sqlite.synchronous = Synchronous::Full,
             ("busy_timeout_ms", millis) => {
@@ -100,7 +120,7 @@ async fn open_sqlite(rest: &str, options: OpenOptions) -> Result<Arc<dyn Store>>
             }
         }
     }
-    Ok(Arc::new(SqliteStore::open_with(path, sqlite).await?))
+    Ok(Arc::new(SqliteStore::open_with(&path, sqlite).await?))
 }
 
 #[cfg(not(feature = "sqlite"))]

@@ -447,3 +447,50 @@ async fn close_leaves_no_wal_behind() {
     let store = SqliteStore::open(&path).await.unwrap();
     assert!(store.has_session(session.id).await.unwrap());
 }
+
+/// Each storage URL form: `sqlite:///absolute/path`, `sqlite://relative/path`
+/// (from the working directory), percent-encoded paths and options, and
+/// a broken encoding refused with a typed error.
+#[tokio::test]
+async fn every_sqlite_url_form_opens_the_file_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    // Absolute: three slashes.
+    let absolute = dir.path().join("abs.db");
+    let url = format!("sqlite://{}", absolute.display());
+    assert!(url.starts_with("sqlite:///"));
+    open(&url).await.unwrap().close().await.unwrap();
+    assert!(absolute.exists());
+
+    // Percent-encoded: a space in a directory name, an encoded option.
+    let spaced = dir.path().join("with space").join("enc.db");
+    let encoded = spaced.display().to_string().replace(' ', "%20");
+    let store = open(&format!("sqlite://{encoded}?synchronous=%46ULL"))
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    assert!(spaced.exists(), "the decoded path was used");
+
+    // Relative: from the working directory, here up to `/` and down into
+    // the temporary directory.
+    let cwd = std::env::current_dir().unwrap();
+    let up = "../".repeat(cwd.components().count() - 1);
+    let target = dir.path().join("rel.db");
+    let relative = format!(
+        "{up}{}",
+        target.display().to_string().trim_start_matches('/')
+    );
+    assert!(!relative.starts_with('/'));
+    open(&format!("sqlite://{relative}"))
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    assert!(target.exists(), "{}", target.display());
+
+    let broken = open("sqlite://bad%FF.db").await;
+    assert!(
+        matches!(broken, Err(Error::InvalidUrl { .. })),
+        "{broken:?}"
+    );
+}

@@ -146,8 +146,8 @@ impl PgStore {
         let mut acquire_timeout = Duration::from_secs(5);
         let mut passthrough = Vec::new();
         for (name, value) in query_pairs(query)? {
-            match name {
-                "schema" => schema = Some(validate_schema(value)?.to_owned()),
+            match name.as_str() {
+                "schema" => schema = Some(validate_schema(&value)?.to_owned()),
                 "max_connections" => {
                     max_connections =
                         value
@@ -164,7 +164,17 @@ impl PgStore {
                     })?;
                     acquire_timeout = Duration::from_millis(millis);
                 }
-                _ => passthrough.push(format!("{name}={value}")),
+                // Decoded above: encoded again for the driver.
+                _ => {
+                    let encode = |part: &str| {
+                        percent_encoding::utf8_percent_encode(
+                            part,
+                            percent_encoding::NON_ALPHANUMERIC,
+                        )
+                        .to_string()
+                    };
+                    passthrough.push(format!("{}={}", encode(&name), encode(&value)));
+                }
             }
         }
         let driver_url = if passthrough.is_empty() {
