@@ -23,6 +23,11 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(|config| config)
+}
+
+/// A fixture whose `async` configuration `adjust` changes last.
+fn fixture_with(adjust: impl FnOnce(SessionConfig) -> SessionConfig) -> Fixture {
     let clock = Arc::new(ManualClock::new(Timestamp::from_micros(
         1_767_225_600_000_000,
     )));
@@ -35,7 +40,7 @@ fn fixture() -> Fixture {
         ..Default::default()
     };
     let sessions = SessionManager::builder(faulty.clone())
-        .config(config)
+        .config(adjust(config))
         .clock(clock.clone())
         .alerts(alerts.clone())
         .build()
@@ -389,21 +394,12 @@ async fn too_deep_values_are_refused_before_the_acknowledgement() {
 /// through there is room again.
 #[tokio::test]
 async fn the_write_back_buffer_is_capped_in_bytes() {
-    let clock = Arc::new(ManualClock::new(Timestamp::from_micros(
-        1_767_225_600_000_000,
-    )));
-    let faulty = FaultyStore::new(Arc::new(MemoryStore::with_clock(clock.clone())));
-    let sessions = SessionManager::builder(faulty.clone())
-        .config(SessionConfig {
-            durability: Durability::Async {
-                flush_interval: Duration::from_secs(1),
-            },
-            max_pending_bytes: 8 * 1024,
-            ..Default::default()
-        })
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let Fixture {
+        sessions, faulty, ..
+    } = fixture_with(|config| SessionConfig {
+        max_pending_bytes: 8 * 1024,
+        ..config
+    });
     let session = sessions.create(CreateOptions::default()).await.unwrap();
     faulty.fail_writes(true);
     let kilobyte = || text(&"k".repeat(1024));

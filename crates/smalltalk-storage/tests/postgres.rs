@@ -54,29 +54,14 @@ async fn an_append_in_one_store_wakes_a_waiter_on_another() {
 /// damaged header is named too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_row_is_named_by_the_read() {
-    use smalltalk_storage::{AppendGuard, Error, Expected};
-    use smalltalk_types::{Message, Role, Session, SessionId, Timestamp};
+    use smalltalk_storage::Error;
     let Some(backend) = PgBackend::fresh().await else {
         eprintln!("skipped: no PostgreSQL");
         return;
     };
     let store = backend.open(test_clock()).await;
-    let session = Session::new(
-        SessionId::new(),
-        Timestamp::now(),
-        Duration::from_secs(3600),
-    );
-    store
-        .save_session(&session, Expected::Absent)
-        .await
-        .unwrap();
-    let messages: Vec<Message> = (0..3)
-        .map(|n| Message::new(Role::User, format!("m{n}"), Timestamp::now()))
-        .collect();
-    store
-        .append_messages(session.id, &messages, AppendGuard::NONE)
-        .await
-        .unwrap();
+    let session =
+        smalltalk_storage::contract::sessions::stored_with_messages(store.as_ref(), 3).await;
     backend
         .execute("UPDATE messages SET meta = '\\x7b6e6f7420'::bytea WHERE seq = 1")
         .await

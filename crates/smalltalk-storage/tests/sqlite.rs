@@ -375,18 +375,7 @@ async fn a_tampered_row_is_named_by_the_read() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("tampered.db");
     let store = SqliteStore::open(&path).await.unwrap();
-    let session = new_session();
-    store
-        .save_session(&session, Expected::Absent)
-        .await
-        .unwrap();
-    let messages: Vec<Message> = (0..3)
-        .map(|n| Message::new(Role::User, format!("m{n}"), Timestamp::now()))
-        .collect();
-    store
-        .append_messages(session.id, &messages, AppendGuard::NONE)
-        .await
-        .unwrap();
+    let session = smalltalk_storage::contract::sessions::stored_with_messages(&store, 3).await;
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute("UPDATE messages SET meta = x'7b6e6f7420' WHERE seq = 1", [])
         .unwrap();

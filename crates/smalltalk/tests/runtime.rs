@@ -15,13 +15,16 @@ use smalltalk::{
     SessionConfig, SubscribeOptions, Timestamp,
 };
 
+/// An agent the test switches down; it records the state each restart
+/// brings.
 #[derive(Debug, Default)]
-struct Flaky {
+struct Switchable {
     down: AtomicBool,
+    restored: Mutex<Vec<Option<AgentState>>>,
 }
 
 #[async_trait]
-impl MonitoredAgent for Flaky {
+impl MonitoredAgent for Switchable {
     async fn heartbeat(&self) -> Result<Heartbeat, AgentError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(AgentError::Failed("down".into()));
@@ -31,7 +34,9 @@ impl MonitoredAgent for Flaky {
     async fn probe(&self) -> Result<(), AgentError> {
         Ok(())
     }
-    async fn restart(&self, _state: Option<AgentState>) -> Result<(), AgentError> {
+    async fn restart(&self, state: Option<AgentState>) -> Result<(), AgentError> {
+        self.restored.lock().unwrap().push(state);
+        self.down.store(false, Ordering::SeqCst);
         Ok(())
     }
 }
@@ -86,7 +91,7 @@ async fn one_builder_wires_every_port_and_one_call_shuts_down() -> anyhow::Resul
         ..Default::default()
     };
     for index in 0..4 {
-        let agent = Arc::new(Flaky::default());
+        let agent = Arc::new(Switchable::default());
         agent.down.store(true, Ordering::SeqCst);
         runtime
             .health()
@@ -173,31 +178,6 @@ async fn a_bad_configuration_is_a_typed_error_naming_the_part() {
     );
 }
 
-/// An agent that records the state it was restarted with.
-#[derive(Debug, Default)]
-struct Remembers {
-    down: AtomicBool,
-    restored: Mutex<Vec<Option<AgentState>>>,
-}
-
-#[async_trait]
-impl MonitoredAgent for Remembers {
-    async fn heartbeat(&self) -> Result<Heartbeat, AgentError> {
-        if self.down.load(Ordering::SeqCst) {
-            return Err(AgentError::Failed("down".into()));
-        }
-        Ok(Heartbeat::idle(0))
-    }
-    async fn probe(&self) -> Result<(), AgentError> {
-        Ok(())
-    }
-    async fn restart(&self, state: Option<AgentState>) -> Result<(), AgentError> {
-        self.restored.lock().unwrap().push(state);
-        self.down.store(false, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 /// One home for agent state: the monitor keeps an agent's state in the
 /// session it serves (FR-009a limits applied) and a restart gets that
 /// state back; nothing is kept under another key.
@@ -221,7 +201,7 @@ async fn a_restarted_agent_gets_the_state_its_session_kept() -> anyhow::Result<(
         .build()
         .await?;
     let session = runtime.sessions().create(CreateOptions::default()).await?;
-    let agent = Arc::new(Remembers::default());
+    let agent = Arc::new(Switchable::default());
     runtime
         .health()
         .register("writer", agent.clone(), RecoveryStrategy::default(), None)?;

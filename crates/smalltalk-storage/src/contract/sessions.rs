@@ -1008,6 +1008,29 @@ pub async fn concurrent_blind_saves_all_land(backend: &impl Backend) {
 
 /// Hostile ids: path traversal, NUL, 10 KB strings, quotes and SQL
 /// metacharacters, empty. Every one is refused with the same typed error
+/// Stores a new session with `count` messages (`m0`, `m1`, ...) and
+/// returns it, for tests that then look behind the store's back.
+pub async fn stored_with_messages(store: &dyn crate::SessionStore, count: usize) -> Session {
+    let mut session = Session::new(
+        SessionId::new(),
+        Timestamp::now(),
+        Duration::from_secs(3600),
+    );
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .expect("save");
+    let messages: Vec<Message> = (0..count)
+        .map(|n| Message::new(Role::User, format!("m{n}"), Timestamp::now()))
+        .collect();
+    store
+        .append_messages(session.id, &messages, AppendGuard::NONE)
+        .await
+        .expect("append");
+    session.messages = messages;
+    session
+}
+
 /// A JSON value `levels` deep.
 pub fn nested_json(levels: usize) -> serde_json::Value {
     let mut value = json!("leaf");
