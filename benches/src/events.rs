@@ -109,7 +109,14 @@ pub async fn measure_publish_to_handler(
         );
         let handler = move |delivery: Delivery| {
             let started = epoch.elapsed();
-            let sent = Duration::from_nanos(delivery.event().payload["t"].as_u64().unwrap_or(0));
+            // A handler decodes what it reads: part of what is measured.
+            let sent = delivery
+                .event()
+                .payload
+                .to_value()
+                .ok()
+                .and_then(|payload| payload["t"].as_u64());
+            let sent = Duration::from_nanos(sent.unwrap_or(0));
             if measuring.load(Ordering::Relaxed) {
                 latencies
                     .lock()

@@ -269,7 +269,7 @@ pub fn bench_event(index: usize) -> smalltalk_types::Event {
         },
         session_id: None,
         conversation_id: None,
-        payload: serde_json::json!({"index": index, "text": "a short payload"}),
+        payload: serde_json::json!({"index": index, "text": "a short payload"}).into(),
         metadata: serde_json::Map::new(),
         position: None,
         format_version: smalltalk_types::FORMAT_VERSION,

@@ -109,7 +109,7 @@ pub fn content() -> Content {
             },
             session_id: (n == 1).then(|| sessions[0].id),
             conversation_id: None,
-            payload: json!({"n": n, "text": "payload ✓"}),
+            payload: json!({"n": n, "text": "payload ✓"}).into(),
             metadata: serde_json::Map::new(),
             position: Some(u64::from(n) + 1),
             format_version: 1,

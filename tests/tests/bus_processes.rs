@@ -273,7 +273,7 @@ async fn delivered_from_another_process(url: &str, count: usize) -> Vec<Duration
             let event = delivery.event();
             let mut received = received.lock().unwrap();
             received.push((
-                event.payload["index"].as_u64().unwrap(),
+                event.payload.to_value().unwrap()["index"].as_u64().unwrap(),
                 now.duration_since(event.timestamp),
             ));
             done_tx.send_replace(received.len());

@@ -4,18 +4,17 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use serde_json::Value;
 use smalltalk_storage::{EventFilter, EventLog};
 use smalltalk_types::{
-    Clock, Event, EventId, FORMAT_VERSION, StorageKey, SubscriberId, SystemClock, Topic,
+    Clock, Event, EventId, FORMAT_VERSION, Payload, StorageKey, SubscriberId, SystemClock, Topic,
     TopicPattern,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::dispatch::Dispatch;
-use crate::log::{Backing, MemoryLog};
-use crate::stats::{BusCounters, BusStats};
+use crate::log::{Backing, Entry, MemoryLog, report_undecodable};
+use crate::stats::{BusCounters, BusStats, bump};
 use crate::subscription::{self, Command, NewSubscription, Processed, Start, SubShared};
 use crate::{
     Draft, Error, EventBusConfig, EventHandler, PublishOptions, Published, ReplayOptions,
@@ -173,7 +172,7 @@ impl Shared {
                 .read(dispatch.dispatched, &everything, self.config.max_batch)
                 .await?;
             let full = batch.len() == self.config.max_batch;
-            let first = batch.first().and_then(|event| event.position).unwrap_or(0);
+            let first = batch.first().map_or(0, Entry::position);
             if first > dispatch.dispatched + 1 && before.is_none_or(|before| first < before) {
                 // Retention purged events this bus never dispatched: go on
                 // after them, and make every subscription look back, so
@@ -188,17 +187,32 @@ impl Shared {
                     subscription.look_back();
                 }
             }
-            let batch: Vec<_> = batch
-                .into_iter()
-                .take_while(|event| {
-                    before.is_none_or(|before| event.position.unwrap_or(0) < before)
-                })
-                .collect();
-            if batch.is_empty() {
-                return Ok(());
+            let mut run: Vec<Arc<Event>> = Vec::with_capacity(batch.len());
+            let mut reached_before = false;
+            for entry in batch {
+                if before.is_some_and(|before| entry.position() >= before) {
+                    reached_before = true;
+                    break;
+                }
+                match entry {
+                    Entry::Event(event) => run.push(event),
+                    Entry::Undecodable(row) => {
+                        // What came before it goes out first; then it is
+                        // passed over, so it never holds back what follows.
+                        self.fan_out(dispatch, &run);
+                        run.clear();
+                        if row.position == dispatch.dispatched + 1 {
+                            report_undecodable(&row, &"the bus's dispatcher");
+                            bump(&self.counters.undecodable);
+                            dispatch.dispatched = row.position;
+                            self.dispatched
+                                .store(dispatch.dispatched, Ordering::Release);
+                        }
+                    }
+                }
             }
-            self.fan_out(dispatch, &batch);
-            if !full {
+            self.fan_out(dispatch, &run);
+            if !full || reached_before {
                 return Ok(());
             }
         }
@@ -378,20 +392,6 @@ pub struct EventBus {
     inner: Arc<Handle>,
 }
 
-/// Counts the bytes of a JSON encoding without keeping it.
-struct ByteCount(usize);
-
-impl std::io::Write for ByteCount {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0 += bytes.len();
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 impl EventBus {
     /// A builder, to set the configuration, clock and log.
     pub fn builder() -> EventBusBuilder {
@@ -425,10 +425,7 @@ impl EventBus {
     /// Builds an event (not yet positioned) and its payload size.
     fn prepare(&self, draft: Draft) -> Result<(Event, usize)> {
         let shared = self.shared();
-        let mut counter = ByteCount(0);
-        serde_json::to_writer(&mut counter, &draft.payload)
-            .map_err(smalltalk_types::Error::Encoding)?;
-        let size = counter.0;
+        let size = draft.payload.len();
         if size > shared.config.max_payload_bytes {
             return Err(Error::PayloadTooLarge {
                 size,
@@ -472,7 +469,7 @@ impl EventBus {
     pub async fn publish(
         &self,
         topic: &str,
-        payload: Value,
+        payload: impl Into<Payload>,
         options: PublishOptions,
     ) -> Result<EventId> {
         let draft = Draft::new(topic, payload)?.options(options);
@@ -767,6 +764,7 @@ impl EventBus {
             processed_registries: shared.processed_registries(),
             latency_violations: read(&counters.latency_violations),
             gaps_detected: read(&counters.gaps_detected),
+            undecodable_events: read(&counters.undecodable),
             latency: counters.latency(),
             log_events,
             log_bytes,
@@ -1026,7 +1024,7 @@ impl smalltalk_types::EventSink for EventBus {
         options = options.meta("announcedAt", announcement.timestamp.to_string());
         let draft = Draft {
             topic: announcement.topic,
-            payload: announcement.payload,
+            payload: announcement.payload.into(),
             options,
         };
         if let Err(error) = self.publish_drafts(vec![draft], None).await {

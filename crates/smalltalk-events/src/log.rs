@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use smalltalk_storage::{Cursor, EventFilter, EventLog, LogBounds};
+use smalltalk_storage::{Cursor, EventFilter, EventLog, LogBounds, LogEntry, UndecodableEvent};
 use smalltalk_types::{Event, StorageKey, Timestamp};
 
 use crate::Result;
@@ -107,6 +107,32 @@ impl MemoryLog {
     }
 }
 
+/// One entry read from the log.
+#[derive(Debug, Clone)]
+pub(crate) enum Entry {
+    Event(Arc<Event>),
+    /// A stored row that does not decode: dead-lettered by whoever reads
+    /// it, never handed to a handler, never in the way of what follows.
+    Undecodable(Arc<UndecodableEvent>),
+}
+
+impl Entry {
+    pub(crate) fn position(&self) -> u64 {
+        match self {
+            Entry::Event(event) => event.position.unwrap_or(0),
+            Entry::Undecodable(row) => row.position,
+        }
+    }
+}
+
+/// Logs a row that does not decode at ERROR; `reader` says who met it.
+pub(crate) fn report_undecodable(row: &UndecodableEvent, reader: &dyn std::fmt::Display) {
+    tracing::error!(position = row.position, event_id = %row.event_id, topic = %row.topic,
+        error = %row.error, %reader,
+        "a logged event does not decode: dead-lettered, reading on after it");
+    metrics::counter!("event_undecodable_dead_lettered").increment(1);
+}
+
 /// The log behind a bus.
 #[derive(Debug)]
 pub(crate) enum Backing {
@@ -119,20 +145,28 @@ impl Backing {
         matches!(self, Backing::Durable(_))
     }
 
-    /// Up to `limit` events after `after` that pass `filter`.
+    /// Up to `limit` entries after `after` that pass `filter`: events, and
+    /// (durable only) rows that do not decode, in position order.
     pub(crate) async fn read(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
-    ) -> Result<Vec<Arc<Event>>> {
+    ) -> Result<Vec<Entry>> {
         match self {
-            Backing::Memory(log) => Ok(log.read(after, filter, limit)),
+            Backing::Memory(log) => Ok(log
+                .read(after, filter, limit)
+                .into_iter()
+                .map(Entry::Event)
+                .collect()),
             Backing::Durable(log) => Ok(log
-                .read_events(after, filter, limit)
+                .read_log(after, filter, limit)
                 .await?
                 .into_iter()
-                .map(Arc::new)
+                .map(|entry| match entry {
+                    LogEntry::Event(event) => Entry::Event(Arc::new(event)),
+                    LogEntry::Undecodable(row) => Entry::Undecodable(Arc::new(row)),
+                })
                 .collect()),
         }
     }

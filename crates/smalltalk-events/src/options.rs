@@ -2,8 +2,8 @@
 
 use serde_json::{Map, Value};
 use smalltalk_types::{
-    ConversationId, EventId, EventPriority, EventReplayPolicy, SessionId, Timestamp, Topic,
-    TopicPattern,
+    ConversationId, EventId, EventPriority, EventReplayPolicy, Payload, SessionId, Timestamp,
+    Topic, TopicPattern,
 };
 
 use crate::Result;
@@ -85,17 +85,17 @@ pub struct Draft {
     /// The topic.
     pub topic: Topic,
     /// The body.
-    pub payload: Value,
+    pub payload: Payload,
     /// Priority, scope, metadata.
     pub options: PublishOptions,
 }
 
 impl Draft {
     /// A draft on `topic` (validated) with default options.
-    pub fn new(topic: &str, payload: Value) -> Result<Self> {
+    pub fn new(topic: &str, payload: impl Into<Payload>) -> Result<Self> {
         Ok(Self {
             topic: Topic::parse(topic)?,
-            payload,
+            payload: payload.into(),
             options: PublishOptions::default(),
         })
     }

@@ -92,6 +92,12 @@ pub struct BusStats {
     pub latency_violations: u64,
     /// Gap notices sent.
     pub gaps_detected: u64,
+    /// Logged events that do not decode (written by a newer release,
+    /// damaged, or edited by hand), passed over by the dispatcher with an
+    /// ERROR (dead-lettered). A subscription that reads one while catching
+    /// up or replaying counts it in its
+    /// [`dead_lettered`](SubscriptionStats::dead_lettered).
+    pub undecodable_events: u64,
     /// Publication-to-handler latency.
     pub latency: LatencyStats,
     /// Events retained in the log.
@@ -137,6 +143,7 @@ pub(crate) struct BusCounters {
     pub(crate) delivered_critical: AtomicU64,
     pub(crate) latency_violations: AtomicU64,
     pub(crate) gaps_detected: AtomicU64,
+    pub(crate) undecodable: AtomicU64,
     latency: Mutex<Histogram<u64>>,
     last_warning_ms: AtomicU64,
 }
@@ -150,6 +157,7 @@ impl Default for BusCounters {
             delivered_critical: AtomicU64::new(0),
             latency_violations: AtomicU64::new(0),
             gaps_detected: AtomicU64::new(0),
+            undecodable: AtomicU64::new(0),
             // Microseconds, 3 significant digits, up to an hour.
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),

@@ -10,7 +10,7 @@ use std::future::Future;
 
 use futures_util::FutureExt;
 use lru::LruCache;
-use smalltalk_storage::{Cursor, EventFilter};
+use smalltalk_storage::{Cursor, EventFilter, UndecodableEvent};
 use smalltalk_types::{
     Event, EventId, EventPriority, EventReplayPolicy, ReplayMode, StorageKey, SubscriberId,
     TopicPattern,
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::AckPersistence;
 use crate::bus::Shared;
 use crate::handler::{AckHandle, AckMessage, Answer, Touch};
+use crate::log::{Entry, report_undecodable};
 use crate::stats::{SubCounters, SubscriptionStats, bump, read};
 use crate::{Delivery, EventHandler, GapNotice, Outcome, ReplayOptions, ReplayReport, Result};
 
@@ -568,8 +569,11 @@ impl Worker {
             };
             backoff = Backoff::new();
             let full = batch.len() == READ_BATCH;
-            for event in batch {
-                self.deliver(event, false).await;
+            for entry in batch {
+                match entry {
+                    Entry::Event(event) => self.deliver(event, false).await,
+                    Entry::Undecodable(row) => self.pass_over(&row).await,
+                }
                 if self.stopped() {
                     return false;
                 }
@@ -654,13 +658,16 @@ impl Worker {
             'unsettled: loop {
                 let batch = self.bus.backing.read(after, &filter, READ_BATCH).await?;
                 let full = batch.len() == READ_BATCH;
-                for event in batch {
-                    let position = event.position.unwrap_or(0);
+                for entry in batch {
+                    let position = entry.position();
                     if position > live_until {
                         break 'unsettled;
                     }
                     after = position;
-                    self.deliver(event, true).await;
+                    match entry {
+                        Entry::Event(event) => self.deliver(event, true).await,
+                        Entry::Undecodable(row) => self.pass_over(&row).await,
+                    }
                     if self.stopped() {
                         return Ok(());
                     }
@@ -698,12 +705,25 @@ impl Worker {
         'read: loop {
             let batch = self.bus.backing.read(after, &filter, READ_BATCH).await?;
             let full = batch.len() == READ_BATCH;
-            for event in batch {
-                let position = event.position.unwrap_or(0);
+            for entry in batch {
+                let position = entry.position();
                 if position > start.registered_at {
                     break 'read;
                 }
                 after = position;
+                let event = match entry {
+                    Entry::Event(event) => event,
+                    Entry::Undecodable(row) => {
+                        // Counted, never kept: not one of the newest `n`.
+                        if keep_at_most.is_none() {
+                            self.pass_over(&row).await;
+                        } else {
+                            report_undecodable(&row, &self.sub.subscriber);
+                            bump(&self.sub.counters.dead_lettered);
+                        }
+                        continue;
+                    }
+                };
                 match keep_at_most {
                     // Keep only the newest `n`: deliver at the end.
                     Some(n) => {
@@ -933,6 +953,19 @@ impl Worker {
         self.bus.counters.count_delivered(event.priority);
     }
 
+    /// A row of the log that does not decode, met in order: dead-lettered
+    /// (ERROR, counted) and settled, so it never comes back and never holds
+    /// back what follows.
+    async fn pass_over(&mut self, row: &UndecodableEvent) {
+        if row.position <= self.last_seen {
+            return;
+        }
+        report_undecodable(row, &self.sub.subscriber);
+        bump(&self.sub.counters.dead_lettered);
+        self.last_seen = row.position;
+        self.persist(false).await;
+    }
+
     fn dead_letter(&self, event: &Event, attempts: u32) {
         bump(&self.sub.counters.dead_lettered);
         tracing::error!(subscriber = %self.sub.subscriber, pattern = %self.sub.pattern,
@@ -1043,12 +1076,21 @@ impl Worker {
         'read: while (report.delivered as usize) < limit {
             let batch = self.bus.backing.read(after, &filter, READ_BATCH).await?;
             let full = batch.len() == READ_BATCH;
-            for event in batch {
-                let position = event.position.unwrap_or(0);
+            for entry in batch {
+                let position = entry.position();
                 if position > upto || report.delivered as usize >= limit {
                     break 'read;
                 }
                 after = position;
+                let event = match entry {
+                    Entry::Event(event) => event,
+                    Entry::Undecodable(row) => {
+                        report_undecodable(&row, &self.sub.subscriber);
+                        bump(&self.sub.counters.dead_lettered);
+                        report.failed += 1;
+                        continue;
+                    }
+                };
                 if !options.topics.is_empty()
                     && !options
                         .topics
@@ -1086,7 +1128,12 @@ impl Worker {
                 .backing
                 .read(first_retained - 1, &EventFilter::default(), 1)
                 .await?;
-            if oldest.first().is_some_and(|event| event.timestamp <= since) {
+            let oldest_time = match oldest.first() {
+                Some(Entry::Event(event)) => Some(event.timestamp),
+                // Its time is unknown: assume the purge reached the window.
+                _ => None,
+            };
+            if oldest_time.is_some_and(|time| time <= since) {
                 return Ok(None);
             }
         }

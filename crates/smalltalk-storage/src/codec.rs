@@ -250,11 +250,12 @@ pub(crate) fn decode_session(
 
 /// The part of a logged event kept as JSON; everything else (id, topic,
 /// type, publisher, time, priority, scopes) lives in columns, so reading the
-/// log decodes only this.
+/// log decodes only this. The payload is embedded as written and read back
+/// as a slice of the body: no JSON tree is built for it.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 struct EventBodyRef<'a> {
-    payload: &'a Value,
+    payload: &'a serde_json::value::RawValue,
     #[serde(skip_serializing_if = "Map::is_empty")]
     metadata: &'a Map<String, Value>,
     format_version: u32,
@@ -262,9 +263,9 @@ struct EventBodyRef<'a> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct EventBody {
-    #[serde(default)]
-    payload: Value,
+struct EventBody<'a> {
+    #[serde(borrow)]
+    payload: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     metadata: Map<String, Value>,
     format_version: u32,
@@ -274,7 +275,7 @@ struct EventBody {
 pub(crate) fn encode_event(event: &smalltalk_types::Event) -> Result<Vec<u8>> {
     event.validate_depth()?;
     Ok(encode_record(&EventBodyRef {
-        payload: &event.payload,
+        payload: event.payload.as_raw(),
         metadata: &event.metadata,
         format_version: event.format_version,
     })?)
@@ -294,41 +295,76 @@ pub(crate) struct EventColumns<'a> {
     pub(crate) body: &'a [u8],
 }
 
-/// Adds the event in `columns` to `events` if it matches `filter`'s topic
+/// Adds the row in `columns` to `entries` if it matches `filter`'s topic
 /// patterns (the other filters ran in SQL), and moves `cursor` to it. The
-/// topic is checked before the body is decoded.
+/// topic is checked before the body is decoded. A row that does not decode
+/// is added as [`LogEntry::Undecodable`](crate::LogEntry::Undecodable)
+/// (also when its topic does not parse, so cannot be matched): the rows
+/// after it are read all the same.
 pub(crate) fn take_if_matching(
     columns: &EventColumns<'_>,
     filter: &crate::EventFilter,
-    events: &mut Vec<smalltalk_types::Event>,
+    entries: &mut Vec<crate::LogEntry>,
     cursor: &mut u64,
-) -> Result<()> {
+) {
     *cursor = to_u64(columns.position);
-    let topic = smalltalk_types::Topic::parse(columns.topic)?;
-    if filter.patterns.is_empty()
-        || filter
-            .patterns
-            .iter()
-            .any(|pattern| pattern.matches(&topic))
-    {
-        events.push(decode_event(columns, topic)?);
-    }
-    Ok(())
+    let entry = match smalltalk_types::Topic::parse(columns.topic) {
+        Ok(topic) => {
+            if !(filter.patterns.is_empty()
+                || filter
+                    .patterns
+                    .iter()
+                    .any(|pattern| pattern.matches(&topic)))
+            {
+                return;
+            }
+            decode_event(columns, topic)
+        }
+        Err(error) => Err(error),
+    };
+    entries.push(match entry {
+        Ok(event) => crate::LogEntry::Event(event),
+        Err(error) => crate::LogEntry::Undecodable(crate::UndecodableEvent {
+            position: to_u64(columns.position),
+            event_id: columns.id.to_owned(),
+            topic: columns.topic.to_owned(),
+            error,
+        }),
+    });
 }
 
 /// Rebuilds a logged event from its columns.
 fn decode_event(
     columns: &EventColumns<'_>,
     topic: smalltalk_types::Topic,
-) -> Result<smalltalk_types::Event> {
-    let body: EventBody =
-        serde_json::from_slice(columns.body).map_err(smalltalk_types::Error::Encoding)?;
+) -> smalltalk_types::Result<smalltalk_types::Event> {
+    let body: EventBody<'_> = match serde_json::from_slice(columns.body) {
+        Ok(body) => body,
+        Err(error) => {
+            // A newer release may have changed the shape: say so.
+            #[derive(Deserialize)]
+            #[serde(rename_all = "camelCase")]
+            struct Probe {
+                format_version: Option<u32>,
+            }
+            let newer = serde_json::from_slice::<Probe>(columns.body)
+                .ok()
+                .and_then(|probe| probe.format_version)
+                .filter(|found| *found > smalltalk_types::FORMAT_VERSION);
+            return Err(match newer {
+                Some(found) => smalltalk_types::Error::UnsupportedFormatVersion {
+                    found,
+                    supported: smalltalk_types::FORMAT_VERSION,
+                },
+                None => smalltalk_types::Error::Encoding(error),
+            });
+        }
+    };
     if body.format_version > smalltalk_types::FORMAT_VERSION {
         return Err(smalltalk_types::Error::UnsupportedFormatVersion {
             found: body.format_version,
             supported: smalltalk_types::FORMAT_VERSION,
-        }
-        .into());
+        });
     }
     let priority = match columns.priority {
         "critical" => smalltalk_types::EventPriority::Critical,
@@ -346,7 +382,9 @@ fn decode_event(
             .conversation_id
             .map(smalltalk_types::ConversationId::parse)
             .transpose()?,
-        payload: body.payload,
+        payload: body
+            .payload
+            .map_or_else(smalltalk_types::Payload::null, Into::into),
         metadata: body.metadata,
         position: Some(to_u64(columns.position)),
         format_version: body.format_version,

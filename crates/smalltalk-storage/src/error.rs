@@ -68,6 +68,16 @@ pub enum Error {
         #[source]
         source: Box<smalltalk_types::Error>,
     },
+    /// A logged event does not decode (see
+    /// [`EventLog::read_log`](crate::EventLog::read_log) to read past it).
+    #[error("the logged event at position {position} does not decode")]
+    UndecodableEvent {
+        /// Its position.
+        position: u64,
+        /// Why it does not decode.
+        #[source]
+        source: Box<smalltalk_types::Error>,
+    },
     /// A conditional event append found the log at another position.
     /// Nothing was written.
     #[error("the event log is at position {found}, not {expected}")]

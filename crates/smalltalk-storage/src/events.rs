@@ -83,6 +83,51 @@ impl Cursor {
     }
 }
 
+/// One row of the log, as [`EventLog::read_log`] returns it.
+#[derive(Debug)]
+pub enum LogEntry {
+    /// An event.
+    Event(Event),
+    /// A row that does not decode.
+    Undecodable(UndecodableEvent),
+}
+
+impl LogEntry {
+    /// Its position in the log.
+    pub fn position(&self) -> u64 {
+        match self {
+            LogEntry::Event(event) => event.position.unwrap_or(0),
+            LogEntry::Undecodable(row) => row.position,
+        }
+    }
+
+    /// The event, or [`Error::UndecodableEvent`](crate::Error::UndecodableEvent).
+    pub fn into_event(self) -> Result<Event> {
+        match self {
+            LogEntry::Event(event) => Ok(event),
+            LogEntry::Undecodable(row) => Err(crate::Error::UndecodableEvent {
+                position: row.position,
+                source: Box::new(row.error),
+            }),
+        }
+    }
+}
+
+/// A logged row that does not decode: written by a newer release, damaged,
+/// or edited by hand. Readers skip it by position; the event bus
+/// dead-letters it with an ERROR and goes on.
+#[derive(Debug)]
+pub struct UndecodableEvent {
+    /// Its position.
+    pub position: u64,
+    /// Its id column, as stored.
+    pub event_id: String,
+    /// Its topic column, as stored.
+    pub topic: String,
+    /// Why it does not decode.
+    pub error: smalltalk_types::Error,
+}
+
 /// Counts and sizes of a log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EventLogStats {
@@ -114,14 +159,34 @@ pub trait EventLog: Send + Sync + fmt::Debug + 'static {
     /// and nothing is written.
     async fn append_events_at(&self, events: &[Event], expected_last: u64) -> Result<Vec<u64>>;
 
-    /// Up to `limit` events after position `after` (exclusive) that pass
-    /// `filter`, in position order, each with its position set.
+    /// Up to `limit` entries after position `after` (exclusive) that pass
+    /// `filter`, in position order: each an event with its position set,
+    /// or a row that does not decode ([`LogEntry::Undecodable`], counted in
+    /// `limit`; a damaged or hand-edited row never hides the rows after
+    /// it).
+    async fn read_log(
+        &self,
+        after: u64,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> Result<Vec<LogEntry>>;
+
+    /// [`read_log`](EventLog::read_log) for readers that want events only:
+    /// a row that does not decode fails the read with
+    /// [`Error::UndecodableEvent`](crate::Error::UndecodableEvent), which
+    /// names its position (read on after it to skip it).
     async fn read_events(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
-    ) -> Result<Vec<Event>>;
+    ) -> Result<Vec<Event>> {
+        self.read_log(after, filter, limit)
+            .await?
+            .into_iter()
+            .map(LogEntry::into_event)
+            .collect()
+    }
 
     /// The retained range of positions.
     async fn log_bounds(&self) -> Result<LogBounds>;

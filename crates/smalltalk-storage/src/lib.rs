@@ -81,7 +81,9 @@ pub mod sqlite;
 pub mod contract;
 
 pub use error::{BoxError, Error, Result};
-pub use events::{Cursor, EventFilter, EventLog, EventLogStats, LogBounds};
+pub use events::{
+    Cursor, EventFilter, EventLog, EventLogStats, LogBounds, LogEntry, UndecodableEvent,
+};
 pub use memory::MemoryStore;
 pub use open::{OpenOptions, open, open_with};
 pub use traits::{

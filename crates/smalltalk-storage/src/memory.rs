@@ -15,7 +15,8 @@ use smalltalk_types::{
 use crate::codec::{self, advanced_updated_at};
 use crate::{
     AppendGuard, AppendOutcome, BackendKind, Error, EventFilter, EventLog, EventLogStats, Expected,
-    KeyValueStore, LogBounds, Result, SessionFilter, SessionStore, StoreAdmin, StoreStats,
+    KeyValueStore, LogBounds, LogEntry, Result, SessionFilter, SessionStore, StoreAdmin,
+    StoreStats,
 };
 
 /// A store that keeps everything in process memory. Nothing survives the
@@ -419,12 +420,13 @@ impl EventLog for MemoryStore {
         Ok(positions)
     }
 
-    async fn read_events(
+    async fn read_log(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
-    ) -> Result<Vec<Event>> {
+    ) -> Result<Vec<LogEntry>> {
+        // Events are kept decoded: every entry is one.
         let inner = self.lock()?;
         Ok(inner
             .events
@@ -433,6 +435,7 @@ impl EventLog for MemoryStore {
             .filter(|event| filter.matches(event))
             .take(limit)
             .cloned()
+            .map(LogEntry::Event)
             .collect())
     }
 

@@ -483,3 +483,64 @@ async fn every_sqlite_url_form_opens_the_file_it_names() {
         "{broken:?}"
     );
 }
+
+/// However many reads run at once, at most `max_readers` connections are
+/// open: short reads that find none free move to the blocking pool and
+/// wait there, and every read still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_connections_stay_within_the_cap() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let options = SqliteOptions {
+        max_readers: 2,
+        max_idle_readers: 8,
+        ..Default::default()
+    };
+    let store = Arc::new(
+        SqliteStore::open_with(dir.path().join("capped.db"), options)
+            .await
+            .unwrap(),
+    );
+    // Long enough that its read goes to the blocking pool.
+    let long =
+        smalltalk_storage::contract::sessions::stored_with_messages(store.as_ref(), 2000).await;
+    let short =
+        smalltalk_storage::contract::sessions::stored_with_messages(store.as_ref(), 2).await;
+    let most = Arc::new(AtomicUsize::new(0));
+    let reads: Vec<_> = (0..200)
+        .map(|n| {
+            let (store, most) = (Arc::clone(&store), Arc::clone(&most));
+            tokio::spawn(async move {
+                let id = if n % 2 == 0 { long.id } else { short.id };
+                let read = store.get_session(id).await.unwrap().unwrap();
+                most.fetch_max(store.reader_connections(), Ordering::Relaxed);
+                read.messages.len()
+            })
+        })
+        .collect();
+    for (n, read) in reads.into_iter().enumerate() {
+        let expected = if n % 2 == 0 { 2000 } else { 2 };
+        assert_eq!(read.await.unwrap(), expected);
+    }
+    let most = most.load(Ordering::Relaxed);
+    assert!((1..=2).contains(&most), "{most} reader connections open");
+    assert!(store.reader_connections() <= 2);
+    let refused = SqliteStore::open_with(
+        dir.path().join("none.db"),
+        SqliteOptions {
+            max_readers: 0,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(Error::Domain(smalltalk_types::Error::InvalidConfig {
+                field: "max_readers",
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+}

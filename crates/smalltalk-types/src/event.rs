@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::format::{Versioned, default_format_version};
 use crate::time::duration_ms;
-use crate::{ConversationId, EventId, SessionId, Timestamp, Topic};
+use crate::{ConversationId, EventId, Payload, SessionId, Timestamp, Topic};
 
 /// How urgent an event is; replay policies can select critical events only.
 #[derive(
@@ -55,9 +55,9 @@ pub struct Event {
     /// The group conversation it belongs to, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<ConversationId>,
-    /// The body.
+    /// The body, as JSON text parsed only on access (see [`Payload`]).
     #[serde(default)]
-    pub payload: Value,
+    pub payload: Payload,
     /// Free-form metadata.
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
@@ -73,7 +73,7 @@ impl Event {
     /// Checks the payload and the metadata each nest at most
     /// [`MAX_JSON_DEPTH`](crate::format::MAX_JSON_DEPTH) levels.
     pub fn validate_depth(&self) -> crate::Result<()> {
-        crate::format::check_depth("event payload", &self.payload)?;
+        self.payload.check_depth("event payload")?;
         crate::format::check_map_depth("event metadata", &self.metadata)
     }
 }
@@ -141,7 +141,7 @@ mod tests {
             priority: EventPriority::Critical,
             session_id: Some(SessionId::new()),
             conversation_id: None,
-            payload: serde_json::json!({"ok": true}),
+            payload: serde_json::json!({"ok": true}).into(),
             metadata: Map::new(),
             position: Some(7),
             format_version: crate::FORMAT_VERSION,

@@ -58,6 +58,38 @@ fn within(field: &'static str, ok: bool) -> Result<()> {
     }
 }
 
+/// [`check_depth`] for JSON text (valid JSON, as a
+/// [`Payload`](crate::Payload) holds): one pass over the bytes, counting
+/// open brackets outside strings.
+pub fn check_text_depth(field: &'static str, json: &str) -> Result<()> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in json.as_bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return within(field, false);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Whether `value` nests at most `limit` levels.
 fn depth_at_most(value: &serde_json::Value, limit: usize) -> bool {
     use serde_json::Value;

@@ -47,6 +47,7 @@ pub mod event;
 pub mod format;
 pub mod health;
 pub mod id;
+pub mod payload;
 pub mod ports;
 pub mod session;
 pub mod time;
@@ -60,6 +61,7 @@ pub use health::{
     AgentHealthStatus, AgentPhase, HealthState, RecoveryKind, RecoveryStrategy, RestartType,
 };
 pub use id::{AgentId, ConversationId, EventId, MessageId, SessionId, StorageKey, SubscriberId};
+pub use payload::Payload;
 pub use ports::{
     AgentStateSource, Alert, AlertSeverity, AlertSink, Announcement, DegradationControl, EventSink,
     LogAlertSink, MissedEventReplayer, RecordingAlertSink, RecordingEventSink, ReplayCounts,

@@ -68,7 +68,7 @@ async fn transitions_go_onto_the_bus_and_recovery_replays_missed_events() -> any
                 let health = health.clone();
                 move |delivery: Delivery| {
                     health.lock().unwrap().push(
-                        delivery.event().payload["to"]
+                        delivery.event().payload.to_value().unwrap()["to"]
                             .as_str()
                             .unwrap_or("")
                             .to_owned(),

@@ -62,7 +62,12 @@ async fn subscribe(url: &str, subscriber: &str, pattern: &str) -> anyhow::Result
         let stdin = Arc::clone(&stdin);
         async move {
             let event = delivery.event();
-            let index = event.payload["index"].as_u64().unwrap_or(u64::MAX);
+            let index = event
+                .payload
+                .to_value()
+                .ok()
+                .and_then(|payload| payload["index"].as_u64());
+            let index = index.unwrap_or(u64::MAX);
             let position = delivery.position();
             say(format!("handling {position} {} {index}", event.topic)).await;
             let answer = stdin.lock().await.next_line().await.ok().flatten();

@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
             priority: EventPriority::Critical,
             session_id: None,
             conversation_id: None,
-            payload: serde_json::json!({ "index": index }),
+            payload: serde_json::json!({ "index": index }).into(),
             metadata: serde_json::Map::new(),
             position: None,
             format_version: FORMAT_VERSION,

@@ -27,7 +27,7 @@ pub fn event(topic: &str, seconds: i64, priority: EventPriority) -> Event {
         priority,
         session_id: None,
         conversation_id: None,
-        payload: json!({"text": "ünïcødé ✓", "n": seconds}),
+        payload: json!({"text": "ünïcødé ✓", "n": seconds}).into(),
         metadata: serde_json::Map::new(),
         position: None,
         format_version: smalltalk_types::FORMAT_VERSION,
@@ -411,7 +411,7 @@ pub async fn too_deep_events_are_refused(backend: &impl Backend) {
     let store = backend.open(test_clock()).await;
     store.append_events(&[normal("a:b", 1)]).await.unwrap();
     let mut deep = normal("a:b", 2);
-    deep.payload = super::sessions::nested_json(200);
+    deep.payload = super::sessions::nested_json(200).into();
     let refused = store.append_events(&[normal("a:b", 2), deep.clone()]).await;
     assert!(
         matches!(

@@ -218,14 +218,14 @@ impl EventLog for FaultyStore {
         let positions = self.inner.append_events_at(events, expected_last).await?;
         Ok(self.maybe_short(positions))
     }
-    async fn read_events(
+    async fn read_log(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
-    ) -> Result<Vec<Event>> {
+    ) -> Result<Vec<crate::LogEntry>> {
         self.read("read_events")?;
-        self.inner.read_events(after, filter, limit).await
+        self.inner.read_log(after, filter, limit).await
     }
     async fn log_bounds(&self) -> Result<LogBounds> {
         self.read("log_bounds")?;

@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::{PgStore, pg_error};
 use crate::codec::{self, to_i64, to_u64};
-use crate::{Error, EventFilter, EventLog, EventLogStats, LogBounds, Result};
+use crate::{Error, EventFilter, EventLog, EventLogStats, LogBounds, LogEntry, Result};
 
 impl PgStore {
     /// One statement: the head row's lock orders appenders until commit,
@@ -107,12 +107,12 @@ impl EventLog for PgStore {
         self.append(events, Some(expected_last)).await
     }
 
-    async fn read_events(
+    async fn read_log(
         &self,
         after: u64,
         filter: &EventFilter,
         limit: usize,
-    ) -> Result<Vec<Event>> {
+    ) -> Result<Vec<LogEntry>> {
         let batch = limit.clamp(1, 1024);
         let mut events = Vec::new();
         let mut cursor = after;
@@ -138,7 +138,7 @@ impl EventLog for PgStore {
             let fetched = rows.len();
             for row in &rows {
                 let columns = event_columns(row).map_err(pg_error)?;
-                codec::take_if_matching(&columns, filter, &mut events, &mut cursor)?;
+                codec::take_if_matching(&columns, filter, &mut events, &mut cursor);
                 if events.len() == limit {
                     break;
                 }

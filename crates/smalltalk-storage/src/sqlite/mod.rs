@@ -49,8 +49,12 @@ pub struct SqliteOptions {
     /// How long a write waits for another process's lock (URL option
     /// `busy_timeout_ms`).
     pub busy_timeout: Duration,
-    /// Read connections kept open for reuse.
+    /// Read connections kept open for reuse (at most `max_readers`).
     pub max_idle_readers: usize,
+    /// Read connections open at once, at least 1. A read past it waits on
+    /// the blocking pool for one to be free; a short read that would wait
+    /// moves there instead of waiting on the caller's thread.
+    pub max_readers: usize,
     /// The clock used for key-value TTLs.
     pub clock: Arc<dyn Clock>,
 }
@@ -61,6 +65,7 @@ impl Default for SqliteOptions {
             synchronous: Synchronous::Normal,
             busy_timeout: Duration::from_secs(5),
             max_idle_readers: 4,
+            max_readers: 16,
             clock: Arc::new(SystemClock),
         }
     }
@@ -92,7 +97,17 @@ impl SqliteStore {
     }
 
     /// Opens (creating if needed) the database at `path`.
+    ///
+    /// Errors: [`smalltalk_types::Error::InvalidConfig`] for
+    /// `max_readers` of 0; otherwise I/O, schema and backend errors.
     pub async fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
+        if options.max_readers == 0 {
+            return Err(smalltalk_types::Error::InvalidConfig {
+                field: "max_readers",
+                reason: "must be at least 1".into(),
+            }
+            .into());
+        }
         let path = path.as_ref().to_path_buf();
         let setup_path = path.clone();
         let setup_options = options.clone();
@@ -103,7 +118,12 @@ impl SqliteStore {
                 source: Box::new(join),
             })??;
         let writer = Writer::new(conn, path.clone(), options.busy_timeout)?;
-        let readers = Readers::new(path.clone(), options.busy_timeout, options.max_idle_readers);
+        let readers = Readers::new(
+            path.clone(),
+            options.busy_timeout,
+            options.max_idle_readers,
+            options.max_readers,
+        );
         tracing::debug!(backend = "sqlite", path = %path.display(), "opened store");
         Ok(Self {
             path,
@@ -119,6 +139,12 @@ impl SqliteStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Read connections open now, idle or in use: never more than
+    /// [`SqliteOptions::max_readers`].
+    pub fn reader_connections(&self) -> usize {
+        self.readers.open_connections()
     }
 
     /// The settings in force on the write connection, read back from

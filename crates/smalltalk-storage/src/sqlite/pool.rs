@@ -26,7 +26,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
@@ -274,6 +274,9 @@ impl Writer {
                 }
                 // Fold the WAL into the database and empty it, so nothing
                 // deleted (an invalidated session's content) stays in it.
+                // A read still running (or the checkpointer thread) is
+                // waited for, as long as a write would wait.
+                let _ = open.busy_timeout(writer.busy_timeout);
                 match open.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
                     row.get::<_, i64>(0)
                 }) {
@@ -412,69 +415,151 @@ impl Checkpointer {
     }
 }
 
-/// Read connections, opened on demand and kept for reuse.
+/// Read connections, opened on demand, at most `max_open` at once, and up
+/// to `max_idle` kept for reuse.
 #[derive(Debug)]
 pub(super) struct Readers {
     path: PathBuf,
     busy_timeout: Duration,
-    idle: Mutex<Vec<Connection>>,
+    state: Mutex<ReaderState>,
+    freed: Condvar,
     max_idle: usize,
+    max_open: usize,
+}
+
+#[derive(Debug, Default)]
+struct ReaderState {
+    idle: Vec<Connection>,
+    /// Connections open, idle or in use.
+    open: usize,
 }
 
 impl Readers {
-    pub(super) fn new(path: PathBuf, busy_timeout: Duration, max_idle: usize) -> Arc<Self> {
+    pub(super) fn new(
+        path: PathBuf,
+        busy_timeout: Duration,
+        max_idle: usize,
+        max_open: usize,
+    ) -> Arc<Self> {
         Arc::new(Self {
             path,
             busy_timeout,
-            idle: Mutex::new(Vec::new()),
-            max_idle,
+            state: Mutex::default(),
+            freed: Condvar::new(),
+            max_idle: max_idle.min(max_open),
+            max_open,
         })
     }
 
-    fn take(&self) -> Result<Connection> {
-        if let Some(conn) = lock(&self.idle).pop() {
-            return Ok(conn);
+    /// An idle connection, or a new one if fewer than `max_open` are open;
+    /// `None` if all are in use. Never waits.
+    fn try_take(&self) -> Option<Result<Connection>> {
+        let mut state = lock(&self.state);
+        if let Some(conn) = state.idle.pop() {
+            return Some(Ok(conn));
         }
-        let conn = Connection::open_with_flags(
+        if state.open >= self.max_open {
+            return None;
+        }
+        state.open += 1;
+        drop(state);
+        let opened = Connection::open_with_flags(
             &self.path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .map_err(sqlite_error)?;
-        conn.busy_timeout(self.busy_timeout).map_err(sqlite_error)?;
-        Ok(conn)
+        .map_err(sqlite_error);
+        if opened.is_err() {
+            lock(&self.state).open -= 1;
+            self.freed.notify_one();
+        }
+        Some(opened)
     }
 
-    fn put(&self, conn: Connection) {
-        let mut idle = lock(&self.idle);
-        if idle.len() < self.max_idle {
-            idle.push(conn);
+    /// A connection, waiting for one to be put back if `max_open` are in
+    /// use (on the blocking pool only).
+    fn take_waiting(&self) -> Result<Connection> {
+        loop {
+            if let Some(conn) = self.try_take() {
+                return conn;
+            }
+            let state = lock(&self.state);
+            if state.idle.is_empty() && state.open >= self.max_open {
+                drop(
+                    self.freed
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                );
+            }
         }
     }
 
-    /// Runs short `work` on a reader connection, on the caller's thread.
-    pub(super) fn inline<T>(&self, work: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.take()?;
-        let result = work(&conn);
-        self.put(conn);
-        result
+    fn put(&self, conn: Connection) {
+        let mut state = lock(&self.state);
+        if state.idle.len() < self.max_idle {
+            state.idle.push(conn);
+        } else {
+            state.open -= 1;
+            drop(state);
+            drop(conn);
+        }
+        self.freed.notify_one();
     }
 
-    /// Runs possibly long `work` on a reader connection on the blocking pool.
+    /// Runs short `work` on the caller's thread, if a connection is free
+    /// and the database is not locked: `None` when it would have to wait
+    /// for either (run it with [`blocking`](Self::blocking) then).
+    pub(super) fn try_inline<T>(
+        &self,
+        work: &impl Fn(&Connection) -> Result<T>,
+    ) -> Option<Result<T>> {
+        let conn = match self.try_take()? {
+            Ok(conn) => conn,
+            Err(error) => return Some(Err(error)),
+        };
+        let result = conn
+            .busy_timeout(Duration::ZERO)
+            .map_err(sqlite_error)
+            .and_then(|()| work(&conn));
+        self.put(conn);
+        match result {
+            Err(Error::Unavailable { .. }) => None,
+            done => Some(done),
+        }
+    }
+
+    /// Runs possibly long `work` on a reader connection on the blocking
+    /// pool, waiting for a free connection and for locks as configured.
     pub(super) async fn blocking<T, F>(self: &Arc<Self>, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
         let readers = Arc::clone(self);
-        tokio::task::spawn_blocking(move || readers.inline(work))
-            .await
-            .map_err(|join| Error::Backend {
-                backend: "sqlite",
-                source: Box::new(join),
-            })?
+        tokio::task::spawn_blocking(move || {
+            let conn = readers.take_waiting()?;
+            let result = conn
+                .busy_timeout(readers.busy_timeout)
+                .map_err(sqlite_error)
+                .and_then(|()| work(&conn));
+            readers.put(conn);
+            result
+        })
+        .await
+        .map_err(|join| Error::Backend {
+            backend: "sqlite",
+            source: Box::new(join),
+        })?
+    }
+
+    /// Connections open now, idle or in use.
+    pub(super) fn open_connections(&self) -> usize {
+        lock(&self.state).open
     }
 
     pub(super) fn clear(&self) {
-        lock(&self.idle).clear();
+        let mut state = lock(&self.state);
+        let closed = state.idle.len();
+        state.idle.clear();
+        state.open -= closed;
     }
 }

@@ -37,12 +37,18 @@ impl SqliteStore {
 
     /// A short read, on the caller's thread (`async` only for a uniform
     /// call shape; it never suspends).
-    pub(super) async fn read_inline<T>(
-        &self,
-        work: impl FnOnce(&Connection) -> Result<T> + Send,
-    ) -> Result<T> {
+    pub(super) async fn read_inline<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&Connection) -> Result<T> + Send + 'static,
+    {
         self.check_open()?;
-        self.readers.inline(work)
+        match self.readers.try_inline(&work) {
+            Some(done) => done,
+            // Every reader is busy, or another process holds a lock the
+            // read would wait for: wait on the blocking pool, not here.
+            None => self.readers.blocking(work).await,
+        }
     }
 
     /// A read that may take long, on the blocking pool.
@@ -361,7 +367,7 @@ impl SessionStore for SqliteStore {
 
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
         let small = self
-            .read_inline(|conn| {
+            .read_inline(move |conn| {
                 in_read_transaction(conn, |conn| read_session(conn, id, INLINE_READ_LIMIT))
             })
             .await?;
