@@ -256,7 +256,6 @@ pub async fn measure_under_append_flood(
             sessions
                 .update(session.id, |s| {
                     s.metadata.insert("round".into(), round.into());
-                    Ok(())
                 })
                 .await
                 .expect("update under flood");

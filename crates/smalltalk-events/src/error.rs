@@ -51,12 +51,14 @@ pub enum Error {
         found: u64,
     },
     /// A replay-policy file that cannot be read or does not parse.
-    #[error("replay policies from {origin}: {reason}")]
+    #[error("replay policies from {origin} cannot be read")]
     PolicyFile {
         /// The file (or `<string>`).
         origin: String,
-        /// What is wrong, with the line where the parser knows it.
-        reason: String,
+        /// What is wrong: the I/O error, or the parser's (with the line
+        /// where it knows it).
+        #[source]
+        source: smalltalk_types::BoxError,
     },
     /// The event log failed. For a publish, nothing was delivered; whether
     /// it was stored is unknown only if the failure is

@@ -67,7 +67,7 @@ impl ReplayPolicies {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|error| Error::PolicyFile {
             origin: origin.clone(),
-            reason: error.to_string(),
+            source: Box::new(error),
         })?;
         Self::parse(&text, &origin)
     }
@@ -79,7 +79,7 @@ impl ReplayPolicies {
         }
         let policies: Self = serde_saphyr::from_str(text).map_err(|error| Error::PolicyFile {
             origin: origin.to_owned(),
-            reason: error.to_string(),
+            source: Box::new(error),
         })?;
         policies.validate()?;
         Ok(policies)

@@ -33,12 +33,13 @@ pub enum Error {
     Storage(#[from] smalltalk_storage::Error),
     /// The session an agent serves refused to keep or give its state (over
     /// its limits, gone, invalidated, or its storage failing).
-    #[error("agent {agent_id}'s state in its session: {reason}")]
+    #[error("agent {agent_id}'s state in its session could not be kept or read")]
     AgentState {
         /// The agent.
         agent_id: AgentId,
         /// What the session manager answered.
-        reason: String,
+        #[source]
+        source: smalltalk_types::BoxError,
     },
 }
 

@@ -381,9 +381,9 @@ impl AgentHealthMonitor {
             return source
                 .store_agent_state(session, state.clone())
                 .await
-                .map_err(|reason| Error::AgentState {
+                .map_err(|source| Error::AgentState {
                     agent_id: state.agent_id.clone(),
-                    reason,
+                    source,
                 });
         }
         let Some(states) = &self.inner.states else {
@@ -402,9 +402,9 @@ impl AgentHealthMonitor {
             return source
                 .load_agent_state(session, agent_id)
                 .await
-                .map_err(|reason| Error::AgentState {
+                .map_err(|source| Error::AgentState {
                     agent_id: agent_id.clone(),
-                    reason,
+                    source,
                 });
         }
         let Some(states) = &self.inner.states else {

@@ -75,12 +75,13 @@ pub enum Error {
     /// Earlier writes to this session, acknowledged in `async` durability,
     /// have not reached storage yet: the last background flush failed. They
     /// are kept and retried; this call was not performed. Reported once.
-    #[error("writes to session {id} are not yet stored: {reason}")]
+    #[error("writes to session {id} are not yet stored")]
     FlushFailed {
         /// The session.
         id: SessionId,
         /// The storage error of the last attempt.
-        reason: String,
+        #[source]
+        source: std::sync::Arc<smalltalk_storage::Error>,
     },
     /// `async` durability: the messages acknowledged but not yet stored
     /// would pass `max_pending_bytes` (storage is failing or slow). This
@@ -93,11 +94,11 @@ pub enum Error {
         /// The limit.
         limit: u64,
     },
-    /// An update closure gave up; nothing was written.
-    #[error("update aborted: {reason}")]
-    Aborted {
-        /// Why, in the closure's words.
-        reason: String,
+    /// An update closure changed the session's id; nothing was written.
+    #[error("an update of session {id} changed its id")]
+    IdChanged {
+        /// The session.
+        id: SessionId,
     },
     /// Invalid input or configuration.
     #[error(transparent)]

@@ -91,7 +91,6 @@ async fn writes_are_acknowledged_from_memory_visible_at_once_and_flushed() {
     f.sessions
         .update(session.id, |s| {
             s.metadata.insert("k".into(), "v".into());
-            Ok(())
         })
         .await
         .unwrap();
@@ -315,7 +314,6 @@ async fn cleanup_drops_the_pending_writes_of_expired_sessions() {
     f.sessions
         .update(short.id, |s| {
             s.metadata.insert("pending".into(), true.into());
-            Ok(())
         })
         .await
         .unwrap();
@@ -361,7 +359,6 @@ async fn too_deep_values_are_refused_before_the_acknowledgement() {
         .sessions
         .update(session.id, |s| {
             s.metadata.insert("x".into(), nested(200));
-            Ok(())
         })
         .await;
     assert!(

@@ -15,6 +15,15 @@ use smalltalk_types::{
     Timestamp,
 };
 
+/// A caller's own error type, for `try_update`.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("changed my mind")]
+    ChangedMyMind,
+    #[error(transparent)]
+    Session(#[from] Error),
+}
+
 struct Fixture {
     sessions: SessionManager,
     store: Arc<dyn Store>,
@@ -128,7 +137,6 @@ async fn update_reapplies_the_closure_after_a_conflict(backend: &impl Backend) {
                         .unwrap();
                     runtime.block_on(other.update(session.id, |s| {
                         s.metadata.insert("theirs".into(), json!(1));
-                        Ok(())
                     }))
                 })
                 .join()
@@ -136,7 +144,6 @@ async fn update_reapplies_the_closure_after_a_conflict(backend: &impl Backend) {
                 .unwrap();
             }
             current.metadata.insert("mine".into(), json!(2));
-            Ok(())
         })
         .await
         .unwrap();
@@ -170,7 +177,6 @@ async fn concurrent_updates_lose_nothing(backend: &impl Backend) {
                         .and_then(|v| v.as_u64())
                         .unwrap_or(0);
                     s.metadata.insert("count".into(), json!(count + 1));
-                    Ok(())
                 })
                 .await
                 .unwrap();
@@ -308,7 +314,6 @@ async fn updates_and_invalidation_get_through_an_append_flood(backend: &impl Bac
             .sessions
             .update(session.id, |s| {
                 s.metadata.insert("round".into(), json!(round));
-                Ok(())
             })
             .await
             .unwrap_or_else(|error| panic!("update {round} failed: {error}"));
@@ -413,7 +418,7 @@ async fn invalidation_is_final(backend: &impl Backend) {
         .add_message(session.id, text("after", &f.clock))
         .await;
     assert!(matches!(add, Err(Error::Invalidated { .. })), "{add:?}");
-    let update = f.sessions.update(session.id, |_| Ok(())).await;
+    let update = f.sessions.update(session.id, |_| ()).await;
     assert!(
         matches!(update, Err(Error::Invalidated { .. })),
         "{update:?}"
@@ -533,7 +538,7 @@ async fn expiry_and_cleanup(backend: &impl Backend) {
         f.sessions.restore(short.id).await,
         Err(Error::Expired { .. })
     ));
-    let update = f.sessions.update(short.id, |_| Ok(())).await;
+    let update = f.sessions.update(short.id, |_| ()).await;
     assert!(matches!(update, Err(Error::Expired { .. })), "{update:?}");
     assert_eq!(f.sessions.cleanup_expired().await.unwrap(), 1);
     assert!(f.sessions.get(short.id).await.unwrap().is_none());
@@ -775,7 +780,6 @@ async fn too_deep_values_are_refused(backend: &impl Backend) {
         .sessions
         .update(session.id, |s| {
             s.metadata.insert("x".into(), nested(200));
-            Ok(())
         })
         .await;
     assert!(too_deep(&updated), "{updated:?}");
@@ -849,20 +853,27 @@ async fn bad_input_is_refused(backend: &impl Backend) {
         ));
     }
     let session = f.sessions.create(CreateOptions::default()).await.unwrap();
-    let aborted = f
+    let aborted = f.sessions.try_update(session.id, |s| {
+        s.metadata.insert("half".into(), json!(true));
+        Err::<(), _>(Refusal::ChangedMyMind)
+    });
+    // The closure's own error comes back as is, in its own type.
+    assert!(matches!(aborted.await, Err(Refusal::ChangedMyMind)));
+    let unknown_session = f
         .sessions
-        .update(session.id, |s| -> smalltalk_session::Result<()> {
-            s.metadata.insert("half".into(), json!(true));
-            Err(Error::Aborted {
-                reason: "changed my mind".into(),
-            })
-        });
-    assert!(matches!(aborted.await, Err(Error::Aborted { .. })));
+        .try_update(SessionId::new(), |_| Ok::<_, Refusal>(()))
+        .await;
+    assert!(
+        matches!(
+            unknown_session,
+            Err(Refusal::Session(Error::NotFound { .. }))
+        ),
+        "the update's own errors come through From: {unknown_session:?}"
+    );
     let swapped = f.sessions.update(session.id, |s| {
         s.id = SessionId::new();
-        Ok(())
     });
-    assert!(matches!(swapped.await, Err(Error::Aborted { .. })));
+    assert!(matches!(swapped.await, Err(Error::IdChanged { .. })));
     let stored = f.store.get_session(session.id).await.unwrap().unwrap();
     assert_eq!(
         (stored.version, stored.metadata.len()),
@@ -875,7 +886,7 @@ async fn bad_input_is_refused(backend: &impl Backend) {
         Err(Error::NotFound { .. })
     ));
     assert!(matches!(
-        f.sessions.update(unknown, |_| Ok(())).await,
+        f.sessions.update(unknown, |_| ()).await,
         Err(Error::NotFound { .. })
     ));
     assert!(matches!(

@@ -36,7 +36,6 @@ async fn failed_writes_are_reported_counted_and_leave_no_trace() {
         sessions
             .update(session.id, |s| {
                 s.metadata.insert("lost".into(), true.into());
-                Ok(())
             })
             .await,
     );
@@ -81,7 +80,7 @@ async fn failed_reads_are_transient_errors() {
     let session = sessions.create(CreateOptions::default()).await.unwrap();
     faulty.fail_reads(true);
     assert_transient(sessions.restore(session.id).await);
-    assert_transient(sessions.update(session.id, |_| Ok(())).await);
+    assert_transient(sessions.update(session.id, |_| ()).await);
     faulty.fail_reads(false);
     assert_eq!(sessions.restore(session.id).await.unwrap().id, session.id);
 }

@@ -40,7 +40,6 @@ async fn every_session_metric_is_emitted() {
             session
                 .metadata
                 .insert("moves".into(), "the version on".into());
-            Ok(())
         })
         .await
         .unwrap();

@@ -63,8 +63,9 @@ pub use health::{
 pub use id::{AgentId, ConversationId, EventId, MessageId, SessionId, StorageKey, SubscriberId};
 pub use payload::Payload;
 pub use ports::{
-    AgentStateSource, Alert, AlertSeverity, AlertSink, Announcement, DegradationControl, EventSink,
-    LogAlertSink, MissedEventReplayer, RecordingAlertSink, RecordingEventSink, ReplayCounts,
+    AgentStateSource, Alert, AlertSeverity, AlertSink, Announcement, BoxError, DegradationControl,
+    EventSink, LogAlertSink, MissedEventReplayer, RecordingAlertSink, RecordingEventSink,
+    ReplayCounts,
 };
 pub use session::{AgentState, Message, Role, Session, SessionState, SessionSummary};
 pub use time::{Clock, ManualClock, SystemClock, Timestamp};

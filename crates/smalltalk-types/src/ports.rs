@@ -205,6 +205,10 @@ pub trait MissedEventReplayer: Send + Sync + fmt::Debug + 'static {
     ) -> Result<ReplayCounts, String>;
 }
 
+/// The error a port implementation reports: any error, kept as the cause
+/// (`#[source]`) of the caller's typed error.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Where an agent's state lives (FR-009a): the session it serves. The
 /// health monitor keeps and restores an agent's state through it, so a
 /// restarted agent gets the state the session kept, within the session's
@@ -216,14 +220,14 @@ pub trait AgentStateSource: Send + Sync + fmt::Debug + 'static {
         &self,
         session: crate::SessionId,
         agent: &AgentId,
-    ) -> Result<Option<crate::AgentState>, String>;
+    ) -> Result<Option<crate::AgentState>, BoxError>;
 
     /// Stores `state` as its agent's state in `session`.
     async fn store_agent_state(
         &self,
         session: crate::SessionId,
         state: crate::AgentState,
-    ) -> Result<(), String>;
+    ) -> Result<(), BoxError>;
 }
 
 /// Graceful degradation (FR-010a): the health monitor switches it, the

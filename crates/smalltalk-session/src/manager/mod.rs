@@ -266,13 +266,13 @@ impl smalltalk_types::AgentStateSource for SessionManager {
         &self,
         session: SessionId,
         agent: &smalltalk_types::AgentId,
-    ) -> std::result::Result<Option<AgentState>, String> {
+    ) -> std::result::Result<Option<AgentState>, smalltalk_types::BoxError> {
         let header = self
             .inner
             .store
             .get_session_header(session)
             .await
-            .map_err(|error| error.to_string())?;
+            .map_err(Error::from)?;
         Ok(header
             .map(|header| self.merge_pending(header))
             .and_then(|mut header| header.agent_states.remove(agent)))
@@ -282,20 +282,18 @@ impl smalltalk_types::AgentStateSource for SessionManager {
         &self,
         session: SessionId,
         state: AgentState,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), smalltalk_types::BoxError> {
         self.update_agent_state(session, state)
             .await
             .map(drop)
-            .map_err(|error| error.to_string())
+            .map_err(Into::into)
     }
 }
 
 /// Refuses an update that changed the session's identity.
 fn check_same_id(id: SessionId, session: &Session) -> Result<()> {
     if session.id != id {
-        return Err(Error::Aborted {
-            reason: "the update changed the session's id".into(),
-        });
+        return Err(Error::IdChanged { id });
     }
     Ok(())
 }
@@ -554,7 +552,7 @@ impl SessionManager {
     pub async fn close(&self) -> Result<()> {
         let report = self.flush().await?;
         match self.first_unflushed() {
-            Some((id, reason)) if report.failed > 0 => Err(Error::FlushFailed { id, reason }),
+            Some((id, source)) if report.failed > 0 => Err(Error::FlushFailed { id, source }),
             _ => Ok(()),
         }
     }
@@ -699,32 +697,108 @@ impl SessionManager {
     /// change came in between; otherwise `change` runs again on the new
     /// data (with backoff, until `conflict_timeout`), so concurrent updates
     /// are never lost. Appends do not count as changes here: however fast
-    /// messages arrive, they never make an update conflict. Returns the saved session and `change`'s value.
+    /// messages arrive, they never make an update conflict. Returns the
+    /// saved session and `change`'s value.
     ///
     /// The session given to `change` has no history (`messages` is empty:
     /// the history is append-only, see [`add_message`](Self::add_message));
-    /// everything else is there. Return `Err(Error::Aborted { .. })` to give
-    /// up without writing.
-    #[tracing::instrument(skip_all, fields(session_id = %id), err)]
+    /// everything else is there. To give up without writing, use
+    /// [`try_update`](Self::try_update).
+    ///
+    /// ```
+    /// # async fn demo(sessions: smalltalk_session::SessionManager, id: smalltalk_types::SessionId)
+    /// # -> smalltalk_session::Result<()> {
+    /// let (session, ()) = sessions
+    ///     .update(id, |session| {
+    ///         session.metadata.insert("topic".into(), "billing".into());
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
     pub async fn update<T, F>(&self, id: SessionId, mut change: F) -> Result<(Session, T)>
     where
-        F: FnMut(&mut Session) -> Result<T> + Send,
+        F: FnMut(&mut Session) -> T + Send,
         T: Send,
     {
-        if self.inner.writeback.is_some() {
-            return self.update_buffered(id, change).await;
-        }
-        let changed = self
-            .change_header(id, |session, now| {
+        self.try_update(id, |session| Ok::<_, Error>(change(session)))
+            .await
+    }
+
+    /// [`update`](Self::update) with a closure that may refuse: an `Err`
+    /// from `change` is returned as is, in the caller's own error type, and
+    /// nothing is written. Errors of the update itself (not found,
+    /// invalidated, conflict past `conflict_timeout`, storage) come as
+    /// `E::from(Error)`. A closure that changes the session's id gets
+    /// [`Error::IdChanged`].
+    ///
+    /// ```
+    /// # async fn demo(sessions: smalltalk_session::SessionManager, id: smalltalk_types::SessionId)
+    /// # -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    /// #[derive(Debug, thiserror::Error)]
+    /// enum Refused {
+    ///     #[error("the session is locked")]
+    ///     Locked,
+    ///     #[error(transparent)]
+    ///     Session(#[from] smalltalk_session::Error),
+    /// }
+    /// let outcome = sessions
+    ///     .try_update(id, |session| {
+    ///         if session.metadata.contains_key("locked") {
+    ///             return Err(Refused::Locked);
+    ///         }
+    ///         session.metadata.insert("owner".into(), "planner".into());
+    ///         Ok(())
+    ///     })
+    ///     .await;
+    /// # let _ = outcome; Ok(()) }
+    /// ```
+    #[tracing::instrument(skip_all, fields(session_id = %id))]
+    pub async fn try_update<T, E, F>(
+        &self,
+        id: SessionId,
+        mut change: F,
+    ) -> std::result::Result<(Session, T), E>
+    where
+        F: FnMut(&mut Session) -> std::result::Result<T, E> + Send,
+        T: Send,
+        E: From<Error> + Send,
+    {
+        let mut refused: Option<E> = None;
+        let mut apply = |session: &mut Session| -> Result<Option<T>> {
+            match change(session) {
+                Ok(value) => {
+                    check_same_id(id, session)?;
+                    Ok(Some(value))
+                }
+                Err(error) => {
+                    refused = Some(error);
+                    Ok(None)
+                }
+            }
+        };
+        let changed = if self.inner.writeback.is_some() {
+            self.update_buffered(id, &mut apply).await
+        } else {
+            self.change_header(id, |session, now| {
                 check_open(session, now)?;
-                let value = change(session)?;
-                check_same_id(id, session)?;
-                Ok(Some(value))
+                apply(session)
             })
-            .await?;
-        let (session, value) = changed.expect("the change always writes");
-        self.track(&session);
-        Ok((session, value))
+            .await
+        };
+        if let Some(error) = refused {
+            return Err(error);
+        }
+        match changed {
+            Ok(Some((session, value))) => {
+                self.track(&session);
+                Ok((session, value))
+            }
+            Ok(None) => unreachable!("only a refusal writes nothing"),
+            Err(error) => {
+                tracing::debug!(session_id = %id, %error, "update failed");
+                Err(error.into())
+            }
+        }
     }
 
     /// Reads `id`'s header, lets `change` edit it (or return `None`: nothing
@@ -898,7 +972,6 @@ impl SessionManager {
             .update(id, |session| {
                 from = Some(session.state);
                 session.state = state;
-                Ok(())
             })
             .await;
         let (session, ()) = match updated {
@@ -933,7 +1006,6 @@ impl SessionManager {
             session
                 .agent_states
                 .insert(state.agent_id.clone(), state.clone());
-            Ok(())
         })
         .await?;
         Ok(report)
@@ -1172,7 +1244,6 @@ impl SessionManager {
                         if session.state == SessionState::Active {
                             session.state = SessionState::Idle;
                         }
-                        Ok(())
                     })
                     .await;
                 match outcome {

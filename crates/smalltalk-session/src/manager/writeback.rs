@@ -2,12 +2,13 @@
 //! background, with the retry, alert and reporting policy of FR-002a/b.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use smalltalk_storage::{AppendGuard, Expected};
 use smalltalk_types::{Alert, AlertSeverity, Message, Session, SessionId, SessionState, Timestamp};
 
-use super::{Appended, SessionManager, check_open, check_same_id};
+use super::{Appended, SessionManager, check_open};
 use crate::{Error, Result};
 
 /// Writes to one session acknowledged but not yet stored.
@@ -33,7 +34,7 @@ pub(super) struct Pending {
     /// Whether the CRITICAL alert of this run of failures was raised.
     critical_raised: bool,
     /// A failed flush to report on the next write.
-    surfaced: Option<String>,
+    surfaced: Option<Arc<smalltalk_storage::Error>>,
 }
 
 impl Pending {
@@ -102,11 +103,11 @@ impl SessionManager {
 
     /// Reports, once, a failed flush of `id`'s earlier writes.
     pub(super) fn take_surfaced(&self, id: SessionId) -> Result<()> {
-        if let Some(reason) = self
+        if let Some(source) = self
             .pending()
             .and_then(|mut pending| pending.get_mut(&id)?.surfaced.take())
         {
-            return Err(Error::FlushFailed { id, reason });
+            return Err(Error::FlushFailed { id, source });
         }
         Ok(())
     }
@@ -148,7 +149,7 @@ impl SessionManager {
     }
 
     /// A session whose last flush failed, with the error.
-    pub(super) fn first_unflushed(&self) -> Option<(SessionId, String)> {
+    pub(super) fn first_unflushed(&self) -> Option<(SessionId, Arc<smalltalk_storage::Error>)> {
         let pending = self.pending()?;
         pending
             .iter()
@@ -178,14 +179,15 @@ impl SessionManager {
     }
 
     /// `update` in async durability: the change is applied to the session's
-    /// latest known header and acknowledged; a flush stores it.
+    /// latest known header and acknowledged; a flush stores it. `change`
+    /// returning `None` buffers nothing (`Ok(None)`).
     pub(super) async fn update_buffered<T, F>(
         &self,
         id: SessionId,
         mut change: F,
-    ) -> Result<(Session, T)>
+    ) -> Result<Option<(Session, T)>>
     where
-        F: FnMut(&mut Session) -> Result<T> + Send,
+        F: FnMut(&mut Session) -> Result<Option<T>> + Send,
         T: Send,
     {
         self.take_surfaced(id)?;
@@ -196,8 +198,9 @@ impl SessionManager {
                 if let Some(header) = pending.get_mut(&id).and_then(|entry| entry.header.as_mut()) {
                     check_open(header, now)?;
                     let mut next = header.clone();
-                    let value = change(&mut next)?;
-                    check_same_id(id, &next)?;
+                    let Some(value) = change(&mut next)? else {
+                        return Ok(None);
+                    };
                     // Refused now, not at a flush that could never succeed.
                     next.validate_depth()?;
                     next.updated_at = now;
@@ -206,7 +209,7 @@ impl SessionManager {
                     entry.header_generation += 1;
                     drop(pending);
                     self.track(&next);
-                    return Ok((next, value));
+                    return Ok(Some((next, value)));
                 }
             }
             let loaded = self
@@ -223,8 +226,9 @@ impl SessionManager {
                 continue;
             }
             let mut next = loaded.clone();
-            let value = change(&mut next)?;
-            check_same_id(id, &next)?;
+            let Some(value) = change(&mut next)? else {
+                return Ok(None);
+            };
             next.validate_depth()?;
             next.updated_at = now;
             entry.known_version.get_or_insert(loaded.version);
@@ -232,7 +236,7 @@ impl SessionManager {
             entry.header_generation += 1;
             drop(pending);
             self.track(&next);
-            return Ok((next, value));
+            return Ok(Some((next, value)));
         }
     }
 
@@ -422,7 +426,8 @@ impl SessionManager {
                     let since = *entry.failing_since.get_or_insert(now);
                     let wait = policy.wait_after(entry.failures);
                     entry.next_attempt = now.saturating_add(wait);
-                    entry.surfaced = Some(error.to_string());
+                    let error = Arc::new(error);
+                    entry.surfaced = Some(Arc::clone(&error));
                     self.inner
                         .save_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
