@@ -53,7 +53,7 @@ pub async fn monitor_cpu(agents: usize, window: Duration) -> f64 {
     for index in 0..agents {
         monitor
             .register(
-                &format!("agent-{index}"),
+                format!("agent-{index}"),
                 Arc::new(Switchable::default()),
                 RecoveryStrategy::default(),
                 None,
@@ -68,7 +68,7 @@ pub async fn monitor_cpu(agents: usize, window: Duration) -> f64 {
     tokio::time::sleep(window).await;
     let cpu = process_cpu_time().expect("CPU time") - cpu_before;
     let wall = started.elapsed();
-    sweeper.abort();
+    sweeper.stop();
     assert_eq!(
         monitor.stats().agents.get(&HealthState::Active).copied(),
         Some(agents),
@@ -124,7 +124,7 @@ pub async fn detection(count: usize) -> Samples {
             .expect("had a heartbeat");
         latencies.push(at.duration_since(last_good));
     }
-    sweeper.abort();
+    sweeper.stop();
     Samples::from_durations(latencies)
 }
 
@@ -169,7 +169,7 @@ pub async fn detection_hung_default(count: usize) -> Samples {
     for (index, agent) in agents.iter().enumerate() {
         monitor
             .register(
-                &format!("hung-{index}"),
+                format!("hung-{index}"),
                 agent.clone(),
                 alert_only.clone(),
                 None,
@@ -206,6 +206,6 @@ pub async fn detection_hung_default(count: usize) -> Samples {
     for watcher in watchers {
         latencies.push(watcher.await.expect("watcher"));
     }
-    sweeper.abort();
+    sweeper.stop();
     Samples::from_durations(latencies)
 }

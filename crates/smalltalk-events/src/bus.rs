@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use smalltalk_storage::{EventFilter, EventLog};
 use smalltalk_types::{
     Clock, Event, EventId, FORMAT_VERSION, Payload, StorageKey, SubscriberId, SystemClock, Topic,
-    TopicPattern,
+    TopicPattern, TryIntoId,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -466,9 +466,10 @@ impl EventBus {
     /// [`MAX_JSON_DEPTH`](smalltalk_types::format::MAX_JSON_DEPTH) levels
     /// (`TooDeep`), [`Error::PayloadTooLarge`], [`Error::Storage`] if the
     /// log failed (nothing was delivered).
+    #[tracing::instrument(level = "debug", name = "bus.publish", skip_all)]
     pub async fn publish(
         &self,
-        topic: &str,
+        topic: impl TryIntoId<Topic>,
         payload: impl Into<Payload>,
         options: PublishOptions,
     ) -> Result<EventId> {
@@ -479,6 +480,7 @@ impl EventBus {
 
     /// Publishes events together, in order, atomically: all are in the log
     /// or none.
+    #[tracing::instrument(level = "debug", name = "bus.publish_batch", skip_all, fields(count = drafts.len()))]
     pub async fn publish_batch(&self, drafts: Vec<Draft>) -> Result<Vec<Published>> {
         self.publish_drafts(drafts, None).await
     }
@@ -486,6 +488,7 @@ impl EventBus {
     /// Publishes only if the log's newest position is `expected_last` (0:
     /// empty), else [`Error::PositionConflict`] and nothing is published:
     /// optimistic concurrency for publishers that must not interleave.
+    #[tracing::instrument(level = "debug", name = "bus.publish_if", skip_all, fields(expected_last = expected_last))]
     pub async fn publish_if(&self, expected_last: u64, draft: Draft) -> Result<Published> {
         let published = self
             .publish_drafts(vec![draft], Some(expected_last))
@@ -579,15 +582,24 @@ impl EventBus {
     ///
     /// Errors: [`Error::Invalid`] for a malformed pattern or subscriber id,
     /// [`Error::AlreadySubscribed`], [`Error::Storage`].
+    #[tracing::instrument(
+        level = "debug",
+        name = "bus.subscribe",
+        skip_all,
+        fields(pattern, subscriber)
+    )]
     pub async fn subscribe<H: EventHandler>(
         &self,
-        pattern: &str,
-        subscriber: &str,
+        pattern: impl TryIntoId<TopicPattern>,
+        subscriber: impl TryIntoId<SubscriberId>,
         handler: H,
         options: SubscribeOptions,
     ) -> Result<Subscription> {
-        let pattern = TopicPattern::parse(pattern)?;
-        let subscriber = SubscriberId::parse(subscriber)?;
+        let pattern: TopicPattern = pattern.try_into_id()?;
+        let subscriber: SubscriberId = subscriber.try_into_id()?;
+        let span = tracing::Span::current();
+        span.record("pattern", tracing::field::display(&pattern));
+        span.record("subscriber", tracing::field::display(&subscriber));
         let shared = self.shared();
         let key = subscription::cursor_key(&subscriber, &pattern);
         let already = || Error::AlreadySubscribed {
@@ -676,8 +688,15 @@ impl EventBus {
     /// Ends every subscription of `subscriber` and waits for their running
     /// handlers; returns how many there were.
     /// [`Error::UnknownSubscriber`] if it had none.
-    pub async fn unsubscribe_all(&self, subscriber: &str) -> Result<usize> {
-        let subscriber = SubscriberId::parse(subscriber)?;
+    #[tracing::instrument(
+        level = "debug",
+        name = "bus.unsubscribe_all",
+        skip_all,
+        fields(subscriber)
+    )]
+    pub async fn unsubscribe_all(&self, subscriber: impl TryIntoId<SubscriberId>) -> Result<usize> {
+        let subscriber: SubscriberId = subscriber.try_into_id()?;
+        tracing::Span::current().record("subscriber", tracing::field::display(&subscriber));
         let removed = self.shared().registry.remove_subscriber(&subscriber);
         if removed.is_empty() {
             return Err(Error::UnknownSubscriber { subscriber });
@@ -702,8 +721,14 @@ impl EventBus {
     /// logged and counted).
     ///
     /// [`Error::UnknownSubscriber`] if it has no active subscription.
-    pub async fn replay(&self, subscriber: &str, options: ReplayOptions) -> Result<ReplayReport> {
-        let subscriber = SubscriberId::parse(subscriber)?;
+    #[tracing::instrument(level = "debug", name = "bus.replay", skip_all, fields(subscriber))]
+    pub async fn replay(
+        &self,
+        subscriber: impl TryIntoId<SubscriberId>,
+        options: ReplayOptions,
+    ) -> Result<ReplayReport> {
+        let subscriber: SubscriberId = subscriber.try_into_id()?;
+        tracing::Span::current().record("subscriber", tracing::field::display(&subscriber));
         let subscriptions = self.shared().registry.of_subscriber(&subscriber);
         if subscriptions.is_empty() {
             return Err(Error::UnknownSubscriber { subscriber });
@@ -728,6 +753,7 @@ impl EventBus {
     /// Deletes events older than the retention period now; returns how
     /// many. The bus also does this every
     /// [`purge_interval`](EventBusConfig::purge_interval).
+    #[tracing::instrument(level = "debug", name = "bus.purge_expired", skip_all)]
     pub async fn purge_expired(&self) -> Result<u64> {
         purge(self.shared()).await
     }
@@ -738,6 +764,7 @@ impl EventBus {
     }
 
     /// Counts, latency and per-subscription state.
+    #[tracing::instrument(level = "debug", name = "bus.stats", skip_all)]
     pub async fn stats(&self) -> Result<BusStats> {
         let shared = self.shared();
         let (log_events, log_bytes) = shared.backing.stats().await?;
@@ -778,6 +805,7 @@ impl EventBus {
     /// Stops every subscription (waiting for running handlers and saving
     /// positions) and the bus's tasks. Publishing afterwards fails with
     /// [`Error::Closed`].
+    #[tracing::instrument(level = "debug", name = "bus.close", skip_all)]
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
         let _ = self.inner.shutdown.send(true);

@@ -14,6 +14,7 @@ pub const MAX_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 /// When a subscriber's acknowledged position reaches the log's cursor
 /// table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum AckPersistence {
     /// After every acknowledgement, before the next event is handled: a
     /// subscriber killed at any point gets back exactly the events it had

@@ -3,7 +3,7 @@
 use serde_json::{Map, Value};
 use smalltalk_types::{
     ConversationId, EventId, EventPriority, EventReplayPolicy, Payload, SessionId, Timestamp,
-    Topic, TopicPattern,
+    Topic, TopicPattern, TryIntoId,
 };
 
 use crate::Result;
@@ -92,9 +92,9 @@ pub struct Draft {
 
 impl Draft {
     /// A draft on `topic` (validated) with default options.
-    pub fn new(topic: &str, payload: impl Into<Payload>) -> Result<Self> {
+    pub fn new(topic: impl TryIntoId<Topic>, payload: impl Into<Payload>) -> Result<Self> {
         Ok(Self {
-            topic: Topic::parse(topic)?,
+            topic: topic.try_into_id()?,
             payload: payload.into(),
             options: PublishOptions::default(),
         })
@@ -182,6 +182,7 @@ pub struct ReplayOptions {
 
 /// What a replay did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ReplayReport {
     /// Events delivered again.
     pub delivered: u64,

@@ -10,6 +10,7 @@ use smalltalk_types::{EventPriority, SubscriberId, TopicPattern};
 /// Propagation latency: from publication (the event's timestamp) to the
 /// start of its handler, over live deliveries.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
 pub struct LatencyStats {
     /// Deliveries measured.
     pub count: u64,
@@ -27,6 +28,7 @@ pub struct LatencyStats {
 
 /// One subscription's state and counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SubscriptionStats {
     /// The subscriber.
     pub subscriber: SubscriberId,
@@ -65,6 +67,7 @@ pub struct SubscriptionStats {
 
 /// A snapshot of the whole bus.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct BusStats {
     /// Events published through this bus.
     pub published: u64,

@@ -226,6 +226,7 @@ impl Subscription {
     /// Unsubscribes and waits for the running handler (if any) to return
     /// and the acknowledged position to be saved. Events delivered but not
     /// acknowledged stay in the log for the next subscription.
+    #[tracing::instrument(level = "debug", name = "bus.unsubscribe", skip_all, fields(subscriber = %self.shared.subscriber, pattern = %self.shared.pattern))]
     pub async fn unsubscribe(self) {
         self.detach();
         if let Some(task) = self.shared.take_task() {

@@ -12,9 +12,9 @@ use serde_json::json;
 use smalltalk_storage::KeyValueStore;
 use smalltalk_types::{
     AgentHealthStatus, AgentId, AgentPhase, AgentState, AgentStateSource, Alert, AlertSeverity,
-    AlertSink, Announcement, Clock, DegradationControl, EventPriority, EventSink, HealthState,
-    LogAlertSink, MissedEventReplayer, RecoveryKind, RecoveryStrategy, RestartType, SessionId,
-    StorageKey, SystemClock, Timestamp, Topic,
+    AlertSink, Announcement, BackgroundTask, Clock, DegradationControl, EventPriority, EventSink,
+    HealthState, LogAlertSink, MissedEventReplayer, RecoveryKind, RecoveryStrategy, RestartType,
+    SessionId, StorageKey, SystemClock, Timestamp, Topic, TryIntoId,
 };
 use tokio::sync::watch;
 
@@ -92,6 +92,7 @@ struct Counters {
 
 /// Counts and states across agents.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct HealthStats {
     /// Agents per state.
     pub agents: HashMap<HealthState, usize>,
@@ -299,12 +300,12 @@ impl AgentHealthMonitor {
     /// [`Error::AlreadyRegistered`], [`Error::MissingFactory`].
     pub fn register(
         &self,
-        agent_id: &str,
+        agent_id: impl TryIntoId<AgentId>,
         agent: Arc<dyn MonitoredAgent>,
         strategy: RecoveryStrategy,
         factory: Option<Arc<dyn AgentFactory>>,
     ) -> Result<()> {
-        let agent_id = AgentId::parse(agent_id)?;
+        let agent_id = agent_id.try_into_id()?;
         strategy.validate()?;
         if strategy.kind == RecoveryKind::Replace && factory.is_none() {
             return Err(Error::MissingFactory { agent_id });
@@ -347,8 +348,8 @@ impl AgentHealthMonitor {
     }
 
     /// Stops watching an agent. [`Error::UnknownAgent`] if it was not.
-    pub fn unregister(&self, agent_id: &str) -> Result<()> {
-        let agent_id = AgentId::parse(agent_id)?;
+    pub fn unregister(&self, agent_id: impl TryIntoId<AgentId>) -> Result<()> {
+        let agent_id = agent_id.try_into_id()?;
         match lock(&self.inner.agents).remove(&agent_id) {
             Some(_) => Ok(()),
             None => Err(Error::UnknownAgent { agent_id }),
@@ -357,8 +358,8 @@ impl AgentHealthMonitor {
 
     /// Natural activity (a message handled, a task done): counts as a
     /// heartbeat (FR-006), and as progress.
-    pub fn record_activity(&self, agent_id: &str) -> Result<()> {
-        let agent_id = AgentId::parse(agent_id)?;
+    pub fn record_activity(&self, agent_id: impl TryIntoId<AgentId>) -> Result<()> {
+        let agent_id = agent_id.try_into_id()?;
         let now = self.inner.clock.now();
         let mut agents = lock(&self.inner.agents);
         let entry = agents
@@ -374,6 +375,7 @@ impl AgentHealthMonitor {
     /// Saves `state` as its agent's latest, restored on recovery. Needs a
     /// store ([`AgentHealthMonitorBuilder::states`]); without one this is
     /// a no-op.
+    #[tracing::instrument(level = "debug", name = "monitor.save_state", skip_all, fields(agent_id = %state.agent_id))]
     pub async fn save_state(&self, state: &AgentState) -> Result<()> {
         if let (Some(source), Some(session)) =
             (&self.inner.agent_states, self.session_of(&state.agent_id))
@@ -421,8 +423,12 @@ impl AgentHealthMonitor {
     /// [`agent_states`](AgentHealthMonitorBuilder::agent_states) source, its
     /// state is saved in and restored from that session.
     /// [`Error::UnknownAgent`] if not registered.
-    pub fn attach_session(&self, agent_id: &str, session: SessionId) -> Result<()> {
-        let agent_id = AgentId::parse(agent_id)?;
+    pub fn attach_session(
+        &self,
+        agent_id: impl TryIntoId<AgentId>,
+        session: SessionId,
+    ) -> Result<()> {
+        let agent_id = agent_id.try_into_id()?;
         let mut agents = lock(&self.inner.agents);
         let entry = agents
             .get_mut(&agent_id)
@@ -438,8 +444,8 @@ impl AgentHealthMonitor {
     }
 
     /// One agent's status. [`Error::UnknownAgent`] if not registered.
-    pub fn status(&self, agent_id: &str) -> Result<AgentHealthStatus> {
-        let agent_id = AgentId::parse(agent_id)?;
+    pub fn status(&self, agent_id: impl TryIntoId<AgentId>) -> Result<AgentHealthStatus> {
+        let agent_id = agent_id.try_into_id()?;
         lock(&self.inner.agents)
             .get(&agent_id)
             .map(|entry| entry.status.clone())
@@ -623,13 +629,14 @@ impl AgentHealthMonitor {
 
     /// Waits until `agent_id` is in `state`, up to `timeout`; `true` if it
     /// got there.
+    #[tracing::instrument(level = "debug", name = "monitor.wait_for_state", skip_all, fields(state = ?state))]
     pub async fn wait_for_state(
         &self,
-        agent_id: &str,
+        agent_id: impl TryIntoId<AgentId>,
         state: HealthState,
         timeout: Duration,
     ) -> Result<bool> {
-        let id = AgentId::parse(agent_id)?;
+        let id = agent_id.try_into_id()?;
         let mut changes = self.inner.changes.subscribe();
         let reached = || -> Result<bool> {
             lock(&self.inner.agents)
@@ -654,12 +661,14 @@ impl AgentHealthMonitor {
     }
 
     /// Runs sweeps every quarter of the shorter of the heartbeat and probe
-    /// intervals, on one task, until the returned handle is aborted or the
-    /// monitor dropped.
-    pub fn spawn(&self) -> tokio::task::JoinHandle<()> {
+    /// intervals, and the moment an agent's silence passes its limit, on
+    /// one task, until the returned task is dropped (at once) or shut down
+    /// (after the sweep under way), or the monitor is dropped.
+    pub fn spawn(&self) -> BackgroundTask {
         let weak = Arc::downgrade(&self.inner);
         let tick = sweep_tick(&self.inner.config);
-        tokio::spawn(async move {
+        let mut task = BackgroundTask::new("health sweeps");
+        task.spawn(|mut stop| async move {
             let mut ticks = tokio::time::interval(tick);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut silence_deadline: Option<Duration> = None;
@@ -667,16 +676,11 @@ impl AgentHealthMonitor {
                 // Every tick, and also the moment an agent's silence passes
                 // its limit (SC-003: detection within interval x missed,
                 // not a tick later).
-                match silence_deadline {
-                    Some(wait) => {
-                        tokio::select! {
-                            _ = ticks.tick() => {}
-                            () = tokio::time::sleep(wait) => {}
-                        }
-                    }
-                    None => {
-                        ticks.tick().await;
-                    }
+                let wait = silence_deadline.unwrap_or(Duration::MAX);
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = tokio::time::sleep(wait), if silence_deadline.is_some() => {}
+                    () = stop.stopped() => return,
                 }
                 let Some(inner) = weak.upgrade() else {
                     return;
@@ -685,7 +689,8 @@ impl AgentHealthMonitor {
                 monitor.sweep().await;
                 silence_deadline = monitor.until_next_silence();
             }
-        })
+        });
+        task
     }
 
     /// Stops watching: sweeps, late answers and recoveries under way (at
@@ -710,6 +715,7 @@ impl AgentHealthMonitor {
     /// One pass over every agent: heartbeats and probes that are due, sent
     /// concurrently with timeouts; then detection and, for agents that
     /// failed, their recovery (started on tasks of their own).
+    #[tracing::instrument(level = "debug", name = "monitor.sweep", skip_all)]
     pub async fn sweep(&self) {
         if self.is_closed() {
             return;

@@ -51,6 +51,7 @@ pub struct SessionConfig {
 
 /// What cleanup does with a session past its expiry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum TtlStrategy {
     /// Delete it with its history.
     #[default]
@@ -63,6 +64,7 @@ pub enum TtlStrategy {
 
 /// When writes reach storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Durability {
     /// Every write is in storage before the call returns.
     #[default]

@@ -73,7 +73,9 @@ pub use config::{
 };
 pub use error::{Error, Result};
 pub use manager::{
-    Appended, CreateOptions, FlushReport, MaintenanceReport, MaintenanceTask, SessionManager,
-    SessionManagerBuilder, SessionStats,
+    Appended, CreateOptions, FlushReport, MaintenanceReport, SessionManager, SessionManagerBuilder,
+    SessionStats,
 };
 pub use preserve::Preserved;
+/// What [`SessionManager::spawn_maintenance`] returns.
+pub use smalltalk_types::BackgroundTask;

@@ -130,6 +130,7 @@ pub struct UndecodableEvent {
 
 /// Counts and sizes of a log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct EventLogStats {
     /// Events retained.
     pub events: u64,

@@ -231,6 +231,7 @@ pub trait KeyValueStore: Send + Sync + fmt::Debug + 'static {
 
 /// Which backend a store is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
 pub enum BackendKind {
     /// [`MemoryStore`](crate::MemoryStore).
     Memory,
@@ -259,6 +260,7 @@ impl fmt::Display for BackendKind {
 
 /// What a store holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StoreStats {
     /// The backend.
     pub backend: BackendKind,

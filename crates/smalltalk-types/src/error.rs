@@ -134,3 +134,11 @@ pub enum Error {
 
 /// `Result` with [`enum@Error`] as the default error type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<std::convert::Infallible> for Error {
+    /// A conversion that cannot fail (a typed id passed where text is
+    /// accepted, see [`TryIntoId`](crate::TryIntoId)).
+    fn from(never: std::convert::Infallible) -> Self {
+        match never {}
+    }
+}

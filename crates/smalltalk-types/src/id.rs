@@ -95,6 +95,27 @@ macro_rules! uuid_id {
             }
         }
 
+        impl TryFrom<&str> for $name {
+            type Error = Error;
+            fn try_from(text: &str) -> Result<Self> {
+                Self::parse(text)
+            }
+        }
+
+        impl TryFrom<&String> for $name {
+            type Error = Error;
+            fn try_from(text: &String) -> Result<Self> {
+                Self::parse(text)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(text: String) -> Result<Self> {
+                Self::parse(&text)
+            }
+        }
+
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.collect_str(&self.0.hyphenated())
@@ -215,6 +236,13 @@ macro_rules! name_id {
             }
         }
 
+        impl TryFrom<&String> for $name {
+            type Error = Error;
+            fn try_from(text: &String) -> Result<Self> {
+                Self::parse(text)
+            }
+        }
+
         impl TryFrom<String> for $name {
             type Error = Error;
             fn try_from(text: String) -> Result<Self> {
@@ -258,6 +286,36 @@ name_id!(
     IdKind::StorageKey,
     512
 );
+
+/// An id, topic or pattern, or text to parse as one: what the public
+/// operations take where an identifier is expected. `&str`, `&String` and
+/// `String` are parsed (a bad one is the usual typed error); a value of the
+/// type itself passes as is, with no parsing.
+///
+/// ```
+/// use smalltalk_types::{AgentId, TryIntoId};
+///
+/// fn watch(agent: impl TryIntoId<AgentId>) -> smalltalk_types::Result<AgentId> {
+///     agent.try_into_id()
+/// }
+/// assert_eq!(watch("planner")?, watch(AgentId::parse("planner")?)?);
+/// assert!(watch("../etc").is_err());
+/// # Ok::<(), smalltalk_types::Error>(())
+/// ```
+pub trait TryIntoId<T> {
+    /// The typed value, or the parse error.
+    fn try_into_id(self) -> Result<T>;
+}
+
+impl<T, S> TryIntoId<T> for S
+where
+    T: TryFrom<S>,
+    <T as TryFrom<S>>::Error: Into<Error>,
+{
+    fn try_into_id(self) -> Result<T> {
+        T::try_from(self).map_err(Into::into)
+    }
+}
 
 #[cfg(test)]
 mod tests {

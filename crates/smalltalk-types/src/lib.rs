@@ -20,6 +20,8 @@
 //!   which crates reach services they do not own;
 //! - [`Backoff`]: the one exponential retry schedule, with a cap and
 //!   checked arithmetic;
+//! - [`BackgroundTask`]: the one convention for background work (stops on
+//!   drop, `shutdown()` lets the run under way finish);
 //! - [`enum@Error`]: validation and format errors.
 //!
 //! # Example
@@ -50,6 +52,9 @@ pub mod id;
 pub mod payload;
 pub mod ports;
 pub mod session;
+pub mod task;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
 pub mod time;
 pub mod topic;
 
@@ -60,13 +65,17 @@ pub use format::{FORMAT_VERSION, Versioned};
 pub use health::{
     AgentHealthStatus, AgentPhase, HealthState, RecoveryKind, RecoveryStrategy, RestartType,
 };
-pub use id::{AgentId, ConversationId, EventId, MessageId, SessionId, StorageKey, SubscriberId};
+pub use id::{
+    AgentId, ConversationId, EventId, MessageId, SessionId, StorageKey, SubscriberId, TryIntoId,
+};
 pub use payload::Payload;
 pub use ports::{
     AgentStateSource, Alert, AlertSeverity, AlertSink, Announcement, BoxError, DegradationControl,
-    EventSink, LogAlertSink, MissedEventReplayer, RecordingAlertSink, RecordingEventSink,
-    ReplayCounts,
+    EventSink, LogAlertSink, MissedEventReplayer, ReplayCounts,
 };
 pub use session::{AgentState, Message, Role, Session, SessionState, SessionSummary};
-pub use time::{Clock, ManualClock, SystemClock, Timestamp};
+pub use task::{BackgroundTask, StopSignal};
+#[cfg(any(test, feature = "test-util"))]
+pub use test_util::{ManualClock, RecordingAlertSink, RecordingEventSink};
+pub use time::{Clock, SystemClock, Timestamp};
 pub use topic::{MAX_TOPIC_LEN, Topic, TopicPattern};

@@ -3,11 +3,11 @@
 //! The capability crates never depend on each other; where one needs another
 //! (health publishes events, sessions raise alerts) it talks to a port
 //! defined here and the umbrella crate plugs the implementation in. Tests
-//! plug in fakes such as [`RecordingAlertSink`] and [`RecordingEventSink`].
+//! plug in fakes such as `RecordingAlertSink` and `RecordingEventSink` (feature
+//! `test-util`).
 //! The [`Clock`](crate::Clock) port lives in [`crate::time`].
 
 use std::fmt;
-use std::sync::Mutex;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -77,33 +77,10 @@ impl AlertSink for LogAlertSink {
     }
 }
 
-/// A sink that keeps every alert in memory, for tests.
-#[derive(Debug, Default)]
-pub struct RecordingAlertSink(Mutex<Vec<Alert>>);
-
-impl RecordingAlertSink {
-    /// A copy of the alerts raised so far.
-    pub fn alerts(&self) -> Vec<Alert> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-}
-
-#[async_trait]
-impl AlertSink for RecordingAlertSink {
-    async fn raise(&self, alert: Alert) {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(alert);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::RecordingAlertSink;
 
     #[tokio::test]
     async fn recording_sink_keeps_alerts_in_order() {
@@ -149,38 +126,6 @@ pub struct Announcement {
 pub trait EventSink: Send + Sync + fmt::Debug + 'static {
     /// Announces one thing that happened.
     async fn announce(&self, announcement: Announcement);
-}
-
-/// A sink that keeps every announcement in memory, for tests.
-#[derive(Debug, Default)]
-pub struct RecordingEventSink(Mutex<Vec<Announcement>>);
-
-impl RecordingEventSink {
-    /// A copy of the announcements so far, in order.
-    pub fn announcements(&self) -> Vec<Announcement> {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-    }
-
-    /// The topics announced so far, in order.
-    pub fn topics(&self) -> Vec<String> {
-        self.announcements()
-            .into_iter()
-            .map(|announcement| announcement.topic.to_string())
-            .collect()
-    }
-}
-
-#[async_trait]
-impl EventSink for RecordingEventSink {
-    async fn announce(&self, announcement: Announcement) {
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(announcement);
-    }
 }
 
 /// What a replay of missed events did.

@@ -5,7 +5,6 @@
 //! as RFC 3339 strings in UTC (`2026-11-24T18:49:03.123456Z`).
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -108,7 +107,7 @@ impl<'de> Deserialize<'de> for Timestamp {
 
 /// The clock port: where every component reads the time.
 ///
-/// Production uses [`SystemClock`]; tests inject a [`ManualClock`] and move
+/// Production uses [`SystemClock`]; tests inject a `ManualClock` (feature `test-util`) and move
 /// time forward explicitly instead of sleeping.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current time.
@@ -122,34 +121,6 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::now()
-    }
-}
-
-/// A clock that moves only when told to. Cheap to share (`Arc`).
-#[derive(Debug, Default)]
-pub struct ManualClock(AtomicI64);
-
-impl ManualClock {
-    /// A clock stopped at `start`.
-    pub fn new(start: Timestamp) -> Self {
-        Self(AtomicI64::new(start.as_micros()))
-    }
-
-    /// Moves the clock forward by `by`.
-    pub fn advance(&self, by: Duration) {
-        let micros = i64::try_from(by.as_micros()).unwrap_or(i64::MAX);
-        self.0.fetch_add(micros, Ordering::SeqCst);
-    }
-
-    /// Sets the clock to `to`.
-    pub fn set(&self, to: Timestamp) {
-        self.0.store(to.as_micros(), Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        Timestamp(self.0.load(Ordering::SeqCst))
     }
 }
 
@@ -199,6 +170,7 @@ pub mod duration_ms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ManualClock;
 
     #[test]
     fn timestamps_round_trip_through_json_exactly() {

@@ -211,6 +211,27 @@ macro_rules! text_type {
             }
         }
 
+        impl TryFrom<&str> for $name {
+            type Error = Error;
+            fn try_from(text: &str) -> Result<Self> {
+                Self::parse(text)
+            }
+        }
+
+        impl TryFrom<&String> for $name {
+            type Error = Error;
+            fn try_from(text: &String) -> Result<Self> {
+                Self::parse(text)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = Error;
+            fn try_from(text: String) -> Result<Self> {
+                Self::parse(&text)
+            }
+        }
+
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
                 serializer.serialize_str(&self.0)

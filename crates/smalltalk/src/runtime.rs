@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use smalltalk_events::{EventBus, EventBusConfig};
 use smalltalk_health::{AgentHealthMonitor, HealthConfig};
-use smalltalk_session::{MaintenanceTask, SessionConfig, SessionManager};
+use smalltalk_session::{SessionConfig, SessionManager};
 use smalltalk_storage::Store;
-use smalltalk_types::{AlertSink, Clock, LogAlertSink, SystemClock};
+use smalltalk_types::{AlertSink, BackgroundTask, Clock, LogAlertSink, SystemClock};
 
 /// Errors from building or shutting down a [`Runtime`]: which part failed,
 /// with its own error as the source.
@@ -199,8 +199,8 @@ impl RuntimeBuilder {
 /// The background tasks a runtime started.
 #[derive(Debug)]
 struct Background {
-    maintenance: MaintenanceTask,
-    sweeps: tokio::task::JoinHandle<()>,
+    maintenance: BackgroundTask,
+    sweeps: BackgroundTask,
 }
 
 /// Every capability over one store, wired together. Cheap accessors hand
@@ -295,7 +295,7 @@ impl Runtime {
     pub async fn shutdown(mut self) -> Result<(), Error> {
         self.monitor.close();
         if let Some(background) = self.background.take() {
-            background.sweeps.abort();
+            background.sweeps.shutdown().await;
             // Lets a flush under way finish: aborting it could leave
             // messages stored but still pending, to be stored again.
             background.maintenance.shutdown().await;
@@ -304,13 +304,5 @@ impl Runtime {
         self.bus.close().await;
         let closed = self.store.close().await.map_err(Error::Storage);
         flushed.and(closed)
-    }
-}
-
-impl Drop for Runtime {
-    fn drop(&mut self) {
-        if let Some(background) = self.background.take() {
-            background.sweeps.abort();
-        }
     }
 }

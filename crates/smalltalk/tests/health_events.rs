@@ -152,12 +152,7 @@ async fn a_degraded_system_pauses_new_sessions() -> anyhow::Result<()> {
     let mut agents = Vec::new();
     for index in 0..4 {
         let agent = Arc::new(Flaky::default());
-        monitor.register(
-            &format!("a{index}"),
-            agent.clone(),
-            alert_only.clone(),
-            None,
-        )?;
+        monitor.register(format!("a{index}"), agent.clone(), alert_only.clone(), None)?;
         agents.push(agent);
     }
     sessions.create(Default::default()).await?;

@@ -95,7 +95,7 @@ async fn one_builder_wires_every_port_and_one_call_shuts_down() -> anyhow::Resul
         agent.down.store(true, Ordering::SeqCst);
         runtime
             .health()
-            .register(&format!("agent-{index}"), agent, alert_only.clone(), None)?;
+            .register(format!("agent-{index}"), agent, alert_only.clone(), None)?;
     }
     for index in 0..4 {
         let down = runtime

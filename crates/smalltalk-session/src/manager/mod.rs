@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{Map, Value};
 use smalltalk_storage::{AppendGuard, AppendOutcome, Expected, SessionFilter, Store, StoreStats};
 use smalltalk_types::{
-    AgentState, Alert, AlertSeverity, AlertSink, Announcement, Clock, EventPriority, EventSink,
-    LogAlertSink, Message, Session, SessionId, SessionState, SessionSummary, SystemClock,
-    Timestamp, Topic,
+    AgentState, Alert, AlertSeverity, AlertSink, Announcement, BackgroundTask, Clock,
+    EventPriority, EventSink, LogAlertSink, Message, Session, SessionId, SessionState,
+    SessionSummary, SystemClock, Timestamp, Topic,
 };
 
 use crate::config::{Durability, SessionConfig, TtlStrategy, check_ttl};
@@ -44,6 +44,7 @@ pub enum Appended {
 
 /// Counts and sizes, for operators (FR-037/038).
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct SessionStats {
     /// Stored sessions per state.
     pub by_state: BTreeMap<SessionState, u64>,
@@ -139,41 +140,12 @@ struct PoolEntry {
 
 /// What one maintenance run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MaintenanceReport {
     /// Sessions moved to `idle` after inactivity.
     pub idled: usize,
     /// Sessions deleted (expired or invalidated).
     pub deleted: u64,
-}
-
-/// The background maintenance tasks; dropping this aborts them at once
-/// (possibly mid-run), [`shutdown`](Self::shutdown) lets the current run
-/// finish first.
-#[derive(Debug)]
-pub struct MaintenanceTask {
-    handles: Vec<tokio::task::JoinHandle<()>>,
-    stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl MaintenanceTask {
-    /// Stops the task (also done on drop).
-    pub fn stop(self) {}
-
-    /// Stops the tasks between runs and waits for them: a flush or
-    /// maintenance pass under way completes first, so nothing is half
-    /// written when the caller flushes or closes next.
-    pub async fn shutdown(mut self) {
-        let _ = self.stop.send(true);
-        for handle in std::mem::take(&mut self.handles) {
-            let _ = handle.await;
-        }
-    }
-}
-
-impl Drop for MaintenanceTask {
-    fn drop(&mut self) {
-        self.handles.iter().for_each(tokio::task::JoinHandle::abort);
-    }
 }
 
 /// Builds a [`SessionManager`].
@@ -1266,28 +1238,28 @@ impl SessionManager {
 
     /// Runs [`run_maintenance`](Self::run_maintenance) every
     /// `maintenance_interval` on the current tokio runtime until the
-    /// returned task is dropped; in `async` durability also flushes due
+    /// returned task is dropped (at once) or shut down (after the run under
+    /// way); in `async` durability also flushes due
     /// writes every `flush_interval`. A failed run is logged and retried at
     /// the next tick.
-    pub fn spawn_maintenance(&self) -> MaintenanceTask {
+    pub fn spawn_maintenance(&self) -> BackgroundTask {
+        let mut task = BackgroundTask::new("session maintenance");
         let manager = self.clone();
         let period = self.inner.config.maintenance_interval;
-        let (stop, stopped) = tokio::sync::watch::channel(false);
         // Anchored now, not when the task first gets to run.
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut until_stopped = stopped.clone();
-        let mut handles = vec![tokio::spawn(async move {
+        task.spawn(|mut stop| async move {
             loop {
                 tokio::select! {
                     _ = ticks.tick() => {}
-                    _ = until_stopped.wait_for(|stop| *stop) => return,
+                    () = stop.stopped() => return,
                 }
                 if let Err(error) = manager.run_maintenance().await {
                     tracing::error!(%error, "session maintenance failed; retrying at the next tick");
                 }
             }
-        })];
+        });
         if let Durability::Async { flush_interval } = self.inner.config.durability {
             let manager = self.clone();
             let mut flushes = tokio::time::interval_at(
@@ -1295,20 +1267,19 @@ impl SessionManager {
                 flush_interval,
             );
             flushes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut until_stopped = stopped;
-            handles.push(tokio::spawn(async move {
+            task.spawn(|mut stop| async move {
                 loop {
                     tokio::select! {
                         _ = flushes.tick() => {}
-                        _ = until_stopped.wait_for(|stop| *stop) => return,
+                        () = stop.stopped() => return,
                     }
                     // Failures are kept, retried on their schedule and
                     // alerted inside flush_due.
                     let _ = manager.flush_due().await;
                 }
-            }));
+            });
         }
-        MaintenanceTask { handles, stop }
+        task
     }
 
     /// Counts per state, the pool, conflict / rejection / failure counters

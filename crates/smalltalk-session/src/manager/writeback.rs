@@ -60,6 +60,7 @@ pub(super) type PendingWrites = std::sync::Mutex<HashMap<SessionId, Pending>>;
 
 /// What [`SessionManager::flush`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FlushReport {
     /// Sessions whose pending writes are now stored.
     pub flushed: usize,

@@ -33,6 +33,7 @@ use pool::{Readers, Writer};
 
 /// When SQLite syncs to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum Synchronous {
     /// Survives a process crash; the last commits may be lost on power loss.
     #[default]
