@@ -1,8 +1,9 @@
 //! Helpers shared by the workspace's end-to-end tests.
 //!
 //! - [`FaultProxy`]: a TCP proxy a test puts between a client and a server,
-//!   to cut the link (open connections reset, new ones refused) and restore
-//!   it, without touching the shared server.
+//!   to cut the link (open connections reset, new ones refused) or stall it
+//!   (connections stay open, nothing gets through), and restore it, without
+//!   touching the shared server.
 //! - [`fixture`]: the stored-data fixture every release must read back.
 //! - the `append-worker` binary: a separate process that appends messages to
 //!   a session, for tests with several real writer processes.
@@ -28,6 +29,14 @@ pub fn authority(url: &str) -> &str {
 /// and returns it with `url` rewritten to go through it (and a 300 ms
 /// acquire timeout, so an outage shows quickly).
 pub async fn through_proxy(url: &str) -> std::io::Result<(Arc<FaultProxy>, String)> {
+    through_proxy_with(url, Duration::from_millis(300)).await
+}
+
+/// [`through_proxy`] with another acquire timeout.
+pub async fn through_proxy_with(
+    url: &str,
+    acquire_timeout: Duration,
+) -> std::io::Result<(Arc<FaultProxy>, String)> {
     let upstream = tokio::net::lookup_host(authority(url))
         .await?
         .next()
@@ -35,7 +44,13 @@ pub async fn through_proxy(url: &str) -> std::io::Result<(Arc<FaultProxy>, Strin
     let proxy = FaultProxy::start(upstream).await?;
     let separator = if url.contains('?') { '&' } else { '?' };
     let proxied = url.replacen(authority(url), &proxy.address().to_string(), 1);
-    Ok((proxy, format!("{proxied}{separator}acquire_timeout_ms=300")))
+    Ok((
+        proxy,
+        format!(
+            "{proxied}{separator}acquire_timeout_ms={}",
+            acquire_timeout.as_millis()
+        ),
+    ))
 }
 
 /// A TCP proxy that can fail on demand.
@@ -45,6 +60,8 @@ pub struct FaultProxy {
     upstream: SocketAddr,
     /// Bumped by every cut: connection tasks of an older generation reset.
     generation: watch::Sender<u64>,
+    /// While set, nothing is forwarded either way and new connections wait.
+    stalled: watch::Sender<bool>,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -58,6 +75,7 @@ impl FaultProxy {
             address,
             upstream,
             generation,
+            stalled: watch::Sender::new(false),
             listener: Mutex::new(None),
         });
         proxy.serve(listener);
@@ -76,6 +94,18 @@ impl FaultProxy {
             listener.abort();
         }
         self.generation.send_modify(|generation| *generation += 1);
+    }
+
+    /// Stalls the link: connections stay open and new ones are accepted,
+    /// but no byte goes through either way until [`resume`](Self::resume),
+    /// as with a peer that hangs or a network that drops packets.
+    pub fn stall(&self) {
+        self.stalled.send_replace(true);
+    }
+
+    /// Lets bytes through again after [`stall`](Self::stall).
+    pub fn resume(&self) {
+        self.stalled.send_replace(false);
     }
 
     /// Listens again on the same port.
@@ -104,7 +134,8 @@ impl FaultProxy {
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let generation = proxy.generation.subscribe();
-                tokio::spawn(forward(client, proxy.upstream, generation));
+                let stalled = proxy.stalled.subscribe();
+                tokio::spawn(forward(client, proxy.upstream, generation, stalled));
             }
         });
         *self.listener.lock().unwrap() = Some(task);
@@ -115,17 +146,59 @@ async fn forward(
     mut client: TcpStream,
     upstream: SocketAddr,
     mut generation: watch::Receiver<u64>,
+    stalled: watch::Receiver<bool>,
 ) {
+    generation.mark_unchanged();
+    let mut waiting = stalled.clone();
+    tokio::select! {
+        waited = waiting.wait_for(|stalled| !*stalled) => if waited.is_err() {
+            return;
+        },
+        _ = generation.changed() => {
+            reset(client);
+            return;
+        }
+    }
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         reset(client);
         return;
     };
-    generation.mark_unchanged();
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = generation.changed() => {
-            reset(client);
-            reset(server);
+    let cut = {
+        let (client_read, client_write) = client.split();
+        let (server_read, server_write) = server.split();
+        tokio::select! {
+            () = pump(client_read, server_write, stalled.clone()) => false,
+            () = pump(server_read, client_write, stalled) => false,
+            _ = generation.changed() => true,
+        }
+    };
+    if cut {
+        reset(client);
+        reset(server);
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while the link is stalled.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    mut stalled: watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0_u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(read) => read,
+        };
+        if stalled.wait_for(|stalled| !*stalled).await.is_err() {
+            return;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
         }
     }
 }

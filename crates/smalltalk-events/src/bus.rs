@@ -103,31 +103,38 @@ impl Registry {
     }
 }
 
-/// The fan-out state's lock. In memory, publishing never awaits while
-/// holding it, so a plain mutex serves (far cheaper under contention); the
-/// durable committer holds it across the append, so it needs Tokio's.
+/// The fan-out state and its locks. `state` (a plain mutex) is held only
+/// to fan out or to look, never across an await: `subscribe` and `stats`
+/// take it and never wait on storage. A durable bus also has `order`, held
+/// by whoever appends to the log or reads it to dispatch, across that I/O,
+/// so positions are dispatched in order, once.
 #[derive(Debug)]
-enum DispatchLock {
-    Memory(Mutex<Dispatch>),
-    Durable(tokio::sync::Mutex<Dispatch>),
+struct DispatchLock {
+    state: Mutex<Dispatch>,
+    order: Option<tokio::sync::Mutex<()>>,
 }
 
 impl DispatchLock {
-    /// Runs `f` with the state locked.
-    async fn with<R>(&self, f: impl FnOnce(&mut Dispatch) -> R) -> R {
-        match self {
-            DispatchLock::Memory(lock) => {
-                f(&mut lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
-            }
-            DispatchLock::Durable(lock) => f(&mut *lock.lock().await),
+    fn new(start: u64, durable: bool) -> Self {
+        Self {
+            state: Mutex::new(Dispatch::new(start)),
+            order: durable.then(|| tokio::sync::Mutex::new(())),
         }
     }
 
-    /// The durable lock, held across log reads and appends.
-    fn durable(&self) -> &tokio::sync::Mutex<Dispatch> {
-        match self {
-            DispatchLock::Durable(lock) => lock,
-            DispatchLock::Memory(_) => unreachable!("only durable buses read the log to dispatch"),
+    /// Runs `f` with the state locked (briefly: `f` does no I/O).
+    fn with<R>(&self, f: impl FnOnce(&mut Dispatch) -> R) -> R {
+        f(&mut self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// The durable bus's ordering lock, held across log appends and reads.
+    async fn order(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        match &self.order {
+            Some(order) => order.lock().await,
+            None => unreachable!("only durable buses append to or read the log to dispatch"),
         }
     }
 }
@@ -159,63 +166,78 @@ impl Shared {
             .store(dispatch.dispatched, Ordering::Release);
     }
 
-    /// Dispatches what other processes appended after `dispatch.dispatched`
-    /// and before `before` (exclusive; `None`: up to the newest).
-    async fn dispatch_from_log(&self, dispatch: &mut Dispatch, before: Option<u64>) -> Result<()> {
+    /// Dispatches what other processes appended after the dispatched
+    /// position and before `before` (exclusive; `None`: up to the newest).
+    /// The caller holds the ordering lock; the state lock is taken only to
+    /// fan out, never across the read.
+    async fn dispatch_from_log(&self, before: Option<u64>) -> Result<()> {
         let everything = EventFilter::default();
         loop {
-            if before.is_some_and(|before| dispatch.dispatched + 1 >= before) {
+            let dispatched = self.dispatch.with(|dispatch| dispatch.dispatched);
+            if before.is_some_and(|before| dispatched + 1 >= before) {
                 return Ok(());
             }
             let batch = self
                 .backing
-                .read(dispatch.dispatched, &everything, self.config.max_batch)
+                .read(dispatched, &everything, self.config.max_batch)
                 .await?;
             let full = batch.len() == self.config.max_batch;
-            let first = batch.first().map_or(0, Entry::position);
-            if first > dispatch.dispatched + 1 && before.is_none_or(|before| first < before) {
-                // Retention purged events this bus never dispatched: go on
-                // after them, and make every subscription look back, so
-                // each reports the gap to its handler.
-                tracing::error!(
-                    dispatched = dispatch.dispatched,
-                    first,
-                    "events were purged before this bus dispatched them"
-                );
-                dispatch.dispatched = first - 1;
-                for subscription in self.registry.snapshot() {
-                    subscription.look_back();
-                }
-            }
-            let mut run: Vec<Arc<Event>> = Vec::with_capacity(batch.len());
-            let mut reached_before = false;
-            for entry in batch {
-                if before.is_some_and(|before| entry.position() >= before) {
-                    reached_before = true;
-                    break;
-                }
-                match entry {
-                    Entry::Event(event) => run.push(event),
-                    Entry::Undecodable(row) => {
-                        // What came before it goes out first; then it is
-                        // passed over, so it never holds back what follows.
-                        self.fan_out(dispatch, &run);
-                        run.clear();
-                        if row.position == dispatch.dispatched + 1 {
-                            report_undecodable(&row, &"the bus's dispatcher");
-                            bump(&self.counters.undecodable);
-                            dispatch.dispatched = row.position;
-                            self.dispatched
-                                .store(dispatch.dispatched, Ordering::Release);
-                        }
-                    }
-                }
-            }
-            self.fan_out(dispatch, &run);
+            let reached_before = self
+                .dispatch
+                .with(|dispatch| self.fan_out_entries(dispatch, batch, before));
             if !full || reached_before {
                 return Ok(());
             }
         }
+    }
+
+    /// Fans out what was read from the log, in order, passing over rows
+    /// that do not decode; `true` if it stopped at `before`.
+    fn fan_out_entries(
+        &self,
+        dispatch: &mut Dispatch,
+        batch: Vec<Entry>,
+        before: Option<u64>,
+    ) -> bool {
+        let first = batch.first().map_or(0, Entry::position);
+        if first > dispatch.dispatched + 1 && before.is_none_or(|before| first < before) {
+            // Retention purged events this bus never dispatched: go on
+            // after them, and make every subscription look back, so each
+            // reports the gap to its handler.
+            tracing::error!(
+                dispatched = dispatch.dispatched,
+                first,
+                "events were purged before this bus dispatched them"
+            );
+            dispatch.dispatched = first - 1;
+            for subscription in self.registry.snapshot() {
+                subscription.look_back();
+            }
+        }
+        let mut run: Vec<Arc<Event>> = Vec::with_capacity(batch.len());
+        let mut reached_before = false;
+        for entry in batch {
+            if before.is_some_and(|before| entry.position() >= before) {
+                reached_before = true;
+                break;
+            }
+            match entry {
+                Entry::Event(event) => run.push(event),
+                Entry::Undecodable(row) => {
+                    // What came before it goes out first; then it is passed
+                    // over, so it never holds back what follows.
+                    self.fan_out(dispatch, &run);
+                    run.clear();
+                    if row.position == dispatch.dispatched + 1 {
+                        report_undecodable(&row, &"the bus's dispatcher");
+                        bump(&self.counters.undecodable);
+                        dispatch.dispatched = row.position;
+                    }
+                }
+            }
+        }
+        self.fan_out(dispatch, &run);
+        reached_before
     }
 
     /// The processed-id registry of a (subscriber, pattern): kept across
@@ -314,12 +336,7 @@ impl EventBusBuilder {
                 0,
             ),
         };
-        let dispatch = match backing {
-            Backing::Memory(_) => DispatchLock::Memory(Mutex::new(Dispatch::new(start))),
-            Backing::Durable(_) => {
-                DispatchLock::Durable(tokio::sync::Mutex::new(Dispatch::new(start)))
-            }
-        };
+        let dispatch = DispatchLock::new(start, backing.is_durable());
         let shared = Arc::new(Shared {
             clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
             backing,
@@ -550,25 +567,22 @@ impl EventBus {
         let Backing::Memory(log) = &shared.backing else {
             unreachable!("a bus without a committer is in memory");
         };
-        shared
-            .dispatch
-            .with(|dispatch| {
-                if let Some(expected) = expected_last {
-                    if dispatch.dispatched != expected {
-                        return Err(Error::PositionConflict {
-                            expected,
-                            found: dispatch.dispatched,
-                        });
-                    }
+        shared.dispatch.with(|dispatch| {
+            if let Some(expected) = expected_last {
+                if dispatch.dispatched != expected {
+                    return Err(Error::PositionConflict {
+                        expected,
+                        found: dispatch.dispatched,
+                    });
                 }
-                let first = dispatch.dispatched + 1;
-                let events = positioned(events, first);
-                log.push(&events, payload_bytes);
-                count_published(shared, &events);
-                shared.fan_out(dispatch, &events);
-                Ok((first..first + events.len() as u64).collect())
-            })
-            .await
+            }
+            let first = dispatch.dispatched + 1;
+            let events = positioned(events, first);
+            log.push(&events, payload_bytes);
+            count_published(shared, &events);
+            shared.fan_out(dispatch, &events);
+            Ok((first..first + events.len() as u64).collect())
+        })
     }
 
     /// Subscribes `subscriber` to topics matching `pattern` (see the
@@ -609,22 +623,33 @@ impl EventBus {
         if shared.registry.has_key(&key) {
             return Err(already());
         }
-        let cursor = match shared.backing.cursor(&key).await? {
-            Some(cursor) => Some(cursor),
-            // A cursor stored by release 0.1.0 under its older name moves
-            // to the new one.
-            None => match subscription::legacy_cursor_key(&subscriber, &pattern) {
-                Some(legacy) => match shared.backing.cursor(&legacy).await? {
-                    Some(cursor) => {
-                        shared.backing.set_cursor(&key, cursor).await?;
-                        shared.backing.delete_cursor(&legacy).await?;
-                        Some(cursor)
-                    }
-                    None => None,
-                },
-                None => None,
-            },
+        // Every wait on the log below shares one deadline.
+        let deadline = Instant::now() + shared.config.storage_timeout;
+        let timed_out = || Error::Timeout {
+            operation: "subscribe",
+            after: shared.config.storage_timeout,
         };
+        let stored = async {
+            match shared.backing.cursor(&key).await? {
+                Some(cursor) => Ok(Some(cursor)),
+                // A cursor stored by release 0.1.0 under its older name
+                // moves to the new one.
+                None => match subscription::legacy_cursor_key(&subscriber, &pattern) {
+                    Some(legacy) => match shared.backing.cursor(&legacy).await? {
+                        Some(cursor) => {
+                            shared.backing.set_cursor(&key, cursor).await?;
+                            shared.backing.delete_cursor(&legacy).await?;
+                            Ok(Some(cursor))
+                        }
+                        None => Ok(None),
+                    },
+                    None => Ok::<_, Error>(None),
+                },
+            }
+        };
+        let cursor = tokio::time::timeout_at(deadline, stored)
+            .await
+            .map_err(|_| timed_out())??;
         let policy = options
             .policy
             .clone()
@@ -656,15 +681,19 @@ impl EventBus {
                 shared.registry.insert(Arc::clone(&sub));
                 Some(dispatch.dispatched)
             })
-            .await
             .ok_or_else(already)?;
         if cursor.is_none() {
             // From now on a restart replays what this subscriber missed.
-            if let Err(error) = shared
-                .backing
-                .set_cursor(&key, smalltalk_storage::Cursor::at(registered_at))
-                .await
-            {
+            let saved = tokio::time::timeout_at(
+                deadline,
+                shared
+                    .backing
+                    .set_cursor(&key, smalltalk_storage::Cursor::at(registered_at)),
+            )
+            .await
+            .map_err(|_| timed_out())
+            .and_then(|saved| saved);
+            if let Err(error) = saved {
                 shared.registry.remove(sub.serial);
                 return Err(error);
             }
@@ -767,11 +796,25 @@ impl EventBus {
     #[tracing::instrument(level = "debug", name = "bus.stats", skip_all)]
     pub async fn stats(&self) -> Result<BusStats> {
         let shared = self.shared();
-        let (log_events, log_bytes) = shared.backing.stats().await?;
+        // The log's sizes, if it answers in time: the rest is this
+        // process's own and always there.
+        let log = match tokio::time::timeout(shared.config.storage_timeout, shared.backing.stats())
+            .await
+        {
+            Ok(Ok(sizes)) => Some(sizes),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "the event log's sizes could not be read; stats without them");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(timeout = ?shared.config.storage_timeout,
+                    "the event log did not answer in time; stats without its sizes");
+                None
+            }
+        };
         let (topics, cached_topics) = shared
             .dispatch
-            .with(|dispatch| (dispatch.topics(), dispatch.cached_topics()))
-            .await;
+            .with(|dispatch| (dispatch.topics(), dispatch.cached_topics()));
         let subscriptions = shared.registry.snapshot();
         let subscribers: BTreeSet<_> = subscriptions
             .iter()
@@ -793,8 +836,8 @@ impl EventBus {
             gaps_detected: read(&counters.gaps_detected),
             undecodable_events: read(&counters.undecodable),
             latency: counters.latency(),
-            log_events,
-            log_bytes,
+            log_events: log.map(|(events, _)| events),
+            log_bytes: log.map(|(_, bytes)| bytes),
             subscriptions_detail: subscriptions
                 .iter()
                 .map(|subscription| subscription.stats())
@@ -911,7 +954,7 @@ async fn commit_group(shared: &Shared, log: &dyn EventLog, group: Vec<Commit>) {
         replies.push((commit.events.len(), commit.expected_last, commit.reply));
         events.extend(commit.events);
     }
-    let mut dispatch = shared.dispatch.durable().lock().await;
+    let order = shared.dispatch.order().await;
     let appended = match replies[0].1 {
         Some(expected) => log.append_events_at(&events, expected).await,
         None => log.append_events(&events).await,
@@ -965,14 +1008,16 @@ async fn commit_group(shared: &Shared, log: &dyn EventLog, group: Vec<Commit>) {
     // Other processes' events before ours go out first. If they cannot be
     // read now, ours wait too (they are committed): the tailer delivers
     // both from the log, in order.
-    if first > dispatch.dispatched + 1 {
-        if let Err(error) = shared.dispatch_from_log(&mut dispatch, Some(first)).await {
+    if first > shared.dispatch.with(|dispatch| dispatch.dispatched) + 1 {
+        if let Err(error) = shared.dispatch_from_log(Some(first)).await {
             tracing::error!(%error, "could not read other processes' events; the tailer will retry");
         }
     }
     count_published(shared, &events);
-    shared.fan_out(&mut dispatch, &events);
-    drop(dispatch);
+    shared
+        .dispatch
+        .with(|dispatch| shared.fan_out(dispatch, &events));
+    drop(order);
     let mut positions = positions.into_iter();
     for (count, _, reply) in replies {
         let _ = reply.send(Ok(positions.by_ref().take(count).collect()));
@@ -994,9 +1039,9 @@ async fn tail_loop(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receive
         };
         match newest {
             Ok(newest) if newest > bus.dispatched() => {
-                let mut dispatch = bus.dispatch.durable().lock().await;
-                if let Err(error) = bus.dispatch_from_log(&mut dispatch, None).await {
-                    drop(dispatch);
+                let order = bus.dispatch.order().await;
+                if let Err(error) = bus.dispatch_from_log(None).await {
+                    drop(order);
                     tracing::warn!(%error, "could not read the event log; retrying");
                     drop(bus);
                     tokio::select! {

@@ -85,6 +85,11 @@ pub struct EventBusConfig {
     /// The in-memory log keeps at most this many events (oldest dropped
     /// first), besides the retention time. Default 100,000.
     pub memory_log_capacity: usize,
+    /// How long `subscribe` waits for the log (its stored cursor) before
+    /// failing with [`Error::Timeout`](crate::Error::Timeout), and `stats`
+    /// for the log's sizes before answering without them. Default 10 s;
+    /// 1 ms to 1 h.
+    pub storage_timeout: Duration,
     /// Replay policies per subscriber, and the default.
     pub policies: ReplayPolicies,
 }
@@ -107,6 +112,7 @@ impl Default for EventBusConfig {
             max_batch: 1024,
             poll_interval: Duration::from_secs(1),
             memory_log_capacity: 100_000,
+            storage_timeout: Duration::from_secs(10),
             policies: ReplayPolicies::default(),
         }
     }
@@ -198,6 +204,12 @@ impl EventBusConfig {
             Duration::from_secs(3600),
         )?;
         at_least_one("memory_log_capacity", self.memory_log_capacity)?;
+        within(
+            "storage_timeout",
+            self.storage_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        )?;
         self.policies.validate()
     }
 }

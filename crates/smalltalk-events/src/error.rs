@@ -50,6 +50,16 @@ pub enum Error {
         /// The newest position found.
         found: u64,
     },
+    /// The log did not answer within
+    /// [`storage_timeout`](crate::EventBusConfig::storage_timeout); nothing
+    /// was changed (for `subscribe`: no subscription was made).
+    #[error("{operation} timed out after {after:?} waiting for the event log")]
+    Timeout {
+        /// The operation.
+        operation: &'static str,
+        /// How long it waited.
+        after: std::time::Duration,
+    },
     /// A replay-policy file that cannot be read or does not parse.
     #[error("replay policies from {origin} cannot be read")]
     PolicyFile {
@@ -74,7 +84,11 @@ impl Error {
     /// Whether retrying later may succeed (the log's backend was
     /// unavailable).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Storage(source) if source.is_transient())
+        match self {
+            Error::Storage(source) => source.is_transient(),
+            Error::Timeout { .. } => true,
+            _ => false,
+        }
     }
 }
 

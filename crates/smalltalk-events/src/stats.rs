@@ -103,10 +103,13 @@ pub struct BusStats {
     pub undecodable_events: u64,
     /// Publication-to-handler latency.
     pub latency: LatencyStats,
-    /// Events retained in the log.
-    pub log_events: u64,
-    /// Bytes the retained events take (an estimate for the in-memory log).
-    pub log_bytes: u64,
+    /// Events retained in the log; `None` if the log did not answer within
+    /// [`storage_timeout`](crate::EventBusConfig::storage_timeout) (or
+    /// failed): stats never wait on a stalled log.
+    pub log_events: Option<u64>,
+    /// Bytes the retained events take (an estimate for the in-memory log);
+    /// `None` as `log_events`.
+    pub log_bytes: Option<u64>,
     /// Each subscription.
     pub subscriptions_detail: Vec<SubscriptionStats>,
 }

@@ -1223,8 +1223,8 @@ async fn stats_count_what_happened(env: &Env) {
     assert_eq!(stats.subscriptions, 3);
     assert_eq!(stats.subscribers, 2);
     assert_eq!(stats.topics, 3);
-    assert!(stats.log_events >= 3, "{stats:?}");
-    assert!(stats.log_bytes > 0);
+    assert!(stats.log_events.unwrap() >= 3, "{stats:?}");
+    assert!(stats.log_bytes.unwrap() > 0);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while bus.stats().await.unwrap().delivered < 5 {
         assert!(tokio::time::Instant::now() < deadline, "delivered counts");

@@ -110,7 +110,10 @@ async fn main() -> anyhow::Result<()> {
     let stats = bus.stats().await?;
     println!(
         "published {} ({} critical) in this run; the log holds {} events, {} bytes",
-        stats.published, stats.published_critical, stats.log_events, stats.log_bytes
+        stats.published,
+        stats.published_critical,
+        stats.log_events.unwrap_or_default(),
+        stats.log_bytes.unwrap_or_default()
     );
     bus.close().await;
     store.close().await?;

@@ -17,10 +17,11 @@
 //!
 //! **Group commit, leader-based.** A writer queues its job, then tries to
 //! take the write connection. Whoever gets it (the leader) commits
-//! everything queued in one transaction and answers every job after the
-//! commit; callers that did not get it wait for that answer. A leader that
-//! has committed several batches hands the rest to a thread of its own, so no
-//! caller waits on an unbounded stream of others' work.
+//! everything queued (up to 512 jobs) in one transaction and answers every
+//! job after the commit; callers that did not get it wait for that answer.
+//! An inline leader commits one batch; if more is queued it hands the rest
+//! to a thread of its own, so no caller's thread runs more than one batch
+//! of others' work.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -38,8 +39,9 @@ use crate::{Error, Result};
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// Batches a leader commits before handing the rest to another thread.
-const LEADER_BATCHES: usize = 4;
+/// Batches an inline leader commits before handing the rest to another
+/// thread: one, so a caller pays for at most one batch of others' work.
+const LEADER_BATCHES: usize = 1;
 
 /// Commits between two looks at the WAL's size.
 const CHECKPOINT_EVERY_COMMITS: u64 = 32;
@@ -561,5 +563,51 @@ impl Readers {
         let closed = state.idle.len();
         state.idle.clear();
         state.open -= closed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread::ThreadId;
+
+    use super::*;
+
+    /// With three batches queued, the caller that leads inline commits the
+    /// first and leaves the rest to a thread of its own.
+    #[test]
+    fn an_inline_leader_commits_one_batch_then_hands_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("leader.db");
+        let conn =
+            super::super::open_writer(&path, &super::super::SqliteOptions::default()).unwrap();
+        let writer = Writer::new(conn, path, Duration::from_secs(5)).unwrap();
+        let ran_on: Arc<Mutex<Vec<ThreadId>>> = Arc::default();
+        let mut answers = Vec::new();
+        for _ in 0..3 * MAX_BATCH {
+            let (reply, answer) = oneshot::channel();
+            let ran_on = Arc::clone(&ran_on);
+            let work = move |_: &Connection| -> Result<()> {
+                lock(&ran_on).push(std::thread::current().id());
+                Ok(())
+            };
+            lock(&writer.queue).push_back(Box::new(TypedJob {
+                work: Some(work),
+                result: None,
+                reply,
+            }));
+            answers.push(answer);
+        }
+        writer.lead(Placement::Inline);
+        for answer in answers {
+            answer.blocking_recv().unwrap().unwrap();
+        }
+        let ran_on = lock(&ran_on);
+        let here = std::thread::current().id();
+        assert_eq!(ran_on.len(), 3 * MAX_BATCH);
+        assert_eq!(
+            ran_on.iter().filter(|thread| **thread == here).count(),
+            MAX_BATCH,
+            "the caller's thread ran exactly one batch"
+        );
     }
 }
