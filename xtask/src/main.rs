@@ -158,7 +158,12 @@ fn run_tests(postgres: &Postgres, args: &[&str]) -> Result<Tally> {
     command.args(args).stdout(Stdio::piped());
     match postgres {
         Postgres::Available(url) => {
-            command.env("SMALLTALK_TEST_POSTGRES_URL", url);
+            // PostgreSQL tests are `#[ignore = "needs PostgreSQL ..."]`, so
+            // a plain `cargo test` without a server shows them as skipped;
+            // with one they run here.
+            command
+                .args(["--", "--include-ignored"])
+                .env("SMALLTALK_TEST_POSTGRES_URL", url);
         }
         Postgres::Unavailable(_) => {
             command.env_remove("SMALLTALK_TEST_POSTGRES_URL");
@@ -189,12 +194,18 @@ fn run_tests(postgres: &Postgres, args: &[&str]) -> Result<Tally> {
     Ok(tally)
 }
 
-/// Parses `test <backend>::<suite>::<case> ... ok|FAILED` lines.
+/// Parses `test <backend>::<suite>::<case> ... ok|FAILED` lines (an
+/// `ignored` case, skipped, is not counted).
 fn contract_result(line: &str) -> Option<(&str, &str, bool)> {
     let (name, outcome) = line.strip_prefix("test ")?.split_once(" ... ")?;
     let mut parts = name.split("::");
     let (backend, suite, _case) = (parts.next()?, parts.next()?, parts.next()?);
-    let contract = BACKENDS.contains(&backend) && suite != "tests";
+    // Exactly three parts: a unit test such as `sqlite::pool::tests::x` is
+    // not a contract case.
+    let contract = parts.next().is_none()
+        && BACKENDS.contains(&backend)
+        && suite != "tests"
+        && !outcome.starts_with("ignored");
     contract.then_some((backend, suite, outcome.starts_with("ok")))
 }
 
@@ -256,6 +267,11 @@ mod tests {
             Some(("postgres", "kv", false))
         );
         assert_eq!(contract_result("test sqlite::tests::x ... ok"), None);
+        assert_eq!(contract_result("test sqlite::pool::tests::x ... ok"), None);
+        assert_eq!(
+            contract_result("test postgres::kv::ttl ... ignored, needs PostgreSQL"),
+            None
+        );
         assert_eq!(contract_result("test other::a::b ... ok"), None);
         assert_eq!(contract_result("running 3 tests"), None);
     }

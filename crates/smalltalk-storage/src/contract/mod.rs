@@ -248,9 +248,13 @@ impl Drop for PgBackend {
 /// Stamps the whole contract suite into a module named `$name`, for the
 /// backend made by the async factory `$fresh` (returning
 /// `Option<impl Backend>`). Tests are named `$name::<suite>::<case>`.
+/// Attributes after the factory go on every test: PostgreSQL's suite is
+/// `#[ignore = "needs PostgreSQL ..."]`, so without a server it shows as
+/// skipped, and `cargo xtask ci` runs it (`--include-ignored`) when one is
+/// reachable.
 #[macro_export]
 macro_rules! storage_contract {
-    ($name:ident, $fresh:path) => {
+    ($name:ident, $fresh:path $(, #[$attr:meta])* $(,)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
@@ -259,7 +263,7 @@ macro_rules! storage_contract {
                 $fresh().await
             }
 
-            $crate::__contract_cases!(sessions;
+            $crate::__contract_cases!([$(#[$attr])*];sessions;
                 round_trip_every_field,
                 large_header_round_trips,
                 not_found,
@@ -284,7 +288,7 @@ macro_rules! storage_contract {
                 closed_store_refuses_calls,
             );
 
-            $crate::__contract_cases!(events;
+            $crate::__contract_cases!([$(#[$attr])*];events;
                 append_and_read_in_order,
                 conditional_append,
                 filters,
@@ -297,7 +301,7 @@ macro_rules! storage_contract {
                 too_deep_events_are_refused,
             );
 
-            $crate::__contract_cases!(kv;
+            $crate::__contract_cases!([$(#[$attr])*];kv;
                 round_trip,
                 ttl_expiry,
                 clear_older_than,
@@ -306,6 +310,7 @@ macro_rules! storage_contract {
             );
 
             mod model {
+                $(#[$attr])*
                 #[test]
                 fn equivalence_with_memory() {
                     $crate::contract::model::check(super::fresh);
@@ -318,18 +323,25 @@ macro_rules! storage_contract {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __contract_cases {
-    ($suite:ident; $($case:ident),+ $(,)?) => {
+    ($attrs:tt; $suite:ident; $($case:ident),+ $(,)?) => {
         mod $suite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some(backend) = super::fresh().await else {
-                        eprintln!("skipped: backend not available");
-                        return;
-                    };
-                    $crate::contract::$suite::$case(&backend).await;
-                }
-            )+
+            $( $crate::__contract_case!($attrs; $suite; $case); )+
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __contract_case {
+    ([$($attr:tt)*]; $suite:ident; $case:ident) => {
+        $($attr)*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $case() {
+            let Some(backend) = super::fresh().await else {
+                eprintln!("skipped: backend not available");
+                return;
+            };
+            $crate::contract::$suite::$case(&backend).await;
         }
     };
 }
