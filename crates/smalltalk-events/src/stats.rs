@@ -36,7 +36,8 @@ pub struct SubscriptionStats {
     pub pattern: TopicPattern,
     /// Handler calls, first deliveries and redeliveries together.
     pub deliveries: u64,
-    /// Events acknowledged.
+    /// Events acknowledged (deliveries of an explicit
+    /// [`replay`](crate::EventBus::replay) included).
     pub acked: u64,
     /// Naks received (from outcomes and handles).
     pub naked: u64,

@@ -110,6 +110,9 @@ pub(crate) struct SubShared {
     stop: Notify,
     commands: mpsc::UnboundedSender<Command>,
     pub(crate) counters: SubCounters,
+    /// Woken whenever the task changes the counters (see
+    /// [`Subscription::wait_until`]).
+    changed: Notify,
     pub(crate) task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -167,6 +170,11 @@ impl SubShared {
         self.commands.send(command).is_ok()
     }
 
+    /// Wakes [`Subscription::wait_until`] callers to look at the counters.
+    fn changed(&self) {
+        self.changed.notify_waiters();
+    }
+
     pub(crate) fn stats(&self) -> SubscriptionStats {
         let counters = &self.counters;
         SubscriptionStats {
@@ -221,6 +229,32 @@ impl Subscription {
     /// Its counts and state.
     pub fn stats(&self) -> SubscriptionStats {
         self.shared.stats()
+    }
+
+    /// Waits until `condition` holds for its [`stats`](Self::stats), up to
+    /// `timeout`; `true` if it did. Woken each time the subscription's task
+    /// changes its counts (a delivery answered, an event settled or given
+    /// up, the stall flag, the saved cursor), never by polling: for tests,
+    /// and for callers that drain a subscription before going on.
+    pub async fn wait_until(
+        &self,
+        mut condition: impl FnMut(&SubscriptionStats) -> bool,
+        timeout: std::time::Duration,
+    ) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.shared.changed.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a change right after the look
+            // still wakes us.
+            notified.as_mut().enable();
+            if condition(&self.shared.stats()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return condition(&self.shared.stats());
+            }
+        }
     }
 
     /// Unsubscribes and waits for the running handler (if any) to return
@@ -322,6 +356,7 @@ pub(crate) fn create(
         wake: Notify::new(),
         stopped: AtomicBool::new(false),
         stop: Notify::new(),
+        changed: Notify::new(),
         commands: commands_tx,
         counters: SubCounters::default(),
         task: Mutex::new(None),
@@ -420,6 +455,7 @@ impl Worker {
     async fn persist(&mut self, force: bool) {
         let floor = self.floor();
         self.sub.counters.cursor.store(floor, Ordering::Relaxed);
+        self.sub.changed();
         if floor <= self.persisted.position {
             return;
         }
@@ -490,6 +526,7 @@ impl Worker {
             .pending
             .store(self.pending.len() as u64, Ordering::Relaxed);
         self.update_stall();
+        self.sub.changed();
     }
 
     fn update_stall(&self) -> bool {
@@ -640,6 +677,7 @@ impl Worker {
         bump(&self.bus.counters.gaps_detected);
         metrics::counter!("event_replay_gap_detected").increment(1);
         self.handler.on_gap(gap.clone()).await;
+        self.sub.changed();
     }
 
     /// On subscribe: what was missed since `last_seen` (the stored cursor,
@@ -969,6 +1007,7 @@ impl Worker {
 
     fn dead_letter(&self, event: &Event, attempts: u32) {
         bump(&self.sub.counters.dead_lettered);
+        self.sub.changed();
         tracing::error!(subscriber = %self.sub.subscriber, pattern = %self.sub.pattern,
             topic = %event.topic, position = event.position, event_id = %event.id, attempts,
             "giving up on an event after max_deliver deliveries (dead-lettered)");
@@ -1163,11 +1202,16 @@ impl Worker {
             match self.run_handler(delivery, &touch).await {
                 // Not marked processed: a deliberate replay is not a
                 // redelivery, and the registry is for those.
-                Ran::Outcome(Outcome::Ack | Outcome::InProgress) => return true,
+                Ran::Outcome(Outcome::Ack | Outcome::InProgress) => {
+                    bump(&self.sub.counters.acked);
+                    self.sub.changed();
+                    return true;
+                }
                 Ran::Outcome(Outcome::Nak { .. }) => bump(&self.sub.counters.naked),
                 Ran::Panicked => bump(&self.sub.counters.panics),
                 Ran::TimedOut => bump(&self.sub.counters.timeouts),
             }
+            self.sub.changed();
         }
         self.dead_letter(&event, self.bus.config.max_deliver);
         false

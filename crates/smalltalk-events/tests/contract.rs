@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use smalltalk_events::{
     Delivery, Draft, Error, EventBus, EventBusConfig, EventHandler, GapNotice, Outcome,
-    PublishOptions, ReplayOptions, SubscribeOptions, Subscription,
+    PublishOptions, ReplayOptions, SubscribeOptions, Subscription, SubscriptionStats,
 };
 use smalltalk_storage::Store;
 use smalltalk_storage::contract::{Backend, test_clock};
@@ -168,16 +168,35 @@ impl EventHandler for Recorder {
     }
 }
 
-/// Polls `condition` until it holds (up to 20 s, then fails). For states
-/// with nothing to await, such as a subscription having stalled.
-async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
+/// Waits (up to 20 s, then fails) until `condition` holds for the
+/// subscription's stats: woken by the subscription itself, never polled.
+async fn settled(
+    subscription: &Subscription,
+    what: &str,
+    condition: impl FnMut(&SubscriptionStats) -> bool,
+) {
+    assert!(
+        subscription
+            .wait_until(condition, Duration::from_secs(20))
+            .await,
+        "timed out waiting for {what}: {:?}",
+        subscription.stats()
+    );
+}
+
+impl Recorder {
+    /// Waits (up to 20 s, then fails) until `condition` holds for what was
+    /// seen; woken by each delivery.
+    async fn wait_until(&self, what: &str, mut condition: impl FnMut(&[Seen]) -> bool) {
+        let mut count = self.count.subscribe();
+        let waited = tokio::time::timeout(
+            Duration::from_secs(20),
+            count.wait_for(|_| condition(&self.seen.lock().unwrap())),
+        )
+        .await
+        // Not holding the watch's guard: handlers write to it.
+        .is_ok();
+        assert!(waited, "timed out waiting for {what}: {:?}", self.seen());
     }
 }
 
@@ -436,8 +455,8 @@ async fn slow_and_panicking_handlers_do_not_hold_up_others(env: &Env) {
         1,
         "the stuck handler is still on its first event"
     );
-    eventually("the panicking subscription to give up on all 100", || {
-        panicking.stats().dead_lettered == 100
+    settled(&panicking, "it to give up on all 100", |stats| {
+        stats.dead_lettered == 100
     })
     .await;
     assert_eq!(panicking.stats().panics, 200);
@@ -494,7 +513,7 @@ async fn nak_redelivers_until_the_limit(env: &Env) {
     .map(|(topic, attempt)| (topic.to_owned(), attempt))
     .collect();
     assert_eq!(seen, expected);
-    eventually("the counts to settle", || subscription.stats().acked == 2).await;
+    settled(&subscription, "the counts", |stats| stats.acked == 2).await;
     let stats = subscription.stats();
     assert_eq!(stats.dead_lettered, 1);
     assert_eq!(stats.naked, 4);
@@ -525,7 +544,7 @@ async fn in_progress_events_are_capped_and_answered_later(env: &Env) {
         publish(&bus, &format!("w.e{index}")).await;
     }
     recorder.wait_for(3).await;
-    eventually("the subscription to stall", || subscription.stats().stalled).await;
+    settled(&subscription, "the stall", |stats| stats.stalled).await;
     assert_eq!(recorder.seen().len(), 3, "nothing new while stalled");
     assert_eq!(subscription.stats().pending, 3);
     let first = handles.lock().unwrap()[0].clone();
@@ -544,8 +563,7 @@ async fn in_progress_events_are_capped_and_answered_later(env: &Env) {
     for handle in handles.lock().unwrap().iter() {
         handle.ack();
     }
-    eventually("everything to settle", || {
-        let stats = subscription.stats();
+    settled(&subscription, "everything", |stats| {
         stats.pending == 0 && stats.acked == 4
     })
     .await;
@@ -582,7 +600,7 @@ async fn a_handler_past_ack_wait_gets_the_event_again(env: &Env) {
     recorder.wait_for(2).await;
     let attempts: Vec<u32> = recorder.seen().iter().map(|seen| seen.attempt).collect();
     assert_eq!(attempts, [1, 2]);
-    eventually("the ack", || subscription.stats().acked == 1).await;
+    settled(&subscription, "the ack", |stats| stats.acked == 1).await;
     assert_eq!(subscription.stats().timeouts, 1);
 }
 
@@ -603,8 +621,8 @@ async fn redelivered_ids_are_handled_once(env: &Env) {
     }
     publish(&bus, "pay.done").await;
     recorder.wait_for(2).await;
-    eventually("the duplicates to be counted", || {
-        subscription.stats().duplicates_dropped == 2
+    settled(&subscription, "the duplicates", |stats| {
+        stats.duplicates_dropped == 2
     })
     .await;
     assert_eq!(recorder.topics(), ["pay.sent", "pay.done"]);
@@ -743,7 +761,7 @@ async fn a_restarted_bus_delivers_what_was_not_acknowledged(env: &Env) {
             publish(&bus, &format!("r.e{index}")).await;
         }
         recorder.wait_for(6).await;
-        eventually("acks to be saved", || subscription.stats().acked == 5).await;
+        settled(&subscription, "acks", |stats| stats.acked == 5).await;
         subscription.unsubscribe().await;
         bus.close().await;
         publish_never(&bus).await;
@@ -782,7 +800,7 @@ async fn unacknowledged_normal_events_come_back_under_critical_only(env: &Env) {
             publish(&bus, topic).await;
         }
         recorder.wait_for(3).await;
-        eventually("acks to be saved", || subscription.stats().acked == 2).await;
+        settled(&subscription, "acks", |stats| stats.acked == 2).await;
         subscription.unsubscribe().await;
         // Away now.
         publish(&bus, "c.away").await;
@@ -794,10 +812,11 @@ async fn unacknowledged_normal_events_come_back_under_critical_only(env: &Env) {
     let recorder = Recorder::acking();
     let _subscription = subscribe(&bus, "c.*", "critical-only", &recorder).await;
     publish(&bus, "c.back").await;
-    eventually("c.back", || {
-        recorder.topics().contains(&"c.back".to_owned())
-    })
-    .await;
+    recorder
+        .wait_until("c.back", |seen| {
+            seen.iter().any(|seen| seen.topic == "c.back")
+        })
+        .await;
     let topics = recorder.topics();
     assert_eq!(
         topics.first().map(String::as_str),
@@ -1204,19 +1223,16 @@ async fn a_lagging_subscriber_under_load_misses_nothing(env: &Env) {
 async fn stats_count_what_happened(env: &Env) {
     let bus = env.bus(config()).await;
     let recorder = Recorder::acking();
-    let _a = subscribe(&bus, "s.*", "one", &recorder).await;
+    let a = subscribe(&bus, "s.*", "one", &recorder).await;
     let other = Recorder::acking();
-    let _b = subscribe(&bus, ">", "two", &other).await;
+    let b = subscribe(&bus, ">", "two", &other).await;
     let _c = subscribe(&bus, "z.*", "two", &other).await;
     publish(&bus, "s.a").await;
     publish_critical(&bus, "s.b").await;
     publish(&bus, "t.c").await;
-    recorder.wait_for(2).await;
-    other.wait_for(3).await;
-    eventually("acks to be counted", || {
-        recorder.seen().len() == 2 && other.seen().len() == 3
-    })
-    .await;
+    // Acknowledged (counted when settled, after the handler returned).
+    settled(&a, "two acks", |stats| stats.acked == 2).await;
+    settled(&b, "three acks", |stats| stats.acked == 3).await;
     let stats = bus.stats().await.unwrap();
     assert_eq!(stats.published, 3);
     assert_eq!(stats.published_critical, 1);
@@ -1225,12 +1241,7 @@ async fn stats_count_what_happened(env: &Env) {
     assert_eq!(stats.topics, 3);
     assert!(stats.log_events.unwrap() >= 3, "{stats:?}");
     assert!(stats.log_bytes.unwrap() > 0);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while bus.stats().await.unwrap().delivered < 5 {
-        assert!(tokio::time::Instant::now() < deadline, "delivered counts");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let stats = bus.stats().await.unwrap();
+    assert_eq!(stats.delivered, 5);
     assert_eq!(stats.delivered_critical, 2);
     assert_eq!(stats.latency.count, 5);
 }

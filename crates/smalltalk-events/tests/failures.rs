@@ -70,12 +70,11 @@ async fn publish(bus: &EventBus, topic: &str) {
         .unwrap();
 }
 
-async fn until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+/// Waits (up to 20 s, then fails) until `count` faults were injected.
+async fn faults(faulty: &FaultyStore, what: &str, count: u64) {
+    let waited =
+        tokio::time::timeout(Duration::from_secs(20), faulty.wait_for_injected(count)).await;
+    assert!(waited.is_ok(), "timed out: {what}");
 }
 
 /// The log fails while a subscriber must catch up after a queue overflow:
@@ -115,7 +114,7 @@ async fn a_catch_up_waits_for_a_failing_log() {
     faulty.fail_operation("read_events", true);
     faulty.fail_operation("log_bounds", true);
     gate.add_permits(100);
-    until("catch-up attempts to fail", || faulty.injected() >= 3).await;
+    faults(&faulty, "catch-up attempts to fail", 3).await;
     publish(&bus, "f.e4").await;
     assert_eq!(
         seen.topics(),
@@ -155,7 +154,7 @@ async fn a_failing_replay_is_retried_before_live_events() {
         .await
         .unwrap();
     publish(&bus, "r.live").await;
-    until("replay attempts to fail", || faulty.injected() >= 2).await;
+    faults(&faulty, "replay attempts to fail", 2).await;
     assert_eq!(seen.topics(), ["r.before"]);
     faulty.fail_operation("read_events", false);
     seen.wait_for(3).await;
@@ -229,7 +228,7 @@ async fn events_of_another_node_that_cannot_be_read_yet_are_not_skipped() {
     // This node can neither wait on the log nor read it for a while.
     faulty.fail_operation("wait_for_events", true);
     faulty.fail_operation("read_events", true);
-    until("the tailer to notice", || faulty.injected() >= 1).await;
+    faults(&faulty, "the tailer to notice", 1).await;
     publish(&other_node, "x.theirs").await;
     publish(&this_node, "x.ours").await; // committed; x.theirs is unread
     assert!(seen.topics().is_empty(), "nothing out of order");

@@ -660,6 +660,26 @@ impl AgentHealthMonitor {
         waited.unwrap_or(Ok(false))
     }
 
+    /// Waits until the monitor is (`true`) or is not (`false`) in degraded
+    /// operation, up to `timeout`; `true` if it got there. Woken by each
+    /// switch (after the session manager was told), never polled.
+    #[tracing::instrument(level = "debug", name = "monitor.wait_for_degraded", skip_all)]
+    pub async fn wait_for_degraded(&self, degraded: bool, timeout: Duration) -> bool {
+        let mut changes = self.inner.changes.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                if self.is_degraded() == degraded {
+                    return true;
+                }
+                if changes.changed().await.is_err() {
+                    return false;
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or(false)
+    }
+
     /// Runs sweeps every quarter of the shorter of the heartbeat and probe
     /// intervals, and the moment an agent's silence passes its limit, on
     /// one task, until the returned task is dropped (at once) or shut down

@@ -42,7 +42,7 @@ async fn transitions_go_onto_the_bus_and_recovery_replays_missed_events() -> any
     let bus = EventBus::in_memory().await?;
     // What the agent handles, and what an observer sees of its health.
     let handled = Arc::new(Mutex::new(Vec::new()));
-    let _work = bus
+    let work = bus
         .subscribe(
             "task.*",
             "worker",
@@ -60,7 +60,7 @@ async fn transitions_go_onto_the_bus_and_recovery_replays_missed_events() -> any
         )
         .await?;
     let health = Arc::new(Mutex::new(Vec::new()));
-    let _observer = bus
+    let observer = bus
         .subscribe(
             "agent.health-changed",
             "observer",
@@ -108,14 +108,17 @@ async fn transitions_go_onto_the_bus_and_recovery_replays_missed_events() -> any
     .await?;
     agent.down.store(true, Ordering::SeqCst);
     let _sweeper = monitor.spawn();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while health.lock().unwrap().len() < 3 || handled.lock().unwrap().len() < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{health:?} {handled:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    // Three transitions seen, and the event handled twice (live, then by
+    // the replay after the recovery).
+    let wait = Duration::from_secs(10);
+    assert!(
+        observer.wait_until(|stats| stats.acked >= 3, wait).await,
+        "{health:?}"
+    );
+    assert!(
+        work.wait_until(|stats| stats.acked >= 2, wait).await,
+        "{handled:?}"
+    );
     assert_eq!(
         health.lock().unwrap().clone(),
         ["disconnected", "recovering", "active"]
@@ -160,11 +163,12 @@ async fn a_degraded_system_pauses_new_sessions() -> anyhow::Result<()> {
         agent.down.store(true, Ordering::SeqCst);
     }
     let _sweeper = monitor.spawn();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !monitor.is_degraded() {
-        assert!(tokio::time::Instant::now() < deadline, "never degraded");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    assert!(
+        monitor
+            .wait_for_degraded(true, Duration::from_secs(10))
+            .await,
+        "never degraded"
+    );
     assert!(sessions.is_degraded());
     assert!(matches!(
         sessions.create(Default::default()).await,

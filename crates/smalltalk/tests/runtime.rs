@@ -21,6 +21,26 @@ use smalltalk::{
 struct Switchable {
     down: AtomicBool,
     restored: Mutex<Vec<Option<AgentState>>>,
+    restarted: tokio::sync::Notify,
+}
+
+impl Switchable {
+    /// Waits (up to 10 s) for the first restart; the state it brought.
+    async fn first_restart(&self) -> Option<AgentState> {
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let restarted = self.restarted.notified();
+                tokio::pin!(restarted);
+                restarted.as_mut().enable();
+                if let Some(state) = self.restored.lock().unwrap().first() {
+                    return state.clone();
+                }
+                restarted.await;
+            }
+        })
+        .await;
+        waited.expect("never restarted")
+    }
 }
 
 #[async_trait]
@@ -37,16 +57,16 @@ impl MonitoredAgent for Switchable {
     async fn restart(&self, state: Option<AgentState>) -> Result<(), AgentError> {
         self.restored.lock().unwrap().push(state);
         self.down.store(false, Ordering::SeqCst);
+        self.restarted.notify_waiters();
         Ok(())
     }
 }
 
-fn recording(topics: Arc<Mutex<Vec<String>>>) -> impl Fn(Delivery) -> std::future::Ready<Outcome> {
+fn recording(
+    topics: Arc<tokio::sync::watch::Sender<Vec<String>>>,
+) -> impl Fn(Delivery) -> std::future::Ready<Outcome> {
     move |delivery: Delivery| {
-        topics
-            .lock()
-            .unwrap()
-            .push(delivery.event().topic.to_string());
+        topics.send_modify(|topics| topics.push(delivery.event().topic.to_string()));
         std::future::ready(Outcome::Ack)
     }
 }
@@ -63,7 +83,7 @@ async fn one_builder_wires_every_port_and_one_call_shuts_down() -> anyhow::Resul
         })
         .build()
         .await?;
-    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(tokio::sync::watch::Sender::new(Vec::new()));
     let _watch = runtime
         .events()
         .subscribe(
@@ -108,38 +128,39 @@ async fn one_builder_wires_every_port_and_one_call_shuts_down() -> anyhow::Resul
             .await?;
         assert!(down, "agent-{index} was detected");
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !runtime.sessions().is_degraded() {
-        assert!(tokio::time::Instant::now() < deadline, "never degraded");
-        tokio::task::yield_now().await;
-    }
+    assert!(
+        runtime
+            .health()
+            .wait_for_degraded(true, Duration::from_secs(10))
+            .await,
+        "never degraded"
+    );
+    assert!(runtime.sessions().is_degraded());
     let paused = runtime.sessions().create(CreateOptions::default()).await;
     assert!(
         matches!(paused, Err(smalltalk::session::Error::Paused { .. })),
         "{paused:?}"
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let topics = seen.lock().unwrap().clone();
-        if [
-            "session:created",
-            "session:message-added",
-            "agent:health-changed",
-        ]
-        .iter()
-        .all(|wanted| {
-            topics
-                .iter()
-                .any(|topic| topic.replace('.', ":") == *wanted)
-        }) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "saw only {topics:?}"
-        );
-        tokio::task::yield_now().await;
-    }
+    let wanted = [
+        "session:created",
+        "session:message-added",
+        "agent:health-changed",
+    ];
+    let mut topics = seen.subscribe();
+    let all_seen = tokio::time::timeout(
+        Duration::from_secs(10),
+        topics.wait_for(|topics| {
+            wanted.iter().all(|wanted| {
+                topics
+                    .iter()
+                    .any(|topic| topic.replace('.', ":") == *wanted)
+            })
+        }),
+    )
+    .await
+    // Not holding the watch's read guard: the handler writes to it.
+    .is_ok();
+    assert!(all_seen, "saw only {:?}", *seen.borrow());
 
     let store = Arc::clone(runtime.store());
     runtime.shutdown().await?;
@@ -227,12 +248,7 @@ async fn a_restarted_agent_gets_the_state_its_session_kept() -> anyhow::Result<(
     );
 
     agent.down.store(true, Ordering::SeqCst);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while agent.restored.lock().unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "never restarted");
-        tokio::task::yield_now().await;
-    }
-    let restored = agent.restored.lock().unwrap()[0].clone().expect("a state");
+    let restored = agent.first_restart().await.expect("a state");
     assert_eq!(restored.history.len(), 2);
     assert_eq!(restored.context["draft"], "chapter 3");
     runtime.shutdown().await?;

@@ -2,7 +2,7 @@
 //! callers do when storage breaks.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ pub struct FaultyStore {
     fail_writes: AtomicBool,
     fail_reads: AtomicBool,
     failing_operations: Mutex<HashSet<&'static str>>,
-    injected: AtomicU64,
+    injected: tokio::sync::watch::Sender<u64>,
     short_positions: AtomicBool,
 }
 
@@ -36,7 +36,7 @@ impl FaultyStore {
             fail_writes: AtomicBool::new(false),
             fail_reads: AtomicBool::new(false),
             failing_operations: Mutex::new(HashSet::new()),
-            injected: AtomicU64::new(0),
+            injected: tokio::sync::watch::Sender::new(0),
             short_positions: AtomicBool::new(false),
         })
     }
@@ -80,7 +80,15 @@ impl FaultyStore {
 
     /// How many calls were failed on purpose.
     pub fn injected(&self) -> u64 {
-        self.injected.load(Ordering::SeqCst)
+        *self.injected.borrow()
+    }
+
+    /// Waits until at least `count` faults were injected (woken by each,
+    /// never polled).
+    pub async fn wait_for_injected(&self, count: u64) {
+        let mut injected = self.injected.subscribe();
+        // The sender lives as long as `self`: this cannot fail.
+        let _ = injected.wait_for(|injected| *injected >= count).await;
     }
 
     /// The wrapped store, to look behind the faults.
@@ -95,7 +103,7 @@ impl FaultyStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .contains(operation);
         if switch.load(Ordering::SeqCst) || named {
-            self.injected.fetch_add(1, Ordering::SeqCst);
+            self.injected.send_modify(|injected| *injected += 1);
             return Err(Error::Unavailable {
                 backend: "faulty",
                 source: "injected fault".into(),
