@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 
 use smalltalk_storage::{EventFilter, EventLog};
 use smalltalk_types::{
@@ -15,7 +15,14 @@ use tokio::time::Instant;
 use crate::dispatch::Dispatch;
 use crate::log::{Backing, Entry, MemoryLog, report_undecodable};
 use crate::stats::{BusCounters, BusStats, bump};
-use crate::subscription::{self, Command, NewSubscription, Processed, Start, SubShared};
+use crate::subscription::{self, Command, NewSubscription, Processed, Start};
+mod ports;
+mod registry;
+mod tasks;
+
+pub(crate) use registry::Registry;
+use tasks::{Commit, commit_loop, purge, purge_loop, tail_loop};
+
 use crate::{
     Draft, Error, EventBusConfig, EventHandler, PublishOptions, Published, ReplayOptions,
     ReplayReport, Result, SubscribeOptions, Subscription,
@@ -24,84 +31,6 @@ use crate::{
 /// Processed-id registries kept for (subscriber, pattern) pairs with no
 /// subscription now, at most (the least recently used go first).
 pub(crate) const MAX_IDLE_REGISTRIES: usize = 256;
-
-/// The active subscriptions, with a generation that changes with them (the
-/// dispatcher's per-topic cache is rebuilt when it does).
-#[derive(Debug, Default)]
-pub(crate) struct Registry {
-    subscriptions: RwLock<Vec<Arc<SubShared>>>,
-    generation: AtomicU64,
-}
-
-impl Registry {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<SubShared>>> {
-        self.subscriptions
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<SubShared>>> {
-        self.subscriptions
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn matching(&self, topic: &Topic) -> Vec<Arc<SubShared>> {
-        self.read()
-            .iter()
-            .filter(|subscription| subscription.pattern.matches(topic))
-            .cloned()
-            .collect()
-    }
-
-    fn snapshot(&self) -> Vec<Arc<SubShared>> {
-        self.read().clone()
-    }
-
-    fn has_key(&self, key: &StorageKey) -> bool {
-        self.read()
-            .iter()
-            .any(|subscription| &subscription.key == key)
-    }
-
-    fn insert(&self, subscription: Arc<SubShared>) {
-        self.write().push(subscription);
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    pub(crate) fn remove(&self, serial: u64) {
-        let mut subscriptions = self.write();
-        let before = subscriptions.len();
-        subscriptions.retain(|subscription| subscription.serial != serial);
-        if subscriptions.len() != before {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
-    }
-
-    fn remove_subscriber(&self, subscriber: &SubscriberId) -> Vec<Arc<SubShared>> {
-        let mut subscriptions = self.write();
-        let (removed, kept): (Vec<_>, Vec<_>) = subscriptions
-            .drain(..)
-            .partition(|subscription| &subscription.subscriber == subscriber);
-        *subscriptions = kept;
-        if !removed.is_empty() {
-            self.generation.fetch_add(1, Ordering::AcqRel);
-        }
-        removed
-    }
-
-    fn of_subscriber(&self, subscriber: &SubscriberId) -> Vec<Arc<SubShared>> {
-        self.read()
-            .iter()
-            .filter(|subscription| &subscription.subscriber == subscriber)
-            .cloned()
-            .collect()
-    }
-}
 
 /// The fan-out state and its locks. `state` (a plain mutex) is held only
 /// to fan out or to look, never across an await: `subscribe` and `stats`
@@ -283,13 +212,6 @@ impl Shared {
     }
 }
 
-/// A publish waiting for the durable committer.
-struct Commit {
-    events: Vec<Event>,
-    expected_last: Option<u64>,
-    reply: oneshot::Sender<Result<Vec<u64>>>,
-}
-
 /// Builds an [`EventBus`].
 #[derive(Debug, Default)]
 pub struct EventBusBuilder {
@@ -388,14 +310,6 @@ impl Drop for Handle {
         for subscription in self.shared.registry.snapshot() {
             subscription.request_stop();
         }
-    }
-}
-
-impl std::fmt::Debug for Commit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Commit")
-            .field("events", &self.events.len())
-            .finish_non_exhaustive()
     }
 }
 
@@ -885,250 +799,4 @@ fn count_published(shared: &Shared, events: &[Arc<Event>]) {
     shared
         .counters
         .count_published(events.len() as u64, critical);
-}
-
-async fn purge(shared: &Shared) -> Result<u64> {
-    let cutoff = shared.clock.now().saturating_sub(shared.config.retention);
-    let purged = shared.backing.purge(cutoff).await?;
-    if purged > 0 {
-        tracing::info!(purged, %cutoff, "purged events past retention");
-    }
-    Ok(purged)
-}
-
-/// Durable mode: takes publishes as they come, appends each group in one
-/// commit, then dispatches them (and anything other processes appended
-/// before them) in position order.
-async fn commit_loop(
-    shared: Arc<Shared>,
-    mut requests: mpsc::Receiver<Commit>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let Backing::Durable(log) = &shared.backing else {
-        return;
-    };
-    let mut waiting: Option<Commit> = None;
-    loop {
-        let first = match waiting.take() {
-            Some(commit) => commit,
-            None => tokio::select! {
-                request = requests.recv() => match request {
-                    Some(commit) => commit,
-                    None => return,
-                },
-                _ = shutdown.changed() => {
-                    // Finish what was already asked for, then stop.
-                    requests.close();
-                    match requests.recv().await {
-                        Some(commit) => commit,
-                        None => return,
-                    }
-                }
-            },
-        };
-        let mut group = vec![first];
-        if group[0].expected_last.is_none() {
-            let mut size = group[0].events.len();
-            while size < shared.config.max_batch {
-                match requests.try_recv() {
-                    Ok(commit) if commit.expected_last.is_none() => {
-                        size += commit.events.len();
-                        group.push(commit);
-                    }
-                    Ok(conditional) => {
-                        waiting = Some(conditional);
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-        }
-        commit_group(&shared, log.as_ref(), group).await;
-    }
-}
-
-async fn commit_group(shared: &Shared, log: &dyn EventLog, group: Vec<Commit>) {
-    let mut events = Vec::new();
-    let mut replies = Vec::with_capacity(group.len());
-    for commit in group {
-        replies.push((commit.events.len(), commit.expected_last, commit.reply));
-        events.extend(commit.events);
-    }
-    let order = shared.dispatch.order().await;
-    let appended = match replies[0].1 {
-        Some(expected) => log.append_events_at(&events, expected).await,
-        None => log.append_events(&events).await,
-    };
-    // A log that answers with another number of positions than events is
-    // broken: an error for every caller, never a panic or a guess.
-    let appended = appended.and_then(|positions| {
-        if positions.len() == events.len() {
-            Ok(positions)
-        } else {
-            Err(smalltalk_storage::Error::Backend {
-                backend: "event log",
-                source: format!(
-                    "the log returned {} positions for {} events",
-                    positions.len(),
-                    events.len()
-                )
-                .into(),
-            })
-        }
-    });
-    let positions = match appended {
-        Ok(positions) => positions,
-        Err(error) => {
-            let error = Error::from(error);
-            let shared_error = match &error {
-                Error::Storage(source) => Some(Arc::clone(source)),
-                _ => None,
-            };
-            let mut error = Some(error);
-            for (_, _, reply) in replies {
-                let answer = match (&shared_error, error.take()) {
-                    (_, Some(first)) => first,
-                    (Some(source), None) => Error::Storage(Arc::clone(source)),
-                    (None, None) => Error::Closed,
-                };
-                let _ = reply.send(Err(answer));
-            }
-            return;
-        }
-    };
-    let first = positions.first().copied().unwrap_or(0);
-    let events: Vec<Arc<Event>> = events
-        .into_iter()
-        .zip(&positions)
-        .map(|(mut event, position)| {
-            event.position = Some(*position);
-            Arc::new(event)
-        })
-        .collect();
-    // Other processes' events before ours go out first. If they cannot be
-    // read now, ours wait too (they are committed): the tailer delivers
-    // both from the log, in order.
-    if first > shared.dispatch.with(|dispatch| dispatch.dispatched) + 1 {
-        if let Err(error) = shared.dispatch_from_log(Some(first)).await {
-            tracing::error!(%error, "could not read other processes' events; the tailer will retry");
-        }
-    }
-    count_published(shared, &events);
-    shared
-        .dispatch
-        .with(|dispatch| shared.fan_out(dispatch, &events));
-    drop(order);
-    let mut positions = positions.into_iter();
-    for (count, _, reply) in replies {
-        let _ = reply.send(Ok(positions.by_ref().take(count).collect()));
-    }
-}
-
-/// Durable mode: dispatches events other processes append (woken by the
-/// log's notifications, or every `poll_interval`).
-async fn tail_loop(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let Some(bus) = shared.upgrade() else {
-            return;
-        };
-        let after = bus.dispatched();
-        let interval = bus.config.poll_interval;
-        let newest = tokio::select! {
-            newest = bus.backing.wait(after, interval) => newest,
-            _ = shutdown.changed() => return,
-        };
-        match newest {
-            Ok(newest) if newest > bus.dispatched() => {
-                let order = bus.dispatch.order().await;
-                if let Err(error) = bus.dispatch_from_log(None).await {
-                    drop(order);
-                    tracing::warn!(%error, "could not read the event log; retrying");
-                    drop(bus);
-                    tokio::select! {
-                        () = tokio::time::sleep(interval) => {}
-                        _ = shutdown.changed() => return,
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(error) => {
-                tracing::warn!(%error, "could not wait on the event log; retrying");
-                drop(bus);
-                tokio::select! {
-                    () = tokio::time::sleep(interval) => {}
-                    _ = shutdown.changed() => return,
-                }
-            }
-        }
-    }
-}
-
-/// Purges past retention every `purge_interval`.
-async fn purge_loop(shared: std::sync::Weak<Shared>, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let Some(interval) = shared.upgrade().map(|bus| bus.config.purge_interval) else {
-            return;
-        };
-        tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            _ = shutdown.changed() => return,
-        }
-        let Some(bus) = shared.upgrade() else {
-            return;
-        };
-        if let Err(error) = purge(&bus).await {
-            tracing::warn!(%error, "event retention purge failed; will retry");
-        }
-    }
-}
-
-/// The bus as the [`EventSink`](smalltalk_types::EventSink) port: what
-/// capability crates announce (for example the session manager's
-/// `session:created`) is published with the announcement's topic,
-/// priority, scope and payload. A publish that fails is logged at WARN and
-/// dropped: announcing never fails the caller.
-#[async_trait::async_trait]
-impl smalltalk_types::EventSink for EventBus {
-    async fn announce(&self, announcement: smalltalk_types::Announcement) {
-        let topic = announcement.topic.to_string();
-        let mut options = PublishOptions::default().priority(announcement.priority);
-        options.session_id = announcement.session_id;
-        options.conversation_id = announcement.conversation_id;
-        options = options.meta("announcedAt", announcement.timestamp.to_string());
-        let draft = Draft {
-            topic: announcement.topic,
-            payload: announcement.payload.into(),
-            options,
-        };
-        if let Err(error) = self.publish_drafts(vec![draft], None).await {
-            tracing::warn!(%topic, %error, "could not publish an announcement; dropped");
-        }
-    }
-}
-
-/// The bus as the [`MissedEventReplayer`](smalltalk_types::MissedEventReplayer)
-/// port: a recovered agent's subscriptions (its id as subscriber id) get
-/// again what was published since it went down.
-#[async_trait::async_trait]
-impl smalltalk_types::MissedEventReplayer for EventBus {
-    async fn replay_missed(
-        &self,
-        agent_id: &smalltalk_types::AgentId,
-        since: smalltalk_types::Timestamp,
-    ) -> std::result::Result<smalltalk_types::ReplayCounts, String> {
-        let options = ReplayOptions {
-            since: Some(since),
-            ..ReplayOptions::default()
-        };
-        match self.replay(agent_id.as_str(), options).await {
-            Ok(report) => Ok(smalltalk_types::ReplayCounts {
-                delivered: report.delivered,
-                failed: report.failed,
-            }),
-            Err(Error::UnknownSubscriber { .. } | Error::Invalid(_)) => {
-                Ok(smalltalk_types::ReplayCounts::default())
-            }
-            Err(error) => Err(error.to_string()),
-        }
-    }
 }

@@ -1,7 +1,7 @@
 //! A subscription: its shared state, the handle the caller keeps, and the
 //! task that feeds its handler.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,8 +12,7 @@ use futures_util::FutureExt;
 use lru::LruCache;
 use smalltalk_storage::{Cursor, EventFilter, UndecodableEvent};
 use smalltalk_types::{
-    Event, EventId, EventPriority, EventReplayPolicy, ReplayMode, StorageKey, SubscriberId,
-    TopicPattern,
+    Backoff, Event, EventId, EventReplayPolicy, StorageKey, SubscriberId, TopicPattern,
 };
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -22,13 +21,25 @@ use tokio::time::Instant;
 use crate::AckPersistence;
 use crate::bus::Shared;
 use crate::handler::{AckHandle, AckMessage, Answer, Touch};
-use crate::log::{Entry, report_undecodable};
+use crate::log::report_undecodable;
 use crate::stats::{SubCounters, SubscriptionStats, bump, read};
-use crate::{Delivery, EventHandler, GapNotice, Outcome, ReplayOptions, ReplayReport, Result};
+use crate::{Delivery, EventHandler, Outcome, ReplayOptions, ReplayReport, Result};
 
 /// Events read from the log per query while replaying or catching up (the
 /// SQLite store reads up to 1,000 inline, without a thread handoff).
 const READ_BATCH: usize = 1000;
+
+/// Pauses between retries of a failing log: 10 ms, doubling up to 5 s.
+const RETRY_PAUSES: Backoff = Backoff::new(
+    std::time::Duration::from_millis(10),
+    2.0,
+    std::time::Duration::from_secs(5),
+);
+
+mod cursor_key;
+mod replay;
+
+pub(crate) use cursor_key::{cursor_key, legacy_cursor_key};
 
 /// The ids a subscriber has processed, kept across re-subscriptions in
 /// one process (FR-011a).
@@ -36,60 +47,6 @@ pub(crate) type Processed = Arc<Mutex<LruCache<EventId, ()>>>;
 
 pub(crate) fn new_processed() -> Processed {
     Arc::new(Mutex::new(LruCache::unbounded()))
-}
-
-/// The durable cursor name of a (subscriber, pattern) pair:
-/// `c2.<length of the subscriber id>.<subscriber>:<pattern>`, with the
-/// pattern's separators written `.` and its wildcards `:s` (`*`) and `:g`
-/// (`>`), which no topic segment holds. The length makes the name
-/// unambiguous whatever the subscriber id ends with. A name that would be
-/// longer than a storage key may be becomes `c2x.<FNV-1a 64 of the name>.`
-/// followed by as much of the name as fits.
-pub(crate) fn cursor_key(subscriber: &SubscriberId, pattern: &TopicPattern) -> StorageKey {
-    let prefix = format!("c2.{}.{}", subscriber.as_str().len(), subscriber.as_str());
-    let full = encoded_name(&prefix, pattern);
-    if full.len() <= StorageKey::MAX_LEN {
-        return StorageKey::parse(&full).expect("a subscriber id and a pattern make a valid key");
-    }
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in full.bytes() {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
-    let mut short = format!("c2x.{hash:016x}.");
-    let room = StorageKey::MAX_LEN - short.len();
-    // The name is ASCII: any byte boundary is a char boundary.
-    short.push_str(&full[..room]);
-    StorageKey::parse(&short).expect("a hashed cursor name is a valid key")
-}
-
-/// The name release 0.1.0 gave the pair (`subscriber:pattern`), to carry
-/// its cursor over; `None` where that name was ambiguous (a subscriber id
-/// ending in `:` could collide with a wildcard pattern of another).
-pub(crate) fn legacy_cursor_key(
-    subscriber: &SubscriberId,
-    pattern: &TopicPattern,
-) -> Option<StorageKey> {
-    if subscriber.as_str().ends_with(':') {
-        return None;
-    }
-    StorageKey::parse(&encoded_name(subscriber.as_str(), pattern)).ok()
-}
-
-fn encoded_name(prefix: &str, pattern: &TopicPattern) -> String {
-    let mut key = String::with_capacity(prefix.len() + pattern.as_str().len() + 8);
-    key.push_str(prefix);
-    key.push(':');
-    for (index, element) in pattern.as_str().split([':', '.']).enumerate() {
-        if index > 0 {
-            key.push('.');
-        }
-        match element {
-            "*" => key.push_str(":s"),
-            ">" => key.push_str(":g"),
-            segment => key.push_str(segment),
-        }
-    }
-    key
 }
 
 /// What the bus and the subscription's task share.
@@ -390,7 +347,7 @@ impl Worker {
     pub(crate) async fn run(mut self, start: Start) {
         if let Some(cursor) = start.cursor {
             self.last_seen = cursor.position;
-            let mut backoff = Backoff::new();
+            let mut failures = 0;
             loop {
                 match self.replay_missed(&start).await {
                     Ok(()) => break,
@@ -399,7 +356,7 @@ impl Worker {
                     Err(error) => {
                         tracing::error!(subscriber = %self.sub.subscriber, pattern = %self.sub.pattern,
                             %error, "replay on subscribe failed; retrying");
-                        if !self.pause(&mut backoff).await {
+                        if !self.pause(&mut failures).await {
                             break;
                         }
                     }
@@ -476,12 +433,12 @@ impl Worker {
     /// the event until the mark is stored: a failing log is retried with
     /// backoff. `false` if the subscription stopped first.
     async fn note_live(&mut self, position: u64) -> bool {
-        let mut backoff = Backoff::new();
+        let mut failures = 0;
         while position > self.persisted.live_until {
             if self.save_cursor(self.floor(), position).await {
                 break;
             }
-            if !self.pause(&mut backoff).await {
+            if !self.pause(&mut failures).await {
                 return false;
             }
         }
@@ -570,235 +527,6 @@ impl Worker {
             return;
         }
         self.deliver(event, false).await;
-    }
-
-    /// Reads from the log what the queue could not hold: every event after
-    /// `last_seen` up to the newest. The lagging flag is cleared before the
-    /// read, and an event is in the log before it is offered to the queue,
-    /// so a drop is either read here or flagged again. A failing log is
-    /// retried with backoff: nothing after the gap is handled before it is
-    /// filled. `false` if the subscription stopped first.
-    async fn catch_up(&mut self) -> bool {
-        let filter = self.sub.filter.clone();
-        let mut backoff = Backoff::new();
-        loop {
-            if self.stopped() {
-                return false;
-            }
-            let read = match self.check_gap(self.last_seen, None).await {
-                Ok(_) => {
-                    self.bus
-                        .backing
-                        .read(self.last_seen, &filter, READ_BATCH)
-                        .await
-                }
-                Err(error) => Err(error),
-            };
-            let batch = match read {
-                Ok(batch) => batch,
-                Err(error) => {
-                    tracing::error!(subscriber = %self.sub.subscriber, %error,
-                        "could not read the log to catch up; retrying");
-                    if !self.pause(&mut backoff).await {
-                        return false;
-                    }
-                    continue;
-                }
-            };
-            backoff = Backoff::new();
-            let full = batch.len() == READ_BATCH;
-            for entry in batch {
-                match entry {
-                    Entry::Event(event) => self.deliver(event, false).await,
-                    Entry::Undecodable(row) => self.pass_over(&row).await,
-                }
-                if self.stopped() {
-                    return false;
-                }
-            }
-            if !full {
-                return true;
-            }
-        }
-    }
-
-    /// Waits out `backoff` (then doubles it), unless the subscription is
-    /// stopped first (`false`).
-    async fn pause(&self, backoff: &mut Backoff) -> bool {
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next()) => !self.stopped(),
-            () = self.sub.stop.notified() => {
-                // Keep the stop request for the main loop.
-                self.sub.stop.notify_one();
-                false
-            }
-        }
-    }
-
-    /// Sends a gap notice if the log no longer holds positions right after
-    /// `after`, and moves past them. `window_start`: only a gap for events
-    /// published after it matters.
-    async fn check_gap(
-        &mut self,
-        after: u64,
-        window_start: Option<smalltalk_types::Timestamp>,
-    ) -> Result<()> {
-        let bounds = self.bus.backing.bounds(self.bus.dispatched()).await?;
-        let first_retained = bounds.first.unwrap_or(bounds.last + 1);
-        if first_retained <= after + 1 {
-            return Ok(());
-        }
-        if let Some(start) = window_start {
-            // Whatever was purged was older than the retention cutoff.
-            let cutoff = self
-                .bus
-                .clock
-                .now()
-                .saturating_sub(self.bus.config.retention);
-            if start >= cutoff {
-                return Ok(());
-            }
-        }
-        let gap = GapNotice {
-            subscriber: self.sub.subscriber.clone(),
-            pattern: self.sub.pattern.clone(),
-            from: after + 1,
-            to: first_retained - 1,
-        };
-        self.report_gap(&gap).await;
-        self.last_seen = self.last_seen.max(gap.to);
-        Ok(())
-    }
-
-    async fn report_gap(&self, gap: &GapNotice) {
-        tracing::error!(subscriber = %gap.subscriber, pattern = %gap.pattern, from = gap.from,
-            to = gap.to, "events were purged before this subscriber read them (replay gap)");
-        bump(&self.sub.counters.gaps);
-        bump(&self.bus.counters.gaps_detected);
-        metrics::counter!("event_replay_gap_detected").increment(1);
-        self.handler.on_gap(gap.clone()).await;
-        self.sub.changed();
-    }
-
-    /// On subscribe: what was missed since `last_seen` (the stored cursor,
-    /// or how far an interrupted attempt got), per the policy.
-    async fn replay_missed(&mut self, start: &Start) -> Result<()> {
-        // First what was published while the subscriber was there and is
-        // not settled (delivered but not acknowledged when it went away):
-        // always again, whatever the policy.
-        let live_until = start
-            .cursor
-            .map_or(0, |cursor| cursor.live_until)
-            .min(start.registered_at);
-        if self.last_seen < live_until {
-            self.check_gap(self.last_seen, None).await?;
-            let filter = self.sub.filter.clone();
-            let mut after = self.last_seen;
-            'unsettled: loop {
-                let batch = self.bus.backing.read(after, &filter, READ_BATCH).await?;
-                let full = batch.len() == READ_BATCH;
-                for entry in batch {
-                    let position = entry.position();
-                    if position > live_until {
-                        break 'unsettled;
-                    }
-                    after = position;
-                    match entry {
-                        Entry::Event(event) => self.deliver(event, true).await,
-                        Entry::Undecodable(row) => self.pass_over(&row).await,
-                    }
-                    if self.stopped() {
-                        return Ok(());
-                    }
-                }
-                if !full {
-                    break;
-                }
-            }
-            // Nothing else up to there was for this subscription.
-            self.last_seen = self.last_seen.max(live_until);
-        }
-        // Then what was published while it was away, per its policy.
-        let policy = &start.policy;
-        let cursor = self.last_seen.max(live_until);
-        if policy.mode == ReplayMode::None || cursor >= start.registered_at {
-            return Ok(());
-        }
-        let mut filter = self.sub.filter.clone();
-        if policy.mode == ReplayMode::CriticalOnly {
-            if filter.priority == Some(EventPriority::Normal) {
-                return Ok(());
-            }
-            filter.priority = Some(EventPriority::Critical);
-        }
-        let window_start = policy
-            .time_window
-            .map(|window| self.bus.clock.now().saturating_sub(window));
-        filter.since = window_start;
-        self.check_gap(cursor, window_start).await?;
-        let mut after = cursor;
-        let mut kept: VecDeque<Arc<Event>> = VecDeque::new();
-        let keep_at_most = policy
-            .max_events
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        'read: loop {
-            let batch = self.bus.backing.read(after, &filter, READ_BATCH).await?;
-            let full = batch.len() == READ_BATCH;
-            for entry in batch {
-                let position = entry.position();
-                if position > start.registered_at {
-                    break 'read;
-                }
-                after = position;
-                let event = match entry {
-                    Entry::Event(event) => event,
-                    Entry::Undecodable(row) => {
-                        // Counted, never kept: not one of the newest `n`.
-                        if keep_at_most.is_none() {
-                            self.pass_over(&row).await;
-                        } else {
-                            report_undecodable(&row, &self.sub.subscriber);
-                            bump(&self.sub.counters.dead_lettered);
-                        }
-                        continue;
-                    }
-                };
-                match keep_at_most {
-                    // Keep only the newest `n`: deliver at the end.
-                    Some(n) => {
-                        if kept.len() == n {
-                            kept.pop_front();
-                        }
-                        kept.push_back(event);
-                    }
-                    None => {
-                        self.deliver_per_policy(event).await;
-                        if self.stopped() {
-                            return Ok(());
-                        }
-                    }
-                }
-            }
-            if !full {
-                break;
-            }
-        }
-        for event in kept {
-            self.deliver_per_policy(event).await;
-            if self.stopped() {
-                return Ok(());
-            }
-        }
-        Ok(())
-    }
-
-    /// Delivers one event the replay policy selected: what it skipped
-    /// before it is settled (the policy passed on it), so a crash from here
-    /// does not bring it back.
-    async fn deliver_per_policy(&mut self, event: Arc<Event>) {
-        let position = event.position.unwrap_or(0);
-        self.last_seen = self.last_seen.max(position.saturating_sub(1));
-        self.deliver(event, true).await;
     }
 
     /// Delivers one event (new to this subscription) until it is acked,
@@ -1091,213 +819,11 @@ impl Worker {
             }
         }
     }
-
-    /// An explicit replay: delivers matching past events again, whether
-    /// processed or not, without moving the cursor.
-    async fn replay(&mut self, options: ReplayOptions) -> Result<ReplayReport> {
-        let mut filter = self.sub.filter.clone();
-        if let Some(priority) = options.priority {
-            if filter.priority.is_some_and(|own| own != priority) {
-                return Ok(ReplayReport::default());
-            }
-            filter.priority = Some(priority);
-        }
-        filter.since = options.since;
-        filter.until = options.until;
-        let mut report = ReplayReport::default();
-        let bounds = self.bus.backing.bounds(self.bus.dispatched()).await?;
-        if let Some(gap) = self.explicit_gap(bounds, options.since).await? {
-            self.report_gap(&gap).await;
-            report.gaps.push(gap);
-        }
-        let limit = options.limit.unwrap_or(usize::MAX);
-        let upto = self.last_seen;
-        let mut after = 0;
-        'read: while (report.delivered as usize) < limit {
-            let batch = self.bus.backing.read(after, &filter, READ_BATCH).await?;
-            let full = batch.len() == READ_BATCH;
-            for entry in batch {
-                let position = entry.position();
-                if position > upto || report.delivered as usize >= limit {
-                    break 'read;
-                }
-                after = position;
-                let event = match entry {
-                    Entry::Event(event) => event,
-                    Entry::Undecodable(row) => {
-                        report_undecodable(&row, &self.sub.subscriber);
-                        bump(&self.sub.counters.dead_lettered);
-                        report.failed += 1;
-                        continue;
-                    }
-                };
-                if !options.topics.is_empty()
-                    && !options
-                        .topics
-                        .iter()
-                        .any(|topic| topic.matches(&event.topic))
-                {
-                    continue;
-                }
-                if !self.replay_one(event).await {
-                    report.failed += 1;
-                }
-                report.delivered += 1;
-            }
-            if !full {
-                break;
-            }
-        }
-        Ok(report)
-    }
-
-    /// The purged range an explicit replay from `since` would have
-    /// covered, if any.
-    async fn explicit_gap(
-        &self,
-        bounds: smalltalk_storage::LogBounds,
-        since: Option<smalltalk_types::Timestamp>,
-    ) -> Result<Option<GapNotice>> {
-        let first_retained = bounds.first.unwrap_or(bounds.last + 1);
-        if first_retained <= 1 {
-            return Ok(None);
-        }
-        if let Some(since) = since {
-            let oldest = self
-                .bus
-                .backing
-                .read(first_retained - 1, &EventFilter::default(), 1)
-                .await?;
-            let oldest_time = match oldest.first() {
-                Some(Entry::Event(event)) => Some(event.timestamp),
-                // Its time is unknown: assume the purge reached the window.
-                _ => None,
-            };
-            if oldest_time.is_some_and(|time| time <= since) {
-                return Ok(None);
-            }
-        }
-        Ok(Some(GapNotice {
-            subscriber: self.sub.subscriber.clone(),
-            pattern: self.sub.pattern.clone(),
-            from: 1,
-            to: first_retained - 1,
-        }))
-    }
-
-    /// Delivers a replayed event until the handler acks (in progress
-    /// counts as accepted; `true`), or naks or panics past the limit
-    /// (`false`).
-    async fn replay_one(&mut self, event: Arc<Event>) -> bool {
-        let position = event.position.unwrap_or(0);
-        for attempt in 1..=self.bus.config.max_deliver {
-            let touch = Arc::new(Touch::new(self.bus.epoch));
-            let delivery = Delivery {
-                event: Arc::clone(&event),
-                attempt,
-                replayed: true,
-                handle: AckHandle::new(position, Arc::clone(&touch), self.answers_tx.clone()),
-            };
-            bump(&self.sub.counters.deliveries);
-            match self.run_handler(delivery, &touch).await {
-                // Not marked processed: a deliberate replay is not a
-                // redelivery, and the registry is for those.
-                Ran::Outcome(Outcome::Ack | Outcome::InProgress) => {
-                    bump(&self.sub.counters.acked);
-                    self.sub.changed();
-                    return true;
-                }
-                Ran::Outcome(Outcome::Nak { .. }) => bump(&self.sub.counters.naked),
-                Ran::Panicked => bump(&self.sub.counters.panics),
-                Ran::TimedOut => bump(&self.sub.counters.timeouts),
-            }
-            self.sub.changed();
-        }
-        self.dead_letter(&event, self.bus.config.max_deliver);
-        false
-    }
-}
-
-/// Retry pauses: 10 ms, doubling up to 5 s.
-struct Backoff(std::time::Duration);
-
-impl Backoff {
-    fn new() -> Self {
-        Self(std::time::Duration::from_millis(10))
-    }
-
-    fn next(&mut self) -> std::time::Duration {
-        let now = self.0;
-        self.0 = (self.0 * 2).min(std::time::Duration::from_secs(5));
-        now
-    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cursor_keys_are_distinct_per_pattern_and_valid() {
-        let subscriber = SubscriberId::parse("agent-1").unwrap();
-        let key = |pattern: &str| {
-            cursor_key(&subscriber, &TopicPattern::parse(pattern).unwrap()).to_string()
-        };
-        assert_eq!(key("task:*"), "c2.7.agent-1:task.:s");
-        assert_eq!(key("task.>"), "c2.7.agent-1:task.:g");
-        assert_eq!(key("*"), "c2.7.agent-1::s");
-        // Separators are interchangeable in patterns, so in keys too.
-        assert_eq!(key("a:b"), key("a.b"));
-        assert_ne!(key("a.*"), key("a.s"));
-        let long = format!("{}.>", "x".repeat(250));
-        let long_subscriber = SubscriberId::parse(&"s".repeat(128)).unwrap();
-        cursor_key(&long_subscriber, &TopicPattern::parse(&long).unwrap());
-        // The longest of both, all wildcards: hashed to fit, still distinct.
-        let stars = TopicPattern::parse(&["*"; 128].join(".")).unwrap();
-        let mut fewer = ["*"; 127].join(".");
-        fewer.push_str(".>");
-        let fewer = TopicPattern::parse(&fewer).unwrap();
-        let (a, b) = (
-            cursor_key(&long_subscriber, &stars),
-            cursor_key(&long_subscriber, &fewer),
-        );
-        assert!(a.as_str().len() <= StorageKey::MAX_LEN);
-        assert!(a.as_str().starts_with("c2x."));
-        assert_ne!(a, b);
-    }
-
-    /// A subscriber id ending in `:` and a wildcard pattern no longer
-    /// share a cursor with another pair (`a:` + `s` against `a` + `*`).
-    #[test]
-    fn cursor_keys_never_collide() {
-        let pair = |subscriber: &str, pattern: &str| {
-            cursor_key(
-                &SubscriberId::parse(subscriber).unwrap(),
-                &TopicPattern::parse(pattern).unwrap(),
-            )
-        };
-        assert_ne!(pair("a:", "s"), pair("a", "*"));
-        assert_ne!(pair("a:", "s.x"), pair("a", "*.x"));
-        assert_ne!(pair("a:", "g"), pair("a", ">"));
-        // The old names collided: such a pair carries no old cursor over.
-        let legacy = |subscriber: &str, pattern: &str| {
-            legacy_cursor_key(
-                &SubscriberId::parse(subscriber).unwrap(),
-                &TopicPattern::parse(pattern).unwrap(),
-            )
-        };
-        assert_eq!(legacy("a:", "s"), None);
-        assert_eq!(
-            legacy("a", "*").unwrap().as_str(),
-            "a::s",
-            "release 0.1.0's name"
-        );
     }
 }
