@@ -220,6 +220,34 @@ async fn passed_over(db: Db) {
         .unwrap();
     again.wait_for(1).await;
     assert_eq!(again.positions(), [6]);
+
+    if let Db::Sqlite(_) = db {
+        // SQLite keeps a value of the wrong type as given: a row whose
+        // timestamp is text does not stop the rest either.
+        let body = db.blob(br#"{"payload":7,"formatVersion":1}"#);
+        db.run(&format!(
+            "INSERT INTO events (position, event_id, topic, event_type, publisher, priority,
+                                 session_id, conversation_id, timestamp, body)
+             VALUES (7, '{}', 't.a', 't.a', 'elsewhere', 'normal', NULL, NULL, 'x', {body});
+             UPDATE event_log_head SET last = 7 WHERE id = 1;",
+            smalltalk_types::EventId::new()
+        ))
+        .await;
+        let mut eighth = store
+            .read_events(0, &EventFilter::default(), 1)
+            .await
+            .unwrap()
+            .remove(0);
+        eighth.id = smalltalk_types::EventId::new();
+        assert_eq!(other.append_events(&[eighth]).await.unwrap(), [8]);
+        again.wait_for(2).await;
+        assert_eq!(again.positions(), [6, 8]);
+        let seventh = store.read_log(6, &EventFilter::default(), 1).await.unwrap();
+        assert!(
+            matches!(&seventh[..], [LogEntry::Undecodable(row)] if row.position == 7),
+            "{seventh:?}"
+        );
+    }
     bus.close().await;
 }
 

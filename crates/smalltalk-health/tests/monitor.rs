@@ -526,7 +526,7 @@ impl smalltalk_types::MissedEventReplayer for Replayer {
         &self,
         agent_id: &AgentId,
         since: Timestamp,
-    ) -> Result<smalltalk_types::ReplayCounts, String> {
+    ) -> Result<smalltalk_types::ReplayCounts, smalltalk_types::BoxError> {
         self.asked.lock().unwrap().push((agent_id.clone(), since));
         Ok(smalltalk_types::ReplayCounts {
             delivered: 10,

@@ -434,3 +434,38 @@ async fn the_write_back_buffer_is_capped_in_bytes() {
     );
     sessions.add_message(session.id, kilobyte()).await.unwrap();
 }
+
+/// A refused update in `async` durability buffers nothing: no empty pending
+/// entry is left behind, and the closure's own error comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_update_buffers_nothing() {
+    let f = fixture();
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    f.sessions.flush().await.unwrap();
+    assert_eq!(f.sessions.stats().await.unwrap().pending, 0);
+    let refused = f
+        .sessions
+        .try_update(session.id, |s| {
+            s.metadata.insert("half".into(), true.into());
+            Err::<(), _>(Error::IdChanged { id: session.id })
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Error::IdChanged { .. })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        f.sessions.stats().await.unwrap().pending,
+        0,
+        "nothing buffered"
+    );
+    assert!(
+        f.sessions
+            .get(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .is_empty()
+    );
+}

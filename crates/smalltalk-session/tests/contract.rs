@@ -157,6 +157,47 @@ async fn update_reapplies_the_closure_after_a_conflict(backend: &impl Backend) {
     assert_eq!(f.sessions.stats().await.unwrap().conflicts, 1);
 }
 
+/// A closure that refuses on its second run, after a conflict: its error
+/// comes back and nothing of the refused run is written.
+async fn a_refusal_after_a_conflict_writes_nothing(backend: &impl Backend) {
+    let f = fixture(backend, fast()).await;
+    let session = f.sessions.create(CreateOptions::default()).await.unwrap();
+    let runs = AtomicU32::new(0);
+    let other = f.sessions.clone();
+    let refused = f
+        .sessions
+        .try_update(session.id, |current| {
+            if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                let other = other.clone();
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    runtime.block_on(other.update(session.id, |s| {
+                        s.metadata.insert("theirs".into(), json!(1));
+                    }))
+                })
+                .join()
+                .unwrap()
+                .unwrap();
+                current.metadata.insert("first run".into(), json!(true));
+                return Ok(());
+            }
+            current.metadata.insert("second run".into(), json!(true));
+            Err(Refusal::ChangedMyMind)
+        })
+        .await;
+    assert!(
+        matches!(refused, Err(Refusal::ChangedMyMind)),
+        "{refused:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let stored = f.sessions.get(session.id).await.unwrap().unwrap();
+    assert_eq!(stored.metadata.len(), 1, "{:?}", stored.metadata);
+    assert_eq!(stored.metadata["theirs"], json!(1));
+}
+
 /// Many concurrent updates of one counter: none is lost.
 async fn concurrent_updates_lose_nothing(backend: &impl Backend) {
     let config = SessionConfig {
@@ -908,6 +949,7 @@ macro_rules! manager_contract {
                 manager_contract!(@cases $fresh; [$(#[$attr])*];
                     create_and_restore_round_trip,
                     update_reapplies_the_closure_after_a_conflict,
+                    a_refusal_after_a_conflict_writes_nothing,
                     concurrent_updates_lose_nothing,
                     concurrent_messages_lose_nothing,
                     blind_save_falls_back_to_last_write_wins,

@@ -324,13 +324,28 @@ pub(crate) fn take_if_matching(
     };
     entries.push(match entry {
         Ok(event) => crate::LogEntry::Event(event),
-        Err(error) => crate::LogEntry::Undecodable(crate::UndecodableEvent {
-            position: to_u64(columns.position),
-            event_id: columns.id.to_owned(),
-            topic: columns.topic.to_owned(),
+        Err(error) => undecodable_row(
+            columns.position,
+            columns.id.to_owned(),
+            columns.topic.to_owned(),
             error,
-        }),
+        ),
     });
+}
+
+/// The entry for a logged row that does not decode.
+pub(crate) fn undecodable_row(
+    position: i64,
+    event_id: String,
+    topic: String,
+    error: impl Into<smalltalk_types::BoxError>,
+) -> crate::LogEntry {
+    crate::LogEntry::Undecodable(crate::UndecodableEvent {
+        position: to_u64(position),
+        event_id,
+        topic,
+        error: error.into(),
+    })
 }
 
 /// Rebuilds a logged event from its columns.

@@ -76,7 +76,7 @@ pub enum Error {
         position: u64,
         /// Why it does not decode.
         #[source]
-        source: Box<smalltalk_types::Error>,
+        source: smalltalk_types::BoxError,
     },
     /// A conditional event append found the log at another position.
     /// Nothing was written.

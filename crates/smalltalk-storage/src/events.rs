@@ -83,7 +83,8 @@ impl Cursor {
     }
 }
 
-/// One row of the log, as [`EventLog::read_log`] returns it.
+/// One row of the log, as [`EventLog::read_log`] returns it: decoded or
+/// not, nothing else (exhaustive on purpose, so readers handle both).
 #[derive(Debug)]
 pub enum LogEntry {
     /// An event.
@@ -107,7 +108,7 @@ impl LogEntry {
             LogEntry::Event(event) => Ok(event),
             LogEntry::Undecodable(row) => Err(crate::Error::UndecodableEvent {
                 position: row.position,
-                source: Box::new(row.error),
+                source: row.error,
             }),
         }
     }
@@ -117,6 +118,7 @@ impl LogEntry {
 /// or edited by hand. Readers skip it by position; the event bus
 /// dead-letters it with an ERROR and goes on.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct UndecodableEvent {
     /// Its position.
     pub position: u64,
@@ -124,8 +126,9 @@ pub struct UndecodableEvent {
     pub event_id: String,
     /// Its topic column, as stored.
     pub topic: String,
-    /// Why it does not decode.
-    pub error: smalltalk_types::Error,
+    /// Why it does not decode: a column of the wrong type, a body that is
+    /// not the JSON expected, a format from a newer release, a bad id.
+    pub error: smalltalk_types::BoxError,
 }
 
 /// Counts and sizes of a log.

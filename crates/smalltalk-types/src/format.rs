@@ -58,9 +58,10 @@ fn within(field: &'static str, ok: bool) -> Result<()> {
     }
 }
 
-/// [`check_depth`] for JSON text (valid JSON, as a
-/// [`Payload`](crate::Payload) holds): one pass over the bytes, counting
-/// open brackets outside strings.
+/// [`check_depth`] for JSON text: one pass over the bytes, counting open
+/// brackets outside strings. `json` must be valid JSON (as a
+/// [`Payload`](crate::Payload) always is); on other text the answer means
+/// nothing.
 pub fn check_text_depth(field: &'static str, json: &str) -> Result<()> {
     let mut depth = 0usize;
     let mut in_string = false;

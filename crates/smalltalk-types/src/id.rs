@@ -88,6 +88,14 @@ macro_rules! uuid_id {
             }
         }
 
+        impl From<&$name> for $name {
+            /// A copy: lets `&id` stand wherever an id is taken
+            /// ([`TryIntoId`](crate::TryIntoId)).
+            fn from(id: &$name) -> Self {
+                id.clone()
+            }
+        }
+
         impl FromStr for $name {
             type Err = Error;
             fn from_str(text: &str) -> Result<Self> {
@@ -219,6 +227,14 @@ macro_rules! name_id {
         impl std::borrow::Borrow<str> for $name {
             fn borrow(&self) -> &str {
                 &self.0
+            }
+        }
+
+        impl From<&$name> for $name {
+            /// A copy: lets `&id` stand wherever an id is taken
+            /// ([`TryIntoId`](crate::TryIntoId)).
+            fn from(id: &$name) -> Self {
+                id.clone()
             }
         }
 

@@ -16,7 +16,13 @@ use crate::{Error, Result};
 /// build a JSON tree; a handler decodes what it needs, into its own type.
 /// Two payloads are equal when their JSON text is (`{"a":1}` and
 /// `{"a": 1}` are not); a payload read back from storage has the text it
-/// was published with.
+/// was published with. (`payload == value` against a
+/// [`Value`] compares parsed values instead, for tests.)
+///
+/// Serde: it serializes and deserializes as the JSON value it holds, with
+/// `serde_json` only (it rides on `serde_json`'s raw values); inside
+/// `#[serde(flatten)]` or untagged enums, or with another format, hold a
+/// [`Value`] and convert.
 ///
 /// ```
 /// use serde_json::json;

@@ -147,7 +147,7 @@ pub trait MissedEventReplayer: Send + Sync + fmt::Debug + 'static {
         &self,
         agent_id: &AgentId,
         since: Timestamp,
-    ) -> Result<ReplayCounts, String>;
+    ) -> Result<ReplayCounts, BoxError>;
 }
 
 /// The error a port implementation reports: any error, kept as the cause

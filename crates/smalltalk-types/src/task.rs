@@ -90,10 +90,15 @@ impl BackgroundTask {
 
     /// Asks the tasks to stop between runs and waits for them. A task that
     /// panicked is logged at ERROR.
+    ///
+    /// Cancel-safe: if this future is dropped before the tasks end (say,
+    /// under a timeout), the ones still running are aborted, as on drop.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
-        for handle in std::mem::take(&mut self.handles) {
-            if let Err(error) = handle.await {
+        while let Some(handle) = self.handles.last_mut() {
+            let ended = handle.await;
+            self.handles.pop();
+            if let Err(error) = ended {
                 if error.is_panic() {
                     tracing::error!(task = self.name, "a background task panicked");
                 }
@@ -133,6 +138,21 @@ mod tests {
         release_tx.send(()).unwrap();
         shutdown.await.unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 1, "the run completed");
+    }
+
+    #[tokio::test]
+    async fn a_shutdown_given_up_on_still_aborts() {
+        let (alive_tx, mut alive) = tokio::sync::mpsc::channel::<()>(1);
+        let mut task = BackgroundTask::new("test");
+        // Ignores the stop signal.
+        task.spawn(|_| async move {
+            let _keep = alive_tx;
+            std::future::pending::<()>().await;
+        });
+        let gave_up =
+            tokio::time::timeout(std::time::Duration::from_millis(1), task.shutdown()).await;
+        assert!(gave_up.is_err());
+        assert!(alive.recv().await.is_none(), "aborted with the shutdown");
     }
 
     #[tokio::test]

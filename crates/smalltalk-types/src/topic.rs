@@ -204,6 +204,14 @@ macro_rules! text_type {
             }
         }
 
+        impl From<&$name> for $name {
+            /// A copy: lets `&id` stand wherever an id is taken
+            /// ([`TryIntoId`](crate::TryIntoId)).
+            fn from(id: &$name) -> Self {
+                id.clone()
+            }
+        }
+
         impl FromStr for $name {
             type Err = Error;
             fn from_str(text: &str) -> Result<Self> {

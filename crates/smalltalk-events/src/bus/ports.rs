@@ -36,7 +36,7 @@ impl smalltalk_types::MissedEventReplayer for EventBus {
         &self,
         agent_id: &smalltalk_types::AgentId,
         since: smalltalk_types::Timestamp,
-    ) -> std::result::Result<smalltalk_types::ReplayCounts, String> {
+    ) -> std::result::Result<smalltalk_types::ReplayCounts, smalltalk_types::BoxError> {
         let options = ReplayOptions {
             since: Some(since),
             ..ReplayOptions::default()
@@ -49,7 +49,7 @@ impl smalltalk_types::MissedEventReplayer for EventBus {
             Err(Error::UnknownSubscriber { .. } | Error::Invalid(_)) => {
                 Ok(smalltalk_types::ReplayCounts::default())
             }
-            Err(error) => Err(error.to_string()),
+            Err(error) => Err(error.into()),
         }
     }
 }

@@ -190,9 +190,11 @@ impl Subscription {
 
     /// Waits until `condition` holds for its [`stats`](Self::stats), up to
     /// `timeout`; `true` if it did. Woken each time the subscription's task
-    /// changes its counts (a delivery answered, an event settled or given
-    /// up, the stall flag, the saved cursor), never by polling: for tests,
-    /// and for callers that drain a subscription before going on.
+    /// changes its counts (a delivery answered, naked, panicked or timed
+    /// out, an event settled or given up, the stall flag, the saved
+    /// cursor), never by polling: for tests, and for callers that drain a
+    /// subscription before going on. `queued` and `queue_overflows` change
+    /// on the publisher's side and wake nothing.
     pub async fn wait_until(
         &self,
         mut condition: impl FnMut(&SubscriptionStats) -> bool,
@@ -659,6 +661,8 @@ impl Worker {
                     None
                 }
             };
+            // A nak, a panic or a timeout was counted.
+            self.sub.changed();
             if attempt >= self.bus.config.max_deliver {
                 self.dead_letter(&event, attempt);
                 return true;

@@ -71,6 +71,14 @@ pub struct FlushReport {
     pub dropped: usize,
 }
 
+/// What a buffered update was applied to.
+enum Base {
+    /// The buffered header, at this generation.
+    Buffered(u64),
+    /// The stored header, at this version.
+    Stored(u64),
+}
+
 /// Why a flush did not store a session's writes.
 enum FlushError {
     /// Storage failed: keep the writes, retry later.
@@ -194,47 +202,57 @@ impl SessionManager {
         self.take_surfaced(id)?;
         loop {
             let now = self.inner.clock.now();
-            {
-                let mut pending = self.pending().expect("async durability");
-                if let Some(header) = pending.get_mut(&id).and_then(|entry| entry.header.as_mut()) {
-                    check_open(header, now)?;
-                    let mut next = header.clone();
-                    let Some(value) = change(&mut next)? else {
-                        return Ok(None);
-                    };
-                    // Refused now, not at a flush that could never succeed.
-                    next.validate_depth()?;
-                    next.updated_at = now;
-                    *header = next.clone();
-                    let entry = pending.get_mut(&id).expect("just seen");
-                    entry.header_generation += 1;
-                    drop(pending);
-                    self.track(&next);
-                    return Ok(Some((next, value)));
+            // The latest header: the buffered one (with its generation), else
+            // the stored one. Copied out: `change` runs with no lock held.
+            let buffered = self.pending().and_then(|pending| {
+                let entry = pending.get(&id)?;
+                Some((entry.header.clone()?, entry.header_generation))
+            });
+            let (mut next, base) = match buffered {
+                Some((header, generation)) => (header, Base::Buffered(generation)),
+                None => {
+                    let loaded = self
+                        .inner
+                        .store
+                        .get_session_header(id)
+                        .await?
+                        .ok_or(Error::NotFound { id })?;
+                    let version = loaded.version;
+                    (loaded, Base::Stored(version))
                 }
-            }
-            let loaded = self
-                .inner
-                .store
-                .get_session_header(id)
-                .await?
-                .ok_or(Error::NotFound { id })?;
-            check_open(&loaded, now)?;
-            let mut pending = self.pending().expect("async durability");
-            let entry = pending.entry(id).or_default();
-            if entry.header.is_some() {
-                // Another update buffered one meanwhile: apply on top of it.
-                continue;
-            }
-            let mut next = loaded.clone();
+            };
+            check_open(&next, now)?;
             let Some(value) = change(&mut next)? else {
                 return Ok(None);
             };
+            // Refused now, not at a flush that could never succeed.
             next.validate_depth()?;
             next.updated_at = now;
-            entry.known_version.get_or_insert(loaded.version);
-            entry.header = Some(next.clone());
-            entry.header_generation += 1;
+            let mut pending = self.pending().expect("async durability");
+            match base {
+                Base::Buffered(generation) => {
+                    match pending.get_mut(&id) {
+                        Some(entry)
+                            if entry.header.is_some() && entry.header_generation == generation =>
+                        {
+                            entry.header = Some(next.clone());
+                            entry.header_generation += 1;
+                        }
+                        // Changed or flushed meanwhile: again, on fresh data.
+                        _ => continue,
+                    }
+                }
+                Base::Stored(version) => {
+                    let entry = pending.entry(id).or_default();
+                    if entry.header.is_some() {
+                        // Another update buffered one meanwhile: on top of it.
+                        continue;
+                    }
+                    entry.known_version.get_or_insert(version);
+                    entry.header = Some(next.clone());
+                    entry.header_generation += 1;
+                }
+            }
             drop(pending);
             self.track(&next);
             return Ok(Some((next, value)));

@@ -137,8 +137,21 @@ impl EventLog for PgStore {
             .map_err(pg_error)?;
             let fetched = rows.len();
             for row in &rows {
-                let columns = event_columns(row).map_err(pg_error)?;
-                codec::take_if_matching(&columns, filter, &mut events, &mut cursor);
+                match event_columns(row) {
+                    Ok(columns) => {
+                        codec::take_if_matching(&columns, filter, &mut events, &mut cursor);
+                    }
+                    // A column that does not read (e.g. text that is not
+                    // UTF-8 in a SQL_ASCII database): that row is
+                    // undecodable, the rest reads on.
+                    Err(error) => {
+                        let position: i64 = row.try_get(0).map_err(pg_error)?;
+                        cursor = to_u64(position);
+                        let text =
+                            |index: usize| row.try_get::<String, _>(index).unwrap_or_default();
+                        events.push(codec::undecodable_row(position, text(1), text(2), error));
+                    }
+                }
                 if events.len() == limit {
                     break;
                 }

@@ -123,8 +123,21 @@ fn read(
         let mut fetched = 0;
         while let Some(row) = rows.next().map_err(sqlite_error)? {
             fetched += 1;
-            let columns = event_columns(row).map_err(sqlite_error)?;
-            codec::take_if_matching(&columns, filter, &mut events, &mut cursor);
+            match event_columns(row) {
+                Ok(columns) => codec::take_if_matching(&columns, filter, &mut events, &mut cursor),
+                // A column of the wrong type (SQLite keeps what it is
+                // given): that row is undecodable, the rest reads on.
+                Err(error) => {
+                    let position: i64 = row.get(0).map_err(sqlite_error)?;
+                    cursor = to_u64(position);
+                    events.push(codec::undecodable_row(
+                        position,
+                        row_text(row, 1),
+                        row_text(row, 2),
+                        error,
+                    ));
+                }
+            }
             if events.len() == limit {
                 break;
             }
@@ -134,6 +147,19 @@ fn read(
         }
     }
     Ok(events)
+}
+
+/// A text column as far as it can be read, for naming a damaged row.
+fn row_text(row: &rusqlite::Row<'_>, index: usize) -> String {
+    match row.get_ref(index) {
+        Ok(value) => match value {
+            rusqlite::types::ValueRef::Text(bytes) | rusqlite::types::ValueRef::Blob(bytes) => {
+                String::from_utf8_lossy(bytes).into_owned()
+            }
+            other => format!("{other:?}"),
+        },
+        Err(_) => String::new(),
+    }
 }
 
 /// The columns of an `events` row, borrowed from SQLite's buffers.

@@ -109,6 +109,52 @@ enum Placement {
     Dedicated,
 }
 
+/// The committer thread's doorbell.
+#[derive(Debug, Default)]
+struct Handoff {
+    state: Mutex<HandoffState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct HandoffState {
+    started: bool,
+    /// A hand-off not yet taken.
+    pending: bool,
+    exit: bool,
+}
+
+impl Handoff {
+    /// The committer thread: leads each hand-off, parked in between, until
+    /// the writer shuts down or is dropped.
+    fn serve(&self, writer: &std::sync::Weak<Writer>) {
+        loop {
+            {
+                let mut state = lock(&self.state);
+                while !state.pending && !state.exit {
+                    state = self
+                        .wake
+                        .wait(state)
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                }
+                if state.exit {
+                    return;
+                }
+                state.pending = false;
+            }
+            match writer.upgrade() {
+                Some(writer) => writer.lead(Placement::Dedicated),
+                None => return,
+            }
+        }
+    }
+
+    fn stop(&self) {
+        lock(&self.state).exit = true;
+        self.wake.notify_all();
+    }
+}
+
 /// The write side.
 pub(super) struct Writer {
     /// Held by the current leader; `None` once closed.
@@ -118,6 +164,10 @@ pub(super) struct Writer {
     /// Set while a dedicated leader thread runs; inline callers then leave
     /// the queue to it.
     dedicated_active: AtomicBool,
+    /// Wakes the committer thread (started on the first hand-off, then
+    /// parked between hand-offs: starting a thread per hand-off cost more
+    /// than the commits it took over).
+    handoff: Arc<Handoff>,
     busy_timeout: Duration,
     checkpointer: Checkpointer,
     commits: AtomicU64,
@@ -129,6 +179,13 @@ impl std::fmt::Debug for Writer {
         f.debug_struct("Writer")
             .field("wal_path", &self.wal_path)
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // The committer thread holds only a weak reference: let it go.
+        self.handoff.stop();
     }
 }
 
@@ -146,6 +203,7 @@ impl Writer {
             conn: Mutex::new(Some(conn)),
             queue: Mutex::new(VecDeque::new()),
             dedicated_active: AtomicBool::new(false),
+            handoff: Arc::default(),
             busy_timeout,
             checkpointer,
             commits: AtomicU64::new(0),
@@ -213,7 +271,9 @@ impl Writer {
                 self.after_commit();
                 batches += 1;
                 if batches == LEADER_BATCHES && placement == Placement::Inline {
-                    hand_off = true;
+                    // More queued meanwhile: the committer thread takes it.
+                    // Nothing: done here, no hand-off.
+                    hand_off = !lock(&self.queue).is_empty();
                     break;
                 }
             }
@@ -237,16 +297,27 @@ impl Writer {
         }
     }
 
+    /// Hands the queue to the committer thread, starting it the first
+    /// time.
     fn spawn_dedicated(self: &Arc<Self>) {
         self.dedicated_active.store(true, Ordering::SeqCst);
-        let writer = Arc::clone(self);
-        let spawned = std::thread::Builder::new()
-            .name("smalltalk-sqlite-commit".into())
-            .spawn(move || writer.lead(Placement::Dedicated));
-        if spawned.is_err() {
-            // No thread to be had: wait right here rather than drop jobs.
-            self.lead(Placement::Dedicated);
+        let mut state = lock(&self.handoff.state);
+        if !state.started {
+            let (writer, handoff) = (Arc::downgrade(self), Arc::clone(&self.handoff));
+            let spawned = std::thread::Builder::new()
+                .name("smalltalk-sqlite-commit".into())
+                .spawn(move || handoff.serve(&writer));
+            if spawned.is_err() {
+                // No thread to be had: wait right here rather than drop jobs.
+                drop(state);
+                self.lead(Placement::Dedicated);
+                return;
+            }
+            state.started = true;
         }
+        state.pending = true;
+        drop(state);
+        self.handoff.wake.notify_one();
     }
 
     fn after_commit(&self) {
@@ -269,6 +340,7 @@ impl Writer {
             let mut conn = lock(&writer.conn);
             let jobs: Vec<Job> = lock(&writer.queue).drain(..).collect();
             writer.checkpointer.stop();
+            writer.handoff.stop();
             if let Some(open) = conn.as_ref() {
                 if !jobs.is_empty() {
                     // Waiting is allowed here: shutdown runs on the blocking pool.
@@ -434,6 +506,37 @@ struct ReaderState {
     idle: Vec<Connection>,
     /// Connections open, idle or in use.
     open: usize,
+    /// Set by `clear` (the store closed): nothing is lent or kept any more.
+    closed: bool,
+}
+
+/// A reader connection on loan: goes back to the pool (or is closed) when
+/// dropped, whatever happened to the work, panics included.
+struct Lent<'a> {
+    readers: &'a Readers,
+    conn: Option<Connection>,
+}
+
+impl std::ops::Deref for Lent<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("lent until dropped"))
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if !conn.is_autocommit() {
+                // Work that failed or panicked mid-transaction.
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            self.readers.put(conn);
+        }
+    }
 }
 
 impl Readers {
@@ -455,10 +558,17 @@ impl Readers {
 
     /// An idle connection, or a new one if fewer than `max_open` are open;
     /// `None` if all are in use. Never waits.
-    fn try_take(&self) -> Option<Result<Connection>> {
+    fn try_take(&self) -> Option<Result<Lent<'_>>> {
         let mut state = lock(&self.state);
+        if state.closed {
+            return Some(Err(Error::Closed));
+        }
+        let lent = |conn| Lent {
+            readers: self,
+            conn: Some(conn),
+        };
         if let Some(conn) = state.idle.pop() {
-            return Some(Ok(conn));
+            return Some(Ok(lent(conn)));
         }
         if state.open >= self.max_open {
             return None;
@@ -470,22 +580,25 @@ impl Readers {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(sqlite_error);
-        if opened.is_err() {
-            lock(&self.state).open -= 1;
-            self.freed.notify_one();
+        match opened {
+            Ok(conn) => Some(Ok(lent(conn))),
+            Err(error) => {
+                lock(&self.state).open -= 1;
+                self.freed.notify_one();
+                Some(Err(error))
+            }
         }
-        Some(opened)
     }
 
     /// A connection, waiting for one to be put back if `max_open` are in
     /// use (on the blocking pool only).
-    fn take_waiting(&self) -> Result<Connection> {
+    fn take_waiting(&self) -> Result<Lent<'_>> {
         loop {
             if let Some(conn) = self.try_take() {
                 return conn;
             }
             let state = lock(&self.state);
-            if state.idle.is_empty() && state.open >= self.max_open {
+            if !state.closed && state.idle.is_empty() && state.open >= self.max_open {
                 drop(
                     self.freed
                         .wait(state)
@@ -497,7 +610,7 @@ impl Readers {
 
     fn put(&self, conn: Connection) {
         let mut state = lock(&self.state);
-        if state.idle.len() < self.max_idle {
+        if !state.closed && state.idle.len() < self.max_idle {
             state.idle.push(conn);
         } else {
             state.open -= 1;
@@ -522,7 +635,7 @@ impl Readers {
             .busy_timeout(Duration::ZERO)
             .map_err(sqlite_error)
             .and_then(|()| work(&conn));
-        self.put(conn);
+        drop(conn);
         match result {
             Err(Error::Unavailable { .. }) => None,
             done => Some(done),
@@ -539,12 +652,9 @@ impl Readers {
         let readers = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let conn = readers.take_waiting()?;
-            let result = conn
-                .busy_timeout(readers.busy_timeout)
+            conn.busy_timeout(readers.busy_timeout)
                 .map_err(sqlite_error)
-                .and_then(|()| work(&conn));
-            readers.put(conn);
-            result
+                .and_then(|()| work(&conn))
         })
         .await
         .map_err(|join| Error::Backend {
@@ -558,11 +668,17 @@ impl Readers {
         lock(&self.state).open
     }
 
+    /// Closes the idle connections and lends no more (the store closed);
+    /// connections still on loan close when they come back, and waiters
+    /// get [`Error::Closed`].
     pub(super) fn clear(&self) {
         let mut state = lock(&self.state);
         let closed = state.idle.len();
         state.idle.clear();
         state.open -= closed;
+        state.closed = true;
+        drop(state);
+        self.freed.notify_all();
     }
 }
 
@@ -609,5 +725,27 @@ mod tests {
             MAX_BATCH,
             "the caller's thread ran exactly one batch"
         );
+    }
+
+    /// A write with nothing else queued commits on the caller's thread and
+    /// wakes no committer thread.
+    #[test]
+    fn a_lone_write_stays_on_the_callers_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lone.db");
+        let conn =
+            super::super::open_writer(&path, &super::super::SqliteOptions::default()).unwrap();
+        let writer = Writer::new(conn, path, Duration::from_secs(5)).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let here = std::thread::current().id();
+        for _ in 0..3 {
+            let ran_on = runtime
+                .block_on(writer.write(|_| Ok(std::thread::current().id())))
+                .unwrap();
+            assert_eq!(ran_on, here);
+        }
+        assert!(!lock(&writer.handoff.state).started, "no committer thread");
     }
 }
