@@ -117,6 +117,24 @@ async fn create_and_restore_round_trip(backend: &impl Backend) {
     );
 }
 
+/// Another writer's update, committed right now from a thread of its own
+/// (the caller is inside an update closure, on this runtime's thread).
+fn theirs_in_between(sessions: &SessionManager, id: SessionId) {
+    let sessions = sessions.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(sessions.update(id, |s| {
+            s.metadata.insert("theirs".into(), json!(1));
+        }))
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+}
+
 /// A concurrent writer gets in between: the closure runs again on the fresh
 /// data and both changes survive.
 async fn update_reapplies_the_closure_after_a_conflict(backend: &impl Backend) {
@@ -129,19 +147,7 @@ async fn update_reapplies_the_closure_after_a_conflict(backend: &impl Backend) {
         .update(session.id, |current| {
             if runs.fetch_add(1, Ordering::SeqCst) == 0 {
                 // Another writer commits between our read and our write.
-                let other = other.clone();
-                std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    runtime.block_on(other.update(session.id, |s| {
-                        s.metadata.insert("theirs".into(), json!(1));
-                    }))
-                })
-                .join()
-                .unwrap()
-                .unwrap();
+                theirs_in_between(&other, session.id);
             }
             current.metadata.insert("mine".into(), json!(2));
         })
@@ -168,19 +174,7 @@ async fn a_refusal_after_a_conflict_writes_nothing(backend: &impl Backend) {
         .sessions
         .try_update(session.id, |current| {
             if runs.fetch_add(1, Ordering::SeqCst) == 0 {
-                let other = other.clone();
-                std::thread::spawn(move || {
-                    let runtime = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                        .unwrap();
-                    runtime.block_on(other.update(session.id, |s| {
-                        s.metadata.insert("theirs".into(), json!(1));
-                    }))
-                })
-                .join()
-                .unwrap()
-                .unwrap();
+                theirs_in_between(&other, session.id);
                 current.metadata.insert("first run".into(), json!(true));
                 return Ok(());
             }

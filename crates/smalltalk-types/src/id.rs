@@ -22,12 +22,55 @@
 //! deserialized, so an invalid id cannot be constructed at all.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 use crate::error::{Error, IdKind, InvalidIdReason, Result};
+
+/// The text conversions every id, topic and pattern type has: `FromStr`,
+/// `TryFrom` of `&str`, `&String` and `String` (all through `parse`), and
+/// `From<&Self>` (a copy), so each is a [`TryIntoId`] of itself.
+macro_rules! text_conversions {
+    ($name:ident) => {
+        impl From<&$name> for $name {
+            /// A copy: lets `&id` stand wherever an id is taken
+            /// ([`TryIntoId`](crate::TryIntoId)).
+            fn from(id: &$name) -> Self {
+                id.clone()
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = crate::Error;
+            fn from_str(text: &str) -> crate::Result<Self> {
+                Self::parse(text)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = crate::Error;
+            fn try_from(text: &str) -> crate::Result<Self> {
+                Self::parse(text)
+            }
+        }
+
+        impl TryFrom<&String> for $name {
+            type Error = crate::Error;
+            fn try_from(text: &String) -> crate::Result<Self> {
+                Self::parse(text)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = crate::Error;
+            fn try_from(text: String) -> crate::Result<Self> {
+                Self::parse(&text)
+            }
+        }
+    };
+}
+pub(crate) use text_conversions;
 
 macro_rules! uuid_id {
     ($(#[$meta:meta])* $name:ident, $kind:expr) => {
@@ -88,41 +131,7 @@ macro_rules! uuid_id {
             }
         }
 
-        impl From<&$name> for $name {
-            /// A copy: lets `&id` stand wherever an id is taken
-            /// ([`TryIntoId`](crate::TryIntoId)).
-            fn from(id: &$name) -> Self {
-                id.clone()
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = Error;
-            fn from_str(text: &str) -> Result<Self> {
-                Self::parse(text)
-            }
-        }
-
-        impl TryFrom<&str> for $name {
-            type Error = Error;
-            fn try_from(text: &str) -> Result<Self> {
-                Self::parse(text)
-            }
-        }
-
-        impl TryFrom<&String> for $name {
-            type Error = Error;
-            fn try_from(text: &String) -> Result<Self> {
-                Self::parse(text)
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = Error;
-            fn try_from(text: String) -> Result<Self> {
-                Self::parse(&text)
-            }
-        }
+        crate::id::text_conversions!($name);
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -230,41 +239,7 @@ macro_rules! name_id {
             }
         }
 
-        impl From<&$name> for $name {
-            /// A copy: lets `&id` stand wherever an id is taken
-            /// ([`TryIntoId`](crate::TryIntoId)).
-            fn from(id: &$name) -> Self {
-                id.clone()
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = Error;
-            fn from_str(text: &str) -> Result<Self> {
-                Self::parse(text)
-            }
-        }
-
-        impl TryFrom<&str> for $name {
-            type Error = Error;
-            fn try_from(text: &str) -> Result<Self> {
-                Self::parse(text)
-            }
-        }
-
-        impl TryFrom<&String> for $name {
-            type Error = Error;
-            fn try_from(text: &String) -> Result<Self> {
-                Self::parse(text)
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = Error;
-            fn try_from(text: String) -> Result<Self> {
-                Self::parse(&text)
-            }
-        }
+        crate::id::text_conversions!($name);
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -24,7 +24,6 @@
 //! [`Error::InvalidId`].
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -204,41 +203,7 @@ macro_rules! text_type {
             }
         }
 
-        impl From<&$name> for $name {
-            /// A copy: lets `&id` stand wherever an id is taken
-            /// ([`TryIntoId`](crate::TryIntoId)).
-            fn from(id: &$name) -> Self {
-                id.clone()
-            }
-        }
-
-        impl FromStr for $name {
-            type Err = Error;
-            fn from_str(text: &str) -> Result<Self> {
-                Self::parse(text)
-            }
-        }
-
-        impl TryFrom<&str> for $name {
-            type Error = Error;
-            fn try_from(text: &str) -> Result<Self> {
-                Self::parse(text)
-            }
-        }
-
-        impl TryFrom<&String> for $name {
-            type Error = Error;
-            fn try_from(text: &String) -> Result<Self> {
-                Self::parse(text)
-            }
-        }
-
-        impl TryFrom<String> for $name {
-            type Error = Error;
-            fn try_from(text: String) -> Result<Self> {
-                Self::parse(&text)
-            }
-        }
+        crate::id::text_conversions!($name);
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
