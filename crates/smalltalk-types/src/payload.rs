@@ -209,6 +209,17 @@ mod tests {
     }
 
     #[test]
+    fn a_record_holding_a_payload_reads_from_a_value_too() {
+        #[derive(Deserialize)]
+        struct Record {
+            payload: Payload,
+        }
+        let value = json!({"payload": {"a": [1, 2]}});
+        let record: Record = serde_json::from_value(value).unwrap();
+        assert_eq!(record.payload.get(), r#"{"a":[1,2]}"#);
+    }
+
+    #[test]
     fn bad_text_is_refused_and_null_is_the_default() {
         assert!(matches!(Payload::from_json("{"), Err(Error::Encoding(_))));
         assert!(matches!(Payload::from_json("1 2"), Err(Error::Encoding(_))));
