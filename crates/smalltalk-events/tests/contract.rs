@@ -16,7 +16,7 @@ use smalltalk_types::{
     ConversationId, EventId, EventPriority, EventReplayPolicy, ManualClock, ReplayMode, SessionId,
     TopicPattern,
 };
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 /// Where a case runs: a bus in memory, or durable over a backend's log.
 struct Env {
@@ -414,17 +414,18 @@ async fn slow_and_panicking_handlers_do_not_hold_up_others(env: &Env) {
             ..config()
         })
         .await;
-    let gate = Arc::new(Notify::new());
+    // Shut until the test opens it; then every handler call goes through.
+    let gate = Arc::new(watch::Sender::new(false));
     let stuck_calls = Recorder::acking();
     let stuck_handler = {
         let gate = gate.clone();
         let calls = stuck_calls.clone();
         move |delivery: Delivery| {
-            let gate = gate.clone();
+            let mut open = gate.subscribe();
             let calls = calls.clone();
             async move {
                 calls.handle(delivery).await;
-                gate.notified().await;
+                let _ = open.wait_for(|open| *open).await;
                 Outcome::Ack
             }
         }
@@ -461,14 +462,10 @@ async fn slow_and_panicking_handlers_do_not_hold_up_others(env: &Env) {
     .await;
     assert_eq!(panicking.stats().panics, 200);
     assert_eq!(panicking.stats().acked, 0);
-    // Once released, the stuck subscriber catches up from the log.
-    for _ in 0..200 {
-        gate.notify_one();
-        if stuck_calls.seen().len() == 100 {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    // Once released, the stuck subscriber catches up from the log, in order.
+    gate.send_replace(true);
+    stuck_calls.wait_for(100).await;
+    assert_eq!(stuck_calls.topics(), expected);
     let stuck = bus.stats().await.unwrap();
     let detail = stuck
         .subscriptions_detail
