@@ -247,6 +247,29 @@ async fn passed_over(db: Db) {
             matches!(&seventh[..], [LogEntry::Undecodable(row)] if row.position == 7),
             "{seventh:?}"
         );
+        // A damaged row whose topic still reads is filtered by it like any
+        // other: a reader of `t.>` is not told about `other.x`.
+        db.run(&format!(
+            "INSERT INTO events (position, event_id, topic, event_type, publisher, priority,
+                                 session_id, conversation_id, timestamp, body)
+             VALUES (9, '{}', 'other.x', 'other.x', 'elsewhere', 'normal', NULL, NULL, 'x', {body});
+             UPDATE event_log_head SET last = 9 WHERE id = 1;",
+            smalltalk_types::EventId::new()
+        ))
+        .await;
+        let only_t = EventFilter {
+            patterns: vec![smalltalk_types::TopicPattern::parse("t.>").unwrap()],
+            ..EventFilter::default()
+        };
+        assert!(store.read_log(8, &only_t, 10).await.unwrap().is_empty());
+        assert_eq!(
+            store
+                .read_log(8, &EventFilter::default(), 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
     }
     bus.close().await;
 }

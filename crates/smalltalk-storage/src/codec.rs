@@ -333,6 +333,19 @@ pub(crate) fn take_if_matching(
     });
 }
 
+/// Whether `filter`'s topic patterns rule out a row whose topic column
+/// reads as `topic`. A topic that does not parse is never ruled out: the
+/// row cannot be matched, so it is reported.
+pub(crate) fn topic_excluded(filter: &crate::EventFilter, topic: &str) -> bool {
+    !filter.patterns.is_empty()
+        && smalltalk_types::Topic::parse(topic).is_ok_and(|topic| {
+            !filter
+                .patterns
+                .iter()
+                .any(|pattern| pattern.matches(&topic))
+        })
+}
+
 /// The entry for a logged row that does not decode.
 pub(crate) fn undecodable_row(
     position: i64,

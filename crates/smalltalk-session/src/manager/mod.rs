@@ -89,6 +89,10 @@ struct Inner {
     /// The active pool: sessions this manager holds active.
     pool: Mutex<HashMap<SessionId, PoolEntry>>,
     conflicts: AtomicU64,
+    /// Async durability: bumped, under the pending-writes lock, by every
+    /// change to a buffered header or its entry; an update that read
+    /// before a change applies again on fresh data.
+    header_epoch: AtomicU64,
     rejections: AtomicU64,
     save_failures: AtomicU64,
     alerts: Arc<dyn AlertSink>,
@@ -186,6 +190,7 @@ impl SessionManagerBuilder {
                 clock: self.clock,
                 pool: Mutex::new(HashMap::new()),
                 conflicts: AtomicU64::new(0),
+                header_epoch: AtomicU64::new(0),
                 rejections: AtomicU64::new(0),
                 save_failures: AtomicU64::new(0),
                 alerts: self.alerts,

@@ -138,10 +138,17 @@ impl SessionManager {
         session
     }
 
+    /// Records a change to a buffered header or its entry (call with the
+    /// pending-writes lock held).
+    fn header_changed(&self) {
+        self.inner.header_epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Forgets `id`'s pending writes (the session is being deleted).
     pub(super) fn discard_pending(&self, id: SessionId) {
         if let Some(mut pending) = self.pending() {
             if let Some(entry) = pending.remove(&id) {
+                self.header_changed();
                 self.release_bytes(entry.bytes);
             }
         }
@@ -203,11 +210,17 @@ impl SessionManager {
         loop {
             let now = self.inner.clock.now();
             // The latest header: the buffered one (with its generation), else
-            // the stored one. Copied out: `change` runs with no lock held.
-            let buffered = self.pending().and_then(|pending| {
-                let entry = pending.get(&id)?;
-                Some((entry.header.clone()?, entry.header_generation))
-            });
+            // the stored one. Copied out: `change` runs with no lock held,
+            // and the result is kept only if no buffered header changed
+            // meanwhile (`header_epoch`, read under the lock).
+            let (buffered, epoch) = {
+                let pending = self.pending().expect("async durability");
+                let epoch = self.inner.header_epoch.load(Ordering::SeqCst);
+                let buffered = pending
+                    .get(&id)
+                    .and_then(|entry| Some((entry.header.clone()?, entry.header_generation)));
+                (buffered, epoch)
+            };
             let (mut next, base) = match buffered {
                 Some((header, generation)) => (header, Base::Buffered(generation)),
                 None => {
@@ -229,6 +242,11 @@ impl SessionManager {
             next.validate_depth()?;
             next.updated_at = now;
             let mut pending = self.pending().expect("async durability");
+            if self.inner.header_epoch.load(Ordering::SeqCst) != epoch {
+                // A buffered header changed or was flushed meanwhile: again,
+                // on fresh data.
+                continue;
+            }
             match base {
                 Base::Buffered(generation) => {
                     match pending.get_mut(&id) {
@@ -237,6 +255,7 @@ impl SessionManager {
                         {
                             entry.header = Some(next.clone());
                             entry.header_generation += 1;
+                            self.header_changed();
                         }
                         // Changed or flushed meanwhile: again, on fresh data.
                         _ => continue,
@@ -251,6 +270,7 @@ impl SessionManager {
                     entry.known_version.get_or_insert(version);
                     entry.header = Some(next.clone());
                     entry.header_generation += 1;
+                    self.header_changed();
                 }
             }
             drop(pending);
@@ -403,6 +423,7 @@ impl SessionManager {
                     if entry.header_generation == header_generation {
                         entry.header = None;
                     }
+                    self.header_changed();
                     entry.known_version = Some(version);
                     if entry.failures > 0 {
                         tracing::info!(session_id = %id, failures = entry.failures, "pending session writes stored after failures");
@@ -438,6 +459,7 @@ impl SessionManager {
                     ));
                     self.release_bytes(entry.bytes);
                     pending.remove(&id);
+                    self.header_changed();
                     Flushed::Dropped
                 }
                 Err(FlushError::Retry(error)) => {

@@ -149,7 +149,10 @@ impl EventLog for PgStore {
                         cursor = to_u64(position);
                         let text =
                             |index: usize| row.try_get::<String, _>(index).unwrap_or_default();
-                        events.push(codec::undecodable_row(position, text(1), text(2), error));
+                        let topic = text(2);
+                        if !codec::topic_excluded(filter, &topic) {
+                            events.push(codec::undecodable_row(position, text(1), topic, error));
+                        }
                     }
                 }
                 if events.len() == limit {

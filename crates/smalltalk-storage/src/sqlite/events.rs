@@ -130,12 +130,15 @@ fn read(
                 Err(error) => {
                     let position: i64 = row.get(0).map_err(sqlite_error)?;
                     cursor = to_u64(position);
-                    events.push(codec::undecodable_row(
-                        position,
-                        row_text(row, 1),
-                        row_text(row, 2),
-                        error,
-                    ));
+                    let topic = row_text(row, 2);
+                    if !codec::topic_excluded(filter, &topic) {
+                        events.push(codec::undecodable_row(
+                            position,
+                            row_text(row, 1),
+                            topic,
+                            error,
+                        ));
+                    }
                 }
             }
             if events.len() == limit {

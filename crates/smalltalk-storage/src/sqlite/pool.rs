@@ -81,7 +81,15 @@ where
         let Some(work) = self.work.take() else {
             return false;
         };
-        let result = work(conn);
+        // A panicking job fails alone (its savepoint rolls back); the
+        // leader, and the jobs after it, go on.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(conn)))
+            .unwrap_or_else(|_| {
+                Err(Error::Backend {
+                    backend: "sqlite",
+                    source: "a write job panicked".into(),
+                })
+            });
         let ok = result.is_ok();
         self.result = Some(result);
         ok
@@ -137,7 +145,7 @@ impl Handoff {
                         .wait(state)
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                 }
-                if state.exit {
+                if state.exit && !state.pending {
                     return;
                 }
                 state.pending = false;
@@ -365,6 +373,12 @@ impl Writer {
                 }
             }
             *conn = None;
+            // Writes that queued while the above ran: closed, not left
+            // waiting for a leader. Later ones lead, find no connection and
+            // are answered the same way.
+            writer.dedicated_active.store(false, Ordering::SeqCst);
+            let late: Vec<Job> = lock(&writer.queue).drain(..).collect();
+            late.into_iter().for_each(|job| job.finish(None));
         })
         .await
         .map_err(|join| Error::Backend {
