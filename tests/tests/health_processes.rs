@@ -48,12 +48,15 @@ async fn recovered(monitor: &AgentHealthMonitor, id: &str, agent: &ProcessAgent,
 async fn killed_stopped_and_zombie_children_are_detected_and_restored() {
     let monitor = AgentHealthMonitor::builder()
         .config(HealthConfig {
-            heartbeat_interval: Duration::from_millis(50),
-            // Generous, so a busy CI machine does not fail healthy agents.
+            heartbeat_interval: Duration::from_millis(100),
+            // Generous, so a busy CI machine does not fail healthy agents:
+            // 400 ms of silence (interval x missed) before one is failed.
             activity_timeout: Duration::from_millis(500),
-            max_missed: 2,
+            max_missed: 4,
+            // The zombie's hung probe is caught well before that silence
+            // limit (a probe due every 100 ms, failed after 150 ms).
             probe_interval: Duration::from_millis(100),
-            probe_timeout: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(150),
             restoration_timeout: Duration::from_secs(5),
             ..Default::default()
         })

@@ -300,6 +300,11 @@ impl Writer {
             }
             if placement == Placement::Dedicated {
                 self.dedicated_active.store(true, Ordering::SeqCst);
+            } else if batches > 0 {
+                // A job arrived between our last look and letting go; this
+                // caller already ran its one batch: the committer takes it.
+                self.spawn_dedicated();
+                return;
             }
             // A job arrived between our last look and letting go: lead again.
         }
