@@ -38,6 +38,19 @@ impl Db {
         }
     }
 
+    /// Another writer's row at `position` (the next one), its columns as
+    /// given (SQL literals), written behind the store's back.
+    async fn insert_row(&self, position: u64, id: &str, topic: &str, timestamp: &str, body: &str) {
+        self.run(&format!(
+            "INSERT INTO events (position, event_id, topic, event_type, publisher, priority,
+                                 session_id, conversation_id, timestamp, body)
+             VALUES ({position}, '{id}', '{topic}', '{topic}', 'elsewhere', 'normal', NULL, NULL,
+                     {timestamp}, {body});
+             UPDATE event_log_head SET last = {position} WHERE id = 1;"
+        ))
+        .await;
+    }
+
     async fn run(&self, sql: &str) {
         match self {
             Db::Sqlite(backend) => {
@@ -149,13 +162,7 @@ async fn passed_over(db: Db) {
     .await;
     // Another writer's damaged row at 4, then a good event at 5: the bus
     // reads both from the log, as it reads every other process's events.
-    db.run(&format!(
-        "INSERT INTO events (position, event_id, topic, event_type, publisher, priority,
-                             session_id, conversation_id, timestamp, body)
-         VALUES (4, 'not-an-id', 't.a', 't.a', 'elsewhere', 'normal', NULL, NULL, 0, {garbage});
-         UPDATE event_log_head SET last = 4 WHERE id = 1;"
-    ))
-    .await;
+    db.insert_row(4, "not-an-id", "t.a", "0", &garbage).await;
     let other = db.open().await;
     let mut good = store
         .read_events(0, &EventFilter::default(), 1)
@@ -225,14 +232,8 @@ async fn passed_over(db: Db) {
         // SQLite keeps a value of the wrong type as given: a row whose
         // timestamp is text does not stop the rest either.
         let body = db.blob(br#"{"payload":7,"formatVersion":1}"#);
-        db.run(&format!(
-            "INSERT INTO events (position, event_id, topic, event_type, publisher, priority,
-                                 session_id, conversation_id, timestamp, body)
-             VALUES (7, '{}', 't.a', 't.a', 'elsewhere', 'normal', NULL, NULL, 'x', {body});
-             UPDATE event_log_head SET last = 7 WHERE id = 1;",
-            smalltalk_types::EventId::new()
-        ))
-        .await;
+        let id = smalltalk_types::EventId::new().to_string();
+        db.insert_row(7, &id, "t.a", "'x'", &body).await;
         let mut eighth = store
             .read_events(0, &EventFilter::default(), 1)
             .await
@@ -249,14 +250,8 @@ async fn passed_over(db: Db) {
         );
         // A damaged row whose topic still reads is filtered by it like any
         // other: a reader of `t.>` is not told about `other.x`.
-        db.run(&format!(
-            "INSERT INTO events (position, event_id, topic, event_type, publisher, priority,
-                                 session_id, conversation_id, timestamp, body)
-             VALUES (9, '{}', 'other.x', 'other.x', 'elsewhere', 'normal', NULL, NULL, 'x', {body});
-             UPDATE event_log_head SET last = 9 WHERE id = 1;",
-            smalltalk_types::EventId::new()
-        ))
-        .await;
+        let id = smalltalk_types::EventId::new().to_string();
+        db.insert_row(9, &id, "other.x", "'x'", &body).await;
         let only_t = EventFilter {
             patterns: vec![smalltalk_types::TopicPattern::parse("t.>").unwrap()],
             ..EventFilter::default()
