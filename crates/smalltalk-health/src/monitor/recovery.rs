@@ -154,14 +154,7 @@ impl AgentHealthMonitor {
                     "restart intensity exceeded: {} restarts within {:?}",
                     strategy.max_restarts, strategy.restart_period
                 );
-                self.transition(&agent_id, HealthState::Failed, &reason)
-                    .await;
-                self.alert(
-                    AlertSeverity::Critical,
-                    &agent_id,
-                    format!("agent {agent_id} failed: {reason}"),
-                )
-                .await;
+                self.give_up(&agent_id, &reason).await;
                 return;
             }
             self.inner
@@ -210,11 +203,15 @@ impl AgentHealthMonitor {
             tokio::time::sleep(backoff.delay(attempt - 1)).await;
         }
         let reason = format!("{} recovery attempts failed", strategy.max_retries);
-        self.transition(&agent_id, HealthState::Failed, &reason)
-            .await;
+        self.give_up(&agent_id, &reason).await;
+    }
+
+    /// Recovery is over for `agent_id`: `failed`, with a critical alert.
+    async fn give_up(&self, agent_id: &AgentId, reason: &str) {
+        self.transition(agent_id, HealthState::Failed, reason).await;
         self.alert(
             AlertSeverity::Critical,
-            &agent_id,
+            agent_id,
             format!("agent {agent_id} failed: {reason}"),
         )
         .await;

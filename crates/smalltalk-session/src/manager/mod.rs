@@ -558,6 +558,15 @@ impl SessionManager {
         Ok(appended)
     }
 
+    /// `id`'s stored header (no history), or [`Error::NotFound`].
+    async fn stored_header(&self, id: SessionId) -> Result<Session> {
+        self.inner
+            .store
+            .get_session_header(id)
+            .await?
+            .ok_or(Error::NotFound { id })
+    }
+
     /// A message to an idle session makes it active again (and brings it
     /// back into the pool), capacity permitting; at capacity it stays idle.
     /// Sessions in the pool are active already: no read for them.
@@ -603,12 +612,7 @@ impl SessionManager {
     pub async fn update_state(&self, id: SessionId, state: SessionState) -> Result<Session> {
         if state == SessionState::Invalidated {
             self.invalidate(id).await?;
-            return self
-                .inner
-                .store
-                .get_session_header(id)
-                .await?
-                .ok_or(Error::NotFound { id });
+            return self.stored_header(id).await;
         }
         // Going active takes a slot, reserved before the write so that
         // concurrent reactivations cannot overshoot the limit.

@@ -264,12 +264,7 @@ impl SessionManager {
     {
         let mut budget = self.conflict_budget();
         loop {
-            let mut session = self
-                .inner
-                .store
-                .get_session_header(id)
-                .await?
-                .ok_or(Error::NotFound { id })?;
+            let mut session = self.stored_header(id).await?;
             let now = self.inner.clock.now();
             let loaded = session.version;
             let Some(value) = change(&mut session, now)? else {

@@ -224,12 +224,7 @@ impl SessionManager {
             let (mut next, base) = match buffered {
                 Some((header, generation)) => (header, Base::Buffered(generation)),
                 None => {
-                    let loaded = self
-                        .inner
-                        .store
-                        .get_session_header(id)
-                        .await?
-                        .ok_or(Error::NotFound { id })?;
+                    let loaded = self.stored_header(id).await?;
                     let version = loaded.version;
                     (loaded, Base::Stored(version))
                 }
