@@ -87,6 +87,34 @@ pub enum Error {
         /// The newest position found.
         found: u64,
     },
+    /// A versioned-store request outside the limits (see
+    /// [`InvalidRequest`](crate::versioned::InvalidRequest)). Nothing was
+    /// changed.
+    #[error("invalid request: {reason}")]
+    InvalidRequest {
+        /// What is wrong.
+        reason: crate::versioned::InvalidRequest,
+    },
+    /// A revision after the store's newest was asked for.
+    #[error("revision {requested} is in the future (the store is at {revision})")]
+    FutureRevision {
+        /// The revision asked for.
+        requested: u64,
+        /// The store's newest revision.
+        revision: u64,
+    },
+    /// What was asked for is below the compaction point and was removed.
+    #[error("revisions before {compact_revision} were compacted")]
+    Compacted {
+        /// The compaction point: revisions from here on are complete.
+        compact_revision: u64,
+    },
+    /// A lease that was never granted, was revoked, or expired.
+    #[error("lease {lease} not found")]
+    LeaseNotFound {
+        /// The lease.
+        lease: crate::versioned::LeaseId,
+    },
     /// Invalid input (an id, a key, a record that does not decode) or a
     /// record stored by a newer release.
     #[error(transparent)]

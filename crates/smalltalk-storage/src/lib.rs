@@ -9,8 +9,13 @@
 //! - [`KeyValueStore`]: small blobs under validated
 //!   [`StorageKey`](smalltalk_types::StorageKey)s, with TTLs judged by an
 //!   injectable [`Clock`](smalltalk_types::Clock).
+//! - [`EventLog`]: a totally ordered, durable event log with subscriber
+//!   cursors.
+//! - [`VersionedStore`]: versioned records with a global revision,
+//!   compare-and-set transactions, history, compaction, leases and purges
+//!   (see [`versioned`]).
 //! - [`StoreAdmin`]: backend identity, health check, [`StoreStats`], close.
-//! - [`Store`]: all three; what [`open`] returns as `Arc<dyn Store>`.
+//! - [`Store`]: all of them; what [`open`] returns as `Arc<dyn Store>`.
 //!
 //! # Backends
 //!
@@ -68,6 +73,7 @@ mod events;
 mod memory;
 mod open;
 mod traits;
+pub mod versioned;
 
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -90,3 +96,4 @@ pub use traits::{
     AppendGuard, AppendOutcome, BackendKind, Expected, KeyValueStore, SessionFilter, SessionStore,
     Store, StoreAdmin, StoreStats,
 };
+pub use versioned::VersionedStore;

@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smalltalk_types::{
-    Clock, Event, Message, Session, SessionId, SessionState, SessionSummary, StorageKey,
+    AgentId, Clock, Event, Message, Session, SessionId, SessionState, SessionSummary, StorageKey,
     SystemClock, Timestamp,
 };
 
 use crate::codec::{self, advanced_updated_at};
+use crate::versioned::memory::VersionedData;
+use crate::versioned::{
+    CompactOutcome, KeyHistory, KeyPrefix, KeyVersion, Lease, LeaseId, PurgeOutcome, RangePage,
+    RangeRequest, RevisionBounds, Txn, TxnResponse, VersionedStats, VersionedStore,
+};
 use crate::{
     AppendGuard, AppendOutcome, BackendKind, Error, EventFilter, EventLog, EventLogStats, Expected,
     KeyValueStore, LogBounds, LogEntry, Result, SessionFilter, SessionStore, StoreAdmin,
@@ -25,6 +30,8 @@ use crate::{
 pub struct MemoryStore {
     inner: Mutex<Inner>,
     log_watch: crate::events::LogWatch,
+    versioned: Mutex<VersionedData>,
+    revision_watch: crate::events::LogWatch,
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
 }
@@ -76,6 +83,8 @@ impl MemoryStore {
         Self {
             inner: Mutex::new(Inner::default()),
             log_watch: Default::default(),
+            versioned: Mutex::new(VersionedData::default()),
+            revision_watch: Default::default(),
             clock,
             closed: AtomicBool::new(false),
         }
@@ -91,6 +100,116 @@ impl MemoryStore {
             .inner
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+}
+
+impl MemoryStore {
+    fn versioned(&self) -> Result<MutexGuard<'_, VersionedData>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        // As `lock`: every mutation is planned first and applied last.
+        Ok(self
+            .versioned
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Runs a write and wakes revision waiters.
+    fn write_versioned<T>(&self, work: impl FnOnce(&mut VersionedData) -> Result<T>) -> Result<T> {
+        let mut data = self.versioned()?;
+        let outcome = work(&mut data)?;
+        let revision = data.bounds().revision;
+        drop(data);
+        self.revision_watch.advance(revision);
+        Ok(outcome)
+    }
+}
+
+#[async_trait]
+impl VersionedStore for MemoryStore {
+    async fn txn(&self, txn: &Txn) -> Result<TxnResponse> {
+        let now = self.clock.now();
+        self.write_versioned(|data| data.txn(txn, now))
+    }
+
+    async fn get_version(&self, key: &StorageKey, at: Option<u64>) -> Result<Option<KeyVersion>> {
+        self.versioned()?.get(key, at)
+    }
+
+    async fn range(&self, request: &RangeRequest) -> Result<RangePage> {
+        self.versioned()?.range(request)
+    }
+
+    async fn key_history(
+        &self,
+        key: &StorageKey,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<KeyHistory> {
+        self.versioned()?.history(key, before, limit)
+    }
+
+    async fn read_revisions(
+        &self,
+        prefix: &KeyPrefix,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<KeyVersion>> {
+        self.versioned()?.read_revisions(prefix, after, limit)
+    }
+
+    async fn revision_bounds(&self) -> Result<RevisionBounds> {
+        Ok(self.versioned()?.bounds())
+    }
+
+    async fn revision_before(&self, time: Timestamp) -> Result<Option<u64>> {
+        Ok(self.versioned()?.revision_before(time))
+    }
+
+    async fn compact(&self, revision: u64, keep_versions: u32) -> Result<CompactOutcome> {
+        self.versioned()?.compact(revision, keep_versions)
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        let now = self.clock.now();
+        self.versioned()?.grant_lease(ttl, now)
+    }
+
+    async fn keep_lease_alive(&self, lease: LeaseId) -> Result<Lease> {
+        let now = self.clock.now();
+        self.versioned()?.keep_lease_alive(lease, now)
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId, author: Option<&AgentId>) -> Result<Option<u64>> {
+        let now = self.clock.now();
+        self.write_versioned(|data| data.revoke_lease(lease, author, now))
+    }
+
+    async fn expire_leases(&self) -> Result<u64> {
+        let now = self.clock.now();
+        self.write_versioned(|data| Ok(data.expire_leases(now)))
+    }
+
+    async fn purge_prefix(
+        &self,
+        prefix: &KeyPrefix,
+        author: Option<&AgentId>,
+    ) -> Result<PurgeOutcome> {
+        let now = self.clock.now();
+        self.write_versioned(|data| data.purge_prefix(prefix, author, now))
+    }
+
+    async fn wait_for_revision(&self, after: u64, timeout: Duration) -> Result<u64> {
+        self.revision_watch
+            .wait(after, timeout, || async {
+                Ok(self.versioned()?.bounds().revision)
+            })
+            .await
+    }
+
+    async fn versioned_stats(&self) -> Result<VersionedStats> {
+        Ok(self.versioned()?.stats())
     }
 }
 

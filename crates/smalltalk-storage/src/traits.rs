@@ -303,6 +303,12 @@ pub trait StoreAdmin: Send + Sync + fmt::Debug + 'static {
 }
 
 /// Everything a backend implements; what [`open`](crate::open) returns.
-pub trait Store: SessionStore + KeyValueStore + crate::EventLog + StoreAdmin {}
+pub trait Store:
+    SessionStore + KeyValueStore + crate::EventLog + crate::VersionedStore + StoreAdmin
+{
+}
 
-impl<T: SessionStore + KeyValueStore + crate::EventLog + StoreAdmin> Store for T {}
+impl<T: SessionStore + KeyValueStore + crate::EventLog + crate::VersionedStore + StoreAdmin> Store
+    for T
+{
+}

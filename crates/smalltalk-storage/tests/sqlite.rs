@@ -99,7 +99,7 @@ async fn a_schema_from_a_newer_release_is_refused() {
             opened,
             Err(Error::SchemaTooNew {
                 found: 99,
-                supported: 3
+                supported: 4
             })
         ),
         "{opened:?}"

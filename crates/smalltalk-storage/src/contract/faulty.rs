@@ -8,9 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use smalltalk_types::{
-    Event, Message, Session, SessionId, SessionState, SessionSummary, StorageKey, Timestamp,
+    AgentId, Event, Message, Session, SessionId, SessionState, SessionSummary, StorageKey,
+    Timestamp,
 };
 
+use crate::versioned::{
+    CompactOutcome, KeyHistory, KeyPrefix, KeyVersion, Lease, LeaseId, PurgeOutcome, RangePage,
+    RangeRequest, RevisionBounds, Txn, TxnResponse, VersionedStats, VersionedStore,
+};
 use crate::{
     AppendGuard, AppendOutcome, BackendKind, Error, EventFilter, EventLog, EventLogStats, Expected,
     KeyValueStore, LogBounds, Result, SessionFilter, SessionStore, Store, StoreAdmin, StoreStats,
@@ -262,6 +267,84 @@ impl EventLog for FaultyStore {
     async fn wait_for_events(&self, after: u64, timeout: Duration) -> Result<u64> {
         self.read("wait_for_events")?;
         self.inner.wait_for_events(after, timeout).await
+    }
+}
+
+#[async_trait]
+impl VersionedStore for FaultyStore {
+    async fn txn(&self, txn: &Txn) -> Result<TxnResponse> {
+        self.write("txn")?;
+        self.inner.txn(txn).await
+    }
+    async fn get_version(&self, key: &StorageKey, at: Option<u64>) -> Result<Option<KeyVersion>> {
+        self.read("get_version")?;
+        self.inner.get_version(key, at).await
+    }
+    async fn range(&self, request: &RangeRequest) -> Result<RangePage> {
+        self.read("range")?;
+        self.inner.range(request).await
+    }
+    async fn key_history(
+        &self,
+        key: &StorageKey,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<KeyHistory> {
+        self.read("key_history")?;
+        self.inner.key_history(key, before, limit).await
+    }
+    async fn read_revisions(
+        &self,
+        prefix: &KeyPrefix,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<KeyVersion>> {
+        self.read("read_revisions")?;
+        self.inner.read_revisions(prefix, after, limit).await
+    }
+    async fn revision_bounds(&self) -> Result<RevisionBounds> {
+        self.read("revision_bounds")?;
+        self.inner.revision_bounds().await
+    }
+    async fn revision_before(&self, time: Timestamp) -> Result<Option<u64>> {
+        self.read("revision_before")?;
+        self.inner.revision_before(time).await
+    }
+    async fn compact(&self, revision: u64, keep_versions: u32) -> Result<CompactOutcome> {
+        self.write("compact")?;
+        self.inner.compact(revision, keep_versions).await
+    }
+    async fn grant_lease(&self, ttl: Duration) -> Result<Lease> {
+        self.write("grant_lease")?;
+        self.inner.grant_lease(ttl).await
+    }
+    async fn keep_lease_alive(&self, lease: LeaseId) -> Result<Lease> {
+        self.write("keep_lease_alive")?;
+        self.inner.keep_lease_alive(lease).await
+    }
+    async fn revoke_lease(&self, lease: LeaseId, author: Option<&AgentId>) -> Result<Option<u64>> {
+        self.write("revoke_lease")?;
+        self.inner.revoke_lease(lease, author).await
+    }
+    async fn expire_leases(&self) -> Result<u64> {
+        self.write("expire_leases")?;
+        self.inner.expire_leases().await
+    }
+    async fn purge_prefix(
+        &self,
+        prefix: &KeyPrefix,
+        author: Option<&AgentId>,
+    ) -> Result<PurgeOutcome> {
+        self.write("purge_prefix")?;
+        self.inner.purge_prefix(prefix, author).await
+    }
+    async fn wait_for_revision(&self, after: u64, timeout: Duration) -> Result<u64> {
+        self.read("wait_for_revision")?;
+        self.inner.wait_for_revision(after, timeout).await
+    }
+    async fn versioned_stats(&self) -> Result<VersionedStats> {
+        self.read("versioned_stats")?;
+        self.inner.versioned_stats().await
     }
 }
 

@@ -1,11 +1,11 @@
 //! The contract suite: what every backend must do, written once.
 //!
-//! Each trait has a module of cases ([`sessions`], [`kv`], [`events`]), each case an
+//! Each trait has a module of cases ([`sessions`], [`kv`], [`events`], [`versioned`]), each case an
 //! async function taking a [`Backend`]: something that opens a store on a
 //! given clock, and reopens the *same* data if the backend persists.
-//! [`model`] runs random operation sequences against a backend and against
-//! [`MemoryStore`], the reference model, and compares
-//! every result.
+//! [`model`] and [`versioned_model`] run random operation sequences
+//! against a backend and against [`MemoryStore`], the reference model, and
+//! compare every result.
 //!
 //! [`storage_contract!`](crate::storage_contract) stamps every case into a
 //! test module, so a new backend is one line:
@@ -26,6 +26,8 @@ pub mod kv;
 pub mod model;
 mod recorder;
 pub mod sessions;
+pub mod versioned;
+pub mod versioned_model;
 
 pub use faulty::FaultyStore;
 pub use recorder::RecordingRecorder;
@@ -309,11 +311,33 @@ macro_rules! storage_contract {
                 bad_keys_are_rejected,
             );
 
+            $crate::__contract_cases!([$(#[$attr])*];versioned;
+                revisions_and_versions,
+                conditional_writes,
+                transactions_are_atomic,
+                bad_input_changes_nothing,
+                range_pages,
+                revisions_are_read_whole,
+                compaction,
+                leases,
+                purge,
+                concurrent_writers_lose_nothing,
+                persistence_across_reopen,
+                wakeups,
+                closed_store_refuses_calls,
+            );
+
             mod model {
                 $(#[$attr])*
                 #[test]
                 fn equivalence_with_memory() {
                     $crate::contract::model::check(super::fresh);
+                }
+
+                $(#[$attr])*
+                #[test]
+                fn versioned_equivalence_with_memory() {
+                    $crate::contract::versioned_model::check(super::fresh);
                 }
             }
         }

@@ -27,8 +27,10 @@ use crate::codec::to_u64;
 use crate::open::query_pairs;
 use crate::{Error, Result};
 
+mod committer;
 mod events;
 mod store;
+mod versioned;
 
 /// Migrations in order; never edit a released entry, append a new one.
 const MIGRATIONS: &[&str] = &[
@@ -101,6 +103,55 @@ const MIGRATIONS: &[&str] = &[
     // 4: how far the log was while the subscriber was there (NULL for
     //    cursors stored before: read as their position).
     r#"ALTER TABLE event_cursors ADD COLUMN live_until BIGINT;"#,
+    // 5: versioned records: the revision counter (its row lock orders
+    //    writers, so revisions follow commit order) and compaction point,
+    //    one row per version of a key, each key's latest version (its
+    //    head), leases; every new revision notifies listeners.
+    r#"CREATE TABLE state_meta (
+        id               INTEGER PRIMARY KEY CHECK (id = 1),
+        revision         BIGINT NOT NULL,
+        compact_revision BIGINT NOT NULL,
+        last_lease       BIGINT NOT NULL
+    );
+    INSERT INTO state_meta (id, revision, compact_revision, last_lease) VALUES (1, 0, 0, 0);
+    CREATE TABLE state_versions (
+        key             TEXT COLLATE "C" NOT NULL,
+        revision        BIGINT NOT NULL,
+        kind            TEXT NOT NULL,
+        value           BYTEA,
+        create_revision BIGINT NOT NULL,
+        version         BIGINT NOT NULL,
+        lease           BIGINT,
+        author          TEXT,
+        timestamp       BIGINT NOT NULL,
+        PRIMARY KEY (key, revision)
+    );
+    CREATE INDEX state_versions_by_revision ON state_versions (revision, key);
+    CREATE TABLE state_keys (
+        key             TEXT COLLATE "C" PRIMARY KEY,
+        live            BOOLEAN NOT NULL,
+        mod_revision    BIGINT NOT NULL,
+        create_revision BIGINT NOT NULL,
+        version         BIGINT NOT NULL,
+        lease           BIGINT,
+        trimmed_below   BIGINT
+    );
+    CREATE INDEX state_keys_by_lease ON state_keys (lease) WHERE lease IS NOT NULL;
+    CREATE TABLE state_leases (
+        id         BIGINT PRIMARY KEY,
+        ttl        BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE FUNCTION smalltalk_notify_state() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.revision <> OLD.revision THEN
+            PERFORM pg_notify('smalltalk_state_' || current_schema(), NEW.revision::text);
+        END IF;
+        RETURN NEW;
+    END
+    $$;
+    CREATE TRIGGER state_meta_notify AFTER UPDATE ON state_meta
+        FOR EACH ROW EXECUTE FUNCTION smalltalk_notify_state();"#,
 ];
 
 /// A store in a PostgreSQL database. Opened by `postgres://...`.
@@ -110,6 +161,8 @@ pub struct PgStore {
     schema: Option<String>,
     clock: Arc<dyn Clock>,
     log_watch: Arc<crate::events::LogWatch>,
+    revision_watch: Arc<crate::events::LogWatch>,
+    state_committer: Arc<committer::Committer<versioned::TxnBatch>>,
     listener: Arc<ListenerTask>,
 }
 
@@ -198,10 +251,15 @@ impl PgStore {
             .await
             .map_err(pg_error)?;
         let store = Self {
+            state_committer: Arc::new(committer::Committer::start(
+                pool.clone(),
+                versioned::TxnBatch,
+            )),
             pool,
             schema,
             clock,
             log_watch: Default::default(),
+            revision_watch: Default::default(),
             listener: Default::default(),
         };
         store.migrate().await?;
@@ -224,15 +282,27 @@ impl PgStore {
         let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool)
             .await
             .map_err(pg_error)?;
+        let (events_channel, state_channel) = (
+            format!("smalltalk_events_{schema}"),
+            format!("smalltalk_state_{schema}"),
+        );
         listener
-            .listen(&format!("smalltalk_events_{schema}"))
+            .listen_all([events_channel.as_str(), state_channel.as_str()])
             .await
             .map_err(pg_error)?;
-        let watch = Arc::clone(&self.log_watch);
+        let (log_watch, revision_watch) = (
+            Arc::clone(&self.log_watch),
+            Arc::clone(&self.revision_watch),
+        );
         let task = tokio::spawn(async move {
             loop {
                 match listener.recv().await {
                     Ok(notification) => {
+                        let watch = if notification.channel() == state_channel {
+                            &revision_watch
+                        } else {
+                            &log_watch
+                        };
                         if let Ok(position) = notification.payload().parse() {
                             watch.advance(position);
                         }

@@ -18,6 +18,7 @@ mod events;
 mod pool;
 mod schema;
 mod store;
+mod versioned;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,7 @@ pub struct SqliteStore {
     clock: Arc<dyn Clock>,
     closed: AtomicBool,
     log_watch: crate::events::LogWatch,
+    revision_watch: crate::events::LogWatch,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -134,6 +136,7 @@ impl SqliteStore {
             clock: options.clock,
             closed: AtomicBool::new(false),
             log_watch: Default::default(),
+            revision_watch: Default::default(),
         })
     }
 

@@ -71,6 +71,44 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 3: how far the log was while the subscriber was there (NULL for
     //    cursors stored before: read as their position).
     "ALTER TABLE event_cursors ADD COLUMN live_until INTEGER;",
+    // 4: versioned records: the revision counter and compaction point, one
+    //    row per version of a key, each key's latest version (its head), and
+    //    leases.
+    "CREATE TABLE state_meta (
+        id               INTEGER PRIMARY KEY CHECK (id = 1),
+        revision         INTEGER NOT NULL,
+        compact_revision INTEGER NOT NULL,
+        last_lease       INTEGER NOT NULL
+     );
+     INSERT INTO state_meta (id, revision, compact_revision, last_lease) VALUES (1, 0, 0, 0);
+     CREATE TABLE state_versions (
+        key             TEXT NOT NULL,
+        revision        INTEGER NOT NULL,
+        kind            TEXT NOT NULL,
+        value           BLOB,
+        create_revision INTEGER NOT NULL,
+        version         INTEGER NOT NULL,
+        lease           INTEGER,
+        author          TEXT,
+        timestamp       INTEGER NOT NULL,
+        PRIMARY KEY (key, revision)
+     );
+     CREATE INDEX state_versions_by_revision ON state_versions (revision, key);
+     CREATE TABLE state_keys (
+        key             TEXT PRIMARY KEY NOT NULL,
+        live            INTEGER NOT NULL,
+        mod_revision    INTEGER NOT NULL,
+        create_revision INTEGER NOT NULL,
+        version         INTEGER NOT NULL,
+        lease           INTEGER,
+        trimmed_below   INTEGER
+     );
+     CREATE INDEX state_keys_by_lease ON state_keys (lease) WHERE lease IS NOT NULL;
+     CREATE TABLE state_leases (
+        id         INTEGER PRIMARY KEY,
+        ttl        INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+     );",
 ];
 
 /// Brings the schema up to date, atomically. Several processes opening the
