@@ -71,7 +71,7 @@ pub use id::{
 pub use payload::Payload;
 pub use ports::{
     AgentStateSource, Alert, AlertSeverity, AlertSink, Announcement, BoxError, DegradationControl,
-    EventSink, LogAlertSink, MissedEventReplayer, ReplayCounts,
+    EventSink, LogAlertSink, MissedEventReplayer, ReplayCounts, SessionContentPurger,
 };
 pub use session::{AgentState, Message, Role, Session, SessionState, SessionSummary};
 pub use task::{BackgroundTask, StopSignal};

@@ -175,6 +175,17 @@ pub trait AgentStateSource: Send + Sync + fmt::Debug + 'static {
     ) -> Result<(), BoxError>;
 }
 
+/// Something that keeps data under a session's namespace (the state
+/// store), which must go when the session's content does (SPEC "Privacy and
+/// retention"): the session manager calls it when a session is invalidated
+/// or deleted, and retries a failure from its maintenance; the umbrella
+/// connects them.
+#[async_trait]
+pub trait SessionContentPurger: Send + Sync + fmt::Debug + 'static {
+    /// Deletes everything kept for `session`, history included. Idempotent.
+    async fn purge_session(&self, session: crate::SessionId) -> Result<(), BoxError>;
+}
+
 /// Graceful degradation (FR-010a): the health monitor switches it, the
 /// session manager honours it (new sessions paused, capacity halved); the
 /// umbrella connects the two.

@@ -60,13 +60,28 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(all(feature = "session", feature = "events", feature = "health"))]
+#[cfg(all(
+    feature = "session",
+    feature = "events",
+    feature = "health",
+    feature = "state"
+))]
 #[cfg_attr(
     docsrs,
-    doc(cfg(all(feature = "session", feature = "events", feature = "health")))
+    doc(cfg(all(
+        feature = "session",
+        feature = "events",
+        feature = "health",
+        feature = "state"
+    )))
 )]
 pub mod runtime;
-#[cfg(all(feature = "session", feature = "events", feature = "health"))]
+#[cfg(all(
+    feature = "session",
+    feature = "events",
+    feature = "health",
+    feature = "state"
+))]
 pub use runtime::{Error, Runtime, RuntimeBuilder};
 
 #[cfg(feature = "events")]
@@ -78,6 +93,9 @@ pub use smalltalk_health as health;
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub use smalltalk_session as session;
+#[cfg(feature = "state")]
+#[cfg_attr(docsrs, doc(cfg(feature = "state")))]
+pub use smalltalk_state as state;
 pub use smalltalk_storage as storage;
 pub use smalltalk_types as types;
 
@@ -92,6 +110,9 @@ pub use smalltalk_health::{AgentHealthMonitor, HealthConfig, MonitoredAgent};
 #[cfg(feature = "session")]
 #[cfg_attr(docsrs, doc(cfg(feature = "session")))]
 pub use smalltalk_session::{CreateOptions, SessionConfig, SessionManager};
+#[cfg(feature = "state")]
+#[cfg_attr(docsrs, doc(cfg(feature = "state")))]
+pub use smalltalk_state::{ConflictPolicy, Expect, Namespace, Policies, StateConfig, StateStore};
 pub use smalltalk_storage::{
     AppendGuard, Error as StorageError, Expected, KeyValueStore, SessionFilter, SessionStore,
     Store, StoreAdmin, open, open_with,

@@ -8,7 +8,12 @@
 //! AgentHealthMonitor --degradation (DegradationControl)----> SessionManager
 //! AgentHealthMonitor --agent state (AgentStateSource)------> SessionManager
 //! AgentHealthMonitor --state of agents in no session-------> the store
+//! SessionManager --purge on invalidate/delete (SessionContentPurger)--> StateStore
 //! ```
+//!
+//! The state store works on the same store: a session's state namespace
+//! ([`Namespace::session`](smalltalk_state::Namespace::session)) goes, history
+//! included, when the session is invalidated or deleted.
 //!
 //! Built from a storage URL (`sqlite://...`, `postgres://...`, `memory://`)
 //! or a store already open; [`Runtime::shutdown`] stops the background
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use smalltalk_events::{EventBus, EventBusConfig};
 use smalltalk_health::{AgentHealthMonitor, HealthConfig};
 use smalltalk_session::{SessionConfig, SessionManager};
+use smalltalk_state::{Policies, StateConfig, StateStore};
 use smalltalk_storage::Store;
 use smalltalk_types::{AlertSink, BackgroundTask, Clock, LogAlertSink, SystemClock};
 
@@ -40,6 +46,9 @@ pub enum Error {
     /// The health monitor's configuration.
     #[error("health monitor")]
     Health(#[source] smalltalk_health::Error),
+    /// The state store's configuration.
+    #[error("state store")]
+    State(#[source] smalltalk_state::Error),
 }
 
 /// Builds a [`Runtime`]; see [`Runtime::builder`].
@@ -49,6 +58,8 @@ pub struct RuntimeBuilder {
     sessions: SessionConfig,
     events: EventBusConfig,
     health: HealthConfig,
+    state: StateConfig,
+    policies: Policies,
     clock: Arc<dyn Clock>,
     alerts: Arc<dyn AlertSink>,
     background: bool,
@@ -77,6 +88,18 @@ impl RuntimeBuilder {
     /// The health monitor's configuration.
     pub fn health(mut self, config: HealthConfig) -> Self {
         self.health = config;
+        self
+    }
+
+    /// The state store's configuration.
+    pub fn state(mut self, config: StateConfig) -> Self {
+        self.state = config;
+        self
+    }
+
+    /// The state store's conflict policies, by key prefix.
+    pub fn state_policies(mut self, policies: Policies) -> Self {
+        self.policies = policies;
         self
     }
 
@@ -115,8 +138,23 @@ impl RuntimeBuilder {
             }
             Source::Store(store) => store,
         };
+        let state =
+            StateStore::builder(Arc::clone(&store) as Arc<dyn smalltalk_storage::VersionedStore>)
+                .config(self.state)
+                .policies(self.policies)
+                .clock(Arc::clone(&self.clock))
+                .build()
+                .map_err(Error::State);
+        let state = match state {
+            Ok(state) => state,
+            Err(error) => {
+                let _ = store.close().await;
+                return Err(error);
+            }
+        };
         let built = Self::wire(
             Arc::clone(&store),
+            &state,
             self.sessions,
             self.events,
             self.health,
@@ -134,18 +172,21 @@ impl RuntimeBuilder {
         let background = self.background.then(|| Background {
             maintenance: sessions.spawn_maintenance(),
             sweeps: monitor.spawn(),
+            state: state.spawn_maintenance(),
         });
         Ok(Runtime {
             store,
             sessions,
             bus,
             monitor,
+            state,
             background,
         })
     }
 
     async fn wire(
         store: Arc<dyn Store>,
+        state: &StateStore,
         sessions: SessionConfig,
         events: EventBusConfig,
         health: HealthConfig,
@@ -164,6 +205,7 @@ impl RuntimeBuilder {
             .clock(Arc::clone(&clock))
             .alerts(Arc::clone(&alerts))
             .events(Arc::new(bus.clone()))
+            .content_purger(Arc::new(state.clone()))
             .build()
             .map_err(Error::Session);
         let manager = match manager {
@@ -201,6 +243,7 @@ impl RuntimeBuilder {
 struct Background {
     maintenance: BackgroundTask,
     sweeps: BackgroundTask,
+    state: BackgroundTask,
 }
 
 /// Every capability over one store, wired together. Cheap accessors hand
@@ -232,6 +275,7 @@ pub struct Runtime {
     sessions: SessionManager,
     bus: EventBus,
     monitor: AgentHealthMonitor,
+    state: StateStore,
     background: Option<Background>,
 }
 
@@ -254,6 +298,8 @@ impl Runtime {
             sessions: SessionConfig::default(),
             events: EventBusConfig::default(),
             health: HealthConfig::default(),
+            state: StateConfig::default(),
+            policies: Policies::default(),
             clock: Arc::new(SystemClock),
             alerts: Arc::new(LogAlertSink),
             background: true,
@@ -287,6 +333,11 @@ impl Runtime {
         &self.monitor
     }
 
+    /// The state store (a session's namespace is purged with the session).
+    pub fn state(&self) -> &StateStore {
+        &self.state
+    }
+
     /// Closes the health monitor (no sweep, late answer or recovery acts
     /// any more), stops the session maintenance between runs, stores every
     /// pending session write, closes the bus (waiting for its
@@ -296,6 +347,7 @@ impl Runtime {
         self.monitor.close();
         if let Some(background) = self.background.take() {
             background.sweeps.shutdown().await;
+            background.state.shutdown().await;
             // Lets a flush under way finish: aborting it could leave
             // messages stored but still pending, to be stored again.
             background.maintenance.shutdown().await;

@@ -1,7 +1,12 @@
 //! `Runtime`: one store, every capability, every port connected, one
 //! shutdown.
 
-#![cfg(all(feature = "session", feature = "events", feature = "health"))]
+#![cfg(all(
+    feature = "session",
+    feature = "events",
+    feature = "health",
+    feature = "state"
+))]
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -197,6 +202,56 @@ async fn a_bad_configuration_is_a_typed_error_naming_the_part() {
         matches!(built, Err(smalltalk::Error::Storage(_))),
         "{built:?}"
     );
+    let built = Runtime::builder("memory://")
+        .state(smalltalk::StateConfig {
+            retention: Duration::ZERO,
+            ..Default::default()
+        })
+        .build()
+        .await;
+    assert!(
+        matches!(built, Err(smalltalk::Error::State(_))),
+        "{built:?}"
+    );
+}
+
+/// A session's state namespace goes with the session: purged, history
+/// included, when it is invalidated, and when it is deleted; other
+/// namespaces stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sessions_state_is_purged_with_it() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let runtime = Runtime::builder(format!("sqlite://{}", dir.path().join("rt.db").display()))
+        .build()
+        .await?;
+    let state = runtime.state();
+    let shared =
+        smalltalk::Namespace::agent(&smalltalk::AgentId::parse("planner")?).key("memory")?;
+    state.put(&shared, serde_json::json!("shared")).await?;
+    for invalidate in [true, false] {
+        let session = runtime.sessions().create(CreateOptions::default()).await?;
+        let notes = smalltalk::Namespace::session(session.id).key("notes")?;
+        let first = state.put(&notes, serde_json::json!("private")).await?.entry;
+        state.put(&notes, serde_json::json!("more private")).await?;
+        if invalidate {
+            runtime.sessions().invalidate(session.id).await?;
+        } else {
+            assert!(runtime.sessions().delete(session.id).await?);
+        }
+        assert_eq!(state.get(&notes).await?, None, "invalidate: {invalidate}");
+        assert!(matches!(
+            state.get_at(&notes, first.revision).await,
+            Err(smalltalk::state::Error::Purged { .. })
+        ));
+        let history = state.history(&notes, 10).await?;
+        assert!(history.changes.iter().all(|change| change.value.is_none()));
+    }
+    assert_eq!(
+        state.get(&shared).await?.map(|entry| entry.value),
+        Some(serde_json::json!("shared"))
+    );
+    runtime.shutdown().await?;
+    Ok(())
 }
 
 /// One home for agent state: the monitor keeps an agent's state in the

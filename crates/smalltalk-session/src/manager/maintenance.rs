@@ -73,6 +73,9 @@ impl SessionManager {
             }
             let round = self.note_failure(self.inner.store.delete_sessions(&ids).await)?;
             deleted += round;
+            for id in &ids {
+                self.purge_others(*id).await;
+            }
             if round == 0 {
                 // Listed but not deletable by us: stop rather than spin.
                 return Ok(deleted);
@@ -127,11 +130,41 @@ impl SessionManager {
         Ok(cleaned)
     }
 
-    /// Deletes `id`'s history (invalidation); on failure queues it for
-    /// maintenance to retry.
+    /// Deletes `id`'s content: its history (invalidation) and what the
+    /// content purgers keep of it; on failure queues it for maintenance to
+    /// retry.
     pub(super) async fn purge_history(&self, id: SessionId) {
-        match self.inner.store.delete_history(id).await {
-            Ok(_) | Err(smalltalk_storage::Error::NotFound { .. }) => {
+        let history = match self.inner.store.delete_history(id).await {
+            Ok(_) | Err(smalltalk_storage::Error::NotFound { .. }) => Ok(()),
+            Err(error) => Err(Box::new(error) as smalltalk_types::BoxError),
+        };
+        let outcome = match history {
+            Ok(()) => self.run_purgers(id).await,
+            Err(error) => Err(error),
+        };
+        self.settle_purge(id, outcome).await;
+    }
+
+    /// After a session is deleted: what the content purgers keep of it (its
+    /// history went with it), queued for retry on failure.
+    pub(super) async fn purge_others(&self, id: SessionId) {
+        if self.inner.purgers.is_empty() {
+            return;
+        }
+        let outcome = self.run_purgers(id).await;
+        self.settle_purge(id, outcome).await;
+    }
+
+    async fn run_purgers(&self, id: SessionId) -> Result<(), smalltalk_types::BoxError> {
+        for purger in &self.inner.purgers {
+            purger.purge_session(id).await?;
+        }
+        Ok(())
+    }
+
+    async fn settle_purge(&self, id: SessionId, outcome: Result<(), smalltalk_types::BoxError>) {
+        match outcome {
+            Ok(()) => {
                 self.purges().remove(&id);
             }
             Err(error) => {
@@ -143,7 +176,7 @@ impl SessionManager {
                 };
                 self.inner.save_failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("session_save_failures_total").increment(1);
-                tracing::error!(session_id = %id, %error, retry_count = failures, "deleting an invalidated session's history failed; maintenance retries");
+                tracing::error!(session_id = %id, %error, retry_count = failures, "deleting a session's content failed; maintenance retries");
                 if failures == self.inner.config.save_retry.alert_after {
                     let mut context = Map::new();
                     context.insert("sessionId".into(), id.to_string().into());
@@ -154,7 +187,7 @@ impl SessionManager {
                         .raise(Alert {
                             severity: AlertSeverity::Error,
                             source: "session".into(),
-                            message: "an invalidated session's content could not be deleted".into(),
+                            message: "a session's content could not be deleted".into(),
                             context,
                             timestamp: self.inner.clock.now(),
                         })

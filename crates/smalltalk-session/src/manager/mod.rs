@@ -17,8 +17,8 @@ use serde_json::{Map, Value};
 use smalltalk_storage::{AppendGuard, AppendOutcome, Expected, SessionFilter, Store, StoreStats};
 use smalltalk_types::{
     AgentState, Alert, AlertSeverity, AlertSink, Announcement, BackgroundTask, Clock,
-    EventPriority, EventSink, LogAlertSink, Message, Session, SessionId, SessionState,
-    SessionSummary, SystemClock, Timestamp, Topic,
+    EventPriority, EventSink, LogAlertSink, Message, Session, SessionContentPurger, SessionId,
+    SessionState, SessionSummary, SystemClock, Timestamp, Topic,
 };
 
 use crate::config::{Durability, SessionConfig, TtlStrategy, check_ttl};
@@ -98,6 +98,8 @@ struct Inner {
     alerts: Arc<dyn AlertSink>,
     /// Where what happened is announced (the umbrella's event bus).
     events: Option<Arc<dyn EventSink>>,
+    /// What else keeps data of a session, purged with its content.
+    purgers: Vec<Arc<dyn SessionContentPurger>>,
     /// Pending writes, in `async` durability only.
     writeback: Option<writeback::PendingWrites>,
     /// Serializes flushes.
@@ -145,6 +147,7 @@ pub struct SessionManagerBuilder {
     clock: Arc<dyn Clock>,
     alerts: Arc<dyn AlertSink>,
     events: Option<Arc<dyn EventSink>>,
+    purgers: Vec<Arc<dyn SessionContentPurger>>,
 }
 
 impl SessionManagerBuilder {
@@ -172,6 +175,15 @@ impl SessionManagerBuilder {
         self
     }
 
+    /// Also purges `purger`'s data of a session (the state store's session
+    /// namespace) when the session is invalidated or deleted, expiry
+    /// included; a failure is retried by maintenance, with an alert after
+    /// repeated failure. Several may be added.
+    pub fn content_purger(mut self, purger: Arc<dyn SessionContentPurger>) -> Self {
+        self.purgers.push(purger);
+        self
+    }
+
     /// Sets where alerts go (default: an ERROR log line each).
     pub fn alerts(mut self, alerts: Arc<dyn AlertSink>) -> Self {
         self.alerts = alerts;
@@ -195,6 +207,7 @@ impl SessionManagerBuilder {
                 save_failures: AtomicU64::new(0),
                 alerts: self.alerts,
                 events: self.events,
+                purgers: self.purgers,
                 writeback,
                 flush_lock: tokio::sync::Mutex::new(()),
                 purges: Mutex::new(HashMap::new()),
@@ -286,6 +299,7 @@ impl SessionManager {
             clock: Arc::new(SystemClock),
             alerts: Arc::new(LogAlertSink),
             events: None,
+            purgers: Vec::new(),
         }
     }
 
@@ -726,6 +740,7 @@ impl SessionManager {
         self.discard_pending(id);
         let deleted = self.note_failure(self.inner.store.delete_session(id).await)?;
         if deleted {
+            self.purge_others(id).await;
             self.announce("session:deleted", EventPriority::Normal, id, Value::Null)
                 .await;
         }

@@ -66,7 +66,7 @@ impl KeyPrefix {
     /// Validates `text`: empty, or a valid [`StorageKey`] (so `agent:` and
     /// `session:1234:` are prefixes; `../` and `a/b` are refused with
     /// [`smalltalk_types::Error::InvalidId`]).
-    pub fn parse(text: &str) -> Result<Self> {
+    pub fn parse(text: &str) -> smalltalk_types::Result<Self> {
         if !text.is_empty() {
             StorageKey::parse(text)?;
         }
@@ -118,9 +118,41 @@ impl From<&StorageKey> for KeyPrefix {
     }
 }
 
+impl From<&KeyPrefix> for KeyPrefix {
+    /// A copy: lets `&prefix` stand wherever a prefix is taken
+    /// ([`TryIntoId`](smalltalk_types::TryIntoId)).
+    fn from(prefix: &KeyPrefix) -> Self {
+        prefix.clone()
+    }
+}
+
+impl TryFrom<&str> for KeyPrefix {
+    type Error = smalltalk_types::Error;
+    fn try_from(text: &str) -> smalltalk_types::Result<Self> {
+        Self::parse(text)
+    }
+}
+
+impl TryFrom<&String> for KeyPrefix {
+    type Error = smalltalk_types::Error;
+    fn try_from(text: &String) -> smalltalk_types::Result<Self> {
+        Self::parse(text)
+    }
+}
+
+impl TryFrom<String> for KeyPrefix {
+    type Error = smalltalk_types::Error;
+    fn try_from(text: String) -> smalltalk_types::Result<Self> {
+        Self::parse(&text)
+    }
+}
+
 /// A lease: keys put with it are deleted together when it expires or is
 /// revoked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct LeaseId(pub u64);
 
 impl fmt::Display for LeaseId {
@@ -492,6 +524,9 @@ pub struct TxnResponse {
     pub wrote: bool,
     /// One per op of the branch that ran.
     pub results: Vec<OpResult>,
+    /// When it was evaluated, by the store's clock: the timestamp of every
+    /// version it wrote.
+    pub timestamp: Timestamp,
 }
 
 /// A page of [`VersionedStore::range`].

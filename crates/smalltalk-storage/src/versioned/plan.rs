@@ -123,6 +123,7 @@ pub(crate) fn plan(
             revision: if wrote { revision } else { current },
             wrote,
             results,
+            timestamp,
         },
         writes,
     })

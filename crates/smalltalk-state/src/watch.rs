@@ -1,0 +1,203 @@
+//! [`Watch`]: the changes under a prefix, revision by revision (FR-025).
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use futures_util::Stream;
+use futures_util::stream::BoxStream;
+use smalltalk_storage::versioned::{KeyPrefix, KeyVersion};
+use smalltalk_types::TryIntoId;
+use tokio::time::Instant;
+
+use crate::{Error, Result, StateChange, StateStore};
+
+/// What a [`Watch`] yields.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum WatchEvent {
+    /// One revision's changes under the prefix, whole (never split), in key
+    /// order. Revisions come in order, each once.
+    Changes {
+        /// The revision.
+        revision: u64,
+        /// What it did to keys under the prefix.
+        changes: Vec<StateChange>,
+    },
+    /// Nothing under the prefix changed up to `revision`: sent after
+    /// [`StateConfig::progress_interval`](crate::StateConfig::progress_interval)
+    /// of quiet, so a watcher knows it is caught up and alive.
+    Progress {
+        /// Every revision up to here was looked at.
+        revision: u64,
+    },
+}
+
+/// Versions read per storage call.
+const PAGE: u32 = 512;
+
+/// A stream of [`WatchEvent`]s from a revision on, made by
+/// [`StateStore::watch`]. It never skips or splits a revision. If the
+/// revision it starts from (or has reached) is compacted away, it yields
+/// [`Error::Compacted`] and ends. A storage error is yielded as it comes
+/// and the watch goes on from where it was.
+pub struct Watch {
+    inner: BoxStream<'static, Result<WatchEvent>>,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Watch {
+    type Item = Result<WatchEvent>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+struct Cursor {
+    store: StateStore,
+    prefix: KeyPrefix,
+    /// Every revision up to here was delivered or looked at.
+    after: u64,
+    /// Where to start, until the first read checks it.
+    start: Option<u64>,
+    pending: VecDeque<WatchEvent>,
+    quiet_since: Instant,
+    done: bool,
+}
+
+impl Cursor {
+    async fn next(&mut self) -> Option<Result<WatchEvent>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            match self.fill().await {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(error) => {
+                    if matches!(error, Error::Compacted { .. }) {
+                        self.done = true;
+                    }
+                    return Some(Err(error));
+                }
+            }
+            let config = &self.store.inner.config;
+            let quiet = self.quiet_since.elapsed();
+            if quiet >= config.progress_interval {
+                self.quiet_since = Instant::now();
+                return Some(Ok(WatchEvent::Progress {
+                    revision: self.after,
+                }));
+            }
+            let wait = config.sync_interval.min(config.progress_interval - quiet);
+            if let Err(error) = self
+                .store
+                .inner
+                .store
+                .wait_for_revision(self.after, wait)
+                .await
+            {
+                return Some(Err(error.into()));
+            }
+        }
+    }
+
+    /// Reads what follows `after`; `true` if something was queued.
+    async fn fill(&mut self) -> Result<bool> {
+        let store = &self.store.inner.store;
+        // Read the head first: every revision up to it is committed, so if
+        // none under the prefix follows `after`, the watch is at the head.
+        let head = store.revision_bounds().await?;
+        if let Some(start) = self.start {
+            if start < head.compact_revision {
+                self.done = true;
+                return Err(Error::Compacted {
+                    compact_revision: head.compact_revision,
+                });
+            }
+            self.after = start.saturating_sub(1);
+            self.start = None;
+        }
+        let page = store.read_revisions(&self.prefix, self.after, PAGE).await?;
+        if page.is_empty() {
+            self.after = self.after.max(head.revision);
+            return Ok(false);
+        }
+        let now = smalltalk_types::Timestamp::now();
+        let mut current: Option<(u64, Vec<StateChange>)> = None;
+        for version in page {
+            let lag = now.duration_since(version.timestamp);
+            metrics::histogram!("state_watch_lag_seconds").record(lag.as_secs_f64());
+            let revision = version.revision;
+            let change = change_of(version)?;
+            match &mut current {
+                Some((at, changes)) if *at == revision => changes.push(change),
+                _ => {
+                    if let Some((revision, changes)) = current.take() {
+                        self.pending
+                            .push_back(WatchEvent::Changes { revision, changes });
+                    }
+                    current = Some((revision, vec![change]));
+                }
+            }
+        }
+        if let Some((revision, changes)) = current {
+            self.pending
+                .push_back(WatchEvent::Changes { revision, changes });
+            self.after = revision;
+        }
+        self.quiet_since = Instant::now();
+        Ok(true)
+    }
+}
+
+fn change_of(version: KeyVersion) -> Result<StateChange> {
+    StateChange::from_version(version)
+}
+
+impl StateStore {
+    /// Watches the keys under `prefix` from `from_revision` on (inclusive;
+    /// `None`: what is written after this call). In process, a write wakes
+    /// the watch at once; other processes' writes are seen at once on
+    /// PostgreSQL (LISTEN/NOTIFY) and within
+    /// [`StateConfig::sync_interval`](crate::StateConfig::sync_interval) on
+    /// SQLite. A `from_revision` in the future waits for it; one below the
+    /// compaction point yields [`Error::Compacted`].
+    #[tracing::instrument(name = "state.watch", skip_all, err)]
+    pub async fn watch(
+        &self,
+        prefix: impl TryIntoId<KeyPrefix>,
+        from_revision: Option<u64>,
+    ) -> Result<Watch> {
+        let prefix = prefix.try_into_id()?;
+        let from_revision = match from_revision {
+            Some(revision) => revision,
+            None => self.inner.store.revision_bounds().await?.revision + 1,
+        };
+        let cursor = Cursor {
+            store: self.clone(),
+            prefix,
+            after: 0,
+            start: Some(from_revision),
+            pending: VecDeque::new(),
+            quiet_since: Instant::now(),
+            done: false,
+        };
+        let stream = futures_util::stream::unfold(cursor, |mut cursor| async move {
+            let item = cursor.next().await?;
+            Some((item, cursor))
+        });
+        Ok(Watch {
+            inner: Box::pin(stream),
+        })
+    }
+}
