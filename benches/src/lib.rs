@@ -10,6 +10,7 @@
 pub mod events;
 pub mod health;
 pub mod sessions;
+pub mod state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,8 @@ pub struct BenchStore {
     pub name: &'static str,
     /// The store.
     pub store: Arc<dyn Store>,
+    /// Its URL, for another process to open it (`None` in memory).
+    pub url: Option<String>,
     _location: Box<dyn std::any::Any + Send + Sync>,
 }
 
@@ -47,6 +50,7 @@ pub async fn fresh_store(name: &'static str) -> Option<BenchStore> {
             Some(BenchStore {
                 name,
                 store: memory.open(clock).await,
+                url: None,
                 _location: Box::new(memory),
             })
         }
@@ -55,6 +59,7 @@ pub async fn fresh_store(name: &'static str) -> Option<BenchStore> {
             Some(BenchStore {
                 name,
                 store: sqlite.open(clock).await,
+                url: Some(format!("sqlite://{}", sqlite.path().display())),
                 _location: Box::new(sqlite),
             })
         }
@@ -63,6 +68,7 @@ pub async fn fresh_store(name: &'static str) -> Option<BenchStore> {
             Some(BenchStore {
                 name,
                 store: postgres.open(clock).await,
+                url: Some(postgres.store_url()),
                 _location: Box::new(postgres),
             })
         }

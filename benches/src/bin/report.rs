@@ -537,10 +537,16 @@ async fn main() -> anyhow::Result<()> {
 
 async fn report() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The other process of the cross-process watch row.
+    if let [flag, url] = args.as_slice() {
+        if flag == STATE_WATCHER {
+            return smalltalk_benches::state::watcher_process(url).await;
+        }
+    }
     let json_output = args.iter().any(|arg| arg == "--json");
     let quick = args.iter().any(|arg| arg == "--quick");
     let (warmup, count) = if quick { (20, 200) } else { (100, 2000) };
-    // `--only storage|sessions|events|health`: one group of rows.
+    // `--only storage|sessions|events|health|state`: one group of rows.
     let only = args
         .iter()
         .position(|arg| arg == "--only")
@@ -566,7 +572,102 @@ async fn report() -> anyhow::Result<()> {
         }
         event_bus_rows(&mut rows, warmup, count, quick).await?;
     }
+    if wanted("state") {
+        for name in ["sqlite", "postgres"] {
+            state_rows(&mut rows, name, warmup, count, quick).await?;
+        }
+    }
     print_rows(rows, json_output)
+}
+
+/// The hidden argument that makes this binary the cross-process watcher.
+const STATE_WATCHER: &str = "--state-watcher";
+
+/// The state store's rows (STATE) on backend `name`, each on a fresh store.
+async fn state_rows(
+    rows: &mut Vec<Row>,
+    name: &'static str,
+    warmup: usize,
+    count: usize,
+    quick: bool,
+) -> anyhow::Result<()> {
+    use smalltalk_benches::state;
+    let sqlite = name == "sqlite";
+    let target = |sqlite_ms: Option<f64>, postgres_ms: Option<f64>| {
+        if sqlite { sqlite_ms } else { postgres_ms }
+    };
+    macro_rules! fresh {
+        () => {
+            match fresh_store(name).await {
+                Some(bench_store) => bench_store,
+                None => return Ok(()),
+            }
+        };
+    }
+    let latency: [(&str, Option<f64>, Option<f64>); 4] = [
+        ("put", Some(0.1), Some(1.5)),
+        ("get", Some(0.02), None),
+        ("get_at_revision", Some(0.05), None),
+        ("txn_10_keys", Some(0.3), None),
+    ];
+    for (metric, sqlite_target, postgres_target) in latency {
+        let bench_store = fresh!();
+        let store = state::state(&bench_store.store);
+        eprintln!("measuring state {metric} on {name}");
+        let samples = match metric {
+            "put" => state::measure_puts(&store, warmup, count).await,
+            "get" => state::measure_gets(&store, warmup, count).await,
+            "get_at_revision" => state::measure_get_at(&store, warmup, count).await,
+            _ => state::measure_txn_10(&store, warmup, count).await,
+        };
+        criterion_rows(
+            rows,
+            "STATE",
+            name,
+            metric,
+            &samples,
+            target(sqlite_target, postgres_target),
+        );
+        bench_store.store.close().await?;
+    }
+    let bench_store = fresh!();
+    let store = state::state(&bench_store.store);
+    let total = if quick { 20_000 } else { 100_000 };
+    eprintln!("measuring {total} state puts from 64 tasks on {name}");
+    let per_sec = state::puts_per_sec(&store, 64, total).await;
+    rows.push(Row {
+        id: "STATE",
+        backend: name,
+        metric: "puts_64_tasks_per_sec".into(),
+        value: per_sec,
+        unit: "per_sec",
+        target: Some(if sqlite { 50_000.0 } else { 10_000.0 }),
+        samples: total,
+    });
+    bench_store.store.close().await?;
+
+    let bench_store = fresh!();
+    let store = state::state(&bench_store.store);
+    eprintln!("measuring in-process watch latency on {name}");
+    let samples = state::measure_watch_in_process(&store, warmup, count).await;
+    criterion_rows(
+        rows,
+        "STATE",
+        name,
+        "watch_in_process",
+        &samples,
+        target(Some(0.1), None),
+    );
+    let watches = if quick { 20 } else { 100 };
+    if let Some(url) = bench_store.url.clone() {
+        eprintln!("measuring cross-process watch latency on {name} ({watches} samples)");
+        let samples =
+            state::measure_watch_cross_process(&store, &[STATE_WATCHER.to_owned(), url], watches)
+                .await?;
+        criterion_rows(rows, "STATE", name, "watch_cross_process", &samples, None);
+    }
+    bench_store.store.close().await?;
+    Ok(())
 }
 
 /// The storage rows: saves, reads and appends per backend.

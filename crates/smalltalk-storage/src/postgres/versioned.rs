@@ -115,7 +115,14 @@ impl Overlay {
                     valued.insert(compare.key.as_str().to_owned());
                 }
             }
-            for op in txn.success.iter().chain(&txn.failure) {
+            // Without compares the failure branch never runs: its reads
+            // need nothing.
+            let failure: &[TxnOp] = if txn.compare.is_empty() {
+                &[]
+            } else {
+                &txn.failure
+            };
+            for op in txn.success.iter().chain(failure) {
                 keys.insert(op.key().as_str().to_owned());
                 match op {
                     TxnOp::Get { key } => {
@@ -131,9 +138,12 @@ impl Overlay {
             }
         }
         let mut overlay = Overlay::default();
+        // One index probe per key: `key = ANY(...)` may be planned as a scan
+        // comparing every row with every key.
         let rows = sqlx::query(
-            "SELECT key, live, mod_revision, create_revision, version, lease FROM state_keys
-             WHERE key = ANY($1)",
+            "SELECT k.key, k.live, k.mod_revision, k.create_revision, k.version, k.lease
+             FROM UNNEST($1::TEXT[]) AS wanted (key)
+             CROSS JOIN LATERAL (SELECT * FROM state_keys WHERE key = wanted.key) k",
         )
         .bind(keys.into_iter().collect::<Vec<_>>())
         .fetch_all(&mut *conn)
@@ -156,10 +166,14 @@ impl Overlay {
             );
         }
         if !valued.is_empty() {
+            // Each key's newest version, by the primary key's order (one
+            // index probe per key, whatever the table statistics say).
             let rows = sqlx::query(&format!(
-                "SELECT {VERSION_COLUMNS} FROM state_keys k
-                 JOIN state_versions v ON v.key = k.key AND v.revision = k.mod_revision
-                 WHERE k.key = ANY($1) AND k.live"
+                "SELECT {VERSION_COLUMNS} FROM UNNEST($1::TEXT[]) AS wanted (key)
+                 CROSS JOIN LATERAL (
+                    SELECT * FROM state_versions
+                    WHERE key = wanted.key ORDER BY revision DESC LIMIT 1) v
+                 WHERE v.kind = 'put'"
             ))
             .bind(valued.into_iter().collect::<Vec<_>>())
             .fetch_all(&mut *conn)

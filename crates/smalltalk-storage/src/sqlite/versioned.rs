@@ -321,17 +321,20 @@ impl VersionedStore for SqliteStore {
     async fn txn(&self, txn: &Txn) -> Result<TxnResponse> {
         txn.validate()?;
         let (txn, now) = (txn.clone(), self.clock.now());
-        self.write_versioned(move |conn| {
-            let current = bounds(conn)?.revision;
-            let mut view = View {
-                conn,
-                now: now.as_micros(),
-            };
-            let planned = versioned::plan(&txn, &mut view, current, now)?;
-            apply(conn, &planned.writes)?;
-            Ok(planned.response)
-        })
-        .await
+        let response = self
+            .write(move |conn| {
+                let current = bounds(conn)?.revision;
+                let mut view = View {
+                    conn,
+                    now: now.as_micros(),
+                };
+                let planned = versioned::plan(&txn, &mut view, current, now)?;
+                apply(conn, &planned.writes)?;
+                Ok(planned.response)
+            })
+            .await?;
+        self.revision_watch.advance(response.revision);
+        Ok(response)
     }
 
     async fn get_version(&self, key: &StorageKey, at: Option<u64>) -> Result<Option<KeyVersion>> {
@@ -481,7 +484,10 @@ impl VersionedStore for SqliteStore {
                 collect_versions(rows)
             })
         };
-        if limit <= 64 {
+        // As event reads: a page up to 1,000 runs on the caller's thread
+        // (a caught-up watcher reads a few rows, and a hop to the blocking
+        // pool would cost more than the read).
+        if limit <= 1000 {
             self.read_inline(work).await
         } else {
             self.read_blocking(work).await
