@@ -68,16 +68,21 @@ async fn postgres_counter_storm_is_exact() {
     counter_storm(&backend.store_url()).await;
 }
 
-/// Kills a transaction storm with SIGKILL 20 times, two writers at once;
-/// then every revision wrote all 8 keys of one writer with one value, and
-/// every acknowledged revision is there with its value.
+/// Kills a transaction storm with SIGKILL 20 times, two writers at once on
+/// the same 8 keys; then every revision wrote all 8 keys with one value,
+/// and every acknowledged revision is there with its value.
 async fn kill_during_txn_storms(url: &str) -> usize {
+    use std::os::unix::process::ExitStatusExt;
     let (state, store) = open_state(url).await;
-    let mut acknowledged: Vec<(u64, String, u64)> = Vec::new();
+    let mut acknowledged: Vec<(u64, String)> = Vec::new();
     let mut seed: u64 = 0x7a11;
     for cycle in 0..20 {
-        let mut children = Vec::new();
+        let mut readers = Vec::new();
         for worker in ["a", "b"] {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let kill_after = 1 + (seed >> 33) % 30;
             let mut child = tokio::process::Command::new(WORKER)
                 .args(["txns", url, worker])
                 .stdout(Stdio::piped())
@@ -85,35 +90,38 @@ async fn kill_during_txn_storms(url: &str) -> usize {
                 .kill_on_drop(true)
                 .spawn()
                 .unwrap();
-            let lines = BufReader::new(child.stdout.take().unwrap()).lines();
-            children.push((worker, child, lines));
-        }
-        for (worker, child, lines) in &mut children {
-            seed = seed
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            let kill_after = 1 + (seed >> 33) % 30;
-            let mut seen = 0;
-            while let Some(line) = lines.next_line().await.unwrap() {
-                let mut parts = line.split_whitespace();
-                if parts.next() == Some("ack") {
-                    let revision: u64 = parts.next().unwrap().parse().unwrap();
-                    let seq: u64 = parts.next().unwrap().parse().unwrap();
-                    acknowledged.push((revision, worker.to_string(), seq));
-                    seen += 1;
-                    if seen == kill_after {
-                        child.start_kill().unwrap();
+            let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+            // Both workers run and are read at once, each killed after its
+            // own number of acknowledgements.
+            readers.push(tokio::spawn(async move {
+                let mut acks = Vec::new();
+                while let Some(line) = lines.next_line().await.unwrap() {
+                    let mut parts = line.split_whitespace();
+                    if parts.next() == Some("ack") {
+                        let revision: u64 = parts.next().unwrap().parse().unwrap();
+                        let seq = parts.next().unwrap().to_owned();
+                        acks.push((revision, format!("{worker}:{seq}")));
+                        if acks.len() as u64 == kill_after {
+                            child.start_kill().unwrap();
+                        }
                     }
                 }
-            }
-            let status = child.wait().await.unwrap();
-            assert!(
-                !status.success(),
-                "cycle {cycle}: {worker} was to be killed"
+                let output = child.wait_with_output().await.unwrap();
+                (worker, output, acks)
+            }));
+        }
+        for reader in readers {
+            let (worker, output, acks) = reader.await.unwrap();
+            assert_eq!(
+                output.status.signal(),
+                Some(9),
+                "cycle {cycle}: {worker} was to die of SIGKILL: {}",
+                String::from_utf8_lossy(&output.stderr)
             );
+            acknowledged.extend(acks);
         }
     }
-    // Every revision is whole: 8 keys of one writer, one value.
+    // Every revision is whole: the 8 keys, one value.
     let mut revisions: BTreeMap<u64, Vec<(String, Value)>> = BTreeMap::new();
     let mut after = 0;
     loop {
@@ -137,11 +145,8 @@ async fn kill_during_txn_storms(url: &str) -> usize {
             8,
             "revision {revision} is partial: {writes:?}"
         );
-        let worker = writes[0].0.split(':').nth(1).unwrap();
         assert!(
-            writes
-                .iter()
-                .all(|(key, value)| key.split(':').nth(1) == Some(worker) && *value == writes[0].1),
+            writes.iter().all(|(_, value)| *value == writes[0].1),
             "revision {revision} mixes writes: {writes:?}"
         );
     }
@@ -150,16 +155,22 @@ async fn kill_during_txn_storms(url: &str) -> usize {
         .iter()
         .map(|(revision, writes)| (*revision, writes))
         .collect();
-    for (revision, worker, seq) in &acknowledged {
+    for (revision, value) in &acknowledged {
         let writes = by_revision
             .get(revision)
             .unwrap_or_else(|| panic!("acknowledged revision {revision} is lost"));
-        assert_eq!(writes[0].0.split(':').nth(1), Some(worker.as_str()));
-        assert_eq!(writes[0].1, Value::from(*seq));
+        assert_eq!(writes[0].1, Value::from(value.as_str()));
     }
-    // Revisions are gap-free.
+    // Revisions are gap-free, and the 8 keys agree now.
     let head = state.revision().await.unwrap().revision;
     assert_eq!(revisions.len() as u64, head);
+    let latest: Vec<Value> =
+        futures_util::future::join_all((0..8).map(|key| state.get(format!("txn:{key}"))))
+            .await
+            .into_iter()
+            .map(|entry| entry.unwrap().unwrap().value)
+            .collect();
+    assert!(latest.iter().all(|value| *value == latest[0]), "{latest:?}");
     store.close().await.unwrap();
     acknowledged.len()
 }
@@ -201,6 +212,18 @@ async fn watcher_in_another_process(url: &str) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The watcher is live (caught up, quiet) before anything is written:
+    // what follows reaches it as it happens, not as a catch-up.
+    loop {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the watcher reports progress")
+            .unwrap()
+            .expect("the watcher is alive");
+        if line.starts_with("progress") {
+            break;
+        }
+    }
     let mut expected: Vec<(u64, String)> = Vec::new();
     for round in 0..60_u64 {
         let outcome = match round % 3 {

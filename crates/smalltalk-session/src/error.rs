@@ -100,6 +100,16 @@ pub enum Error {
         /// The session.
         id: SessionId,
     },
+    /// What a content purger (the state store) keeps of the session could
+    /// not be deleted, so the invalidation or deletion was not done. Retry.
+    #[error("the content of session {id} kept elsewhere could not be purged")]
+    PurgeFailed {
+        /// The session.
+        id: SessionId,
+        /// The purger's error.
+        #[source]
+        source: smalltalk_types::BoxError,
+    },
     /// Invalid input or configuration.
     #[error(transparent)]
     Domain(#[from] smalltalk_types::Error),
@@ -115,6 +125,7 @@ impl Error {
             Error::CapacityExceeded { .. }
             | Error::Conflict { .. }
             | Error::FlushFailed { .. }
+            | Error::PurgeFailed { .. }
             | Error::Backpressure { .. } => true,
             Error::Storage(error) => error.is_transient(),
             _ => false,

@@ -77,6 +77,9 @@ pub enum ChangeKind {
     Delete,
     /// A value was written, then erased by a purge.
     Purged,
+    /// A value was written that does not decode as JSON (written around
+    /// this crate, or damaged); `value` is `None`.
+    Undecodable,
 }
 
 /// One version of a key, as history and watches show it.
@@ -190,19 +193,25 @@ impl StateEntry {
 }
 
 impl StateChange {
-    pub(crate) fn from_version(version: KeyVersion) -> Result<Self> {
-        let value = match &version.value {
-            Some(bytes) if version.kind == VersionKind::Put => {
-                Some(decode(&version.key, version.revision, bytes)?)
+    /// Never fails: a value that does not decode comes as
+    /// [`ChangeKind::Undecodable`], so it cannot stop a watch or a history.
+    pub(crate) fn from_version(version: KeyVersion) -> Self {
+        let (kind, value) = match (version.kind, &version.value) {
+            (VersionKind::Put, Some(bytes)) => {
+                match decode(&version.key, version.revision, bytes) {
+                    Ok(value) => (ChangeKind::Put, Some(value)),
+                    Err(error) => {
+                        tracing::error!(key = %version.key, revision = version.revision, %error, "a stored state value does not decode");
+                        (ChangeKind::Undecodable, None)
+                    }
+                }
             }
-            _ => None,
+            (VersionKind::Put, None) => (ChangeKind::Undecodable, None),
+            (VersionKind::Delete, _) => (ChangeKind::Delete, None),
+            (VersionKind::Purged, _) => (ChangeKind::Purged, None),
         };
-        Ok(Self {
-            kind: match version.kind {
-                VersionKind::Put => ChangeKind::Put,
-                VersionKind::Delete => ChangeKind::Delete,
-                VersionKind::Purged => ChangeKind::Purged,
-            },
+        Self {
+            kind,
             value,
             key: version.key,
             revision: version.revision,
@@ -210,6 +219,6 @@ impl StateChange {
             version: version.version,
             author: version.author,
             timestamp: version.timestamp,
-        })
+        }
     }
 }

@@ -127,7 +127,7 @@ pub enum Error {
     #[error(transparent)]
     Domain(#[from] smalltalk_types::Error),
     /// The storage backend failed.
-    #[error("storage")]
+    #[error("storage: {0}")]
     Storage(#[source] smalltalk_storage::Error),
 }
 

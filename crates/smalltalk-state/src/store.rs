@@ -98,8 +98,9 @@ impl StateStoreBuilder {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StateStats {
-    /// Conditional writes that found a newer version, whatever the policy
-    /// did (`state_conflicts_total`).
+    /// Conditional writes (and update attempts) that found a newer
+    /// version, whatever was done about it (`state_conflicts_total`, by
+    /// `policy`; `update` for updates and patches).
     pub conflicts: u64,
     /// Of those, the ones last-write-wins overwrote.
     pub overwrites: u64,
@@ -286,6 +287,7 @@ impl StateStore {
             if response.succeeded {
                 return Ok(self.written(key, value, None, &response));
             }
+            self.count_conflict("update");
             retry.wait().await?;
         }
     }
@@ -320,7 +322,7 @@ impl StateStore {
                 .versions
                 .into_iter()
                 .map(StateChange::from_version)
-                .collect::<Result<_>>()?,
+                .collect(),
             compacted_below: history.compacted_below,
         })
     }
@@ -377,6 +379,7 @@ impl StateStore {
     }
 
     /// The newest revision and the compaction point.
+    #[tracing::instrument(name = "state.revision", skip_all, err)]
     pub async fn revision(&self) -> Result<RevisionBounds> {
         Ok(self.inner.store.revision_bounds().await?)
     }
@@ -453,6 +456,7 @@ impl StateStore {
     }
 
     /// Counters and what storage holds.
+    #[tracing::instrument(name = "state.stats", skip_all, err)]
     pub async fn stats(&self) -> Result<StateStats> {
         Ok(StateStats {
             conflicts: self.inner.conflicts.load(Ordering::Relaxed),
@@ -537,18 +541,25 @@ impl StateStore {
         let mut retry = Retry::new(self, key);
         loop {
             let bytes = self.encode(key, &value)?;
+            let put = TxnOp::Put {
+                key: key.clone(),
+                value: bytes,
+                lease,
+            };
+            // Last write wins in one round trip: the failure branch writes
+            // too, and says what it overwrote.
+            let failure = match policy {
+                ConflictPolicy::LastWriteWins => put.clone(),
+                _ => TxnOp::Get { key: key.clone() },
+            };
             let response = self
                 .run(Txn {
                     compare: (condition != Expect::Any)
                         .then(|| compare_for(key, condition))
                         .into_iter()
                         .collect(),
-                    success: vec![TxnOp::Put {
-                        key: key.clone(),
-                        value: bytes,
-                        lease,
-                    }],
-                    failure: vec![TxnOp::Get { key: key.clone() }],
+                    success: vec![put],
+                    failure: vec![failure],
                     author: self.author.clone(),
                 })
                 .await?;
@@ -558,35 +569,35 @@ impl StateStore {
                     resolved,
                 });
             }
+            self.count_conflict(policy.name());
+            if let ConflictPolicy::LastWriteWins = policy {
+                self.inner.overwrites.fetch_add(1, Ordering::Relaxed);
+                let previous = response.results.iter().find_map(|result| match result {
+                    OpResult::Put { previous, .. } => Some(*previous),
+                    _ => None,
+                });
+                tracing::warn!(
+                    key = %key,
+                    expected = %expect,
+                    overwritten_version = ?previous.flatten(),
+                    revision = response.revision,
+                    "last write wins: overwrote a newer version"
+                );
+                return Ok(PutOutcome {
+                    entry: self.written(key, value, lease, &response),
+                    resolved: Some(Resolved::Overwrote),
+                });
+            }
             let current = match response.results.into_iter().next() {
                 Some(OpResult::Get(Some(version))) => current_entry(version)?,
                 _ => None,
             };
-            self.inner.conflicts.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("state_conflicts_total", "policy" => policy.name()).increment(1);
             match &policy {
-                ConflictPolicy::Reject => {
-                    return Err(Error::Conflict {
-                        key: key.clone(),
-                        expected: expect,
-                        current: current.map(Box::new),
-                    });
-                }
-                ConflictPolicy::LastWriteWins => {
-                    self.inner.overwrites.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        key = %key,
-                        expected = %expect,
-                        found_revision = current.as_ref().map(|entry| entry.revision),
-                        "last write wins: overwriting a newer version"
-                    );
-                    resolved = Some(Resolved::Overwrote);
-                }
                 ConflictPolicy::Merge(resolver) => {
                     let base = match &base {
                         Some(base) => base.clone(),
                         None => {
-                            let read = self.base_of(key, expect).await?;
+                            let read = self.base_of(key, expect, current.as_ref()).await?;
                             base = Some(read.clone());
                             read
                         }
@@ -621,7 +632,12 @@ impl StateStore {
                     let base = match &base {
                         Some(base) => base.clone(),
                         None => {
-                            let read = self.base_of(key, expect).await.unwrap_or(None);
+                            // A base no longer kept reaches the resolver as
+                            // `None`; other failures end the write.
+                            let read = match self.base_of(key, expect, current.as_ref()).await {
+                                Err(Error::BaseCompacted { .. }) => None,
+                                other => other?,
+                            };
                             base = Some(read.clone());
                             read
                         }
@@ -642,14 +658,34 @@ impl StateStore {
                     }
                     resolved = Some(Resolved::Resolver);
                 }
+                // Reject (and any policy added later).
+                _ => {
+                    return Err(Error::Conflict {
+                        key: key.clone(),
+                        expected: expect,
+                        current: current.map(Box::new),
+                    });
+                }
             }
             condition = Expect::read(current.as_ref());
             retry.wait_after_first().await?;
         }
     }
 
-    /// The value the writer read, for a merge.
-    async fn base_of(&self, key: &StorageKey, expect: Expect) -> Result<Option<Value>> {
+    fn count_conflict(&self, policy: &'static str) {
+        self.inner.conflicts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("state_conflicts_total", "policy" => policy).increment(1);
+    }
+
+    /// The value the writer read, for a merge: at the revision it names, or
+    /// the version it names within the key's current life (a version number
+    /// restarts at 1 after a delete).
+    async fn base_of(
+        &self,
+        key: &StorageKey,
+        expect: Expect,
+        current: Option<&StateEntry>,
+    ) -> Result<Option<Value>> {
         let compacted = || Error::BaseCompacted {
             key: key.clone(),
             expected: expect,
@@ -658,15 +694,28 @@ impl StateStore {
             Expect::Any | Expect::Absent => Ok(None),
             Expect::Revision(revision) => match self.read(key, Some(revision)).await {
                 Ok(entry) => Ok(entry.map(|entry| entry.value)),
-                Err(Error::Compacted { .. } | Error::FutureRevision { .. }) => Err(compacted()),
+                Err(Error::Compacted { .. }) => Err(compacted()),
                 Err(error) => Err(error),
             },
             Expect::Version(wanted) => {
-                let history = self.history(key, MAX_HISTORY_DEPTH).await?;
+                let Some(current) = current else {
+                    return Err(compacted());
+                };
+                // Versions of this life between `wanted` and now, at most.
+                let depth = current
+                    .version
+                    .saturating_sub(wanted)
+                    .saturating_add(1)
+                    .min(u64::from(MAX_HISTORY_DEPTH)) as u32;
+                let history = self.history(key, depth.max(1)).await?;
                 history
                     .changes
                     .into_iter()
-                    .find(|change| change.version == wanted && change.value.is_some())
+                    .find(|change| {
+                        change.version == wanted
+                            && change.create_revision == current.create_revision
+                            && change.kind == crate::ChangeKind::Put
+                    })
                     .map(|change| change.value)
                     .ok_or_else(compacted)
             }

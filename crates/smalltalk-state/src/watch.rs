@@ -6,7 +6,7 @@ use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use futures_util::stream::BoxStream;
-use smalltalk_storage::versioned::{KeyPrefix, KeyVersion};
+use smalltalk_storage::versioned::KeyPrefix;
 use smalltalk_types::TryIntoId;
 use tokio::time::Instant;
 
@@ -39,8 +39,10 @@ const PAGE: u32 = 512;
 /// A stream of [`WatchEvent`]s from a revision on, made by
 /// [`StateStore::watch`]. It never skips or splits a revision. If the
 /// revision it starts from (or has reached) is compacted away, it yields
-/// [`Error::Compacted`] and ends. A storage error is yielded as it comes
-/// and the watch goes on from where it was.
+/// [`Error::Compacted`] and ends; it also ends when the store is closed.
+/// Another storage error is yielded as it comes, and the watch goes on from
+/// where it was after a pause of
+/// [`sync_interval`](crate::StateConfig::sync_interval).
 pub struct Watch {
     inner: BoxStream<'static, Result<WatchEvent>>,
 }
@@ -67,7 +69,12 @@ struct Cursor {
     /// Where to start, until the first read checks it.
     start: Option<u64>,
     pending: VecDeque<WatchEvent>,
+    /// The newest revision a wait returned: committed, so it stands for a
+    /// read of the head.
+    known_head: Option<u64>,
     quiet_since: Instant,
+    /// The last poll yielded an error: pause before reading again.
+    retry_after_error: bool,
     done: bool,
 }
 
@@ -75,6 +82,9 @@ impl Cursor {
     async fn next(&mut self) -> Option<Result<WatchEvent>> {
         if self.done {
             return None;
+        }
+        if std::mem::take(&mut self.retry_after_error) {
+            tokio::time::sleep(self.store.inner.config.sync_interval).await;
         }
         loop {
             if let Some(event) = self.pending.pop_front() {
@@ -84,8 +94,14 @@ impl Cursor {
                 Ok(true) => continue,
                 Ok(false) => {}
                 Err(error) => {
-                    if matches!(error, Error::Compacted { .. }) {
-                        self.done = true;
+                    match &error {
+                        // Gone for good: the watch ends.
+                        Error::Compacted { .. }
+                        | Error::Storage(smalltalk_storage::Error::Closed) => {
+                            self.done = true;
+                        }
+                        // Yielded, then retried after a pause.
+                        _ => self.retry_after_error = true,
                     }
                     return Some(Err(error));
                 }
@@ -114,31 +130,45 @@ impl Cursor {
     /// Reads what follows `after`; `true` if something was queued.
     async fn fill(&mut self) -> Result<bool> {
         let store = &self.store.inner.store;
-        // Read the head first: every revision up to it is committed, so if
-        // none under the prefix follows `after`, the watch is at the head.
-        let head = store.revision_bounds().await?;
         if let Some(start) = self.start {
-            if start < head.compact_revision {
+            let bounds = store.revision_bounds().await?;
+            if start < bounds.compact_revision {
                 self.done = true;
                 return Err(Error::Compacted {
-                    compact_revision: head.compact_revision,
+                    compact_revision: bounds.compact_revision,
                 });
             }
             self.after = start.saturating_sub(1);
             self.start = None;
         }
-        let page = store.read_revisions(&self.prefix, self.after, PAGE).await?;
+        let mut page = store.read_revisions(&self.prefix, self.after, PAGE).await?;
         if page.is_empty() {
-            self.after = self.after.max(head.revision);
-            return Ok(false);
+            // Nothing under the prefix follows `after` up to some head read
+            // *before* the rows were: move `after` there, so unrelated
+            // revisions do not wake the watch again. A head the last wait
+            // returned was read before; otherwise read one, then the rows
+            // again.
+            let head = match self.known_head.take() {
+                Some(head) => head,
+                None => {
+                    let head = store.revision_bounds().await?.revision;
+                    page = store.read_revisions(&self.prefix, self.after, PAGE).await?;
+                    head
+                }
+            };
+            if page.is_empty() {
+                self.after = self.after.max(head);
+                return Ok(false);
+            }
         }
+        self.known_head = None;
         let now = smalltalk_types::Timestamp::now();
         let mut current: Option<(u64, Vec<StateChange>)> = None;
         for version in page {
             let lag = now.duration_since(version.timestamp);
             metrics::histogram!("state_watch_lag_seconds").record(lag.as_secs_f64());
             let revision = version.revision;
-            let change = change_of(version)?;
+            let change = StateChange::from_version(version);
             match &mut current {
                 Some((at, changes)) if *at == revision => changes.push(change),
                 _ => {
@@ -158,10 +188,6 @@ impl Cursor {
         self.quiet_since = Instant::now();
         Ok(true)
     }
-}
-
-fn change_of(version: KeyVersion) -> Result<StateChange> {
-    StateChange::from_version(version)
 }
 
 impl StateStore {
@@ -189,7 +215,9 @@ impl StateStore {
             after: 0,
             start: Some(from_revision),
             pending: VecDeque::new(),
+            known_head: None,
             quiet_since: Instant::now(),
+            retry_after_error: false,
             done: false,
         };
         let stream = futures_util::stream::unfold(cursor, |mut cursor| async move {

@@ -18,6 +18,24 @@ fn memory() -> Arc<dyn VersionedStore> {
     Arc::new(MemoryStore::new())
 }
 
+/// Every embedded backend: in memory and SQLite (PostgreSQL runs the same
+/// storage contract; what is tested here is above storage). The directory
+/// keeps the SQLite file alive.
+async fn backends() -> Vec<(
+    &'static str,
+    Arc<dyn VersionedStore>,
+    Option<tempfile::TempDir>,
+)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = smalltalk_storage::sqlite::SqliteStore::open(dir.path().join("state.db"))
+        .await
+        .unwrap();
+    vec![
+        ("memory", memory(), None),
+        ("sqlite", Arc::new(sqlite), Some(dir)),
+    ]
+}
+
 fn prefix(text: &str) -> KeyPrefix {
     KeyPrefix::parse(text).unwrap()
 }
@@ -31,45 +49,48 @@ fn with_policies(policies: Policies) -> StateStore {
 
 #[tokio::test]
 async fn reject_carries_the_version_found_and_writes_nothing() {
-    let state = StateStore::new(memory());
-    let first = state.put("doc", json!({"n": 1})).await.unwrap().entry;
-    state
-        .put_if("doc", json!({"n": 2}), Expect::read(Some(&first)))
-        .await
-        .unwrap();
-    let stale = state
-        .put_if("doc", json!({"n": 3}), Expect::read(Some(&first)))
-        .await;
-    match stale {
-        Err(Error::Conflict {
-            key,
-            expected,
-            current,
-        }) => {
-            assert_eq!(key.as_str(), "doc");
-            assert_eq!(expected, Expect::Revision(first.revision));
-            let current = current.expect("the key exists");
-            assert_eq!(
-                (current.version, current.value.clone()),
-                (2, json!({"n": 2}))
-            );
+    for (backend, store, _dir) in backends().await {
+        eprintln!("{backend}");
+        let state = StateStore::new(store);
+        let first = state.put("doc", json!({"n": 1})).await.unwrap().entry;
+        state
+            .put_if("doc", json!({"n": 2}), Expect::read(Some(&first)))
+            .await
+            .unwrap();
+        let stale = state
+            .put_if("doc", json!({"n": 3}), Expect::read(Some(&first)))
+            .await;
+        match stale {
+            Err(Error::Conflict {
+                key,
+                expected,
+                current,
+            }) => {
+                assert_eq!(key.as_str(), "doc");
+                assert_eq!(expected, Expect::Revision(first.revision));
+                let current = current.expect("the key exists");
+                assert_eq!(
+                    (current.version, current.value.clone()),
+                    (2, json!({"n": 2}))
+                );
+            }
+            other => panic!("expected a conflict, got {other:?}"),
         }
-        other => panic!("expected a conflict, got {other:?}"),
+        assert_eq!(
+            state.get("doc").await.unwrap().unwrap().value,
+            json!({"n": 2})
+        );
+        assert!(matches!(
+            state.put_if("doc", json!(0), Expect::Absent).await,
+            Err(Error::Conflict { .. })
+        ));
+        assert!(matches!(
+            state.put_if("doc", json!(0), Expect::Version(1)).await,
+            Err(Error::Conflict { .. })
+        ));
+        let stats = state.stats().await.unwrap();
+        assert_eq!((stats.conflicts, stats.overwrites), (3, 0));
     }
-    assert_eq!(
-        state.get("doc").await.unwrap().unwrap().value,
-        json!({"n": 2})
-    );
-    assert!(matches!(
-        state.put_if("doc", json!(0), Expect::Absent).await,
-        Err(Error::Conflict { .. })
-    ));
-    assert!(matches!(
-        state.put_if("doc", json!(0), Expect::Version(1)).await,
-        Err(Error::Conflict { .. })
-    ));
-    let stats = state.stats().await.unwrap();
-    assert_eq!((stats.conflicts, stats.overwrites), (3, 0));
 }
 
 #[tokio::test]
@@ -90,62 +111,68 @@ async fn last_write_wins_overwrites_and_counts() {
 
 #[tokio::test]
 async fn merge_combines_fields_and_refuses_a_field_changed_on_both_sides() {
-    let state = with_policies(Policies::new().with(prefix("shared:"), ConflictPolicy::merge()));
-    let base = state
-        .put(
-            "shared:doc",
-            json!({"title": "a", "body": "x", "tags": ["t"]}),
-        )
-        .await
-        .unwrap()
-        .entry;
-    let read = Expect::read(Some(&base));
-    state
-        .put_if(
-            "shared:doc",
-            json!({"title": "b", "body": "x", "tags": ["t"]}),
-            read,
-        )
-        .await
-        .unwrap();
-    let merged = state
-        .put_if(
-            "shared:doc",
-            json!({"title": "a", "body": "y", "tags": ["t"]}),
-            read,
-        )
-        .await
-        .unwrap();
-    assert_eq!(merged.resolved, Some(Resolved::Merged));
-    assert_eq!(
-        state.get("shared:doc").await.unwrap().unwrap().value,
-        json!({"title": "b", "body": "y", "tags": ["t"]})
-    );
-    // The title changed on both sides since `base`: no resolver, refused.
-    let conflicting = state
-        .put_if(
-            "shared:doc",
-            json!({"title": "c", "body": "x", "tags": ["t"]}),
-            read,
-        )
-        .await;
-    match conflicting {
-        Err(Error::MergeConflict { paths, current, .. }) => {
-            assert_eq!(paths, ["/title"]);
-            assert_eq!(current.unwrap().version, 3);
-        }
-        other => panic!("expected a merge conflict, got {other:?}"),
-    }
-    assert_eq!(state.get("shared:doc").await.unwrap().unwrap().version, 3);
-    // Outside the prefix the default (reject) holds.
-    let plain = state.put("plain", json!({"a": 1})).await.unwrap().entry;
-    state.put("plain", json!({"a": 1, "b": 2})).await.unwrap();
-    assert!(matches!(
+    for (backend, store, _dir) in backends().await {
+        eprintln!("{backend}");
+        let state = StateStore::builder(store)
+            .policies(Policies::new().with(prefix("shared:"), ConflictPolicy::merge()))
+            .build()
+            .unwrap();
+        let base = state
+            .put(
+                "shared:doc",
+                json!({"title": "a", "body": "x", "tags": ["t"]}),
+            )
+            .await
+            .unwrap()
+            .entry;
+        let read = Expect::read(Some(&base));
         state
-            .put_if("plain", json!({"a": 2}), Expect::read(Some(&plain)))
-            .await,
-        Err(Error::Conflict { .. })
-    ));
+            .put_if(
+                "shared:doc",
+                json!({"title": "b", "body": "x", "tags": ["t"]}),
+                read,
+            )
+            .await
+            .unwrap();
+        let merged = state
+            .put_if(
+                "shared:doc",
+                json!({"title": "a", "body": "y", "tags": ["t"]}),
+                read,
+            )
+            .await
+            .unwrap();
+        assert_eq!(merged.resolved, Some(Resolved::Merged));
+        assert_eq!(
+            state.get("shared:doc").await.unwrap().unwrap().value,
+            json!({"title": "b", "body": "y", "tags": ["t"]})
+        );
+        // The title changed on both sides since `base`: no resolver, refused.
+        let conflicting = state
+            .put_if(
+                "shared:doc",
+                json!({"title": "c", "body": "x", "tags": ["t"]}),
+                read,
+            )
+            .await;
+        match conflicting {
+            Err(Error::MergeConflict { paths, current, .. }) => {
+                assert_eq!(paths, ["/title"]);
+                assert_eq!(current.unwrap().version, 3);
+            }
+            other => panic!("expected a merge conflict, got {other:?}"),
+        }
+        assert_eq!(state.get("shared:doc").await.unwrap().unwrap().version, 3);
+        // Outside the prefix the default (reject) holds.
+        let plain = state.put("plain", json!({"a": 1})).await.unwrap().entry;
+        state.put("plain", json!({"a": 1, "b": 2})).await.unwrap();
+        assert!(matches!(
+            state
+                .put_if("plain", json!({"a": 2}), Expect::read(Some(&plain)))
+                .await,
+            Err(Error::Conflict { .. })
+        ));
+    }
 }
 
 #[tokio::test]
@@ -219,26 +246,29 @@ async fn a_custom_resolver_decides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_updates_lose_nothing() {
-    let state = StateStore::new(memory());
-    let mut tasks = Vec::new();
-    for _ in 0..16 {
-        let state = state.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..50 {
-                state
-                    .update("counter", |current| {
-                        json!(current.and_then(Value::as_u64).unwrap_or(0) + 1)
-                    })
-                    .await
-                    .unwrap();
-            }
-        }));
+    for (backend, store, _dir) in backends().await {
+        eprintln!("{backend}");
+        let state = StateStore::new(store);
+        let mut tasks = Vec::new();
+        for _ in 0..16 {
+            let state = state.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..50 {
+                    state
+                        .update("counter", |current| {
+                            json!(current.and_then(Value::as_u64).unwrap_or(0) + 1)
+                        })
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let counter = state.get("counter").await.unwrap().unwrap();
+        assert_eq!((counter.value, counter.version), (json!(800), 800));
     }
-    for task in tasks {
-        task.await.unwrap();
-    }
-    let counter = state.get("counter").await.unwrap().unwrap();
-    assert_eq!((counter.value, counter.version), (json!(800), 800));
 }
 
 #[tokio::test]
@@ -485,83 +515,91 @@ async fn bad_input_gets_a_typed_error_and_changes_nothing() {
 
 #[tokio::test]
 async fn a_watch_gets_whole_revisions_in_order_then_progress() {
-    let state = StateStore::builder(memory())
-        .config(StateConfig {
-            progress_interval: Duration::from_millis(50),
-            ..Default::default()
-        })
-        .build()
-        .unwrap();
-    state.put("w:before", json!(0)).await.unwrap();
-    let mut from_start = state.watch("w:", Some(1)).await.unwrap();
-    let mut live = state.watch("w:", None).await.unwrap();
-    let txn = state
-        .txn()
-        .put("w:a", json!(1))
-        .put("w:b", json!(2))
-        .put("elsewhere", json!(3))
-        .commit()
-        .await
-        .unwrap();
-    state.delete("w:a").await.unwrap();
-    let next = |event: Option<smalltalk_state::Result<WatchEvent>>| match event {
-        Some(Ok(WatchEvent::Changes { revision, changes })) => (
-            revision,
-            changes
-                .into_iter()
-                .map(|change| (change.key.to_string(), change.kind))
-                .collect::<Vec<_>>(),
-        ),
-        other => panic!("expected changes, got {other:?}"),
-    };
-    assert_eq!(
-        next(from_start.next().await),
-        (1, vec![("w:before".into(), ChangeKind::Put)])
-    );
-    for watch in [&mut from_start, &mut live] {
-        assert_eq!(
-            next(watch.next().await),
-            (
-                txn.revision,
-                vec![
-                    ("w:a".into(), ChangeKind::Put),
-                    ("w:b".into(), ChangeKind::Put)
-                ]
+    for (backend, store, _dir) in backends().await {
+        eprintln!("{backend}");
+        let state = StateStore::builder(store)
+            .config(StateConfig {
+                progress_interval: Duration::from_millis(50),
+                ..Default::default()
+            })
+            .build()
+            .unwrap();
+        state.put("w:before", json!(0)).await.unwrap();
+        let mut from_start = state.watch("w:", Some(1)).await.unwrap();
+        let mut live = state.watch("w:", None).await.unwrap();
+        let txn = state
+            .txn()
+            .put("w:a", json!(1))
+            .put("w:b", json!(2))
+            .put("elsewhere", json!(3))
+            .commit()
+            .await
+            .unwrap();
+        state.delete("w:a").await.unwrap();
+        let next = |event: Option<smalltalk_state::Result<WatchEvent>>| match event {
+            Some(Ok(WatchEvent::Changes { revision, changes })) => (
+                revision,
+                changes
+                    .into_iter()
+                    .map(|change| (change.key.to_string(), change.kind))
+                    .collect::<Vec<_>>(),
             ),
-            "one revision, whole, without the key outside the prefix"
-        );
+            other => panic!("expected changes, got {other:?}"),
+        };
         assert_eq!(
-            next(watch.next().await),
-            (txn.revision + 1, vec![("w:a".into(), ChangeKind::Delete)])
+            next(from_start.next().await),
+            (1, vec![("w:before".into(), ChangeKind::Put)])
         );
-        match watch.next().await {
-            Some(Ok(WatchEvent::Progress { revision })) => assert_eq!(revision, txn.revision + 1),
-            other => panic!("expected progress, got {other:?}"),
+        for watch in [&mut from_start, &mut live] {
+            assert_eq!(
+                next(watch.next().await),
+                (
+                    txn.revision,
+                    vec![
+                        ("w:a".into(), ChangeKind::Put),
+                        ("w:b".into(), ChangeKind::Put)
+                    ]
+                ),
+                "one revision, whole, without the key outside the prefix"
+            );
+            assert_eq!(
+                next(watch.next().await),
+                (txn.revision + 1, vec![("w:a".into(), ChangeKind::Delete)])
+            );
+            match watch.next().await {
+                Some(Ok(WatchEvent::Progress { revision })) => {
+                    assert_eq!(revision, txn.revision + 1)
+                }
+                other => panic!("expected progress, got {other:?}"),
+            }
         }
     }
 }
 
 #[tokio::test]
 async fn a_watch_below_the_compaction_point_ends_with_compacted() {
-    let state = StateStore::new(memory());
-    for value in 0..5 {
-        state.put("c:k", json!(value)).await.unwrap();
+    for (backend, store, _dir) in backends().await {
+        eprintln!("{backend}");
+        let state = StateStore::new(store);
+        for value in 0..5 {
+            state.put("c:k", json!(value)).await.unwrap();
+        }
+        state.compact_to(4).await.unwrap();
+        let mut watch = state.watch("c:", Some(2)).await.unwrap();
+        assert!(matches!(
+            watch.next().await,
+            Some(Err(Error::Compacted {
+                compact_revision: 4
+            }))
+        ));
+        assert!(watch.next().await.is_none(), "the watch ends");
+        // From the point itself, it goes on.
+        let mut watch = state.watch("c:", Some(4)).await.unwrap();
+        assert!(matches!(
+            watch.next().await,
+            Some(Ok(WatchEvent::Changes { revision: 4, .. }))
+        ));
     }
-    state.compact_to(4).await.unwrap();
-    let mut watch = state.watch("c:", Some(2)).await.unwrap();
-    assert!(matches!(
-        watch.next().await,
-        Some(Err(Error::Compacted {
-            compact_revision: 4
-        }))
-    ));
-    assert!(watch.next().await.is_none(), "the watch ends");
-    // From the point itself, it goes on.
-    let mut watch = state.watch("c:", Some(4)).await.unwrap();
-    assert!(matches!(
-        watch.next().await,
-        Some(Ok(WatchEvent::Changes { revision: 4, .. }))
-    ));
 }
 
 #[tokio::test]
@@ -628,37 +666,40 @@ async fn maintenance_expires_leases() {
 
 #[tokio::test]
 async fn purging_a_session_namespace_erases_its_history() {
-    let state = StateStore::new(memory());
-    let session = SessionId::new();
-    let namespace = Namespace::session(session);
-    let notes = namespace.key("notes").unwrap();
-    state.put(&notes, json!("secret")).await.unwrap();
-    state.put(&notes, json!("more secret")).await.unwrap();
-    state
-        .put("agent:7:planner:memory", json!("kept"))
-        .await
-        .unwrap();
-    smalltalk_types::SessionContentPurger::purge_session(&state, session)
-        .await
-        .unwrap();
-    assert_eq!(state.get(&notes).await.unwrap(), None);
-    assert!(matches!(
-        state.get_at(&notes, 1).await,
-        Err(Error::Purged { .. })
-    ));
-    let history = state.history(&notes, 10).await.unwrap();
-    assert!(history.changes.iter().all(|change| change.value.is_none()));
-    assert_eq!(
+    for (backend, store, _dir) in backends().await {
+        eprintln!("{backend}");
+        let state = StateStore::new(store);
+        let session = SessionId::new();
+        let namespace = Namespace::session(session);
+        let notes = namespace.key("notes").unwrap();
+        state.put(&notes, json!("secret")).await.unwrap();
+        state.put(&notes, json!("more secret")).await.unwrap();
         state
-            .get("agent:7:planner:memory")
+            .put("agent:7:planner:memory", json!("kept"))
             .await
-            .unwrap()
-            .unwrap()
-            .value,
-        json!("kept")
-    );
-    let key: StorageKey = Namespace::agent(&AgentId::parse("planner").unwrap())
-        .key("memory")
-        .unwrap();
-    assert_eq!(key.as_str(), "agent:7:planner:memory");
+            .unwrap();
+        smalltalk_types::SessionContentPurger::purge_session(&state, session)
+            .await
+            .unwrap();
+        assert_eq!(state.get(&notes).await.unwrap(), None);
+        assert!(matches!(
+            state.get_at(&notes, 1).await,
+            Err(Error::Purged { .. })
+        ));
+        let history = state.history(&notes, 10).await.unwrap();
+        assert!(history.changes.iter().all(|change| change.value.is_none()));
+        assert_eq!(
+            state
+                .get("agent:7:planner:memory")
+                .await
+                .unwrap()
+                .unwrap()
+                .value,
+            json!("kept")
+        );
+        let key: StorageKey = Namespace::agent(&AgentId::parse("planner").unwrap())
+            .key("memory")
+            .unwrap();
+        assert_eq!(key.as_str(), "agent:7:planner:memory");
+    }
 }

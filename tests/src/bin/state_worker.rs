@@ -3,9 +3,9 @@
 //! - `state-worker count URL TASKS INCREMENTS`: TASKS tasks each run
 //!   INCREMENTS `update`s adding 1 to `storm:<task % 2>`, then print `done`.
 //! - `state-worker txns URL WORKER`: commits transactions for ever, each
-//!   writing the same sequence number to the 8 keys `txn:<WORKER>:<0..8>`
-//!   (conditioned on the first key's version), printing `ack REVISION SEQ`
-//!   after each commit.
+//!   writing `WORKER:SEQ` to the 8 keys `txn:<0..8>` that every worker
+//!   shares (conditioned on the first key's version, so workers conflict),
+//!   printing `ack REVISION SEQ` after each commit.
 //! - `state-worker watch URL PREFIX FROM`: watches PREFIX from revision FROM
 //!   and prints `rev REVISION KEY KIND` per change, `progress REVISION`, or
 //!   `compacted POINT` (then exits).
@@ -22,7 +22,6 @@ use tokio::io::AsyncWriteExt;
 async fn state(url: &str) -> anyhow::Result<(StateStore, Arc<dyn smalltalk::Store>)> {
     let store = smalltalk::open(url).await?;
     let config = smalltalk::StateConfig {
-        update_timeout: std::time::Duration::from_secs(120),
         sync_interval: std::time::Duration::from_millis(20),
         progress_interval: std::time::Duration::from_millis(500),
         ..Default::default()
@@ -64,14 +63,11 @@ async fn main() -> anyhow::Result<()> {
         [mode, url, worker] if mode == "txns" => {
             let (state, _store) = state(url).await?;
             let mut out = tokio::io::stdout();
-            let first = format!("txn:{worker}:0");
             for seq in 0_u64.. {
-                let current = state.get(first.as_str()).await?;
-                let mut txn = state
-                    .txn()
-                    .expect(first.as_str(), Expect::read(current.as_ref()));
+                let current = state.get("txn:0").await?;
+                let mut txn = state.txn().expect("txn:0", Expect::read(current.as_ref()));
                 for key in 0..8 {
-                    txn = txn.put(format!("txn:{worker}:{key}"), json!(seq));
+                    txn = txn.put(format!("txn:{key}"), json!(format!("{worker}:{seq}")));
                 }
                 let outcome = txn.commit().await?;
                 if outcome.succeeded {

@@ -22,6 +22,15 @@ impl SessionManager {
         let now = self.inner.clock.now();
         let store = &self.inner.store;
         let mut cleaned = match self.inner.config.ttl_strategy {
+            // With content purgers, page by page: each session's purge
+            // goes before it.
+            TtlStrategy::Delete if !self.inner.purgers.is_empty() => {
+                self.delete_matching(SessionFilter {
+                    expired_at: Some(now),
+                    ..Default::default()
+                })
+                .await?
+            }
             TtlStrategy::Delete => self.note_failure(store.delete_expired_sessions(now).await)?,
             TtlStrategy::KeepLatest => self.keep_latest_of_expired(now).await?,
         };
@@ -71,11 +80,19 @@ impl SessionManager {
             if ids.is_empty() {
                 return Ok(deleted);
             }
-            let round = self.note_failure(self.inner.store.delete_sessions(&ids).await)?;
-            deleted += round;
-            for id in &ids {
-                self.purge_others(*id).await;
+            // What purgers keep goes first; a session whose purge fails
+            // stays for the next run.
+            let mut purged = Vec::with_capacity(ids.len());
+            for id in ids {
+                if self.purge_before(id).await.is_ok() {
+                    purged.push(id);
+                }
             }
+            if purged.is_empty() {
+                return Ok(deleted);
+            }
+            let round = self.note_failure(self.inner.store.delete_sessions(&purged).await)?;
+            deleted += round;
             if round == 0 {
                 // Listed but not deletable by us: stop rather than spin.
                 return Ok(deleted);
@@ -109,6 +126,11 @@ impl SessionManager {
                 }
                 let before = cleaned;
                 for id in ids {
+                    // What purgers keep goes with the history; if that
+                    // fails, the session waits for the next run.
+                    if self.purge_before(id).await.is_err() {
+                        continue;
+                    }
                     self.note_failure(store.delete_history(id).await)?;
                     let Some(mut header) = store.get_session_header(id).await? else {
                         continue;
@@ -153,6 +175,16 @@ impl SessionManager {
         }
         let outcome = self.run_purgers(id).await;
         self.settle_purge(id, outcome).await;
+    }
+
+    /// Runs the content purgers before a session's content goes; their
+    /// failure stops the caller ([`Error::PurgeFailed`]), so nothing is
+    /// left behind a crash.
+    pub(super) async fn purge_before(&self, id: SessionId) -> Result<()> {
+        self.run_purgers(id).await.map_err(|source| {
+            tracing::warn!(session_id = %id, error = %source, "purging a session's content failed");
+            Error::PurgeFailed { id, source }
+        })
     }
 
     async fn run_purgers(&self, id: SessionId) -> Result<(), smalltalk_types::BoxError> {

@@ -709,6 +709,9 @@ impl SessionManager {
         self.untrack(id);
         // Acknowledged writes go in before the tombstone.
         self.flush_first(id).await?;
+        // What purgers keep goes before the tombstone too (and again after
+        // it, for writes in between): a crash in between cannot leave it.
+        self.purge_before(id).await?;
         let written = self
             .change_header(id, |session, _| {
                 if session.state == SessionState::Invalidated {
@@ -733,11 +736,14 @@ impl SessionManager {
         Ok(())
     }
 
-    /// Deletes a session and its history now; `false` if it did not exist.
+    /// Deletes a session and its history now, and what content purgers
+    /// keep of it (first: if that fails, [`Error::PurgeFailed`] and the
+    /// session stays); `false` if it did not exist.
     #[tracing::instrument(skip_all, fields(session_id = %id), err)]
     pub async fn delete(&self, id: SessionId) -> Result<bool> {
         self.untrack(id);
         self.discard_pending(id);
+        self.purge_before(id).await?;
         let deleted = self.note_failure(self.inner.store.delete_session(id).await)?;
         if deleted {
             self.purge_others(id).await;

@@ -98,7 +98,7 @@ fn op() -> impl Strategy<Value = Op> {
     let revision = 0..24_u64;
     prop_oneof![
         8 => (
-            prop::collection::vec((key.clone(), 0..8_u8, 0..6_u64), 0..3),
+            prop::collection::vec((key.clone(), 0..16_u8, 0..6_u64), 0..3),
             prop::collection::vec(gen_op(), 0..4),
             prop::collection::vec(gen_op(), 0..3),
         )
@@ -145,13 +145,14 @@ fn txn_op(op: &GenOp) -> TxnOp {
 }
 
 fn compare(index: usize, kind: u8, given: u64) -> Compare {
+    // The operator and the target vary independently (kind 0..16).
     let op = match kind % 4 {
         0 => CompareOp::Equal,
         1 => CompareOp::NotEqual,
         2 => CompareOp::Less,
         _ => CompareOp::Greater,
     };
-    let target = match kind / 2 {
+    let target = match kind / 4 {
         0 => CompareTarget::Version(given),
         1 => CompareTarget::ModRevision(given),
         2 => CompareTarget::CreateRevision(given),

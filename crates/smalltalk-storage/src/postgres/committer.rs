@@ -5,11 +5,13 @@
 //!
 //! The batch's [`BatchWork`] decides how jobs run inside the transaction
 //! (the state store plans them in order against the rows it read once, and
-//! writes them all with one statement). If the work fails before the commit,
-//! the transaction rolls back and each job is run again in a transaction of
-//! its own, so one bad job cannot fail the others. If the commit itself
-//! fails, every job gets the error: its outcome is unknown, and running it
-//! again could apply it twice.
+//! writes them all with one statement). A batch holds at most
+//! [`MAX_BATCH`] jobs and [`MAX_BATCH_BYTES`] of their data. If the work
+//! fails before the commit, the transaction rolls back; unless the failure
+//! is transient (the server is unreachable: every job gets it at once),
+//! each job runs again in a transaction of its own, so one bad job cannot
+//! fail the others. If the commit itself fails, every job gets the error:
+//! its outcome is unknown, and running it again could apply it twice.
 
 use std::sync::Arc;
 
@@ -23,6 +25,10 @@ use crate::Result;
 /// Most jobs in one transaction.
 pub(super) const MAX_BATCH: usize = 256;
 
+/// Most bytes of job data in one transaction (a job alone may exceed it):
+/// far below PostgreSQL's 1 GiB message limit.
+pub(super) const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+
 /// How a batch of jobs runs inside one transaction.
 #[async_trait]
 pub(super) trait BatchWork: Send + Sync + 'static {
@@ -30,6 +36,9 @@ pub(super) trait BatchWork: Send + Sync + 'static {
     type Job: Send + Sync + 'static;
     /// Its answer.
     type Output: Send + 'static;
+
+    /// How many bytes a job carries, for the batch's byte cap.
+    fn job_bytes(job: &Self::Job) -> usize;
 
     /// Runs `jobs` in order inside the open transaction `conn`. `Ok` holds
     /// each job's outcome (a job that fails must have written nothing);
@@ -80,12 +89,33 @@ async fn run<W: BatchWork>(
     work: Arc<W>,
     mut queue: mpsc::UnboundedReceiver<Queued<W>>,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let (jobs, replies): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
+    let mut carry: Option<Queued<W>> = None;
+    loop {
+        let first = match carry.take() {
+            Some(first) => first,
+            None => match queue.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        let mut bytes = W::job_bytes(&first.0);
+        let (mut jobs, mut replies) = (vec![first.0], vec![first.1]);
+        while jobs.len() < MAX_BATCH {
+            let Ok(next) = queue.try_recv() else { break };
+            bytes += W::job_bytes(&next.0);
+            if bytes > MAX_BATCH_BYTES {
+                carry = Some(next);
+                break;
+            }
+            jobs.push(next.0);
+            replies.push(next.1);
+        }
         match commit(&pool, &*work, &jobs).await {
             Ok(outcomes) => answer(replies, outcomes),
-            Err(Failure::BeforeCommit(_)) if jobs.len() > 1 => {
+            // A failure one job may have caused: each runs alone, so it
+            // fails alone. A transient failure (the server is down) would
+            // fail them all again, one timeout each: it is answered at once.
+            Err(Failure::BeforeCommit(error)) if jobs.len() > 1 && !error.is_transient() => {
                 for (job, reply) in jobs.iter().zip(replies) {
                     let outcome = match commit(&pool, &*work, std::slice::from_ref(job)).await {
                         Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(crate::Error::Closed)),

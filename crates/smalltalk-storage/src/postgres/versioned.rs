@@ -301,6 +301,17 @@ impl BatchWork for TxnBatch {
     type Job = (Txn, Timestamp);
     type Output = TxnResponse;
 
+    fn job_bytes((txn, _): &Self::Job) -> usize {
+        txn.success
+            .iter()
+            .chain(&txn.failure)
+            .map(|op| match op {
+                TxnOp::Put { value, .. } => value.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     async fn run(
         &self,
         conn: &mut PgConnection,
@@ -362,18 +373,24 @@ fn keys_of(rows: Vec<String>) -> Result<Vec<StorageKey>> {
         .collect()
 }
 
+/// Revokes `lease` (only if expired by `expired_at`: a keep-alive that
+/// committed meanwhile wins).
 async fn revoke(
     conn: &mut PgConnection,
     lease: LeaseId,
     author: Option<&AgentId>,
     now: Timestamp,
+    expired_at: Option<Timestamp>,
 ) -> Result<Option<u64>> {
-    let removed = sqlx::query("DELETE FROM state_leases WHERE id = $1")
-        .bind(to_i64(lease.0))
-        .execute(&mut *conn)
-        .await
-        .map_err(pg_error)?
-        .rows_affected();
+    let removed = sqlx::query(
+        "DELETE FROM state_leases WHERE id = $1 AND ($2::BIGINT IS NULL OR expires_at <= $2)",
+    )
+    .bind(to_i64(lease.0))
+    .bind(expired_at.map(Timestamp::as_micros))
+    .execute(&mut *conn)
+    .await
+    .map_err(pg_error)?
+    .rows_affected();
     if removed == 0 {
         return Err(Error::LeaseNotFound { lease });
     }
@@ -558,33 +575,30 @@ impl VersionedStore for PgStore {
         limit: u32,
     ) -> Result<Vec<KeyVersion>> {
         versioned::check_limit(limit)?;
-        let prefix = prefix.clone();
-        self.read_snapshot(move |conn| {
-            Box::pin(async move {
-                let current = bounds(conn, false).await?;
-                if after.saturating_add(1) < current.compact_revision {
-                    return Err(compacted(current));
-                }
-                let rows = sqlx::query(&format!(
-                    "SELECT {VERSION_COLUMNS} FROM state_versions v
-                     WHERE v.revision > $1 AND v.key >= $2 AND ($3::TEXT IS NULL OR v.key < $3)
-                       AND v.revision <= (SELECT MAX(revision) FROM (
-                            SELECT revision FROM state_versions
-                            WHERE revision > $1 AND key >= $2 AND ($3::TEXT IS NULL OR key < $3)
-                            ORDER BY revision LIMIT $4) first_rows)
-                     ORDER BY v.revision, v.key"
-                ))
-                .bind(to_i64(after))
-                .bind(prefix.as_str())
-                .bind(prefix.upper_bound())
-                .bind(i64::from(limit))
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(pg_error)?;
-                decode_all(&rows)
-            })
-        })
+        // The rows first, then the compaction point: if compaction ran
+        // before the rows were read, the point read after shows it.
+        let rows = sqlx::query(&format!(
+            "SELECT {VERSION_COLUMNS} FROM state_versions v
+             WHERE v.revision > $1 AND v.key >= $2 AND ($3::TEXT IS NULL OR v.key < $3)
+               AND v.revision <= (SELECT MAX(revision) FROM (
+                    SELECT revision FROM state_versions
+                    WHERE revision > $1 AND key >= $2 AND ($3::TEXT IS NULL OR key < $3)
+                    ORDER BY revision LIMIT $4) first_rows)
+             ORDER BY v.revision, v.key"
+        ))
+        .bind(to_i64(after))
+        .bind(prefix.as_str())
+        .bind(prefix.upper_bound())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
         .await
+        .map_err(pg_error)?;
+        let versions = decode_all(&rows)?;
+        let current = self.revision_bounds().await?;
+        if after.saturating_add(1) < current.compact_revision {
+            return Err(compacted(current));
+        }
+        Ok(versions)
     }
 
     async fn revision_bounds(&self) -> Result<RevisionBounds> {
@@ -715,13 +729,23 @@ impl VersionedStore for PgStore {
     async fn revoke_lease(&self, lease: LeaseId, author: Option<&AgentId>) -> Result<Option<u64>> {
         let (author, now) = (author.cloned(), self.clock.now());
         self.write_locked(move |conn| {
-            Box::pin(async move { revoke(conn, lease, author.as_ref(), now).await })
+            Box::pin(async move { revoke(conn, lease, author.as_ref(), now, None).await })
         })
         .await
     }
 
     async fn expire_leases(&self) -> Result<u64> {
         let now = self.clock.now();
+        // A read first: with nothing expired, the revision lock is not taken.
+        let any: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM state_leases WHERE expires_at <= $1 LIMIT 1")
+                .bind(now.as_micros())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(pg_error)?;
+        if any.is_none() {
+            return Ok(0);
+        }
         self.write_locked(move |conn| {
             Box::pin(async move {
                 let expired: Vec<i64> = sqlx::query_scalar(
@@ -731,10 +755,16 @@ impl VersionedStore for PgStore {
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(pg_error)?;
+                let mut revoked = 0;
                 for id in &expired {
-                    revoke(conn, LeaseId(to_u64(*id)), None, now).await?;
+                    match revoke(conn, LeaseId(to_u64(*id)), None, now, Some(now)).await {
+                        Ok(_) => revoked += 1,
+                        // Kept alive meanwhile.
+                        Err(Error::LeaseNotFound { .. }) => {}
+                        Err(error) => return Err(error),
+                    }
                 }
-                Ok(expired.len() as u64)
+                Ok(revoked)
             })
         })
         .await
@@ -751,6 +781,19 @@ impl VersionedStore for PgStore {
             });
         };
         let low = prefix.as_str().to_owned();
+        // A read first: with nothing under the prefix (most sessions keep no
+        // state), the revision lock is not taken.
+        let any: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM state_versions WHERE key >= $1 AND key < $2 AND kind <> 'purged' LIMIT 1",
+        )
+        .bind(&low)
+        .bind(&high)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        if any.is_none() {
+            return Ok(PurgeOutcome::default());
+        }
         let (author, now) = (author.cloned(), self.clock.now());
         self.write_locked(move |conn| {
             Box::pin(async move {

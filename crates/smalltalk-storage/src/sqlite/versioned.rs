@@ -461,28 +461,31 @@ impl VersionedStore for SqliteStore {
         versioned::check_limit(limit)?;
         let (low, high) = prefix_bounds(prefix);
         let work = move |conn: &Connection| {
-            snapshot(conn, |conn| {
-                let current = bounds(conn)?;
-                if after.saturating_add(1) < current.compact_revision {
-                    return Err(Error::Compacted {
-                        compact_revision: current.compact_revision,
-                    });
-                }
-                let sql = format!(
-                    "SELECT {VERSION_COLUMNS} FROM state_versions v
-                     WHERE v.revision > ?1 AND v.key >= ?2 AND (?3 IS NULL OR v.key < ?3)
-                       AND v.revision <= (SELECT MAX(revision) FROM (
-                            SELECT revision FROM state_versions
-                            WHERE revision > ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
-                            ORDER BY revision LIMIT ?4))
-                     ORDER BY v.revision, v.key"
-                );
-                let mut statement = conn.prepare_cached(&sql).map_err(sqlite_error)?;
-                let rows = statement
-                    .query(params![to_i64(after), low, high, i64::from(limit)])
-                    .map_err(sqlite_error)?;
-                collect_versions(rows)
-            })
+            // The rows first, then the compaction point: if compaction ran
+            // before the rows were read, the point read after shows it.
+            // By the revision index: the key range would pick the primary
+            // key and walk the whole history of the prefix on every read.
+            let sql = format!(
+                "SELECT {VERSION_COLUMNS} FROM state_versions v INDEXED BY state_versions_by_revision
+                 WHERE v.revision > ?1 AND v.key >= ?2 AND (?3 IS NULL OR v.key < ?3)
+                   AND v.revision <= (SELECT MAX(revision) FROM (
+                        SELECT revision FROM state_versions INDEXED BY state_versions_by_revision
+                        WHERE revision > ?1 AND key >= ?2 AND (?3 IS NULL OR key < ?3)
+                        ORDER BY revision LIMIT ?4))
+                 ORDER BY v.revision, v.key"
+            );
+            let mut statement = conn.prepare_cached(&sql).map_err(sqlite_error)?;
+            let rows = statement
+                .query(params![to_i64(after), low, high, i64::from(limit)])
+                .map_err(sqlite_error)?;
+            let versions = collect_versions(rows)?;
+            let current = bounds(conn)?;
+            if after.saturating_add(1) < current.compact_revision {
+                return Err(Error::Compacted {
+                    compact_revision: current.compact_revision,
+                });
+            }
+            Ok(versions)
         };
         // As event reads: a page up to 1,000 runs on the caller's thread
         // (a caught-up watcher reads a few rows, and a hop to the blocking
@@ -583,6 +586,21 @@ impl VersionedStore for SqliteStore {
 
     async fn expire_leases(&self) -> Result<u64> {
         let now = self.clock.now();
+        // A read first: with nothing expired, no write is queued.
+        let any = self
+            .read_inline(move |conn| {
+                conn.prepare_cached("SELECT 1 FROM state_leases WHERE expires_at <= ?1 LIMIT 1")
+                    .and_then(|mut statement| {
+                        statement
+                            .query_row([now.as_micros()], |_| Ok(()))
+                            .optional()
+                    })
+                    .map_err(sqlite_error)
+            })
+            .await?;
+        if any.is_none() {
+            return Ok(0);
+        }
         self.write_versioned(move |conn| {
             let expired: Vec<i64> = {
                 let mut statement = conn
@@ -615,6 +633,26 @@ impl VersionedStore for SqliteStore {
             });
         }
         let (low, high) = prefix_bounds(prefix);
+        // A read first: with nothing under the prefix (most sessions keep no
+        // state), no write is queued.
+        let probe = (low.clone(), high.clone());
+        let any = self
+            .read_inline(move |conn| {
+                conn.prepare_cached(
+                    "SELECT 1 FROM state_versions
+                     WHERE key >= ?1 AND key < ?2 AND kind <> 'purged' LIMIT 1",
+                )
+                .and_then(|mut statement| {
+                    statement
+                        .query_row(params![probe.0, probe.1], |_| Ok(()))
+                        .optional()
+                })
+                .map_err(sqlite_error)
+            })
+            .await?;
+        if any.is_none() {
+            return Ok(PurgeOutcome::default());
+        }
         let (author, now) = (author.cloned(), self.clock.now());
         self.write_versioned(move |conn| {
             let live = keys_of(

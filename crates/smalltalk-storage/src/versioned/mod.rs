@@ -199,6 +199,7 @@ impl VersionKind {
         }
     }
 
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn parse(text: &str) -> Option<Self> {
         match text {
             "put" => Some(VersionKind::Put),
@@ -457,6 +458,16 @@ impl Txn {
         ] {
             if count > MAX_TXN_OPS {
                 return invalid(InvalidRequest::TooManyOps { part, count });
+            }
+        }
+        for compare in &self.compare {
+            if let CompareTarget::Value(value) = &compare.target {
+                if value.len() > MAX_VALUE_BYTES {
+                    return invalid(InvalidRequest::ValueTooLarge {
+                        key: compare.key.clone(),
+                        size: value.len(),
+                    });
+                }
             }
         }
         for ops in [&self.success, &self.failure] {
