@@ -10,7 +10,7 @@ use smalltalk_types::{AgentId, StorageKey, Timestamp};
 use crate::{Error, Result};
 
 /// What a conditional write is conditioned on: the version the writer read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind", content = "value")]
 pub enum Expect {
     /// Nothing: a blind write (no conflict is possible).

@@ -93,7 +93,7 @@ pub use entry::{ChangeKind, Expect, History, Page, PutOutcome, Resolved, StateCh
 pub use error::{Error, Result};
 pub use namespace::{EntityType, Namespace};
 pub use policy::{ConflictPolicy, Policies, Resolution};
-pub use store::{MAX_HISTORY_DEPTH, StateStats, StateStore, StateStoreBuilder};
+pub use store::{ListOptions, MAX_HISTORY_DEPTH, StateStats, StateStore, StateStoreBuilder};
 pub use txn::{TxnBuilder, TxnOutcome, TxnResult};
 pub use watch::{Watch, WatchEvent};
 

@@ -40,7 +40,19 @@ impl StateStore {
                     () = stop.stopped() => return,
                     _ = tick.tick() => {}
                 }
-                match compaction.compact().await {
+                // Compaction scans history: on a blocking thread, so a
+                // SQLite write leader running it is not a runtime worker.
+                let handle = tokio::runtime::Handle::current();
+                let state = compaction.clone();
+                let outcome = tokio::task::spawn_blocking(move || handle.block_on(state.compact()))
+                    .await
+                    .unwrap_or_else(|join| {
+                        Err(crate::Error::Storage(smalltalk_storage::Error::Backend {
+                            backend: "state",
+                            source: Box::new(join),
+                        }))
+                    });
+                match outcome {
                     Ok(outcome) if outcome.removed > 0 => tracing::debug!(
                         compact_revision = outcome.compact_revision,
                         removed = outcome.removed,

@@ -108,6 +108,27 @@ pub struct StateStats {
     pub storage: VersionedStats,
 }
 
+/// What [`StateStore::list`] reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListOptions {
+    /// Keys strictly after this one (a page's `next`).
+    pub after: Option<StorageKey>,
+    /// At most this many entries, 1 to 10,000 (default 100).
+    pub limit: u32,
+    /// At this revision (`None`, the default: the latest).
+    pub revision: Option<u64>,
+}
+
+impl Default for ListOptions {
+    fn default() -> Self {
+        Self {
+            after: None,
+            limit: 100,
+            revision: None,
+        }
+    }
+}
+
 /// The longest history one call returns.
 pub const MAX_HISTORY_DEPTH: u32 = smalltalk_storage::versioned::MAX_READ_LIMIT;
 
@@ -316,7 +337,34 @@ impl StateStore {
     #[tracing::instrument(name = "state.history", skip_all, fields(key, depth), err)]
     pub async fn history(&self, key: impl TryIntoId<StorageKey>, depth: u32) -> Result<History> {
         let key = record_key(key)?;
-        let history = self.inner.store.key_history(&key, None, depth).await?;
+        self.history_page(&key, None, depth).await
+    }
+
+    /// [`history`](Self::history) from before revision `before` (the
+    /// oldest revision of the previous page): the next page, older.
+    #[tracing::instrument(
+        name = "state.history_before",
+        skip_all,
+        fields(key, before, depth),
+        err
+    )]
+    pub async fn history_before(
+        &self,
+        key: impl TryIntoId<StorageKey>,
+        before: u64,
+        depth: u32,
+    ) -> Result<History> {
+        let key = record_key(key)?;
+        self.history_page(&key, Some(before), depth).await
+    }
+
+    async fn history_page(
+        &self,
+        key: &StorageKey,
+        before: Option<u64>,
+        depth: u32,
+    ) -> Result<History> {
+        let history = self.inner.store.key_history(key, before, depth).await?;
         Ok(History {
             changes: history
                 .versions
@@ -344,16 +392,16 @@ impl StateStore {
         Ok(json_patch::diff(&value(before), &value(after)))
     }
 
-    /// A page of keys under `prefix`, in key order: at most `limit` (1 to
-    /// 10,000) after the key `after` (a page's `next`), at `revision`
-    /// (`None`: the latest).
-    #[tracing::instrument(name = "state.list", skip_all, fields(prefix, limit), err)]
+    /// A page of keys under `prefix`, in key order (see [`ListOptions`]:
+    /// the continuation, the page size, the revision). Below the compaction
+    /// point: [`Error::Compacted`] (a listing needs every key's version at
+    /// that revision; [`get_at`](Self::get_at) answers for a key whose
+    /// versions are still kept).
+    #[tracing::instrument(name = "state.list", skip_all, fields(prefix, limit = options.limit), err)]
     pub async fn list(
         &self,
         prefix: impl TryIntoId<KeyPrefix>,
-        after: Option<&StorageKey>,
-        limit: u32,
-        revision: Option<u64>,
+        options: &ListOptions,
     ) -> Result<Page> {
         let prefix = prefix.try_into_id()?;
         tracing::Span::current().record("prefix", prefix.as_str());
@@ -362,9 +410,9 @@ impl StateStore {
             .store
             .range(&RangeRequest {
                 prefix,
-                at: revision,
-                after_key: after.cloned(),
-                limit,
+                at: options.revision,
+                after_key: options.after.clone(),
+                limit: options.limit,
             })
             .await?;
         let mut entries = Vec::with_capacity(page.items.len());
@@ -437,7 +485,11 @@ impl StateStore {
         let by_count = config
             .max_revisions
             .map_or(0, |max| bounds.revision.saturating_sub(max));
-        let point = by_age.max(by_count).max(bounds.compact_revision);
+        let point = by_age.max(by_count);
+        if point <= bounds.compact_revision {
+            // Nothing new below the point: no write, no lock.
+            return Ok(CompactOutcome::unchanged(bounds.compact_revision));
+        }
         Ok(self
             .inner
             .store

@@ -156,7 +156,9 @@ impl<'a> TxnBuilder<'a> {
         self.compare(key, op, CompareTarget::CreateRevision(revision))
     }
 
-    /// The key's value equals `value` (false if absent).
+    /// The key's value equals `value` (false if absent). Compared as
+    /// encoded JSON, byte for byte: values this crate wrote encode the same
+    /// way whenever they are equal (object keys sorted).
     pub fn value_equals(mut self, key: impl TryIntoId<StorageKey>, value: &Value) -> Self {
         match serde_json::to_vec(value) {
             Ok(bytes) => self.compare(key, CompareOp::Equal, CompareTarget::Value(bytes)),

@@ -33,8 +33,8 @@ pub enum WatchEvent {
     },
 }
 
-/// Versions read per storage call.
-const PAGE: u32 = 512;
+/// Versions read per storage call (whole revisions: up to 127 more).
+const PAGE: u32 = 128;
 
 /// A stream of [`WatchEvent`]s from a revision on, made by
 /// [`StateStore::watch`]. It never skips or splits a revision. If the
@@ -64,6 +64,9 @@ impl Stream for Watch {
 struct Cursor {
     store: StateStore,
     prefix: KeyPrefix,
+    /// Only this key (a watch of one key: its prefix also matches longer
+    /// keys).
+    exact: Option<smalltalk_types::StorageKey>,
     /// Every revision up to here was delivered or looked at.
     after: u64,
     /// Where to start, until the first read checks it.
@@ -165,6 +168,14 @@ impl Cursor {
         let now = smalltalk_types::Timestamp::now();
         let mut current: Option<(u64, Vec<StateChange>)> = None;
         for version in page {
+            if self
+                .exact
+                .as_ref()
+                .is_some_and(|exact| *exact != version.key)
+            {
+                self.after = self.after.max(version.revision);
+                continue;
+            }
             let lag = now.duration_since(version.timestamp);
             metrics::histogram!("state_watch_lag_seconds").record(lag.as_secs_f64());
             let revision = version.revision;
@@ -180,11 +191,13 @@ impl Cursor {
                 }
             }
         }
-        if let Some((revision, changes)) = current {
-            self.pending
-                .push_back(WatchEvent::Changes { revision, changes });
-            self.after = revision;
-        }
+        let Some((revision, changes)) = current else {
+            // Only other keys (a one-key watch): `after` moved past them.
+            return Ok(false);
+        };
+        self.pending
+            .push_back(WatchEvent::Changes { revision, changes });
+        self.after = revision;
         self.quiet_since = Instant::now();
         Ok(true)
     }
@@ -205,6 +218,28 @@ impl StateStore {
         from_revision: Option<u64>,
     ) -> Result<Watch> {
         let prefix = prefix.try_into_id()?;
+        self.watch_from(prefix, None, from_revision).await
+    }
+
+    /// Watches one key (not the longer keys its name is a prefix of), as
+    /// [`watch`](Self::watch).
+    #[tracing::instrument(name = "state.watch_key", skip_all, err)]
+    pub async fn watch_key(
+        &self,
+        key: impl TryIntoId<smalltalk_types::StorageKey>,
+        from_revision: Option<u64>,
+    ) -> Result<Watch> {
+        let key = key.try_into_id()?;
+        self.watch_from(KeyPrefix::from(&key), Some(key), from_revision)
+            .await
+    }
+
+    async fn watch_from(
+        &self,
+        prefix: KeyPrefix,
+        exact: Option<smalltalk_types::StorageKey>,
+        from_revision: Option<u64>,
+    ) -> Result<Watch> {
         let from_revision = match from_revision {
             Some(revision) => revision,
             None => self.inner.store.revision_bounds().await?.revision + 1,
@@ -212,6 +247,7 @@ impl StateStore {
         let cursor = Cursor {
             store: self.clone(),
             prefix,
+            exact,
             after: 0,
             start: Some(from_revision),
             pending: VecDeque::new(),

@@ -8,8 +8,8 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use smalltalk_state::policy::FieldConflict;
 use smalltalk_state::{
-    ChangeKind, ConflictPolicy, Error, Expect, KeyPrefix, Namespace, Policies, Resolution,
-    Resolved, StateConfig, StateStore, WatchEvent,
+    ChangeKind, ConflictPolicy, Error, Expect, KeyPrefix, ListOptions, Namespace, Policies,
+    Resolution, Resolved, StateConfig, StateStore, WatchEvent,
 };
 use smalltalk_storage::{MemoryStore, VersionedStore};
 use smalltalk_types::{AgentId, Clock, ManualClock, SessionId, StorageKey, Timestamp};
@@ -428,7 +428,7 @@ async fn bad_input_gets_a_typed_error_and_changes_nothing() {
         Err(Error::Domain(smalltalk_types::Error::InvalidId { .. }))
     ));
     assert!(matches!(
-        state.list("a/b", None, 10, None).await,
+        state.list("a/b", &ListOptions::default()).await,
         Err(Error::Domain(smalltalk_types::Error::InvalidId { .. }))
     ));
     assert!(matches!(
@@ -600,6 +600,46 @@ async fn a_watch_below_the_compaction_point_ends_with_compacted() {
             Some(Ok(WatchEvent::Changes { revision: 4, .. }))
         ));
     }
+}
+
+#[tokio::test]
+async fn a_key_watch_sees_that_key_only() {
+    let state = StateStore::new(memory());
+    let mut watch = state.watch_key("a:1", None).await.unwrap();
+    state.put("a:10", json!("longer key")).await.unwrap();
+    state.put("a:1", json!("the key")).await.unwrap();
+    match watch.next().await {
+        Some(Ok(WatchEvent::Changes { revision, changes })) => {
+            assert_eq!(revision, 2);
+            assert_eq!(changes.len(), 1);
+            assert_eq!(changes[0].key.as_str(), "a:1");
+        }
+        other => panic!("expected a:1's change, got {other:?}"),
+    }
+    let page = state
+        .list(
+            "a:",
+            &ListOptions {
+                limit: 1,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.entries.len(), 1);
+    assert_eq!(page.next.as_ref().map(StorageKey::as_str), Some("a:1"));
+    for revision in [3, 4] {
+        state.put("a:1", json!(revision)).await.unwrap();
+    }
+    let newest = state.history("a:1", 2).await.unwrap();
+    let older = state
+        .history_before("a:1", newest.changes[1].revision, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        older.changes.iter().map(|c| c.revision).collect::<Vec<_>>(),
+        [2]
+    );
 }
 
 #[tokio::test]

@@ -610,6 +610,17 @@ pub struct CompactOutcome {
     pub removed: u64,
 }
 
+impl CompactOutcome {
+    /// The point at `compact_revision`, nothing removed (a compaction that
+    /// had nothing to do).
+    pub fn unchanged(compact_revision: u64) -> Self {
+        Self {
+            compact_revision,
+            removed: 0,
+        }
+    }
+}
+
 /// What [`VersionedStore::purge_prefix`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
