@@ -40,6 +40,48 @@ use smalltalk_types::{Clock, ManualClock, Timestamp};
 
 use crate::{MemoryStore, Store};
 
+/// Runs a model-based property for the backend made by `fresh`: `cases`
+/// (`SMALLTALK_MODEL_CASES`, default 32) sequences from `strategy`, each
+/// given to `case` with a runtime to block on. Failing cases are saved to
+/// `regressions` (relative to the crate running the suite) and run first
+/// from then on, on every backend: commit the file when one appears. Skips
+/// if `fresh` returns `None`; panics with the failure.
+pub(crate) fn run_model<F, Fut, B, S, C>(
+    fresh: &F,
+    regressions: &'static str,
+    strategy: &S,
+    case: C,
+) where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<B>>,
+    B: Backend,
+    S: proptest::strategy::Strategy,
+    C: Fn(&tokio::runtime::Runtime, S::Value) -> Result<(), proptest::test_runner::TestCaseError>,
+{
+    use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("build a runtime");
+    if runtime.block_on(fresh()).is_none() {
+        eprintln!("skipped: backend not available");
+        return;
+    }
+    let cases = std::env::var("SMALLTALK_MODEL_CASES")
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(32);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(regressions))),
+        ..Config::default()
+    });
+    if let Err(failure) = runner.run(strategy, |value| case(&runtime, value)) {
+        panic!("{failure}");
+    }
+}
+
 /// A storage location the suite can open, and reopen for persistence cases.
 #[async_trait]
 pub trait Backend: Send + Sync + 'static {

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use smalltalk_types::{
     Clock, Event, EventPriority, Message, Role, Session, SessionId, SessionState, SessionSummary,
     StorageKey, Timestamp, TopicPattern,
@@ -520,29 +520,8 @@ where
     Fut: Future<Output = Option<B>>,
     B: Backend,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build a runtime");
-    if runtime.block_on(fresh()).is_none() {
-        eprintln!("skipped: backend not available");
-        return;
-    }
-    let cases = std::env::var("SMALLTALK_MODEL_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(32);
-    // Failing cases are saved next to the crate's tests and run first
-    // from then on, on every backend; commit the file when one appears.
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::Direct(REGRESSIONS),
-        )),
-        ..Config::default()
-    });
-    let result = runner.run(&prop::collection::vec(op(), 1..40), |ops| {
+    let strategy = prop::collection::vec(op(), 1..40);
+    super::run_model(&fresh, REGRESSIONS, &strategy, |runtime, ops| {
         runtime.block_on(async {
             let backend = fresh().await.expect("backend became unavailable");
             let clock = test_clock();
@@ -573,7 +552,4 @@ where
             Ok(())
         })
     });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
 }

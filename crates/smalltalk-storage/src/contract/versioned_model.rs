@@ -9,7 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use smalltalk_types::{Clock, StorageKey};
 
 use super::{Backend, test_clock};
@@ -274,27 +274,8 @@ where
     Fut: Future<Output = Option<B>>,
     B: Backend,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("build a runtime");
-    if runtime.block_on(fresh()).is_none() {
-        eprintln!("skipped: backend not available");
-        return;
-    }
-    let cases = std::env::var("SMALLTALK_MODEL_CASES")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(32);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: Some(Box::new(
-            proptest::test_runner::FileFailurePersistence::Direct(REGRESSIONS),
-        )),
-        ..Config::default()
-    });
-    let result = runner.run(&prop::collection::vec(op(), 1..50), |ops| {
+    let strategy = prop::collection::vec(op(), 1..50);
+    super::run_model(&fresh, REGRESSIONS, &strategy, |runtime, ops| {
         runtime.block_on(async {
             let backend = fresh().await.expect("backend became unavailable");
             let clock = test_clock();
@@ -317,7 +298,4 @@ where
             Ok(())
         })
     });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
 }

@@ -409,16 +409,15 @@ fn compacted(bounds: RevisionBounds) -> Error {
     }
 }
 
+/// Work on a connection of an open transaction.
+type ConnWork<'c, T> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send + 'c>>;
+
 impl PgStore {
     /// Runs `work` in a transaction holding the revision lock, and wakes
     /// revision waiters after the commit.
     async fn write_locked<T, F>(&self, work: F) -> Result<T>
     where
-        F: for<'c> FnOnce(
-            &'c mut PgConnection,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T>> + Send + 'c>,
-        >,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> ConnWork<'c, T>,
     {
         let mut tx = self.pool.begin().await.map_err(pg_error)?;
         bounds(&mut tx, true).await?;
@@ -432,11 +431,7 @@ impl PgStore {
     /// Runs a read of several statements on one snapshot.
     async fn read_snapshot<T, F>(&self, work: F) -> Result<T>
     where
-        F: for<'c> FnOnce(
-            &'c mut PgConnection,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T>> + Send + 'c>,
-        >,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> ConnWork<'c, T>,
     {
         let mut tx = self.pool.begin().await.map_err(pg_error)?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -515,18 +510,7 @@ impl VersionedStore for PgStore {
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(pg_error)?;
-                let mut items = decode_all(&rows)?;
-                let next = if items.len() > request.limit as usize {
-                    items.truncate(request.limit as usize);
-                    items.last().map(|last| last.key.clone())
-                } else {
-                    None
-                };
-                Ok(RangePage {
-                    revision: at,
-                    items,
-                    next,
-                })
+                Ok(RangePage::from_rows(at, decode_all(&rows)?, request.limit))
             })
         })
         .await

@@ -396,18 +396,7 @@ impl VersionedStore for SqliteStore {
                         i64::from(request.limit) + 1
                     ])
                     .map_err(sqlite_error)?;
-                let mut items = collect_versions(rows)?;
-                let next = if items.len() > request.limit as usize {
-                    items.truncate(request.limit as usize);
-                    items.last().map(|last| last.key.clone())
-                } else {
-                    None
-                };
-                Ok(RangePage {
-                    revision: at,
-                    items,
-                    next,
-                })
+                Ok(RangePage::from_rows(at, collect_versions(rows)?, request.limit))
             })
         })
         .await

@@ -552,6 +552,25 @@ pub struct RangePage {
     pub next: Option<StorageKey>,
 }
 
+impl RangePage {
+    /// A page from up to `limit + 1` rows read at `revision`: the extra row
+    /// only says there is a next page.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    pub(crate) fn from_rows(revision: u64, mut items: Vec<KeyVersion>, limit: u32) -> Self {
+        let next = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(|last| last.key.clone())
+        } else {
+            None
+        };
+        Self {
+            revision,
+            items,
+            next,
+        }
+    }
+}
+
 /// What [`VersionedStore::range`] reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RangeRequest {
