@@ -333,6 +333,32 @@ impl SessionStore for MemoryStore {
         })
     }
 
+    async fn save_and_append(
+        &self,
+        session: &Session,
+        expected: Expected,
+        messages: &[Message],
+    ) -> Result<AppendOutcome> {
+        let added_bytes = codec::encode_append(messages)?.bytes;
+        let header = Session {
+            messages: Vec::new(),
+            ..session.clone()
+        };
+        let mut inner = self.lock()?;
+        let mut stored = inner.prepare_save(&header, expected)?;
+        let first_sequence = stored.session.messages.len() as u64;
+        stored.session.messages.extend_from_slice(messages);
+        stored.session.updated_at = advanced_updated_at(stored.session.updated_at, messages);
+        stored.message_bytes += added_bytes;
+        let outcome = AppendOutcome {
+            version: stored.session.version,
+            first_sequence,
+            message_count: stored.session.messages.len() as u64,
+        };
+        inner.sessions.insert(session.id, stored);
+        Ok(outcome)
+    }
+
     async fn get_session_header(&self, id: SessionId) -> Result<Option<Session>> {
         Ok(self.lock()?.sessions.get(&id).map(|stored| {
             let session = &stored.session;

@@ -166,6 +166,22 @@ pub trait SessionStore: Send + Sync + fmt::Debug + 'static {
         guard: AppendGuard,
     ) -> Result<AppendOutcome>;
 
+    /// Saves `session`'s header if the stored version matches `expected`
+    /// (as [`save_session`](Self::save_session) does) and appends
+    /// `messages` after the stored history, in one transaction: both land,
+    /// or on any error neither does. `session.messages` is ignored (the
+    /// stored history stays). The returned outcome carries the new version.
+    ///
+    /// This is how a unit of work whose record lives in the header and
+    /// whose output is messages (a group's turn) commits once: a writer
+    /// that lost the race on `expected` appends nothing.
+    async fn save_and_append(
+        &self,
+        session: &Session,
+        expected: Expected,
+        messages: &[Message],
+    ) -> Result<AppendOutcome>;
+
     /// Reads a session without its history (`messages` is empty; the agent
     /// states and metadata are there), or `None`. Cheap whatever the
     /// history's length. Saving such a snapshot keeps the stored history:

@@ -153,6 +153,17 @@ impl SessionStore for FaultyStore {
         self.write("append_messages")?;
         self.inner.append_messages(id, messages, guard).await
     }
+    async fn save_and_append(
+        &self,
+        session: &Session,
+        expected: Expected,
+        messages: &[Message],
+    ) -> Result<AppendOutcome> {
+        self.write("save_and_append")?;
+        self.inner
+            .save_and_append(session, expected, messages)
+            .await
+    }
     async fn get_session_header(&self, id: SessionId) -> Result<Option<Session>> {
         self.read("get_session_header")?;
         self.inner.get_session_header(id).await

@@ -312,6 +312,7 @@ macro_rules! storage_contract {
                 large_header_round_trips,
                 not_found,
                 compare_and_swap,
+                save_and_append_commits_once,
                 append_order,
                 append_guard,
                 summary,

@@ -248,6 +248,134 @@ pub async fn compare_and_swap(backend: &impl Backend) {
     assert_eq!(store.save_session(&fresh, Expected::Any).await.unwrap(), 1);
 }
 
+/// `save_and_append` writes the header under compare-and-swap and appends
+/// in one transaction: a lost race appends nothing, other appends in
+/// between do not conflict, and exactly one of several racing writers at
+/// one version commits.
+pub async fn save_and_append_commits_once(backend: &impl Backend) {
+    let store = open(backend).await;
+    let mut session = Session::new(SessionId::new(), at(0), Duration::from_secs(60));
+    session.metadata.insert("turn".into(), json!(0));
+    let created = store
+        .save_and_append(
+            &session,
+            Expected::Absent,
+            &[message("a", 1), message("b", 2)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            created.version,
+            created.first_sequence,
+            created.message_count
+        ),
+        (1, 0, 2)
+    );
+    let again = store
+        .save_and_append(&session, Expected::Absent, &[message("dup", 3)])
+        .await;
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
+
+    // An append from elsewhere in between does not move the version.
+    store
+        .append_messages(session.id, &[message("other", 3)], AppendGuard::NONE)
+        .await
+        .unwrap();
+    session.metadata.insert("turn".into(), json!(1));
+    // The snapshot's own messages are ignored.
+    session.messages.push(message("ignored", 4));
+    let turn = store
+        .save_and_append(&session, Expected::Version(1), &[message("c", 9)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (turn.version, turn.first_sequence, turn.message_count),
+        (2, 3, 4)
+    );
+
+    let mut stale = session.clone();
+    stale.metadata.insert("turn".into(), json!("stale"));
+    let lost = store
+        .save_and_append(&stale, Expected::Version(1), &[message("lost", 10)])
+        .await;
+    assert!(
+        matches!(
+            lost,
+            Err(Error::Conflict {
+                expected: 1,
+                found: 2,
+                ..
+            })
+        ),
+        "{lost:?}"
+    );
+    let missing = Session::new(SessionId::new(), at(0), Duration::from_secs(60));
+    let absent = store
+        .save_and_append(&missing, Expected::Version(1), &[message("x", 1)])
+        .await;
+    assert!(matches!(absent, Err(Error::NotFound { .. })), "{absent:?}");
+    assert!(!store.has_session(missing.id).await.unwrap());
+
+    let mut deep = message("deep", 11);
+    deep.metadata.insert("x".into(), nested_json(200));
+    let refused = store
+        .save_and_append(&stale, Expected::Version(2), &[message("ok", 11), deep])
+        .await;
+    assert!(is_too_deep(&refused), "{refused:?}");
+
+    let stored = store.get_session(session.id).await.unwrap().unwrap();
+    let texts: Vec<&str> = stored.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(
+        texts,
+        ["a", "b", "other", "c"],
+        "lost and refused writes appended nothing"
+    );
+    assert_eq!(stored.metadata["turn"], json!(1));
+    assert_eq!(stored.version, 2);
+    assert_eq!(
+        stored.updated_at,
+        at(9),
+        "updated_at moves to the newest message"
+    );
+
+    // Blind writes land; racing writers at one version: exactly one wins.
+    let blind = store
+        .save_and_append(&stored, Expected::Any, &[message("blind", 12)])
+        .await
+        .unwrap();
+    assert_eq!((blind.version, blind.first_sequence), (3, 4));
+    let racers = (0..8).map(|writer| {
+        let store = Arc::clone(&store);
+        let mut header = stored.clone();
+        header.messages.clear();
+        header.metadata.insert("turn".into(), json!(writer));
+        tokio::spawn(async move {
+            let text = format!("racer {writer}");
+            store
+                .save_and_append(&header, Expected::Version(3), &[message(&text, 13)])
+                .await
+                .map(|_| text)
+        })
+    });
+    let mut winners = Vec::new();
+    for racer in racers.collect::<Vec<_>>() {
+        match racer.await.unwrap() {
+            Ok(text) => winners.push(text),
+            Err(Error::Conflict { expected: 3, .. }) => {}
+            Err(other) => panic!("unexpected error: {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let stored = store.get_session(session.id).await.unwrap().unwrap();
+    assert_eq!(stored.version, 4);
+    assert_eq!(stored.messages.len(), 6);
+    assert_eq!(stored.messages[5].content, winners[0]);
+}
+
 /// Appends keep order, never move the header's version (so they never
 /// make a header change conflict), and move `updated_at` to the newest
 /// message.

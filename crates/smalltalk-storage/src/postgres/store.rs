@@ -381,6 +381,122 @@ impl SessionStore for PgStore {
         }
     }
 
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = "postgres", session_id = %session.id, count = messages.len()), err)]
+    async fn save_and_append(
+        &self,
+        session: &Session,
+        expected: Expected,
+        messages: &[Message],
+    ) -> Result<AppendOutcome> {
+        let codec::EncodedAppend {
+            messages: bodies,
+            bytes: added_bytes,
+            newest,
+        } = codec::encode_append(messages)?;
+        let mut header = Session {
+            messages: Vec::new(),
+            ..session.clone()
+        };
+        if let Some(newest) = newest {
+            header.updated_at = header.updated_at.max(newest);
+        }
+        let encoded = codec::encode_header(&header)?;
+        let key = session.id.to_string();
+        let mut conn = self.pool.acquire().await.map_err(pg_error)?;
+        for _ in 0..BLIND_SAVE_ATTEMPTS {
+            let expected_version = match expected {
+                Expected::Version(version) => version,
+                Expected::Absent | Expected::Any => {
+                    let found: Option<i64> =
+                        sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1")
+                            .bind(&key)
+                            .fetch_optional(&mut *conn)
+                            .await
+                            .map_err(pg_error)?;
+                    match (expected, found) {
+                        (Expected::Absent, Some(_)) => {
+                            return Err(Error::AlreadyExists { id: session.id });
+                        }
+                        (_, None) => {
+                            match insert_new(&mut conn, &key, &header, &encoded, &bodies).await {
+                                Ok(version) => {
+                                    return Ok(AppendOutcome {
+                                        version,
+                                        first_sequence: 0,
+                                        message_count: bodies.len() as u64,
+                                    });
+                                }
+                                Err(Error::AlreadyExists { .. }) if expected == Expected::Any => {
+                                    continue;
+                                }
+                                Err(error) => return Err(error),
+                            }
+                        }
+                        (_, Some(found)) => to_u64(found),
+                    }
+                }
+            };
+            // One statement: the header's version guard and the appended
+            // rows commit together, or neither does.
+            let updated: Option<(i64, i64)> = sqlx::query_as(
+                "WITH upd AS (
+                    UPDATE sessions SET state = $2, version = version + 1, created_at = $3,
+                        updated_at = $4, expires_at = $5, header = $6,
+                        message_count = message_count + $7, message_bytes = message_bytes + $8
+                    WHERE id = $1 AND version = $9
+                    RETURNING version, message_count),
+                 ins AS (
+                    INSERT INTO messages (session_id, seq, meta, content)
+                    SELECT $1, upd.message_count - $7 + batch.ord - 1, batch.meta, batch.content
+                    FROM upd, UNNEST($10::BYTEA[], $11::BYTEA[]) WITH ORDINALITY AS batch (meta, content, ord))
+                 SELECT version, message_count FROM upd",
+            )
+            .bind(&key)
+            .bind(header.state.as_str())
+            .bind(header.created_at.as_micros())
+            .bind(header.updated_at.as_micros())
+            .bind(header.expires_at.as_micros())
+            .bind(&encoded)
+            .bind(bodies.len() as i64)
+            .bind(to_i64(added_bytes))
+            .bind(to_i64(expected_version))
+            .bind(metas(&bodies))
+            .bind(contents(&bodies))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(pg_error)?;
+            if let Some((version, count)) = updated {
+                let message_count = to_u64(count);
+                return Ok(AppendOutcome {
+                    version: to_u64(version),
+                    first_sequence: message_count - bodies.len() as u64,
+                    message_count,
+                });
+            }
+            if let Expected::Version(expected) = expected {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT version FROM sessions WHERE id = $1")
+                        .bind(&key)
+                        .fetch_optional(&mut *conn)
+                        .await
+                        .map_err(pg_error)?;
+                return Err(match found {
+                    None => Error::NotFound { id: session.id },
+                    Some(found) => Error::Conflict {
+                        id: session.id,
+                        expected,
+                        found: to_u64(found),
+                    },
+                });
+            }
+            // A blind save raced another writer: look again.
+        }
+        Err(Error::Unavailable {
+            backend: "postgres",
+            source: format!("session {} kept changing during a blind save", session.id).into(),
+        })
+    }
+
     async fn get_session_header(&self, id: SessionId) -> Result<Option<Session>> {
         let row: Option<(Vec<u8>, i64, i64)> =
             sqlx::query_as("SELECT header, version, updated_at FROM sessions WHERE id = $1")

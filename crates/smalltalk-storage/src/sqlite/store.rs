@@ -357,6 +357,71 @@ fn delete_one(conn: &Connection, id: &str) -> Result<bool> {
     Ok(deleted > 0)
 }
 
+/// Appends encoded messages after the stored history, if `guard` holds,
+/// inside the writer's transaction.
+fn append_one(
+    conn: &Connection,
+    id: SessionId,
+    bodies: &[EncodedMessage],
+    added_bytes: u64,
+    newest: Option<Timestamp>,
+    guard: AppendGuard,
+) -> Result<AppendOutcome> {
+    let key = id.to_string();
+    let current: Option<(i64, i64, i64, String, i64)> = conn
+        .prepare_cached(
+            "SELECT version, message_count, updated_at, state, expires_at
+                 FROM sessions WHERE id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row([&key], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        row.get(2)?,
+                        row.get(3)?,
+                        row.get(4)?,
+                    ))
+                })
+                .optional()
+        })
+        .map_err(sqlite_error)?;
+    let (version, count, updated_at, state, expires_at) = current.ok_or(Error::NotFound { id })?;
+    let version = to_u64(version);
+    guard.check(
+        id,
+        version,
+        codec::parse_state(&state)?,
+        Timestamp::from_micros(expires_at),
+    )?;
+    let first_sequence = to_u64(count);
+    insert_messages(conn, &key, first_sequence, bodies)?;
+    let updated_at = newest.map_or(updated_at, |newest| updated_at.max(newest.as_micros()));
+    // The header's version stays: appends never make a header
+    // change conflict.
+    let outcome = AppendOutcome {
+        version,
+        first_sequence,
+        message_count: first_sequence + bodies.len() as u64,
+    };
+    conn.prepare_cached(
+        "UPDATE sessions SET message_count = ?2, updated_at = ?3,
+                                 message_bytes = message_bytes + ?4
+             WHERE id = ?1",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![
+            key,
+            to_i64(outcome.message_count),
+            updated_at,
+            to_i64(added_bytes)
+        ])
+    })
+    .map_err(sqlite_error)?;
+    Ok(outcome)
+}
+
 #[async_trait]
 impl SessionStore for SqliteStore {
     #[tracing::instrument(level = "debug", skip_all, fields(backend = "sqlite", session_id = %session.id), err)]
@@ -409,61 +474,36 @@ impl SessionStore for SqliteStore {
             bytes: added_bytes,
             newest,
         } = codec::encode_append(messages)?;
+        self.write(move |conn| append_one(conn, id, &bodies, added_bytes, newest, guard))
+            .await
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(backend = "sqlite", session_id = %session.id, count = messages.len()), err)]
+    async fn save_and_append(
+        &self,
+        session: &Session,
+        expected: Expected,
+        messages: &[Message],
+    ) -> Result<AppendOutcome> {
+        let header = Session {
+            messages: Vec::new(),
+            ..session.clone()
+        };
+        let save = encode_save(&header, expected)?;
+        let codec::EncodedAppend {
+            messages: bodies,
+            bytes: added_bytes,
+            newest,
+        } = codec::encode_append(messages)?;
+        let id = session.id;
         self.write(move |conn| {
-            let key = id.to_string();
-            let current: Option<(i64, i64, i64, String, i64)> = conn
-                .prepare_cached(
-                    "SELECT version, message_count, updated_at, state, expires_at
-                     FROM sessions WHERE id = ?1",
-                )
-                .and_then(|mut statement| {
-                    statement
-                        .query_row([&key], |row| {
-                            Ok((
-                                row.get(0)?,
-                                row.get(1)?,
-                                row.get(2)?,
-                                row.get(3)?,
-                                row.get(4)?,
-                            ))
-                        })
-                        .optional()
-                })
-                .map_err(sqlite_error)?;
-            let (version, count, updated_at, state, expires_at) =
-                current.ok_or(Error::NotFound { id })?;
-            let version = to_u64(version);
-            guard.check(
-                id,
+            // One job, so one savepoint: a failing append undoes the save.
+            let version = save_one(conn, &save)?;
+            let appended = append_one(conn, id, &bodies, added_bytes, newest, AppendGuard::NONE)?;
+            Ok(AppendOutcome {
                 version,
-                codec::parse_state(&state)?,
-                Timestamp::from_micros(expires_at),
-            )?;
-            let first_sequence = to_u64(count);
-            insert_messages(conn, &key, first_sequence, &bodies)?;
-            let updated_at = newest.map_or(updated_at, |newest| updated_at.max(newest.as_micros()));
-            // The header's version stays: appends never make a header
-            // change conflict.
-            let outcome = AppendOutcome {
-                version,
-                first_sequence,
-                message_count: first_sequence + bodies.len() as u64,
-            };
-            conn.prepare_cached(
-                "UPDATE sessions SET message_count = ?2, updated_at = ?3,
-                                     message_bytes = message_bytes + ?4
-                 WHERE id = ?1",
-            )
-            .and_then(|mut statement| {
-                statement.execute(params![
-                    key,
-                    to_i64(outcome.message_count),
-                    updated_at,
-                    to_i64(added_bytes)
-                ])
+                ..appended
             })
-            .map_err(sqlite_error)?;
-            Ok(outcome)
         })
         .await
     }
