@@ -70,8 +70,9 @@ pub use id::{
 };
 pub use payload::Payload;
 pub use ports::{
-    AgentStateSource, Alert, AlertSeverity, AlertSink, Announcement, BoxError, DegradationControl,
-    EventSink, LogAlertSink, MissedEventReplayer, ReplayCounts, SessionContentPurger,
+    AgentFailureReport, AgentFailureSink, AgentStateSource, Alert, AlertSeverity, AlertSink,
+    Announcement, BoxError, DegradationControl, EventSink, LogAlertSink, MissedEventReplayer,
+    ReplayCounts, SessionContentPurger,
 };
 pub use session::{AgentState, Message, Role, Session, SessionState, SessionSummary};
 pub use task::{BackgroundTask, StopSignal};

@@ -193,3 +193,32 @@ pub trait DegradationControl: Send + Sync + fmt::Debug + 'static {
     /// Enters (`true`) or leaves (`false`) degraded operation.
     fn set_degraded(&self, degraded: bool);
 }
+
+/// An agent failure seen by another part (a group whose agent kept
+/// failing its turn), for the health monitor: the group crate reports it,
+/// once its own retries have given up; the umbrella connects it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentFailureReport {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Who saw it, for example `group:<id>`.
+    pub source: String,
+    /// The last error, one line.
+    pub error: String,
+    /// How many times the agent was asked.
+    pub attempts: u32,
+    /// Whether the failure counts toward graceful degradation (FR-010a).
+    /// Off by default in the group crate, so a flaky model does not pause
+    /// new sessions.
+    pub counts_toward_degradation: bool,
+    /// When it gave up.
+    pub timestamp: Timestamp,
+}
+
+/// Where agent failures seen elsewhere go (the health monitor). Like
+/// [`EventSink`], it must not fail the caller.
+#[async_trait]
+pub trait AgentFailureSink: Send + Sync + fmt::Debug + 'static {
+    /// Takes one report.
+    async fn agent_failed(&self, report: AgentFailureReport);
+}

@@ -1,0 +1,961 @@
+//! The [`GroupManager`]: groups, their rounds, and their persistence.
+
+mod round;
+mod stats;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use smalltalk_storage::{AppendOutcome, Expected, SessionStore};
+use smalltalk_types::{
+    AgentFailureSink, AgentId, Announcement, Clock, ConversationId, EventId, EventPriority,
+    EventSink, Message, Role, Session, SessionId, SessionState, SystemClock, Topic,
+};
+use tokio::sync::{broadcast, watch};
+
+pub use stats::GroupStats;
+
+use crate::llm::LlmClient;
+use crate::record::RECORD_FORMAT;
+use crate::selection::LlmSelector;
+use crate::{
+    Agent, AgentError, Error, GroupEvent, GroupEvents, GroupHooks, GroupRecord, GroupSpec,
+    GroupsConfig, HistoryView, Participant, RECORD_KEY, Result, RoundOutcome, Selection, Strategy,
+    Task, TaskStatus,
+};
+
+/// Topic announced when a group is created.
+pub const GROUP_CREATED: &str = "group:created";
+/// Topic announced when a round starts.
+pub const GROUP_ROUND_STARTED: &str = "group:round-started";
+/// Topic announced when a speaker is chosen.
+pub const GROUP_SPEAKER_SELECTED: &str = "group:speaker-selected";
+/// Topic announced when a turn commits its message.
+pub const GROUP_MESSAGE: &str = "group:message";
+/// Topic announced when an agent fails its turn.
+pub const GROUP_AGENT_FAILED: &str = "group:agent-failed";
+/// Topic announced when a round ends.
+pub const GROUP_ROUND_ENDED: &str = "group:round-ended";
+
+/// Summarizes what falls out of an agent's window, for
+/// [`HistoryView::Summary`].
+#[async_trait]
+pub trait Summarizer: Send + Sync + std::fmt::Debug + 'static {
+    /// A summary of `earlier` (oldest first) for `agent` in `group`.
+    async fn summarize(
+        &self,
+        group: ConversationId,
+        agent: &AgentId,
+        earlier: &[Message],
+    ) -> std::result::Result<String, AgentError>;
+}
+
+/// An event that starts a round in the groups whose triggers match its
+/// topic (FR-015); see [`GroupManager::handle_event`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trigger {
+    /// The event's id: one round per event, however often it is delivered.
+    pub event_id: EventId,
+    /// Its topic.
+    pub topic: Topic,
+    /// Its payload, shown to the agents.
+    pub payload: Value,
+}
+
+/// A group as it stands: its record and where its history is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupInfo {
+    /// The group.
+    pub id: ConversationId,
+    /// Its session (same UUID), holding its messages.
+    pub session_id: SessionId,
+    /// The session header's version, which every turn moves.
+    pub version: u64,
+    /// Messages in the history.
+    pub message_count: u64,
+    /// Everything else.
+    pub record: GroupRecord,
+}
+
+/// The session that holds group `id`'s messages and record.
+pub fn session_of(id: ConversationId) -> SessionId {
+    SessionId::from_uuid(id.as_uuid()).expect("a conversation id is a UUID v4, as session ids are")
+}
+
+/// Builds a [`GroupManager`]; see [`GroupManager::builder`].
+#[derive(Debug)]
+pub struct GroupManagerBuilder {
+    store: Arc<dyn SessionStore>,
+    config: GroupsConfig,
+    clock: Arc<dyn Clock>,
+    agents: Vec<Arc<dyn Agent>>,
+    events: Option<Arc<dyn EventSink>>,
+    failures: Option<Arc<dyn AgentFailureSink>>,
+    selector: Option<LlmClient>,
+    summarizer: Option<Arc<dyn Summarizer>>,
+}
+
+impl GroupManagerBuilder {
+    /// The configuration (validated by [`build`](Self::build)).
+    pub fn config(mut self, config: GroupsConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The clock (tests pass a `ManualClock`).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Registers an agent, for groups to name as a participant.
+    pub fn agent(mut self, agent: Arc<dyn Agent>) -> Self {
+        self.agents.push(agent);
+        self
+    }
+
+    /// Where turn events are announced (the event bus, in the `Runtime`).
+    pub fn events(mut self, sink: Arc<dyn EventSink>) -> Self {
+        self.events = Some(sink);
+        self
+    }
+
+    /// Where agent failures go once a group's retries gave up (the health
+    /// monitor, in the `Runtime`).
+    pub fn failures(mut self, sink: Arc<dyn AgentFailureSink>) -> Self {
+        self.failures = Some(sink);
+        self
+    }
+
+    /// The LLM that `llm-based` groups ask who speaks next.
+    pub fn selector_llm(mut self, client: LlmClient) -> Self {
+        self.selector = Some(client);
+        self
+    }
+
+    /// What summarizes history for [`HistoryView::Summary`] views.
+    pub fn summarizer(mut self, summarizer: Arc<dyn Summarizer>) -> Self {
+        self.summarizer = Some(summarizer);
+        self
+    }
+
+    /// The manager.
+    pub fn build(self) -> Result<GroupManager> {
+        self.config.validate()?;
+        let agents = self
+            .agents
+            .into_iter()
+            .map(|agent| (agent.id().clone(), agent))
+            .collect();
+        let selector = self.selector.map(|client| LlmSelector {
+            client,
+            attempts: self.config.selection_attempts,
+        });
+        Ok(GroupManager {
+            inner: Arc::new(Inner {
+                store: self.store,
+                config: self.config,
+                clock: self.clock,
+                agents: RwLock::new(agents),
+                events: self.events,
+                failures: self.failures,
+                selector,
+                summarizer: self.summarizer,
+                live: Mutex::new(HashMap::new()),
+                stats: stats::Counters::default(),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+struct Inner {
+    store: Arc<dyn SessionStore>,
+    config: GroupsConfig,
+    clock: Arc<dyn Clock>,
+    agents: RwLock<HashMap<AgentId, Arc<dyn Agent>>>,
+    events: Option<Arc<dyn EventSink>>,
+    failures: Option<Arc<dyn AgentFailureSink>>,
+    selector: Option<LlmSelector>,
+    summarizer: Option<Arc<dyn Summarizer>>,
+    live: Mutex<HashMap<ConversationId, Arc<Live>>>,
+    stats: stats::Counters,
+    closed: AtomicBool,
+}
+
+/// A group open on this manager.
+struct Live {
+    id: ConversationId,
+    state: tokio::sync::Mutex<State>,
+    snapshot: Mutex<Arc<GroupInfo>>,
+    events: broadcast::Sender<GroupEvent>,
+    stop: watch::Sender<u64>,
+    hooks: RwLock<GroupHooks>,
+}
+
+/// A group's state, behind its lock.
+struct State {
+    /// The session header: the record goes into its metadata.
+    header: Session,
+    record: GroupRecord,
+    version: u64,
+    history: Vec<Message>,
+}
+
+impl State {
+    fn info(&self, id: ConversationId) -> GroupInfo {
+        GroupInfo {
+            id,
+            session_id: self.header.id,
+            version: self.version,
+            message_count: self.history.len() as u64,
+            record: self.record.clone(),
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Group conversations: 2 to 10 agents taking turns on one history, with
+/// speakers chosen by a pipeline that never livelocks, rounds ended by
+/// composable conditions, and every turn saved at its boundary, so another
+/// process resumes the group where this one stopped. Cheap to clone.
+///
+/// A group's messages are its session's messages (the session has the
+/// group's UUID, [`session_of`]); its record (participants, rules,
+/// counters, workflow, shared context) is in that session's header. A turn
+/// commits its message and the record in one storage transaction
+/// ([`SessionStore::save_and_append`]) under compare-and-swap on the
+/// header's version: two runtimes never both commit a turn of one group,
+/// the loser gets [`Error::Conflict`] and stored nothing.
+#[derive(Clone)]
+pub struct GroupManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GroupManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupManager")
+            .field("active_groups", &lock(&self.inner.live).len())
+            .field("agents", &read(&self.inner.agents).len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GroupManager {
+    /// Starts building a manager over `store`.
+    pub fn builder(store: Arc<dyn SessionStore>) -> GroupManagerBuilder {
+        GroupManagerBuilder {
+            store,
+            config: GroupsConfig::default(),
+            clock: Arc::new(SystemClock),
+            agents: Vec::new(),
+            events: None,
+            failures: None,
+            selector: None,
+            summarizer: None,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GroupsConfig {
+        &self.inner.config
+    }
+
+    /// Registers an agent (replacing one with the same id).
+    pub fn register_agent(&self, agent: Arc<dyn Agent>) {
+        write(&self.inner.agents).insert(agent.id().clone(), agent);
+    }
+
+    /// The registered agent `id`.
+    pub fn agent(&self, id: &AgentId) -> Option<Arc<dyn Agent>> {
+        read(&self.inner.agents).get(id).cloned()
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn check_spec(&self, spec: &GroupSpec) -> Result<()> {
+        spec.validate()?;
+        let agents = read(&self.inner.agents);
+        if let Some(unknown) = spec
+            .participants
+            .iter()
+            .find(|participant| !agents.contains_key(&participant.agent_id))
+        {
+            return Err(Error::UnknownAgent {
+                agent_id: unknown.agent_id.clone(),
+            });
+        }
+        if spec.strategy == Strategy::LlmBased && self.inner.selector.is_none() {
+            return Err(Error::InvalidGroup {
+                reason:
+                    "llm-based selection needs an LLM client (GroupManagerBuilder::selector_llm)"
+                        .into(),
+            });
+        }
+        let summarizes = std::iter::once(spec.view)
+            .chain(
+                spec.participants
+                    .iter()
+                    .filter_map(|participant| participant.view),
+            )
+            .any(|view| matches!(view, HistoryView::Summary(_)));
+        if summarizes && self.inner.summarizer.is_none() {
+            return Err(Error::InvalidGroup {
+                reason: "a summary view needs a summarizer (GroupManagerBuilder::summarizer)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Creates a group with a new id.
+    pub async fn create_group(&self, spec: GroupSpec) -> Result<GroupInfo> {
+        self.create_group_with_id(ConversationId::new(), spec).await
+    }
+
+    /// Creates group `id`; [`Error::AlreadyExists`] if it exists.
+    #[tracing::instrument(name = "group.create", skip_all, fields(group_id = %id), err)]
+    pub async fn create_group_with_id(
+        &self,
+        id: ConversationId,
+        spec: GroupSpec,
+    ) -> Result<GroupInfo> {
+        self.check_open()?;
+        self.check_spec(&spec)?;
+        self.check_capacity(id)?;
+        let now = self.inner.clock.now();
+        let record = GroupRecord::new(spec);
+        let mut header = Session::new(session_of(id), now, self.inner.config.session_ttl);
+        header.metadata.insert("kind".into(), Value::from("group"));
+        header
+            .metadata
+            .insert(RECORD_KEY.into(), encode_record(&record)?);
+        let outcome = self
+            .inner
+            .store
+            .save_and_append(&header, Expected::Absent, &[])
+            .await
+            .map_err(|error| match error {
+                smalltalk_storage::Error::AlreadyExists { .. } => {
+                    Error::AlreadyExists { group_id: id }
+                }
+                other => Error::Storage(other),
+            })?;
+        let state = State {
+            header,
+            record,
+            version: outcome.version,
+            history: Vec::new(),
+        };
+        let info = state.info(id);
+        self.insert_live(id, state)?;
+        self.announce_simple(GROUP_CREATED, id, serde_json::json!({"groupId": id}))
+            .await;
+        Ok(info)
+    }
+
+    fn check_capacity(&self, id: ConversationId) -> Result<()> {
+        let live = lock(&self.inner.live);
+        if !live.contains_key(&id) && live.len() >= self.inner.config.max_active_groups {
+            return Err(Error::AtCapacity {
+                limit: self.inner.config.max_active_groups,
+            });
+        }
+        Ok(())
+    }
+
+    fn insert_live(&self, id: ConversationId, state: State) -> Result<Arc<Live>> {
+        let mut live = lock(&self.inner.live);
+        if let Some(existing) = live.get(&id) {
+            return Ok(Arc::clone(existing));
+        }
+        if live.len() >= self.inner.config.max_active_groups {
+            return Err(Error::AtCapacity {
+                limit: self.inner.config.max_active_groups,
+            });
+        }
+        let (events, _) = broadcast::channel(self.inner.config.event_buffer);
+        let group = Arc::new(Live {
+            id,
+            snapshot: Mutex::new(Arc::new(state.info(id))),
+            state: tokio::sync::Mutex::new(state),
+            events,
+            stop: watch::channel(0).0,
+            hooks: RwLock::new(GroupHooks::default()),
+        });
+        live.insert(id, Arc::clone(&group));
+        metrics::gauge!("groups_active").set(live.len() as f64);
+        Ok(group)
+    }
+
+    /// Reads group `id` from storage.
+    async fn load_state(&self, id: ConversationId) -> Result<State> {
+        let mut session = self
+            .inner
+            .store
+            .get_session(session_of(id))
+            .await
+            .map_err(Error::Storage)?
+            .ok_or(Error::NotFound { group_id: id })?;
+        let record = decode_record(id, &session)?;
+        let now = self.inner.clock.now();
+        if !matches!(session.state, SessionState::Active | SessionState::Idle)
+            || session.is_expired_at(now)
+        {
+            return Err(Error::SessionClosed { group_id: id });
+        }
+        let history = std::mem::take(&mut session.messages);
+        Ok(State {
+            version: session.version,
+            header: session,
+            record,
+            history,
+        })
+    }
+
+    /// The open group `id`, opening it from storage if needed.
+    async fn live(&self, id: ConversationId) -> Result<Arc<Live>> {
+        self.check_open()?;
+        if let Some(group) = lock(&self.inner.live).get(&id) {
+            return Ok(Arc::clone(group));
+        }
+        self.check_capacity(id)?;
+        let state = self.load_state(id).await?;
+        self.insert_live(id, state)
+    }
+
+    /// Opens group `id` on this manager (after a restart, on another
+    /// node): its record and history are read from storage. A round the
+    /// previous process left unfinished is finished with
+    /// [`resume`](Self::resume).
+    pub async fn open_group(&self, id: ConversationId) -> Result<GroupInfo> {
+        let group = self.live(id).await?;
+        let info = lock(&group.snapshot).as_ref().clone();
+        Ok(info)
+    }
+
+    /// Group `id` as it stands (as of its last commit on this manager).
+    pub async fn group(&self, id: ConversationId) -> Result<GroupInfo> {
+        self.open_group(id).await
+    }
+
+    /// Group `id`'s history (its session's messages).
+    pub async fn history(&self, id: ConversationId) -> Result<Vec<Message>> {
+        let group = self.live(id).await?;
+        let state = group.state.lock().await;
+        Ok(state.history.clone())
+    }
+
+    /// Sets group `id`'s hooks (custom selector, candidate filter). Hooks
+    /// are code, not saved: set them again after opening the group in a
+    /// new process.
+    pub async fn set_hooks(&self, id: ConversationId, hooks: GroupHooks) -> Result<()> {
+        let group = self.live(id).await?;
+        *write(&group.hooks) = hooks;
+        Ok(())
+    }
+
+    /// Subscribes to group `id`'s events, from now on.
+    pub async fn subscribe(&self, id: ConversationId) -> Result<GroupEvents> {
+        let group = self.live(id).await?;
+        Ok(GroupEvents::new(group.events.subscribe()))
+    }
+
+    /// Stops the round under way in group `id`: the turn being taken is
+    /// cancelled (its answer is not stored) and the round ends with
+    /// [`RoundEnd::Stopped`](crate::RoundEnd::Stopped). Rounds started
+    /// later are not affected. `false` if the group is not open here.
+    pub fn stop(&self, id: ConversationId) -> bool {
+        let Some(group) = lock(&self.inner.live).get(&id).cloned() else {
+            return false;
+        };
+        group.stop.send_modify(|generation| *generation += 1);
+        true
+    }
+
+    /// Closes group `id` on this manager without ending it: it stays in
+    /// storage, to be opened again. Its subscriptions end. Waits for a
+    /// round under way. `false` if it was not open.
+    pub async fn release(&self, id: ConversationId) -> bool {
+        let group = lock(&self.inner.live).get(&id).cloned();
+        let Some(group) = group else {
+            return false;
+        };
+        let _state = group.state.lock().await;
+        self.evict(&group);
+        true
+    }
+
+    fn evict(&self, group: &Arc<Live>) {
+        let mut live = lock(&self.inner.live);
+        if live
+            .get(&group.id)
+            .is_some_and(|current| Arc::ptr_eq(current, group))
+        {
+            live.remove(&group.id);
+        }
+        metrics::gauge!("groups_active").set(live.len() as f64);
+    }
+
+    /// Ends group `id`: it takes no more rounds ([`Error::Finished`]), and
+    /// is released. Its history stays, for as long as its session does.
+    pub async fn end_group(&self, id: ConversationId, reason: &str) -> Result<GroupInfo> {
+        let group = self.live(id).await?;
+        let info = self
+            .mutate(&group, true, |record| {
+                record.finished = Some(if reason.is_empty() {
+                    "ended".into()
+                } else {
+                    reason.into()
+                });
+                Ok(())
+            })
+            .await?;
+        self.evict(&group);
+        Ok(info)
+    }
+
+    /// Adds a participant (registered with the manager). A group never
+    /// has more than 10: [`Error::ParticipantCount`].
+    pub async fn add_participant(
+        &self,
+        id: ConversationId,
+        participant: Participant,
+    ) -> Result<GroupInfo> {
+        let group = self.live(id).await?;
+        self.mutate(&group, false, |record| {
+            if record.spec.participant(&participant.agent_id).is_some() {
+                return Err(Error::DuplicateParticipant {
+                    agent_id: participant.agent_id.clone(),
+                });
+            }
+            let mut spec = record.spec.clone();
+            spec.participants.push(participant);
+            self.check_spec(&spec)?;
+            record.spec = spec;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes a participant. A group never has fewer than 2:
+    /// [`Error::ParticipantCount`]. Transition rules naming it lose those
+    /// entries.
+    pub async fn remove_participant(
+        &self,
+        id: ConversationId,
+        agent: &AgentId,
+    ) -> Result<GroupInfo> {
+        let group = self.live(id).await?;
+        let agent = agent.clone();
+        self.mutate(&group, false, move |record| {
+            let before = record.spec.participants.len();
+            record
+                .spec
+                .participants
+                .retain(|participant| participant.agent_id != agent);
+            if record.spec.participants.len() == before {
+                return Err(Error::NotParticipant {
+                    group_id: id,
+                    agent_id: agent.clone(),
+                });
+            }
+            if let Some(transitions) = &mut record.spec.transitions {
+                let graph = match transitions {
+                    crate::Transitions::Allowed(graph) | crate::Transitions::Disallowed(graph) => {
+                        graph
+                    }
+                };
+                graph.remove(&agent);
+                for targets in graph.values_mut() {
+                    targets.remove(&agent);
+                }
+            }
+            record.cooldowns.remove(&agent);
+            if record.last_speaker.as_ref() == Some(&agent) {
+                record.consecutive = 0;
+            }
+            record.spec.validate()
+        })
+        .await
+    }
+
+    /// Merges `patch` into group `id`'s shared context (RFC 7396: `null`
+    /// removes a key). The patch must be a JSON object.
+    pub async fn update_shared_context(
+        &self,
+        id: ConversationId,
+        patch: Value,
+    ) -> Result<GroupInfo> {
+        if !patch.is_object() {
+            return Err(Error::InvalidInput {
+                reason: "a shared-context patch must be a JSON object".into(),
+            });
+        }
+        smalltalk_types::format::check_depth("shared context patch", &patch)?;
+        let group = self.live(id).await?;
+        self.mutate(&group, false, move |record| {
+            merge_context(&mut record.shared_context, &patch);
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets group `id`'s current topic (`None` clears it).
+    pub async fn set_topic(&self, id: ConversationId, topic: Option<String>) -> Result<GroupInfo> {
+        if topic
+            .as_ref()
+            .is_some_and(|topic| topic.len() > crate::spec::MAX_TEXT_LEN)
+        {
+            return Err(Error::InvalidInput {
+                reason: format!("a topic has at most {} bytes", crate::spec::MAX_TEXT_LEN),
+            });
+        }
+        let group = self.live(id).await?;
+        self.mutate(&group, false, move |record| {
+            record.topic = topic;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Adds a task to group `id`'s workflow.
+    pub async fn add_task(&self, id: ConversationId, task: Task) -> Result<GroupInfo> {
+        if let Some(assignee) = &task.assignee {
+            let snapshot = lock(&self.live(id).await?.snapshot).clone();
+            if snapshot.record.spec.participant(assignee).is_none() {
+                return Err(Error::NotParticipant {
+                    group_id: id,
+                    agent_id: assignee.clone(),
+                });
+            }
+        }
+        let group = self.live(id).await?;
+        self.mutate(&group, false, move |record| record.workflow.add(task))
+            .await
+    }
+
+    /// Moves a task of group `id`'s workflow to `status`.
+    pub async fn set_task_status(
+        &self,
+        id: ConversationId,
+        task: &str,
+        status: TaskStatus,
+    ) -> Result<GroupInfo> {
+        let group = self.live(id).await?;
+        let task = task.to_owned();
+        self.mutate(&group, false, move |record| {
+            record.workflow.set_status(&task, status)
+        })
+        .await
+    }
+
+    /// Changes the record outside a round and commits it; waits for a
+    /// round under way (or, with `wait` false, refuses during one).
+    async fn mutate(
+        &self,
+        group: &Arc<Live>,
+        wait: bool,
+        change: impl FnOnce(&mut GroupRecord) -> Result<()>,
+    ) -> Result<GroupInfo> {
+        let mut state = if wait {
+            group.state.lock().await
+        } else {
+            group
+                .state
+                .try_lock()
+                .map_err(|_| Error::RoundInProgress { group_id: group.id })?
+        };
+        let mut record = state.record.clone();
+        change(&mut record)?;
+        let previous = std::mem::replace(&mut state.record, record);
+        if let Err(error) = self.commit(group, &mut state, Vec::new()).await {
+            if matches!(error, Error::Storage(_)) {
+                state.record = previous;
+            }
+            return Err(error);
+        }
+        Ok(state.info(group.id))
+    }
+
+    /// Writes the record and `messages` at the turn boundary: one storage
+    /// transaction, under compare-and-swap on the header's version. On a
+    /// lost race the state is read again from storage and
+    /// [`Error::Conflict`] returned: nothing of this turn was stored.
+    async fn commit(
+        &self,
+        group: &Live,
+        state: &mut State,
+        messages: Vec<Message>,
+    ) -> Result<AppendOutcome> {
+        let now = self.inner.clock.now();
+        state.header.updated_at = now;
+        state.header.expires_at = now.saturating_add(self.inner.config.session_ttl);
+        state
+            .header
+            .metadata
+            .insert(RECORD_KEY.into(), encode_record(&state.record)?);
+        let written = self
+            .inner
+            .store
+            .save_and_append(&state.header, Expected::Version(state.version), &messages)
+            .await;
+        match written {
+            Ok(outcome) => {
+                state.version = outcome.version;
+                state.history.extend(messages);
+                *lock(&group.snapshot) = Arc::new(state.info(group.id));
+                Ok(outcome)
+            }
+            Err(error) => {
+                let conflict = matches!(
+                    error,
+                    smalltalk_storage::Error::Conflict { .. }
+                        | smalltalk_storage::Error::NotFound { .. }
+                );
+                // Whatever happened, what is stored is the truth now.
+                match self.load_state(group.id).await {
+                    Ok(fresh) => {
+                        *lock(&group.snapshot) = Arc::new(fresh.info(group.id));
+                        *state = fresh;
+                    }
+                    Err(reload) => {
+                        tracing::warn!(group_id = %group.id, "group could not be read again after a failed commit: {reload}");
+                        if let Some(live) = lock(&self.inner.live).get(&group.id).cloned() {
+                            self.evict(&live);
+                        }
+                        if conflict {
+                            return Err(reload);
+                        }
+                    }
+                }
+                if conflict {
+                    self.inner.stats.conflict();
+                    Err(Error::Conflict { group_id: group.id })
+                } else {
+                    Err(Error::Storage(error))
+                }
+            }
+        }
+    }
+
+    /// Runs one round answering `text` from the user: turns until the
+    /// group's termination condition holds (or a turn limit, a stop, no
+    /// eligible speaker). The user message and every turn are saved as
+    /// they happen.
+    pub async fn handle_message(&self, id: ConversationId, text: &str) -> Result<RoundOutcome> {
+        let message = Message::new(Role::User, text, self.inner.clock.now());
+        self.handle_user_message(id, message).await
+    }
+
+    /// [`handle_message`](Self::handle_message) with a message built by
+    /// the caller (its id, metadata, timestamp).
+    pub async fn handle_user_message(
+        &self,
+        id: ConversationId,
+        message: Message,
+    ) -> Result<RoundOutcome> {
+        self.check_message(&message)?;
+        let group = self.live(id).await?;
+        let mut state = group
+            .state
+            .try_lock()
+            .map_err(|_| Error::RoundInProgress { group_id: id })?;
+        self.run_round(&group, &mut state, message, None).await
+    }
+
+    fn check_message(&self, message: &Message) -> Result<()> {
+        if message.content.trim().is_empty() {
+            return Err(Error::InvalidInput {
+                reason: "a message must not be empty".into(),
+            });
+        }
+        if message.content.len() > self.inner.config.max_message_bytes {
+            return Err(Error::InvalidInput {
+                reason: format!(
+                    "a message has at most {} bytes",
+                    self.inner.config.max_message_bytes
+                ),
+            });
+        }
+        message.validate_depth()?;
+        Ok(())
+    }
+
+    /// Finishes the round group `id` has in progress (one a stopped
+    /// process left, or one that failed on a lost commit race).
+    pub async fn resume(&self, id: ConversationId) -> Result<RoundOutcome> {
+        let group = self.live(id).await?;
+        let mut state = group
+            .state
+            .try_lock()
+            .map_err(|_| Error::RoundInProgress { group_id: id })?;
+        if state.record.round.is_none() {
+            return Err(Error::NoRoundInProgress { group_id: id });
+        }
+        let generation = *group.stop.borrow();
+        self.run_turns(&group, &mut state, generation, Vec::new())
+            .await
+    }
+
+    /// The open groups whose triggers match `topic`.
+    pub fn triggered_by(&self, topic: &Topic) -> Vec<ConversationId> {
+        let live: Vec<Arc<Live>> = lock(&self.inner.live).values().cloned().collect();
+        live.into_iter()
+            .filter(|group| {
+                lock(&group.snapshot)
+                    .record
+                    .spec
+                    .triggers
+                    .iter()
+                    .any(|pattern| pattern.matches(topic))
+            })
+            .map(|group| group.id)
+            .collect()
+    }
+
+    /// Runs a round in group `id` for an event (FR-015): the agents see a
+    /// system message naming its topic and payload. Waits for a round
+    /// under way. One round per event id: `None` when this event started
+    /// one already.
+    pub async fn handle_event(
+        &self,
+        id: ConversationId,
+        trigger: &Trigger,
+    ) -> Result<Option<RoundOutcome>> {
+        let group = self.live(id).await?;
+        let mut state = group.state.lock().await;
+        if state.record.triggers_seen.contains(&trigger.event_id) {
+            return Ok(None);
+        }
+        let mut message = Message::new(
+            Role::System,
+            format!("Event {}: {}", trigger.topic, trigger.payload),
+            self.inner.clock.now(),
+        );
+        message.metadata.insert(
+            "trigger".into(),
+            serde_json::json!({"eventId": trigger.event_id, "topic": trigger.topic.as_str()}),
+        );
+        self.check_message(&message)?;
+        self.run_round(&group, &mut state, message, Some(trigger.event_id))
+            .await
+            .map(Some)
+    }
+
+    /// Who would speak next in group `id`, without taking a turn (the LLM
+    /// is asked, for an `llm-based` group). `None` when no one may.
+    pub async fn select_speaker(&self, id: ConversationId) -> Result<Option<Selection>> {
+        let group = self.live(id).await?;
+        let state = group
+            .state
+            .try_lock()
+            .map_err(|_| Error::RoundInProgress { group_id: id })?;
+        let turn = state
+            .record
+            .round
+            .as_ref()
+            .map_or(1, |round| round.turns + 1);
+        Ok(self.select(&group, &state, &Default::default(), turn).await)
+    }
+
+    /// Counts since the manager was built.
+    pub fn stats(&self) -> GroupStats {
+        self.inner
+            .stats
+            .snapshot(lock(&self.inner.live).len() as u64)
+    }
+
+    /// Stops every round under way, releases every group and refuses
+    /// further calls ([`Error::Closed`]). Idempotent.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        let groups: Vec<Arc<Live>> = lock(&self.inner.live).values().cloned().collect();
+        for group in &groups {
+            group.stop.send_modify(|generation| *generation += 1);
+        }
+        for group in groups {
+            let _state = group.state.lock().await;
+            self.evict(&group);
+        }
+    }
+
+    async fn announce_simple(&self, topic: &'static str, id: ConversationId, payload: Value) {
+        let Some(sink) = &self.inner.events else {
+            return;
+        };
+        let Ok(topic) = Topic::parse(topic) else {
+            return;
+        };
+        sink.announce(Announcement {
+            topic,
+            priority: EventPriority::Normal,
+            session_id: Some(session_of(id)),
+            conversation_id: Some(id),
+            payload,
+            timestamp: self.inner.clock.now(),
+        })
+        .await;
+    }
+}
+
+fn encode_record(record: &GroupRecord) -> Result<Value> {
+    serde_json::to_value(record)
+        .map_err(|error| Error::Domain(smalltalk_types::Error::Encoding(error)))
+}
+
+fn decode_record(id: ConversationId, session: &Session) -> Result<GroupRecord> {
+    let undecodable = |reason: String| Error::Undecodable {
+        group_id: id,
+        reason,
+    };
+    let value = session.metadata.get(RECORD_KEY).ok_or_else(|| {
+        undecodable("the session holds no group record (it is not a group)".into())
+    })?;
+    let format = value
+        .get("formatVersion")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if format > u64::from(RECORD_FORMAT) {
+        return Err(Error::Domain(
+            smalltalk_types::Error::UnsupportedFormatVersion {
+                found: u32::try_from(format).unwrap_or(u32::MAX),
+                supported: RECORD_FORMAT,
+            },
+        ));
+    }
+    serde_json::from_value(value.clone()).map_err(|error| undecodable(error.to_string()))
+}
+
+/// RFC 7396 merge of `patch` into an object.
+fn merge_context(context: &mut Map<String, Value>, patch: &Value) {
+    let mut document = Value::Object(std::mem::take(context));
+    json_patch::merge(&mut document, patch);
+    if let Value::Object(merged) = document {
+        *context = merged;
+    }
+}
