@@ -5,10 +5,13 @@
 //!   (connections stay open, nothing gets through), and restore it, without
 //!   touching the shared server.
 //! - [`fixture`]: the stored-data fixture every release must read back.
+//! - [`mock_llm`]: a real OpenAI-compatible server on 127.0.0.1, scripted
+//!   to misbehave (the `mock-llm` binary serves it alone).
 //! - the `append-worker` binary: a separate process that appends messages to
 //!   a session, for tests with several real writer processes.
 
 pub mod fixture;
+pub mod mock_llm;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -510,6 +510,13 @@ impl GroupManager {
         true
     }
 
+    /// Drops group `id` from this manager (it is read again on next use).
+    fn forget(&self, id: ConversationId) {
+        let mut live = lock(&self.inner.live);
+        live.remove(&id);
+        metrics::gauge!("groups_active").set(live.len() as f64);
+    }
+
     fn evict(&self, group: &Arc<Live>) {
         let mut live = lock(&self.inner.live);
         if live
@@ -674,6 +681,37 @@ impl GroupManager {
         .await
     }
 
+    /// Reads the group again if another writer committed since this
+    /// manager last did (one cheap read of the header's version), so a
+    /// round or a change starts from what is stored.
+    async fn refresh(&self, group: &Live, state: &mut State) -> Result<()> {
+        let stored = self
+            .inner
+            .store
+            .get_session_summary(state.header.id)
+            .await
+            .map_err(Error::Storage)?;
+        match stored {
+            Some(summary) if summary.version == state.version => Ok(()),
+            Some(_) => {
+                let fresh = match self.load_state(group.id).await {
+                    Ok(fresh) => fresh,
+                    Err(error) => {
+                        self.forget(group.id);
+                        return Err(error);
+                    }
+                };
+                *lock(&group.snapshot) = Arc::new(fresh.info(group.id));
+                *state = fresh;
+                Ok(())
+            }
+            None => {
+                self.forget(group.id);
+                Err(Error::NotFound { group_id: group.id })
+            }
+        }
+    }
+
     /// Changes the record outside a round and commits it; waits for a
     /// round under way (or, with `wait` false, refuses during one).
     async fn mutate(
@@ -690,6 +728,7 @@ impl GroupManager {
                 .try_lock()
                 .map_err(|_| Error::RoundInProgress { group_id: group.id })?
         };
+        self.refresh(group, &mut state).await?;
         let mut record = state.record.clone();
         change(&mut record)?;
         let previous = std::mem::replace(&mut state.record, record);
@@ -745,9 +784,7 @@ impl GroupManager {
                     }
                     Err(reload) => {
                         tracing::warn!(group_id = %group.id, "group could not be read again after a failed commit: {reload}");
-                        if let Some(live) = lock(&self.inner.live).get(&group.id).cloned() {
-                            self.evict(&live);
-                        }
+                        self.forget(group.id);
                         if conflict {
                             return Err(reload);
                         }
@@ -785,6 +822,7 @@ impl GroupManager {
             .state
             .try_lock()
             .map_err(|_| Error::RoundInProgress { group_id: id })?;
+        self.refresh(&group, &mut state).await?;
         self.run_round(&group, &mut state, message, None).await
     }
 
@@ -814,6 +852,7 @@ impl GroupManager {
             .state
             .try_lock()
             .map_err(|_| Error::RoundInProgress { group_id: id })?;
+        self.refresh(&group, &mut state).await?;
         if state.record.round.is_none() {
             return Err(Error::NoRoundInProgress { group_id: id });
         }
@@ -849,6 +888,7 @@ impl GroupManager {
     ) -> Result<Option<RoundOutcome>> {
         let group = self.live(id).await?;
         let mut state = group.state.lock().await;
+        self.refresh(&group, &mut state).await?;
         if state.record.triggers_seen.contains(&trigger.event_id) {
             return Ok(None);
         }
