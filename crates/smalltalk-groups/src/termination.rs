@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// A condition on a group's progress; see the [module docs](self).
+/// A condition on a group's progress: when a round ends, and when a
+/// group has finished.
 ///
 /// Checked after every turn: when it holds, the round ends. Checked again
 /// when a round would start: when it already holds there (a round budget,

@@ -75,6 +75,7 @@ pub use config::{DegradationConfig, HealthConfig, MAX_DURATION, PhaseDeadlines};
 pub use cpu::process_cpu_time;
 pub use error::{Error, Result};
 pub use monitor::{
-    AgentHealthMonitor, AgentHealthMonitorBuilder, DEGRADATION_CHANGED, HEALTH_CHANGED, HealthStats,
+    AgentHealthMonitor, AgentHealthMonitorBuilder, DEGRADATION_CHANGED, FAILURE_REPORTED,
+    HEALTH_CHANGED, HealthStats,
 };
 pub use process::{ProcessAgent, ProcessCommand};

@@ -844,3 +844,45 @@ async fn a_closed_monitor_does_nothing_more() {
     );
     assert_eq!(agent.restarts(), 0);
 }
+
+#[tokio::test]
+async fn failures_reported_by_groups_count_toward_degradation_only_when_asked() {
+    use smalltalk_types::{AgentFailureReport, AgentFailureSink};
+    let events = Arc::new(RecordingEventSink::default());
+    let monitor = AgentHealthMonitor::builder()
+        .clock(test_clock())
+        .events(events.clone())
+        .build()
+        .unwrap();
+    let report = |counts| AgentFailureReport {
+        agent_id: AgentId::parse("writer").unwrap(),
+        source: "group:g".into(),
+        error: "model overloaded".into(),
+        attempts: 2,
+        counts_toward_degradation: counts,
+        timestamp: Timestamp::now(),
+    };
+    for _ in 0..10 {
+        monitor.agent_failed(report(false)).await;
+    }
+    assert!(
+        !monitor.is_degraded(),
+        "off by default: a flaky model pauses nothing"
+    );
+    assert_eq!(monitor.stats().reported_failures, 10);
+    assert_eq!(
+        events
+            .topics()
+            .iter()
+            .filter(|t| *t == smalltalk_health::FAILURE_REPORTED)
+            .count(),
+        10
+    );
+    for _ in 0..4 {
+        monitor.agent_failed(report(true)).await;
+    }
+    assert!(
+        monitor.is_degraded(),
+        "more than 3 counted failures within 30 s"
+    );
+}

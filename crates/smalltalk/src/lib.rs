@@ -10,13 +10,13 @@
 //! | `session` | `smalltalk-session` | SessionManager: conversations that survive restarts (feature `session`) |
 //! | `events` | `smalltalk-events` | EventBus: wildcard pub/sub over a durable log, with replay (feature `events`) |
 //! | `health` | `smalltalk-health` | AgentHealthMonitor: heartbeats, probes, recovery, process agents (feature `health`) |
+//! | `state` | `smalltalk-state` | StateStore: versioned state with revisions, transactions, watch (feature `state`) |
+//! | `groups` | `smalltalk-groups` | GroupManager: group conversations with LLM agents and speaker selection (feature `groups`) |
 //!
-//! Group conversations and versioned state land as their own crates and
-//! appear here behind their features as they do.
-//!
-//! [`Runtime`] (features `session`, `events` and `health`, all default)
-//! opens one store from a URL, builds the session manager, the event bus
-//! and the health monitor over it and connects every port between them;
+//! [`Runtime`] (features `session`, `events`, `health`, `state` and
+//! `groups`, all default) opens one store from a URL, builds the session
+//! manager, the event bus, the health monitor, the state store and the
+//! group manager over it and connects every port between them;
 //! `shutdown()` closes it all in order. Use it when you want everything;
 //! use a capability crate alone when you want one.
 //!
@@ -64,7 +64,8 @@
     feature = "session",
     feature = "events",
     feature = "health",
-    feature = "state"
+    feature = "state",
+    feature = "groups"
 ))]
 #[cfg_attr(
     docsrs,
@@ -72,7 +73,8 @@
         feature = "session",
         feature = "events",
         feature = "health",
-        feature = "state"
+        feature = "state",
+        feature = "groups"
     )))
 )]
 pub mod runtime;
@@ -80,13 +82,17 @@ pub mod runtime;
     feature = "session",
     feature = "events",
     feature = "health",
-    feature = "state"
+    feature = "state",
+    feature = "groups"
 ))]
 pub use runtime::{Error, Runtime, RuntimeBuilder};
 
 #[cfg(feature = "events")]
 #[cfg_attr(docsrs, doc(cfg(feature = "events")))]
 pub use smalltalk_events as events;
+#[cfg(feature = "groups")]
+#[cfg_attr(docsrs, doc(cfg(feature = "groups")))]
+pub use smalltalk_groups as groups;
 #[cfg(feature = "health")]
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]
 pub use smalltalk_health as health;
@@ -103,6 +109,12 @@ pub use smalltalk_types as types;
 #[cfg_attr(docsrs, doc(cfg(feature = "events")))]
 pub use smalltalk_events::{
     Delivery, EventBus, EventBusConfig, Outcome, PublishOptions, SubscribeOptions,
+};
+#[cfg(feature = "groups")]
+#[cfg_attr(docsrs, doc(cfg(feature = "groups")))]
+pub use smalltalk_groups::{
+    Agent, GroupManager, GroupSpec, GroupsConfig, LlmAgent, Participant, ScriptedAgent, Strategy,
+    Termination,
 };
 #[cfg(feature = "health")]
 #[cfg_attr(docsrs, doc(cfg(feature = "health")))]

@@ -9,6 +9,9 @@
 //! AgentHealthMonitor --agent state (AgentStateSource)------> SessionManager
 //! AgentHealthMonitor --state of agents in no session-------> the store
 //! SessionManager --purge on invalidate/delete (SessionContentPurger)--> StateStore
+//! GroupManager --turn events (EventSink)-------------------> EventBus
+//! GroupManager --agent failures (AgentFailureSink)---------> AgentHealthMonitor
+//! EventBus --events matching a group's triggers------------> GroupManager
 //! ```
 //!
 //! The state store works on the same store: a session's state namespace
@@ -22,7 +25,11 @@
 
 use std::sync::Arc;
 
-use smalltalk_events::{EventBus, EventBusConfig};
+use smalltalk_events::{
+    Delivery, EventBus, EventBusConfig, Outcome, SubscribeOptions, Subscription,
+};
+use smalltalk_groups::llm::LlmClient;
+use smalltalk_groups::{Agent, GroupManager, GroupsConfig, Summarizer, Trigger};
 use smalltalk_health::{AgentHealthMonitor, HealthConfig};
 use smalltalk_session::{SessionConfig, SessionManager};
 use smalltalk_state::{Policies, StateConfig, StateStore};
@@ -49,6 +56,9 @@ pub enum Error {
     /// The state store's configuration.
     #[error("state store")]
     State(#[source] smalltalk_state::Error),
+    /// The group manager's configuration.
+    #[error("group manager")]
+    Groups(#[source] smalltalk_groups::Error),
 }
 
 /// Builds a [`Runtime`]; see [`Runtime::builder`].
@@ -60,6 +70,10 @@ pub struct RuntimeBuilder {
     health: HealthConfig,
     state: StateConfig,
     policies: Policies,
+    groups: GroupsConfig,
+    agents: Vec<Arc<dyn Agent>>,
+    selector_llm: Option<LlmClient>,
+    summarizer: Option<Arc<dyn Summarizer>>,
     clock: Arc<dyn Clock>,
     alerts: Arc<dyn AlertSink>,
     background: bool,
@@ -100,6 +114,31 @@ impl RuntimeBuilder {
     /// The state store's conflict policies, by key prefix.
     pub fn state_policies(mut self, policies: Policies) -> Self {
         self.policies = policies;
+        self
+    }
+
+    /// The group manager's configuration.
+    pub fn groups(mut self, config: GroupsConfig) -> Self {
+        self.groups = config;
+        self
+    }
+
+    /// Registers an agent with the group manager (more can be registered
+    /// later with [`GroupManager::register_agent`]).
+    pub fn agent(mut self, agent: Arc<dyn Agent>) -> Self {
+        self.agents.push(agent);
+        self
+    }
+
+    /// The LLM that `llm-based` groups ask who speaks next.
+    pub fn selector_llm(mut self, client: LlmClient) -> Self {
+        self.selector_llm = Some(client);
+        self
+    }
+
+    /// What summarizes history for summary views of groups.
+    pub fn summarizer(mut self, summarizer: Arc<dyn Summarizer>) -> Self {
+        self.summarizer = Some(summarizer);
         self
     }
 
@@ -158,13 +197,33 @@ impl RuntimeBuilder {
             self.sessions,
             self.events,
             self.health,
-            self.clock,
+            Arc::clone(&self.clock),
             self.alerts,
         )
         .await;
         let (sessions, bus, monitor) = match built {
             Ok(parts) => parts,
             Err(error) => {
+                let _ = store.close().await;
+                return Err(error);
+            }
+        };
+        let groups = Self::groups_over(
+            Arc::clone(&store),
+            &bus,
+            &monitor,
+            self.groups,
+            self.agents,
+            self.selector_llm,
+            self.summarizer,
+            self.clock,
+        )
+        .await;
+        let (groups, triggers) = match groups {
+            Ok(parts) => parts,
+            Err(error) => {
+                monitor.close();
+                bus.close().await;
                 let _ = store.close().await;
                 return Err(error);
             }
@@ -180,8 +239,55 @@ impl RuntimeBuilder {
             bus,
             monitor,
             state,
+            groups,
+            triggers: Some(triggers),
             background,
         })
+    }
+
+    /// The group manager, announcing on the bus and reporting failures to
+    /// the monitor, with a bus subscription that starts rounds in the
+    /// groups whose triggers match an event (FR-015).
+    #[allow(clippy::too_many_arguments)]
+    async fn groups_over(
+        store: Arc<dyn Store>,
+        bus: &EventBus,
+        monitor: &AgentHealthMonitor,
+        config: GroupsConfig,
+        agents: Vec<Arc<dyn Agent>>,
+        selector_llm: Option<LlmClient>,
+        summarizer: Option<Arc<dyn Summarizer>>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<(GroupManager, Subscription), Error> {
+        let mut builder = GroupManager::builder(store as Arc<dyn smalltalk_storage::SessionStore>)
+            .config(config)
+            .clock(clock)
+            .events(Arc::new(bus.clone()))
+            .failures(Arc::new(monitor.clone()));
+        for agent in agents {
+            builder = builder.agent(agent);
+        }
+        if let Some(client) = selector_llm {
+            builder = builder.selector_llm(client);
+        }
+        if let Some(summarizer) = summarizer {
+            builder = builder.summarizer(summarizer);
+        }
+        let groups = builder.build().map_err(Error::Groups)?;
+        let dispatcher = groups.clone();
+        let triggers = bus
+            .subscribe(
+                ">",
+                GROUP_TRIGGERS,
+                move |delivery: Delivery| {
+                    dispatch_trigger(&dispatcher, &delivery);
+                    async { Outcome::Ack }
+                },
+                SubscribeOptions::default(),
+            )
+            .await
+            .map_err(Error::Events)?;
+        Ok((groups, triggers))
     }
 
     async fn wire(
@@ -276,7 +382,39 @@ pub struct Runtime {
     bus: EventBus,
     monitor: AgentHealthMonitor,
     state: StateStore,
+    groups: GroupManager,
+    triggers: Option<Subscription>,
     background: Option<Background>,
+}
+
+/// The bus subscriber that starts rounds in groups from events.
+pub const GROUP_TRIGGERS: &str = "smalltalk.group-triggers";
+
+/// Starts a round, on its own task, in every open group whose triggers
+/// match the event's topic. The groups' own announcements never trigger.
+fn dispatch_trigger(groups: &GroupManager, delivery: &Delivery) {
+    let event = delivery.event();
+    if event.topic.as_str().starts_with("group:") {
+        return;
+    }
+    let targets = groups.triggered_by(&event.topic);
+    if targets.is_empty() {
+        return;
+    }
+    let trigger = Trigger {
+        event_id: event.id,
+        topic: event.topic.clone(),
+        payload: event.payload.to_value().unwrap_or_default(),
+    };
+    for group in targets {
+        let groups = groups.clone();
+        let trigger = trigger.clone();
+        tokio::spawn(async move {
+            if let Err(error) = groups.handle_event(group, &trigger).await {
+                tracing::warn!(group_id = %group, topic = %trigger.topic, "an event's round failed: {error}");
+            }
+        });
+    }
 }
 
 impl Runtime {
@@ -300,6 +438,10 @@ impl Runtime {
             health: HealthConfig::default(),
             state: StateConfig::default(),
             policies: Policies::default(),
+            groups: GroupsConfig::default(),
+            agents: Vec::new(),
+            selector_llm: None,
+            summarizer: None,
             clock: Arc::new(SystemClock),
             alerts: Arc::new(LogAlertSink),
             background: true,
@@ -338,12 +480,24 @@ impl Runtime {
         &self.state
     }
 
-    /// Closes the health monitor (no sweep, late answer or recovery acts
+    /// The group manager (turn events on the bus, agent failures reported
+    /// to the monitor, rounds started by events matching a group's
+    /// triggers).
+    pub fn groups(&self) -> &GroupManager {
+        &self.groups
+    }
+
+    /// Stops the groups' rounds under way and releases them, closes the
+    /// health monitor (no sweep, late answer or recovery acts
     /// any more), stops the session maintenance between runs, stores every
     /// pending session write, closes the bus (waiting for its
     /// subscriptions), then the store. The first failure is returned; every
     /// step runs regardless.
     pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(triggers) = self.triggers.take() {
+            triggers.unsubscribe().await;
+        }
+        self.groups.close().await;
         self.monitor.close();
         if let Some(background) = self.background.take() {
             background.sweeps.shutdown().await;

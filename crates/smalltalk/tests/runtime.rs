@@ -5,7 +5,8 @@
     feature = "session",
     feature = "events",
     feature = "health",
-    feature = "state"
+    feature = "state",
+    feature = "groups"
 ))]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -306,6 +307,95 @@ async fn a_restarted_agent_gets_the_state_its_session_kept() -> anyhow::Result<(
     let restored = agent.first_restart().await.expect("a state");
     assert_eq!(restored.history.len(), 2);
     assert_eq!(restored.context["draft"], "chapter 3");
+    runtime.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_announce_on_the_bus_react_to_events_and_report_failures() -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    use smalltalk::groups::{GroupEvent, Step};
+    use smalltalk::types::TopicPattern;
+    use smalltalk::{GroupSpec, Participant, ScriptedAgent, Termination};
+
+    let agent = |name: &str| smalltalk::AgentId::parse(name).unwrap();
+    let runtime = Runtime::builder("memory://")
+        .background(false)
+        .agent(Arc::new(ScriptedAgent::new(agent("researcher"))))
+        .agent(Arc::new(
+            ScriptedAgent::new(agent("writer")).then(Step::Fail("overloaded".into())),
+        ))
+        .build()
+        .await?;
+    let (seen, mut topics) = tokio::sync::mpsc::unbounded_channel();
+    let _announcements = runtime
+        .events()
+        .subscribe(
+            "group:>",
+            "test-watcher",
+            move |delivery: Delivery| {
+                let _ = seen.send(delivery.event().topic.to_string());
+                async { Outcome::Ack }
+            },
+            SubscribeOptions::default(),
+        )
+        .await?;
+    let spec = GroupSpec::new(vec![
+        Participant::new(agent("writer"), "writing"),
+        Participant::new(agent("researcher"), "research"),
+    ])
+    .termination(Termination::MaxTurns(1))
+    .failure(smalltalk::groups::FailurePolicy {
+        retries: 0,
+        ..Default::default()
+    })
+    .triggers(vec![TopicPattern::parse("task:*")?]);
+    let group = runtime.groups().create_group(spec).await?;
+    let mut events = runtime.groups().subscribe(group.id).await?;
+
+    // An event on the bus starts a round in the group.
+    runtime
+        .events()
+        .publish(
+            "task:completed",
+            serde_json::json!({"task": "research"}),
+            Default::default(),
+        )
+        .await?;
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(event) = events.next().await {
+            if let Ok(GroupEvent::Terminated { .. }) = event {
+                return true;
+            }
+        }
+        false
+    })
+    .await?;
+    assert!(ended);
+    let history = runtime.groups().history(group.id).await?;
+    assert_eq!(history.len(), 2, "the event and one answer: {history:?}");
+    assert!(history[0].content.contains("task:completed"));
+    assert_eq!(history[1].agent_id.as_ref().unwrap().as_str(), "researcher");
+
+    // The writer failed its turn: the health monitor heard of it, and the
+    // turn's events went onto the bus.
+    assert_eq!(runtime.health().stats().reported_failures, 1);
+    let mut received = Vec::new();
+    while received.last().map(String::as_str) != Some("group:round-ended") {
+        received.push(
+            tokio::time::timeout(Duration::from_secs(10), topics.recv())
+                .await?
+                .expect("open"),
+        );
+    }
+    assert!(
+        received.contains(&"group:agent-failed".to_owned()),
+        "{received:?}"
+    );
+    assert!(
+        received.contains(&"group:message".to_owned()),
+        "{received:?}"
+    );
     runtime.shutdown().await?;
     Ok(())
 }

@@ -140,3 +140,49 @@ impl AgentHealthMonitor {
         self.inner.changes.send_modify(|count| *count += 1);
     }
 }
+
+/// Topic announced when another part reports an agent failure.
+pub const FAILURE_REPORTED: &str = "health:agent-failure-reported";
+
+/// Failures seen elsewhere (a group whose agent kept failing its turn):
+/// logged, announced as [`FAILURE_REPORTED`], counted in
+/// [`HealthStats::reported_failures`](crate::HealthStats), and counted
+/// toward graceful degradation only when the report says so.
+#[async_trait::async_trait]
+impl smalltalk_types::AgentFailureSink for AgentHealthMonitor {
+    async fn agent_failed(&self, report: smalltalk_types::AgentFailureReport) {
+        if self.is_closed() {
+            return;
+        }
+        tracing::warn!(
+            agent_id = %report.agent_id,
+            source = %report.source,
+            attempts = report.attempts,
+            "agent failure reported: {}",
+            report.error
+        );
+        self.inner
+            .reported_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(events) = &self.inner.events {
+            events
+                .announce(Announcement {
+                    topic: Topic::parse(FAILURE_REPORTED).expect("valid topic"),
+                    priority: EventPriority::Critical,
+                    session_id: None,
+                    conversation_id: None,
+                    payload: json!({
+                        "agentId": report.agent_id,
+                        "source": report.source,
+                        "attempts": report.attempts,
+                        "countsTowardDegradation": report.counts_toward_degradation,
+                    }),
+                    timestamp: report.timestamp,
+                })
+                .await;
+        }
+        if report.counts_toward_degradation {
+            self.count_failure(self.inner.clock.now()).await;
+        }
+    }
+}

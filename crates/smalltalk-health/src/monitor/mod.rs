@@ -1,6 +1,7 @@
 //! The [`AgentHealthMonitor`].
 
 mod degradation;
+pub use degradation::FAILURE_REPORTED;
 mod detection;
 mod recovery;
 
@@ -114,6 +115,9 @@ pub struct HealthStats {
     pub recovery_successes: u64,
     /// Whether the system is in graceful degradation.
     pub degraded: bool,
+    /// Agent failures reported by other parts (groups) through
+    /// [`smalltalk_types::AgentFailureSink`].
+    pub reported_failures: u64,
     /// CPU time this process has used (user + system, from the OS; `None`
     /// off Linux). The monitor's own share is what it adds: measure it
     /// over an interval, as the SC-010 report row does.
@@ -141,6 +145,8 @@ struct Inner {
     generations: AtomicU64,
     /// Set by [`AgentHealthMonitor::close`].
     closed: std::sync::atomic::AtomicBool,
+    /// Failures reported through [`smalltalk_types::AgentFailureSink`].
+    reported_failures: AtomicU64,
 }
 
 impl std::fmt::Debug for Inner {
@@ -241,6 +247,7 @@ impl AgentHealthMonitorBuilder {
                 next_silence: Mutex::new(None),
                 generations: AtomicU64::new(0),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                reported_failures: AtomicU64::new(0),
             }),
         })
     }
@@ -488,6 +495,7 @@ impl AgentHealthMonitor {
             recovery_attempts: counters.recovery_attempts.load(Ordering::Relaxed),
             recovery_successes: counters.recovery_successes.load(Ordering::Relaxed),
             degraded: self.is_degraded(),
+            reported_failures: self.inner.reported_failures.load(Ordering::Relaxed),
             process_cpu_time: crate::process_cpu_time(),
         }
     }
