@@ -8,6 +8,7 @@
 //! - `append`: appending one 1 KB message to a session of 100 messages.
 
 pub mod events;
+pub mod groups;
 pub mod health;
 pub mod sessions;
 pub mod state;

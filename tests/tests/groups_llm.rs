@@ -91,7 +91,8 @@ async fn malformed_answers_timeouts_and_the_breaker_are_typed_errors() {
     config.max_retries = 0;
     config.timeout = Duration::from_millis(100);
     config.breaker = BreakerConfig {
-        failure_threshold: 2,
+        // An unreadable answer, a timeout and a 5xx: three strikes.
+        failure_threshold: 3,
         open_for: Duration::from_millis(300),
     };
     let client = LlmClient::new(config).unwrap();

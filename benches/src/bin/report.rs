@@ -546,7 +546,7 @@ async fn report() -> anyhow::Result<()> {
     let json_output = args.iter().any(|arg| arg == "--json");
     let quick = args.iter().any(|arg| arg == "--quick");
     let (warmup, count) = if quick { (20, 200) } else { (100, 2000) };
-    // `--only storage|sessions|events|health|state`: one group of rows.
+    // `--only storage|sessions|events|health|state|groups`: one group of rows.
     let only = args
         .iter()
         .position(|arg| arg == "--only")
@@ -577,7 +577,90 @@ async fn report() -> anyhow::Result<()> {
             state_rows(&mut rows, name, warmup, count, quick).await?;
         }
     }
+    if wanted("groups") {
+        group_rows(&mut rows, warmup, count, quick).await?;
+    }
     print_rows(rows, json_output)
+}
+
+/// The group rows (SC-013, SC-012, LLM selection overhead, 1,000 groups).
+async fn group_rows(
+    rows: &mut Vec<Row>,
+    warmup: usize,
+    count: usize,
+    quick: bool,
+) -> anyhow::Result<()> {
+    use smalltalk_benches::groups;
+    use smalltalk_groups::Strategy;
+    // Selection alone: 10 agents, in memory.
+    let memory: Arc<dyn Store> = Arc::new(smalltalk_storage::MemoryStore::new());
+    let manager = groups::manager(Arc::clone(&memory), 10, None);
+    for (metric, strategy) in [
+        ("select_round_robin_10_agents", Strategy::RoundRobin),
+        ("select_priority_10_agents", Strategy::Priority),
+    ] {
+        let id = groups::group(&manager, 10, strategy, 10).await;
+        eprintln!("measuring {metric}");
+        let samples = groups::measure_selection(&manager, id, warmup, count).await;
+        criterion_rows(rows, "SC-013", "memory", metric, &samples, Some(0.01));
+    }
+    // LLM selection against a local server that answers at once.
+    let server = smalltalk_e2e::mock_llm::MockLlm::start().await?;
+    let llm = groups::local_llm(server.base_url());
+    let manager = groups::manager(Arc::clone(&memory), 10, Some(llm));
+    let id = groups::group(&manager, 10, Strategy::LlmBased, 10).await;
+    eprintln!(
+        "measuring LLM selection overhead against {}",
+        server.base_url()
+    );
+    let samples = groups::measure_selection(&manager, id, warmup.min(50), count.min(1000)).await;
+    criterion_rows(
+        rows,
+        "LLM-SEL",
+        "memory",
+        "select_llm_overhead",
+        &samples,
+        Some(1.0),
+    );
+    drop(server);
+    // Turns with the save at the turn boundary.
+    for name in ["sqlite", "postgres"] {
+        let Some(bench_store) = fresh_store(name).await else {
+            continue;
+        };
+        let manager = groups::manager(Arc::clone(&bench_store.store), 3, None);
+        let rounds = (count / 10).max(20);
+        eprintln!("measuring turn overhead on {name} ({rounds} rounds of 10 turns)");
+        let samples = groups::measure_turns(&manager, warmup / 10, rounds).await;
+        let target = (name == "sqlite").then_some(0.5);
+        criterion_rows(rows, "SC-012", name, "turn_overhead", &samples, target);
+        let groups_count = if quick { 200 } else { 1000 };
+        eprintln!("measuring {groups_count} concurrent groups on {name}");
+        let per_sec = groups::concurrent_groups(&manager, groups_count, 5).await;
+        rows.push(Row {
+            id: "GROUPS",
+            backend: name,
+            metric: format!("concurrent_{groups_count}_groups_turns_per_sec"),
+            value: per_sec,
+            unit: "per_sec",
+            target: None,
+            samples: groups_count * 5,
+        });
+        if let Some(rss) = groups::resident_mib() {
+            rows.push(Row {
+                id: "GROUPS",
+                backend: name,
+                metric: format!("resident_mib_after_{groups_count}_groups"),
+                value: rss,
+                unit: "mb",
+                target: None,
+                samples: 1,
+            });
+        }
+        manager.close().await;
+        bench_store.store.close().await?;
+    }
+    Ok(())
 }
 
 /// The hidden argument that makes this binary the cross-process watcher.

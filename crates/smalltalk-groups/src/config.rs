@@ -19,6 +19,9 @@ pub struct GroupsConfig {
     pub event_buffer: usize,
     /// Answers asked of the LLM selector per turn, 1 to 3 (default 3).
     pub selection_attempts: u32,
+    /// The longest an LLM selection may take, its attempts together
+    /// (default 60 s); then the deterministic fallback chooses.
+    pub selection_timeout: Duration,
     /// Recent messages the selector (LLM or hooks) sees (default 10).
     pub selection_window: usize,
     /// Whether agent failures reported to the health monitor count toward
@@ -36,6 +39,7 @@ impl Default for GroupsConfig {
             session_ttl: Duration::from_secs(30 * 24 * 3600),
             event_buffer: 1024,
             selection_attempts: 3,
+            selection_timeout: Duration::from_secs(60),
             selection_window: 10,
             failures_count_toward_degradation: false,
             max_message_bytes: 1024 * 1024,
@@ -72,6 +76,14 @@ impl GroupsConfig {
         }
         if !(1..=3).contains(&self.selection_attempts) {
             return Err(invalid("groups.selection_attempts", "must be 1, 2 or 3"));
+        }
+        if self.selection_timeout < Duration::from_millis(1)
+            || self.selection_timeout > Duration::from_secs(3600)
+        {
+            return Err(invalid(
+                "groups.selection_timeout",
+                "must be between 1 ms and 1 hour",
+            ));
         }
         if !(1..=1000).contains(&self.selection_window) {
             return Err(invalid(

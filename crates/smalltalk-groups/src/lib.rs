@@ -82,8 +82,8 @@ pub use error::{Error, Result};
 pub use events::{GroupEvent, GroupEvents, RoundEnd, RoundOutcome, TurnSummary};
 pub use manager::{
     GROUP_AGENT_FAILED, GROUP_CREATED, GROUP_MESSAGE, GROUP_ROUND_ENDED, GROUP_ROUND_STARTED,
-    GROUP_SPEAKER_SELECTED, GroupInfo, GroupManager, GroupManagerBuilder, GroupStats, Summarizer,
-    Trigger, session_of,
+    GROUP_SPEAKER_SELECTED, GroupInfo, GroupManager, GroupManagerBuilder, GroupStats,
+    MAX_CONTEXT_BYTES, Summarizer, Trigger, session_of,
 };
 pub use record::{GroupRecord, LastRound, RECORD_FORMAT, RECORD_KEY, RoundState};
 pub use selection::{

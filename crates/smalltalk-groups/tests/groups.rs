@@ -1091,3 +1091,52 @@ async fn an_invalidated_session_closes_its_group() {
         "nothing was appended to the invalidated session"
     );
 }
+
+#[tokio::test]
+async fn a_shared_context_too_deep_or_too_large_is_refused_before_it_is_stored() {
+    let deep = (0..62).fold(json!(1), |inner, _| json!({ "x": inner }));
+    let groups = manager(vec![
+        Arc::new(
+            ScriptedAgent::new(id("researcher")).then(Step::ReplyWithPatch(
+                "deep".into(),
+                json!({ "d": deep.clone() }),
+            )),
+        ) as Arc<dyn Agent>,
+        Arc::new(ScriptedAgent::new(id("writer"))),
+    ]);
+    let spec = GroupSpec::new(trio().into_iter().take(2).collect())
+        .termination(Termination::MaxTurns(1))
+        .failure(FailurePolicy {
+            retries: 0,
+            ..FailurePolicy::default()
+        });
+    let group = groups.create_group(spec).await.unwrap();
+    let too_deep = groups
+        .update_shared_context(group.id, json!({ "d": deep }))
+        .await;
+    assert!(
+        matches!(too_deep, Err(Error::InvalidInput { .. })),
+        "{too_deep:?}"
+    );
+    let big = "x".repeat(smalltalk_groups::MAX_CONTEXT_BYTES);
+    let too_big = groups
+        .update_shared_context(group.id, json!({ "big": big }))
+        .await;
+    assert!(
+        matches!(too_big, Err(Error::InvalidInput { .. })),
+        "{too_big:?}"
+    );
+    // An agent's patch past the limit is a failed attempt: another speaks.
+    let outcome = groups.handle_message(group.id, "go").await.unwrap();
+    assert_eq!(speakers(&outcome), ["writer"]);
+    assert_eq!(outcome.turns[0].failed, [id("researcher")]);
+    assert!(
+        groups
+            .group(group.id)
+            .await
+            .unwrap()
+            .record
+            .shared_context
+            .is_empty()
+    );
+}

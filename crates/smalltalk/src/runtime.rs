@@ -391,10 +391,17 @@ pub struct Runtime {
 pub const GROUP_TRIGGERS: &str = "smalltalk.group-triggers";
 
 /// Starts a round, on its own task, in every open group whose triggers
-/// match the event's topic. The groups' own announcements never trigger.
+/// match the event's topic. `group:`, `health:` and `agent:` topics never
+/// trigger. The event is acknowledged once the rounds are started, not
+/// finished: a crash during a round loses that trigger (at most once).
 fn dispatch_trigger(groups: &GroupManager, delivery: &Delivery) {
     let event = delivery.event();
-    if event.topic.as_str().starts_with("group:") {
+    // Announcements of groups and of the health monitor (which hears of
+    // group failures) never trigger: a failing round could trigger itself.
+    if ["group:", "health:", "agent:"]
+        .iter()
+        .any(|prefix| event.topic.as_str().starts_with(prefix))
+    {
         return;
     }
     let targets = groups.triggered_by(&event.topic);

@@ -242,8 +242,9 @@ impl LlmClient {
             Err(error) => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("llm_calls_total", "outcome" => "error").increment(1);
-                // A 4xx says nothing about the endpoint's health.
-                if error.is_transient() {
+                // A 4xx says nothing about the endpoint's health; an
+                // unreadable answer does.
+                if error.is_transient() || matches!(error, Error::Decode { .. }) {
                     if self.breaker.failed() {
                         tracing::warn!(endpoint = %self.endpoint, "LLM circuit breaker opened: {error}");
                     }

@@ -203,6 +203,10 @@ struct State {
     record: GroupRecord,
     version: u64,
     history: Vec<Message>,
+    /// Set while a commit is under way: if its future is dropped (the
+    /// caller cancelled), memory may hold what storage does not, and the
+    /// next user reads the group again.
+    dirty: bool,
 }
 
 impl State {
@@ -370,6 +374,7 @@ impl GroupManager {
             record,
             version: outcome.version,
             history: Vec::new(),
+            dirty: false,
         };
         let info = state.info(id);
         self.insert_live(id, state)?;
@@ -434,6 +439,7 @@ impl GroupManager {
             header: session,
             record,
             history,
+            dirty: false,
         })
     }
 
@@ -627,7 +633,7 @@ impl GroupManager {
         let group = self.live(id).await?;
         self.mutate(&group, false, move |record| {
             merge_context(&mut record.shared_context, &patch);
-            Ok(())
+            check_context(&record.shared_context).map_err(|reason| Error::InvalidInput { reason })
         })
         .await
     }
@@ -681,6 +687,17 @@ impl GroupManager {
         .await
     }
 
+    /// Refuses work on a group this manager closed or released while the
+    /// caller waited for its lock.
+    fn check_still_open(&self, group: &Arc<Live>) -> Result<()> {
+        self.check_open()?;
+        let current = lock(&self.inner.live).get(&group.id).cloned();
+        match current {
+            Some(current) if Arc::ptr_eq(&current, group) => Ok(()),
+            _ => Err(Error::RoundInProgress { group_id: group.id }),
+        }
+    }
+
     /// Reads the group again if another writer committed since this
     /// manager last did (one cheap read of the header's version), so a
     /// round or a change starts from what is stored.
@@ -692,7 +709,7 @@ impl GroupManager {
             .await
             .map_err(Error::Storage)?;
         match stored {
-            Some(summary) if summary.version == state.version => Ok(()),
+            Some(summary) if summary.version == state.version && !state.dirty => Ok(()),
             Some(_) => {
                 let fresh = match self.load_state(group.id).await {
                     Ok(fresh) => fresh,
@@ -731,13 +748,10 @@ impl GroupManager {
         self.refresh(group, &mut state).await?;
         let mut record = state.record.clone();
         change(&mut record)?;
-        let previous = std::mem::replace(&mut state.record, record);
-        if let Err(error) = self.commit(group, &mut state, Vec::new()).await {
-            if matches!(error, Error::Storage(_)) {
-                state.record = previous;
-            }
-            return Err(error);
-        }
+        state.record = record;
+        // On failure the commit read the group again: memory is what is
+        // stored, whether or not this change landed.
+        self.commit(group, &mut state, Vec::new()).await?;
         Ok(state.info(group.id))
     }
 
@@ -751,6 +765,7 @@ impl GroupManager {
         state: &mut State,
         messages: Vec<Message>,
     ) -> Result<AppendOutcome> {
+        state.dirty = true;
         let now = self.inner.clock.now();
         state.header.updated_at = now;
         state.header.expires_at = now.saturating_add(self.inner.config.session_ttl);
@@ -765,6 +780,7 @@ impl GroupManager {
             .await;
         match written {
             Ok(outcome) => {
+                state.dirty = false;
                 state.version = outcome.version;
                 state.history.extend(messages);
                 *lock(&group.snapshot) = Arc::new(state.info(group.id));
@@ -888,6 +904,7 @@ impl GroupManager {
     ) -> Result<Option<RoundOutcome>> {
         let group = self.live(id).await?;
         let mut state = group.state.lock().await;
+        self.check_still_open(&group)?;
         self.refresh(&group, &mut state).await?;
         if state.record.triggers_seen.contains(&trigger.event_id) {
             return Ok(None);
@@ -989,6 +1006,25 @@ fn decode_record(id: ConversationId, session: &Session) -> Result<GroupRecord> {
         ));
     }
     serde_json::from_value(value.clone()).map_err(|error| undecodable(error.to_string()))
+}
+
+/// The most bytes a group's shared context takes (as JSON): it is saved
+/// at every turn and shown to every agent.
+pub const MAX_CONTEXT_BYTES: usize = 256 * 1024;
+
+/// Checks a shared context fits in its record: at most
+/// [`MAX_CONTEXT_BYTES`], and nesting that leaves room for the two levels
+/// the record puts around it in the session's metadata.
+pub(crate) fn check_context(context: &Map<String, Value>) -> std::result::Result<(), String> {
+    let bytes = serde_json::to_vec(context).map_or(usize::MAX, |json| json.len());
+    if bytes > MAX_CONTEXT_BYTES {
+        return Err(format!(
+            "the shared context would take {bytes} bytes, more than {MAX_CONTEXT_BYTES}"
+        ));
+    }
+    let wrapped = serde_json::json!({"record": {"sharedContext": context}});
+    smalltalk_types::format::check_depth("shared context", &wrapped)
+        .map_err(|error| error.to_string())
 }
 
 /// RFC 7396 merge of `patch` into an object.

@@ -253,6 +253,21 @@ impl GroupManager {
                     }
                     Asked::Failed { error, attempts } => {
                         let agent = selection.agent_id.clone();
+                        if attempts == 0 {
+                            self.emit(
+                                group,
+                                GroupEvent::AgentFailed {
+                                    group_id: id,
+                                    round: round.number,
+                                    turn,
+                                    agent_id: agent.clone(),
+                                    error: describe(&error),
+                                    attempts,
+                                    gave_up: true,
+                                },
+                            )
+                            .await;
+                        }
                         self.report_failure(id, &agent, &error, attempts).await;
                         failures.push((agent.clone(), describe(&error)));
                         match state.record.spec.failure.then {
@@ -497,10 +512,12 @@ impl GroupManager {
                 }
             };
             match interruptible(stop, generation, deadline, work).await {
-                Interrupt::Done(Ok(Ok(reply))) => match self.check_reply(&reply) {
-                    Ok(()) => return Asked::Reply(reply),
-                    Err(reason) => last = AgentError::Failed(reason),
-                },
+                Interrupt::Done(Ok(Ok(reply))) => {
+                    match self.check_reply(&reply, &state.record.shared_context) {
+                        Ok(()) => return Asked::Reply(reply),
+                        Err(reason) => last = AgentError::Failed(reason),
+                    }
+                }
                 Interrupt::Done(Ok(Err(error))) => last = error,
                 Interrupt::Done(Err(_)) => {
                     last = AgentError::failed(format!("no answer within {:?}", policy.timeout));
@@ -529,7 +546,11 @@ impl GroupManager {
         }
     }
 
-    fn check_reply(&self, reply: &AgentReply) -> std::result::Result<(), String> {
+    fn check_reply(
+        &self,
+        reply: &AgentReply,
+        context: &serde_json::Map<String, Value>,
+    ) -> std::result::Result<(), String> {
         if reply.content.trim().is_empty() && reply.tool_calls.is_empty() {
             return Err("the agent answered nothing".into());
         }
@@ -550,6 +571,9 @@ impl GroupManager {
         if let Some(patch) = &reply.context_patch {
             smalltalk_types::format::check_depth("context patch", patch)
                 .map_err(|error| error.to_string())?;
+            let mut merged = context.clone();
+            merge_context(&mut merged, patch);
+            super::check_context(&merged)?;
         }
         Ok(())
     }
@@ -574,9 +598,15 @@ impl GroupManager {
         let Some(summarizer) = &self.inner.summarizer else {
             return Err(AgentError::failed("a summary view needs a summarizer"));
         };
-        let summary = summarizer
-            .summarize(group.id, &speaker.agent_id, &history[..split])
-            .await?;
+        let timeout = state.record.spec.failure.timeout;
+        let summary = tokio::time::timeout(
+            timeout,
+            summarizer.summarize(group.id, &speaker.agent_id, &history[..split]),
+        )
+        .await
+        .map_err(|_| {
+            AgentError::failed(format!("the summarizer did not answer within {timeout:?}"))
+        })??;
         Ok((recent, Some(summary)))
     }
 
@@ -670,8 +700,18 @@ impl GroupManager {
                     )
                 }
                 Strategy::LlmBased => {
+                    let limit = self.inner.config.selection_timeout;
                     let outcome = match &self.inner.selector {
-                        Some(selector) => selector.select(&context, &eligible).await,
+                        Some(selector) => {
+                            tokio::time::timeout(limit, selector.select(&context, &eligible))
+                                .await
+                                .unwrap_or_else(|_| LlmOutcome::GaveUp {
+                                    attempts: 0,
+                                    last_error: format!(
+                                        "the selector did not answer within {limit:?}"
+                                    ),
+                                })
+                        }
                         None => LlmOutcome::GaveUp {
                             attempts: 0,
                             last_error: "no LLM selector is configured".into(),
