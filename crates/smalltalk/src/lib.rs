@@ -130,5 +130,6 @@ pub use smalltalk_storage::{
     Store, StoreAdmin, open, open_with,
 };
 pub use smalltalk_types::{
-    AgentId, AgentState, Message, Role, Session, SessionId, SessionState, StorageKey, Timestamp,
+    AgentId, AgentState, ConversationId, Message, Role, Session, SessionId, SessionState,
+    StorageKey, Timestamp,
 };
