@@ -12,6 +12,7 @@
 
 pub mod fixture;
 pub mod mock_llm;
+pub mod routing;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -623,6 +623,7 @@ async fn group_rows(
         Some(1.0),
     );
     drop(server);
+    routing_accuracy(rows).await?;
     // Turns with the save at the turn boundary.
     for name in ["sqlite", "postgres"] {
         let Some(bench_store) = fresh_store(name).await else {
@@ -660,6 +661,47 @@ async fn group_rows(
         manager.close().await;
         bench_store.store.close().await?;
     }
+    Ok(())
+}
+
+/// SC-014: the labelled routing cases against the model in
+/// `SMALLTALK_LLM_URL` (only then: CI has no model).
+async fn routing_accuracy(rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    use smalltalk_e2e::routing::{RoutingCases, route};
+    use smalltalk_groups::SelectionSource;
+    let Some(config) = smalltalk_groups::llm::LlmConfig::from_env() else {
+        eprintln!("SC-014 routing accuracy: not measured, SMALLTALK_LLM_URL is unset");
+        return Ok(());
+    };
+    eprintln!("measuring SC-014 routing accuracy against {}", config.base_url);
+    let client = smalltalk_groups::llm::LlmClient::new(config)?;
+    let cases = RoutingCases::load()?;
+    let mut right = 0;
+    for case in &cases.cases {
+        let selection = route(&cases, case, client.clone()).await?;
+        if selection.agent_id == case.expected && selection.source == SelectionSource::Strategy {
+            right += 1;
+        } else {
+            eprintln!(
+                "  {}: expected {}, got {} ({:?}, {} attempts: {})",
+                case.name,
+                case.expected,
+                selection.agent_id,
+                selection.source,
+                selection.attempts,
+                selection.reason
+            );
+        }
+    }
+    rows.push(Row {
+        id: "SC-014",
+        backend: "memory",
+        metric: "routing_accuracy".into(),
+        value: 100.0 * f64::from(right) / cases.cases.len() as f64,
+        unit: "percent",
+        target: Some(90.0),
+        samples: cases.cases.len(),
+    });
     Ok(())
 }
 
@@ -842,7 +884,7 @@ fn print_rows(mut rows: Vec<Row>, json_output: bool) -> anyhow::Result<()> {
             "id", "backend", "metric", "value", "unit", "target"
         );
         for row in &rows {
-            let higher_is_better = row.unit == "per_sec";
+            let higher_is_better = matches!(row.unit, "per_sec" | "percent");
             let (target, verdict) = match row.target {
                 Some(target)
                     if (row.value >= target) == higher_is_better || row.value == target =>
