@@ -137,6 +137,56 @@ async fn malformed_answers_timeouts_and_the_breaker_are_typed_errors() {
 }
 
 #[tokio::test]
+async fn a_deadline_bounds_the_retries_and_a_cap_bounds_the_answer() {
+    let server = MockLlm::start().await.unwrap();
+    let mut config = config(&server);
+    config.max_retries = 10;
+    config.backoff = Backoff::constant(Duration::from_millis(150));
+    config.deadline = Duration::from_millis(400);
+    config.max_response_bytes = 1024;
+    config.breaker.failure_threshold = 100;
+    let client = LlmClient::new(config).unwrap();
+    server.respond_with(|_| MockReply::Status {
+        status: 503,
+        retry_after: None,
+    });
+    let failed = client.chat(&hello()).await;
+    assert!(
+        matches!(failed, Err(LlmError::Status { status: 503, .. })),
+        "{failed:?}"
+    );
+    let sent = server.requests().len();
+    assert!(
+        (2..=3).contains(&sent),
+        "10 retries allowed, but the 400 ms deadline leaves room for 2 waits of 150 ms: {sent} requests"
+    );
+    // A slow answer is cut at the deadline, not at the (longer) timeout.
+    server.respond_with(|_| {
+        MockReply::Slow(Duration::from_secs(3), Box::new(MockReply::text("late")))
+    });
+    let failed = client.chat(&hello()).await;
+    assert!(
+        matches!(failed, Err(LlmError::Timeout { after }) if after == Duration::from_millis(400)),
+        "{failed:?}"
+    );
+    // Answers past max_response_bytes are refused, whole or streamed.
+    let huge = "word ".repeat(400);
+    server.respond_with(move |_| MockReply::text(huge.clone()));
+    let refused = client.chat(&hello()).await;
+    assert!(
+        matches!(&refused, Err(LlmError::Decode { reason }) if reason.contains("larger than 1024")),
+        "{refused:?}"
+    );
+    let mut deltas = 0;
+    let mut count = |_: &str| deltas += 1;
+    let refused = client.chat_stream(&hello(), &mut count).await;
+    assert!(
+        matches!(&refused, Err(LlmError::Decode { reason }) if reason.contains("grew past 1024")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
 async fn streams_deliver_deltas_and_tool_calls_pass_through() {
     let server = MockLlm::start().await.unwrap();
     let client = LlmClient::new(config(&server)).unwrap();

@@ -673,7 +673,10 @@ async fn routing_accuracy(rows: &mut Vec<Row>) -> anyhow::Result<()> {
         eprintln!("SC-014 routing accuracy: not measured, SMALLTALK_LLM_URL is unset");
         return Ok(());
     };
-    eprintln!("measuring SC-014 routing accuracy against {}", config.base_url);
+    eprintln!(
+        "measuring SC-014 routing accuracy against {}",
+        config.base_url
+    );
     let client = smalltalk_groups::llm::LlmClient::new(config)?;
     let cases = RoutingCases::load()?;
     let mut right = 0;

@@ -147,7 +147,7 @@ impl GroupRecord {
         }
         if self.consecutive >= throttle.max_consecutive {
             self.cooldowns
-                .insert(speaker.clone(), throttle.cooldown_turns.max(1));
+                .insert(speaker.clone(), throttle.cooldown_turns);
         }
         self.turns += 1;
         self.messages += 1;

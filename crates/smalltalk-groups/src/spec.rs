@@ -149,7 +149,8 @@ pub struct Throttle {
     /// The most turns one agent takes in a row (default 3); then it sits
     /// out `cooldown_turns`.
     pub max_consecutive: u32,
-    /// How many turns an agent sits out after `max_consecutive` (default 1).
+    /// How many turns an agent sits out after `max_consecutive` (default 1;
+    /// 1 to 100).
     pub cooldown_turns: u32,
     /// The most turns in one round (default 10), whatever the termination
     /// condition says: a round always ends.
@@ -435,9 +436,11 @@ impl GroupSpec {
                 "throttle.max_turns_per_round must be between 1 and 1000".into(),
             ));
         }
-        if throttle.cooldown_turns > 100 {
+        if throttle.cooldown_turns == 0 || throttle.cooldown_turns > 100 {
+            // 0 would let an agent past max_consecutive: the cooldown is
+            // what enforces it.
             return Err(invalid(
-                "throttle.cooldown_turns must be at most 100".into(),
+                "throttle.cooldown_turns must be between 1 and 100".into(),
             ));
         }
         self.termination

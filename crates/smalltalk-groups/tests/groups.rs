@@ -380,6 +380,14 @@ async fn throttling_caps_consecutive_turns_and_rounds() {
         SelectionSource::Strategy,
         "the throttled pick falls to the strategy"
     );
+    let stats = groups.stats();
+    assert_eq!((stats.rounds, stats.turns, stats.messages), (1, 8, 9));
+    assert_eq!(stats.custom_selections, 6);
+    assert_eq!(
+        stats.selections_by_strategy.get(&Strategy::RoundRobin),
+        Some(&8)
+    );
+    assert_eq!(stats.selection_success_rate, 1.0);
 }
 
 #[tokio::test]
@@ -831,6 +839,32 @@ async fn shared_context_topic_and_workflow_are_saved_with_the_group() {
         .add_task(group.id, Task::new("x", "y").assign(id("mallory")))
         .await;
     assert!(matches!(stranger, Err(Error::NotParticipant { .. })));
+    let stranger = groups
+        .assign_task(group.id, "draft", Some(id("mallory")))
+        .await;
+    assert!(matches!(stranger, Err(Error::NotParticipant { .. })));
+    groups
+        .assign_task(group.id, "draft", Some(id("writer")))
+        .await
+        .unwrap();
+    // A participant who leaves hands back its unfinished tasks.
+    groups.register_agent(Arc::new(ScriptedAgent::new(id("reviewer"))));
+    groups
+        .add_participant(group.id, Participant::new(id("reviewer"), "review"))
+        .await
+        .unwrap();
+    groups
+        .add_task(
+            group.id,
+            Task::new("review", "check").assign(id("reviewer")),
+        )
+        .await
+        .unwrap();
+    let after = groups
+        .remove_participant(group.id, &id("reviewer"))
+        .await
+        .unwrap();
+    assert_eq!(after.record.workflow.task("review").unwrap().assignee, None);
     groups
         .set_topic(group.id, Some("safety".into()))
         .await
@@ -846,7 +880,16 @@ async fn shared_context_topic_and_workflow_are_saved_with_the_group() {
         record.workflow.task("research").unwrap().status,
         TaskStatus::Completed
     );
-    assert_eq!(record.workflow.ready().count(), 1);
+    assert_eq!(record.workflow.ready().count(), 2);
+    assert_eq!(
+        record.workflow.task("draft").unwrap().assignee,
+        Some(id("writer"))
+    );
+    assert_eq!(
+        record.workflow.task("research").unwrap().assignee,
+        Some(id("researcher")),
+        "finished tasks keep their assignee"
+    );
 }
 
 #[tokio::test]
@@ -965,6 +1008,22 @@ async fn bad_input_gets_typed_errors_and_changes_nothing() {
         .create_group(GroupSpec::new(count(2)).termination(Termination::MaxTurns(0)))
         .await;
     assert!(matches!(refused, Err(Error::InvalidGroup { .. })));
+    for (max_consecutive, cooldown_turns, named) in
+        [(0, 1, "max_consecutive"), (3, 0, "cooldown_turns")]
+    {
+        let throttle = Throttle {
+            max_consecutive,
+            cooldown_turns,
+            ..Throttle::default()
+        };
+        let refused = groups
+            .create_group(GroupSpec::new(count(2)).throttle(throttle))
+            .await;
+        assert!(
+            matches!(&refused, Err(Error::InvalidGroup { reason }) if reason.contains(named)),
+            "{refused:?}"
+        );
+    }
     assert_eq!(groups.stats().active_groups, 0, "nothing was created");
 
     let group = groups.create_group(GroupSpec::new(count(2))).await.unwrap();

@@ -75,17 +75,18 @@ impl CircuitBreaker {
     }
 
     /// Admits a call, or says how long until the breaker lets one through.
-    pub(crate) fn admit(&self) -> Result<(), Duration> {
+    /// `Ok(true)`: this call is the half-open probe.
+    pub(crate) fn admit(&self) -> Result<bool, Duration> {
         let mut inner = self.lock();
         match inner.state {
-            BreakerState::Closed => Ok(()),
+            BreakerState::Closed => Ok(false),
             BreakerState::HalfOpen => Err(self.config.open_for),
             BreakerState::Open => {
                 let opened = inner.opened_at.unwrap_or_else(Instant::now);
                 let elapsed = opened.elapsed();
                 if elapsed >= self.config.open_for {
                     inner.state = BreakerState::HalfOpen;
-                    Ok(())
+                    Ok(true)
                 } else {
                     Err(self.config.open_for - elapsed)
                 }
@@ -136,21 +137,21 @@ mod tests {
             failure_threshold: 2,
             open_for: Duration::from_secs(10),
         });
-        breaker.admit().unwrap();
+        assert_eq!(breaker.admit(), Ok(false), "closed: not a probe");
         assert!(!breaker.failed());
         assert!(breaker.failed(), "the second failure opens it");
         assert_eq!(breaker.state(), BreakerState::Open);
         assert!(breaker.admit().is_err());
         tokio::time::advance(Duration::from_secs(10)).await;
-        breaker.admit().expect("one probe goes through");
+        assert_eq!(breaker.admit(), Ok(true), "one probe goes through");
         assert_eq!(breaker.state(), BreakerState::HalfOpen);
         assert!(breaker.admit().is_err(), "only one probe at a time");
         assert!(breaker.failed(), "a failed probe opens it again");
         assert!(breaker.admit().is_err());
         tokio::time::advance(Duration::from_secs(10)).await;
-        breaker.admit().unwrap();
+        assert_eq!(breaker.admit(), Ok(true));
         breaker.succeeded();
         assert_eq!(breaker.state(), BreakerState::Closed);
-        breaker.admit().unwrap();
+        assert_eq!(breaker.admit(), Ok(false));
     }
 }

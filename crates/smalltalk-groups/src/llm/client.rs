@@ -216,17 +216,21 @@ impl LlmClient {
             body.stream_options = None;
         }
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        if let Err(retry_in) = self.breaker.admit() {
-            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-            self.counters.failures.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("llm_calls_total", "outcome" => "rejected").increment(1);
-            return Err(Error::CircuitOpen { retry_in });
-        }
+        let probing = match self.breaker.admit() {
+            Ok(probing) => probing,
+            Err(retry_in) => {
+                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                self.counters.failures.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("llm_calls_total", "outcome" => "rejected").increment(1);
+                return Err(Error::CircuitOpen { retry_in });
+            }
+        };
         let started = Instant::now();
-        // A cancelled call (its future dropped) gives its probe back.
+        // A cancelled probe (its future dropped) gives the probe back; any
+        // other cancelled call leaves the breaker alone.
         let mut probe = ProbeGuard {
             breaker: &self.breaker,
-            settled: false,
+            settled: !probing,
         };
         let outcome = self.with_retries(&body, &mut on_delta).await;
         probe.settled = true;
@@ -278,19 +282,23 @@ impl LlmClient {
         on_delta: &mut Option<DeltaSink<'_>>,
     ) -> Result<ChatResponse, Error> {
         let mut attempt = 0;
+        let deadline = Instant::now() + self.config.deadline;
         loop {
             let mut streamed_any = false;
-            let outcome = match tokio::time::timeout(
-                self.config.timeout,
-                self.once(body, on_delta, &mut streamed_any),
-            )
-            .await
-            {
-                Ok(outcome) => outcome,
-                Err(_) => Err(Attempt::Final(Error::Timeout {
-                    after: self.config.timeout,
-                })),
+            // Each attempt has its timeout, cut short by the call's deadline.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (limit, after) = if left < self.config.timeout {
+                (left, self.config.deadline)
+            } else {
+                (self.config.timeout, self.config.timeout)
             };
+            let outcome =
+                match tokio::time::timeout(limit, self.once(body, on_delta, &mut streamed_any))
+                    .await
+                {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(Attempt::Final(Error::Timeout { after })),
+                };
             let (error, wait) = match outcome {
                 Ok(response) => return Ok(response),
                 Err(Attempt::Final(error)) => return Err(error),
@@ -308,6 +316,10 @@ impl LlmClient {
                 Some(wait) => wait,
                 None => self.config.backoff.delay(attempt),
             };
+            if Instant::now() + delay >= deadline {
+                // No time left for another attempt: the last error stands.
+                return Err(error);
+            }
             tracing::debug!(attempt, ?delay, "LLM call failed, retrying: {error}");
             self.counters.retries.fetch_add(1, Ordering::Relaxed);
             attempt += 1;
@@ -338,7 +350,11 @@ impl LlmClient {
         let status = response.status();
         if !status.is_success() {
             let retry_after = retry_after(response.headers());
-            let text = response.text().await.unwrap_or_default();
+            // The start of the body is enough to say what went wrong.
+            let text = match read_capped(response, MAX_ERROR_BODY * 4).await {
+                Ok(Ok(bytes) | Err(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+                Err(_) => String::new(),
+            };
             let body = truncate(&text);
             return Err(match status {
                 StatusCode::TOO_MANY_REQUESTS => Attempt::Retry {
@@ -360,10 +376,18 @@ impl LlmClient {
         }
         match on_delta {
             None => {
-                let bytes = response.bytes().await.map_err(|error| Attempt::Retry {
-                    error: Error::Transport(error),
-                    wait: None,
-                })?;
+                let cap = self.config.max_response_bytes;
+                let bytes = read_capped(response, cap)
+                    .await
+                    .map_err(|error| Attempt::Retry {
+                        error: Error::Transport(error),
+                        wait: None,
+                    })?
+                    .map_err(|_| {
+                        Attempt::Final(Error::Decode {
+                            reason: format!("the answer is larger than {cap} bytes"),
+                        })
+                    })?;
                 serde_json::from_slice::<ChatResponse>(&bytes).map_err(|error| {
                     Attempt::Final(Error::Decode {
                         reason: format!(
@@ -383,7 +407,16 @@ impl LlmClient {
         on_delta: &mut DeltaSink<'_>,
         streamed_any: &mut bool,
     ) -> Result<ChatResponse, Attempt> {
-        let mut events = response.bytes_stream().eventsource();
+        let cap = self.config.max_response_bytes;
+        let read = std::sync::atomic::AtomicUsize::new(0);
+        let mut events = response
+            .bytes_stream()
+            .inspect(|chunk| {
+                if let Ok(chunk) = chunk {
+                    read.fetch_add(chunk.len(), Ordering::Relaxed);
+                }
+            })
+            .eventsource();
         let mut assembler = Assembler::default();
         loop {
             let next = tokio::time::timeout(self.config.idle_timeout, events.next())
@@ -409,6 +442,11 @@ impl LlmClient {
                 }
                 Some(Ok(event)) => event,
             };
+            if read.load(Ordering::Relaxed) > cap {
+                return Err(Attempt::Final(Error::Decode {
+                    reason: format!("the streamed answer grew past {cap} bytes"),
+                }));
+            }
             let data = event.data.trim();
             if data == "[DONE]" {
                 return Ok(assembler.finish());
@@ -452,6 +490,23 @@ impl Drop for ProbeGuard<'_> {
             self.breaker.abandoned();
         }
     }
+}
+
+/// The body of `response`, up to `cap` bytes: `Err` holding the first
+/// `cap` bytes when it is longer (the rest is not read).
+async fn read_capped(
+    mut response: reqwest::Response,
+    cap: usize,
+) -> Result<Result<Vec<u8>, Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            body.extend_from_slice(&chunk[..cap - body.len()]);
+            return Ok(Err(body));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(body))
 }
 
 /// `Retry-After` as seconds (integer or decimal) or an HTTP date.

@@ -56,6 +56,13 @@ pub struct LlmConfig {
     /// request to the last byte of the answer (streamed or not). Default
     /// 120 s.
     pub timeout: Duration,
+    /// The longest a call may take in all, its retries and the waits
+    /// between them included. Default 300 s.
+    pub deadline: Duration,
+    /// The largest answer read: a bigger one (or a stream that grows past
+    /// it) fails the call with [`Error::Decode`](super::Error::Decode).
+    /// Default 16 MiB.
+    pub max_response_bytes: usize,
     /// The longest a connection may take to open. Default 5 s.
     pub connect_timeout: Duration,
     /// The longest a streamed answer may go without a chunk. Default 30 s.
@@ -85,6 +92,8 @@ impl LlmConfig {
             model: model.into(),
             api_key: None,
             timeout: Duration::from_secs(120),
+            deadline: Duration::from_secs(300),
+            max_response_bytes: 16 * 1024 * 1024,
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             max_retries: 3,
@@ -139,12 +148,19 @@ impl LlmConfig {
         }
         for (field, value) in [
             ("llm.timeout", self.timeout),
+            ("llm.deadline", self.deadline),
             ("llm.connect_timeout", self.connect_timeout),
             ("llm.idle_timeout", self.idle_timeout),
         ] {
             if value.is_zero() || value > Duration::from_secs(3600) {
                 return Err(invalid(field, "must be between 1 ms and 1 hour"));
             }
+        }
+        if !(1024..=1024 * 1024 * 1024).contains(&self.max_response_bytes) {
+            return Err(invalid(
+                "llm.max_response_bytes",
+                "must be between 1 KiB and 1 GiB",
+            ));
         }
         if self.max_retries > 20 {
             return Err(invalid("llm.max_retries", "must be at most 20"));

@@ -80,6 +80,17 @@ pub struct GroupInfo {
     pub record: GroupRecord,
 }
 
+/// [`Error::NotParticipant`] unless `agent` is in the group.
+fn check_participant(id: ConversationId, record: &GroupRecord, agent: &AgentId) -> Result<()> {
+    match record.spec.participant(agent) {
+        Some(_) => Ok(()),
+        None => Err(Error::NotParticipant {
+            group_id: id,
+            agent_id: agent.clone(),
+        }),
+    }
+}
+
 /// The session that holds group `id`'s messages and record.
 pub fn session_of(id: ConversationId) -> SessionId {
     SessionId::from_uuid(id.as_uuid()).expect("a conversation id is a UUID v4, as session ids are")
@@ -470,10 +481,22 @@ impl GroupManager {
     }
 
     /// Group `id`'s history (its session's messages).
+    ///
+    /// During a round this does not wait for it: it reads what is
+    /// committed from storage.
     pub async fn history(&self, id: ConversationId) -> Result<Vec<Message>> {
         let group = self.live(id).await?;
-        let state = group.state.lock().await;
-        Ok(state.history.clone())
+        if let Ok(state) = group.state.try_lock() {
+            return Ok(state.history.clone());
+        }
+        let session = self
+            .inner
+            .store
+            .get_session(session_of(id))
+            .await
+            .map_err(Error::Storage)?
+            .ok_or(Error::NotFound { group_id: id })?;
+        Ok(session.messages)
     }
 
     /// Sets group `id`'s hooks (custom selector, candidate filter). Hooks
@@ -609,6 +632,14 @@ impl GroupManager {
                 }
             }
             record.cooldowns.remove(&agent);
+            // Its unfinished tasks wait for someone else.
+            for task in &mut record.workflow.tasks {
+                if task.assignee.as_ref() == Some(&agent)
+                    && !matches!(task.status, TaskStatus::Completed | TaskStatus::Failed)
+                {
+                    task.assignee = None;
+                }
+            }
             if record.last_speaker.as_ref() == Some(&agent) {
                 record.consecutive = 0;
             }
@@ -656,20 +687,36 @@ impl GroupManager {
         .await
     }
 
-    /// Adds a task to group `id`'s workflow.
+    /// Adds a task to group `id`'s workflow. Its assignee, if any, must be
+    /// a participant ([`Error::NotParticipant`]).
     pub async fn add_task(&self, id: ConversationId, task: Task) -> Result<GroupInfo> {
-        if let Some(assignee) = &task.assignee {
-            let snapshot = lock(&self.live(id).await?.snapshot).clone();
-            if snapshot.record.spec.participant(assignee).is_none() {
-                return Err(Error::NotParticipant {
-                    group_id: id,
-                    agent_id: assignee.clone(),
-                });
-            }
-        }
         let group = self.live(id).await?;
-        self.mutate(&group, false, move |record| record.workflow.add(task))
-            .await
+        self.mutate(&group, false, move |record| {
+            if let Some(assignee) = &task.assignee {
+                check_participant(id, record, assignee)?;
+            }
+            record.workflow.add(task)
+        })
+        .await
+    }
+
+    /// Assigns task `task` of group `id`'s workflow to a participant, or
+    /// to no one.
+    pub async fn assign_task(
+        &self,
+        id: ConversationId,
+        task: &str,
+        assignee: Option<AgentId>,
+    ) -> Result<GroupInfo> {
+        let group = self.live(id).await?;
+        let task = task.to_owned();
+        self.mutate(&group, false, move |record| {
+            if let Some(assignee) = &assignee {
+                check_participant(id, record, assignee)?;
+            }
+            record.workflow.assign(&task, assignee)
+        })
+        .await
     }
 
     /// Moves a task of group `id`'s workflow to `status`.
@@ -782,6 +829,7 @@ impl GroupManager {
             Ok(outcome) => {
                 state.dirty = false;
                 state.version = outcome.version;
+                self.inner.stats.stored(messages.len());
                 state.history.extend(messages);
                 *lock(&group.snapshot) = Arc::new(state.info(group.id));
                 Ok(outcome)

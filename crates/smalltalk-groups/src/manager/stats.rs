@@ -17,6 +17,9 @@ pub struct GroupStats {
     pub rounds: u64,
     /// Turns committed (one agent message each).
     pub turns: u64,
+    /// Messages stored in groups' histories: the user messages and events
+    /// that started rounds, and the agents' answers.
+    pub messages: u64,
     /// Agents whose retries were spent in a turn.
     pub agent_failures: u64,
     /// Commits lost to another writer.
@@ -38,6 +41,7 @@ pub struct GroupStats {
 pub(super) struct Counters {
     rounds: AtomicU64,
     turns: AtomicU64,
+    messages: AtomicU64,
     failures: AtomicU64,
     conflicts: AtomicU64,
     custom: AtomicU64,
@@ -53,6 +57,10 @@ impl Counters {
 
     pub(super) fn turn(&self) {
         self.turns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn stored(&self, messages: usize) {
+        self.messages.fetch_add(messages as u64, Ordering::Relaxed);
     }
 
     pub(super) fn failure(&self) {
@@ -97,6 +105,7 @@ impl Counters {
             active_groups,
             rounds: self.rounds.load(Ordering::Relaxed),
             turns: self.turns.load(Ordering::Relaxed),
+            messages: self.messages.load(Ordering::Relaxed),
             agent_failures: self.failures.load(Ordering::Relaxed),
             conflicts: self.conflicts.load(Ordering::Relaxed),
             custom_selections: self.custom.load(Ordering::Relaxed),
