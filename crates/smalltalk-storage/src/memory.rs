@@ -264,12 +264,12 @@ impl Inner {
                     });
                 }
             }
-            let tail = next.messages.get(stored_len..).unwrap_or_default().to_vec();
+            // Only the tail is carried: `install` puts it after the stored
+            // history, which is moved, not copied.
+            next.messages = next.messages.get(stored_len..).unwrap_or_default().to_vec();
             message_bytes = stored.message_bytes;
-            next.messages = stored.session.messages.clone();
-            for message in tail {
-                message_bytes += message_len(&message)?;
-                next.messages.push(message);
+            for message in &next.messages {
+                message_bytes += message_len(message)?;
             }
         } else {
             for message in &next.messages {
@@ -283,6 +283,23 @@ impl Inner {
             message_bytes,
         })
     }
+
+    /// Stores what [`prepare_save`](Self::prepare_save) computed: for a
+    /// session already stored, its history followed by the new tail.
+    fn install(&mut self, mut prepared: StoredSession) {
+        let id = prepared.session.id;
+        match self.sessions.get_mut(&id) {
+            Some(current) => {
+                let tail = std::mem::take(&mut prepared.session.messages);
+                prepared.session.messages = std::mem::take(&mut current.session.messages);
+                prepared.session.messages.extend(tail);
+                *current = prepared;
+            }
+            None => {
+                self.sessions.insert(id, prepared);
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -291,7 +308,7 @@ impl SessionStore for MemoryStore {
         let mut inner = self.lock()?;
         let stored = inner.prepare_save(session, expected)?;
         let version = stored.session.version;
-        inner.sessions.insert(session.id, stored);
+        inner.install(stored);
         Ok(version)
     }
 
@@ -346,16 +363,19 @@ impl SessionStore for MemoryStore {
         };
         let mut inner = self.lock()?;
         let mut stored = inner.prepare_save(&header, expected)?;
-        let first_sequence = stored.session.messages.len() as u64;
+        let first_sequence = inner
+            .sessions
+            .get(&session.id)
+            .map_or(0, |current| current.session.messages.len() as u64);
         stored.session.messages.extend_from_slice(messages);
         stored.session.updated_at = advanced_updated_at(stored.session.updated_at, messages);
         stored.message_bytes += added_bytes;
         let outcome = AppendOutcome {
             version: stored.session.version,
             first_sequence,
-            message_count: stored.session.messages.len() as u64,
+            message_count: first_sequence + messages.len() as u64,
         };
-        inner.sessions.insert(session.id, stored);
+        inner.install(stored);
         Ok(outcome)
     }
 
@@ -432,7 +452,7 @@ impl SessionStore for MemoryStore {
         for (session, expected) in batch {
             let stored = scratch.prepare_save(session, *expected)?;
             versions.push(stored.session.version);
-            scratch.sessions.insert(session.id, stored);
+            scratch.install(stored);
         }
         inner.sessions.extend(scratch.sessions);
         Ok(versions)

@@ -417,8 +417,15 @@ fn dispatch_trigger(groups: &GroupManager, delivery: &Delivery) {
         let groups = groups.clone();
         let trigger = trigger.clone();
         tokio::spawn(async move {
-            if let Err(error) = groups.handle_event(group, &trigger).await {
-                tracing::warn!(group_id = %group, topic = %trigger.topic, "an event's round failed: {error}");
+            match groups.handle_event(group, &trigger).await {
+                Ok(_) => {}
+                // Shutting down: the round is not started.
+                Err(smalltalk_groups::Error::Closed) => {
+                    tracing::debug!(group_id = %group, topic = %trigger.topic, "an event arrived as the groups closed");
+                }
+                Err(error) => {
+                    tracing::warn!(group_id = %group, topic = %trigger.topic, "an event's round failed: {error}");
+                }
             }
         });
     }
