@@ -5,7 +5,7 @@ mod stats;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -202,9 +202,20 @@ struct Live {
     id: ConversationId,
     state: tokio::sync::Mutex<State>,
     snapshot: Mutex<Arc<GroupInfo>>,
-    events: broadcast::Sender<GroupEvent>,
+    /// Made on the first subscription: a channel's buffer is allocated
+    /// up front, and most groups have no subscriber.
+    events: OnceLock<broadcast::Sender<GroupEvent>>,
     stop: watch::Sender<u64>,
     hooks: RwLock<GroupHooks>,
+}
+
+impl Live {
+    /// Sends `event` to the group's subscribers, if it has any.
+    fn publish(&self, event: GroupEvent) {
+        if let Some(sender) = self.events.get() {
+            let _ = sender.send(event);
+        }
+    }
 }
 
 /// A group's state, behind its lock.
@@ -414,12 +425,11 @@ impl GroupManager {
                 limit: self.inner.config.max_active_groups,
             });
         }
-        let (events, _) = broadcast::channel(self.inner.config.event_buffer);
         let group = Arc::new(Live {
             id,
             snapshot: Mutex::new(Arc::new(state.info(id))),
             state: tokio::sync::Mutex::new(state),
-            events,
+            events: OnceLock::new(),
             stop: watch::channel(0).0,
             hooks: RwLock::new(GroupHooks::default()),
         });
@@ -511,7 +521,9 @@ impl GroupManager {
     /// Subscribes to group `id`'s events, from now on.
     pub async fn subscribe(&self, id: ConversationId) -> Result<GroupEvents> {
         let group = self.live(id).await?;
-        Ok(GroupEvents::new(group.events.subscribe()))
+        let buffer = self.inner.config.event_buffer;
+        let sender = group.events.get_or_init(|| broadcast::channel(buffer).0);
+        Ok(GroupEvents::new(sender.subscribe()))
     }
 
     /// Stops the round under way in group `id`: the turn being taken is

@@ -487,7 +487,7 @@ impl GroupManager {
                 deltas: Some(sender),
             };
             let emit_delta = |text: String| {
-                let _ = group.events.send(GroupEvent::Delta {
+                group.publish(GroupEvent::Delta {
                     group_id: group.id,
                     round: round.number,
                     turn,
@@ -793,7 +793,7 @@ impl GroupManager {
             .events
             .as_ref()
             .and_then(|_| announcement_of(&event));
-        let _ = group.events.send(event);
+        group.publish(event);
         if let (Some(sink), Some((topic, priority, payload))) = (&self.inner.events, announcement) {
             let Ok(topic) = Topic::parse(topic) else {
                 return;
