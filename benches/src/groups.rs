@@ -6,18 +6,21 @@
 //!   OpenAI-compatible server that answers at once, so what is measured
 //!   is everything but the model: prompt, HTTP over loopback, parsing,
 //!   validation;
-//! - `turn_overhead` (SC-012): a turn of an agent that answers at once,
-//!   the commit of its message with the group record at the turn boundary
-//!   included, amortized over rounds of 10 turns;
+//! - `turn_overhead` (SC-012): each turn of an agent that answers at
+//!   once, timed one by one, the commit of its message with the group
+//!   record at the turn boundary included; `turn_overhead_with_bus`: the
+//!   same with the turn's announcements published on a durable bus over
+//!   the same store, as the `Runtime` wires it;
 //! - `concurrent_1000_groups_turns_per_sec`: 1,000 groups taking turns at
 //!   once on one node, with the process's resident memory after.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use smalltalk_groups::llm::{LlmClient, LlmConfig};
 use smalltalk_groups::{
-    Agent, GroupManager, GroupSpec, GroupsConfig, Participant, ScriptedAgent, Strategy,
+    Agent, GroupEvent, GroupManager, GroupSpec, GroupsConfig, Participant, ScriptedAgent, Strategy,
     Termination, Throttle,
 };
 use smalltalk_storage::{SessionStore, Store};
@@ -31,10 +34,23 @@ fn agent_id(index: usize) -> AgentId {
 
 /// A manager over `store` with `agents` scripted agents registered.
 pub fn manager(store: Arc<dyn Store>, agents: usize, llm: Option<LlmClient>) -> GroupManager {
+    manager_announcing(store, agents, llm, None)
+}
+
+/// [`manager`], announcing its events on `bus` as the `Runtime` wires it.
+pub fn manager_announcing(
+    store: Arc<dyn Store>,
+    agents: usize,
+    llm: Option<LlmClient>,
+    bus: Option<Arc<dyn smalltalk_types::EventSink>>,
+) -> GroupManager {
     let mut builder = GroupManager::builder(store as Arc<dyn SessionStore>).config(GroupsConfig {
         max_active_groups: 10_000,
         ..GroupsConfig::default()
     });
+    if let Some(bus) = bus {
+        builder = builder.events(bus);
+    }
     for index in 0..agents {
         builder = builder.agent(Arc::new(ScriptedAgent::new(agent_id(index))) as Arc<dyn Agent>);
     }
@@ -90,20 +106,39 @@ pub fn local_llm(base_url: String) -> LlmClient {
     LlmClient::new(LlmConfig::new(base_url, "bench")).expect("valid configuration")
 }
 
-/// Per-turn time of rounds of 10 turns (round start and end included),
-/// `rounds` rounds.
+/// The time of each turn of `rounds` rounds of 10 turns, one by one: from
+/// the commit before it (the round's start, or the turn before) to its own
+/// commit, so selection, asking the agent (which answers at once), the
+/// commit and the announcements are in it. Timed on the group's event
+/// stream.
 pub async fn measure_turns(manager: &GroupManager, warmup: usize, rounds: usize) -> Samples {
     let id = group(manager, 3, Strategy::RoundRobin, 10).await;
     for _ in 0..warmup {
         manager.handle_message(id, "go").await.expect("round");
     }
-    let mut samples = Vec::with_capacity(rounds);
+    let mut events = manager.subscribe(id).await.expect("subscribe");
+    let collector = tokio::spawn(async move {
+        let mut samples = Vec::new();
+        let mut last = None;
+        while let Some(event) = events.next().await {
+            let now = Instant::now();
+            match event.expect("the collector keeps up") {
+                GroupEvent::RoundStarted { .. } => last = Some(now),
+                GroupEvent::Message { .. } => {
+                    if let Some(before) = last.replace(now) {
+                        samples.push(now - before);
+                    }
+                }
+                _ => {}
+            }
+        }
+        samples
+    });
     for _ in 0..rounds {
-        let started = Instant::now();
-        let outcome = manager.handle_message(id, "go").await.expect("round");
-        samples.push(started.elapsed() / outcome.turns.len().max(1) as u32);
+        manager.handle_message(id, "go").await.expect("round");
     }
-    Samples::from_durations(samples)
+    manager.release(id).await;
+    Samples::from_durations(collector.await.expect("collector"))
 }
 
 /// `groups` groups each running one round of `turns` turns at once:

@@ -14,6 +14,14 @@ pub mod fixture;
 pub mod mock_llm;
 pub mod routing;
 
+/// `PRAGMA integrity_check` of the SQLite database at `path`: `"ok"` when
+/// it is sound (what the crash tests assert after their SIGKILLs).
+pub fn sqlite_integrity(path: impl AsRef<std::path::Path>) -> String {
+    let conn = rusqlite::Connection::open(path.as_ref()).expect("open the database");
+    conn.query_row("PRAGMA integrity_check", [], |row| row.get(0))
+        .expect("integrity_check")
+}
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -44,6 +44,14 @@ pub enum MockReply {
     },
     /// A 200 whose body is not JSON.
     Malformed,
+    /// A 200 with this content type and body, sent as-is (hostile
+    /// streams: an event that never ends, a chunk naming tool call 4e9).
+    Raw {
+        /// The `Content-Type`.
+        content_type: &'static str,
+        /// The body.
+        body: String,
+    },
     /// Waits, then answers.
     Slow(Duration, Box<MockReply>),
 }
@@ -234,6 +242,9 @@ async fn answer(mut reply: MockReply, stream: bool, model: &str) -> Response {
             "{\"choices\": [ this is not json",
         )
             .into_response(),
+        MockReply::Raw { content_type, body } => {
+            (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
         MockReply::Text(text) if stream => streamed(&text, model),
         MockReply::Text(text) => {
             let usage = usage(&text);

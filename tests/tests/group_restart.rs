@@ -241,10 +241,7 @@ async fn sqlite_group_survives_sigkill_mid_turn_and_between_turns() {
     let backend = SqliteBackend::fresh().await.unwrap();
     let url = format!("sqlite://{}", backend.path().display());
     kill_and_resume(&url).await;
-    let conn = rusqlite::Connection::open(backend.path()).unwrap();
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
+    let integrity = smalltalk_e2e::sqlite_integrity(backend.path());
     assert_eq!(integrity, "ok");
 }
 

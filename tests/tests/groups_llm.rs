@@ -184,6 +184,27 @@ async fn a_deadline_bounds_the_retries_and_a_cap_bounds_the_answer() {
         matches!(&refused, Err(LlmError::Decode { reason }) if reason.contains("grew past 1024")),
         "{refused:?}"
     );
+    // One event that never ends (no blank line) is cut at the cap too.
+    server.respond_with(|_| MockReply::Raw {
+        content_type: "text/event-stream",
+        body: format!("data: {}", "x".repeat(64 * 1024)),
+    });
+    let refused = client.chat_stream(&hello(), &mut count).await;
+    assert!(
+        matches!(&refused, Err(LlmError::Decode { reason }) if reason.contains("grew past 1024")),
+        "{refused:?}"
+    );
+    // A chunk naming tool call 4,000,000,000 is refused, not allocated.
+    server.respond_with(|_| MockReply::Raw {
+        content_type: "text/event-stream",
+        body: "data: {\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":4000000000}]}}]}\n\n"
+            .into(),
+    });
+    let refused = client.chat_stream(&hello(), &mut count).await;
+    assert!(
+        matches!(&refused, Err(LlmError::Decode { reason }) if reason.contains("out of order")),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test]

@@ -86,10 +86,7 @@ async fn sqlite_sigkill_loses_no_acknowledged_message() {
     let backend = SqliteBackend::fresh().await.unwrap();
     let url = format!("sqlite://{}", backend.path().display());
     let (lost, duplicated, acknowledged) = kill_while_appending(&url).await;
-    let conn = rusqlite::Connection::open(backend.path()).unwrap();
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
+    let integrity = smalltalk_e2e::sqlite_integrity(backend.path());
     let corrupt = usize::from(integrity != "ok");
     eprintln!(
         "sqlite: 20 SIGKILLs, {acknowledged} acknowledged, lost={lost} duplicated={duplicated} corrupt={corrupt}"

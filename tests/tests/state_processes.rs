@@ -180,10 +180,7 @@ async fn sqlite_sigkill_during_txn_storms_leaves_no_partial_transaction() {
     let backend = SqliteBackend::fresh().await.unwrap();
     let url = format!("sqlite://{}", backend.path().display());
     let acknowledged = kill_during_txn_storms(&url).await;
-    let conn = rusqlite::Connection::open(backend.path()).unwrap();
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |row| row.get(0))
-        .unwrap();
+    let integrity = smalltalk_e2e::sqlite_integrity(backend.path());
     eprintln!("sqlite: 20 SIGKILL cycles, {acknowledged} acknowledged transactions");
     assert_eq!(integrity, "ok");
 }

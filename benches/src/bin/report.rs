@@ -635,6 +635,30 @@ async fn group_rows(
         let samples = groups::measure_turns(&manager, warmup / 10, rounds).await;
         let target = (name == "sqlite").then_some(0.5);
         criterion_rows(rows, "SC-012", name, "turn_overhead", &samples, target);
+        // As the Runtime wires it: every turn announced on a durable bus.
+        let bus = smalltalk_benches::events::bus(
+            Some(Arc::clone(&bench_store.store)),
+            smalltalk_events::EventBusConfig::default(),
+        )
+        .await;
+        let announcing = groups::manager_announcing(
+            Arc::clone(&bench_store.store),
+            3,
+            None,
+            Some(Arc::new(bus.clone())),
+        );
+        eprintln!("measuring turn overhead on {name} with the bus");
+        let samples = groups::measure_turns(&announcing, warmup / 10, rounds).await;
+        criterion_rows(
+            rows,
+            "SC-012",
+            name,
+            "turn_overhead_with_bus",
+            &samples,
+            None,
+        );
+        announcing.close().await;
+        bus.close().await;
         let groups_count = if quick { 200 } else { 1000 };
         eprintln!("measuring {groups_count} concurrent groups on {name}");
         let per_sec = groups::concurrent_groups(&manager, groups_count, 5).await;

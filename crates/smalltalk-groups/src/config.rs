@@ -30,6 +30,11 @@ pub struct GroupsConfig {
     pub failures_count_toward_degradation: bool,
     /// The longest message a round accepts, in bytes (default 1 MiB).
     pub max_message_bytes: usize,
+    /// The most rounds that events may have running or waiting at once
+    /// (default 64). Past it, the `Runtime`'s trigger subscription waits
+    /// before it takes the next event, so an event storm queues in the
+    /// bus's log instead of spawning unbounded work.
+    pub max_trigger_rounds: usize,
 }
 
 impl Default for GroupsConfig {
@@ -43,6 +48,7 @@ impl Default for GroupsConfig {
             selection_window: 10,
             failures_count_toward_degradation: false,
             max_message_bytes: 1024 * 1024,
+            max_trigger_rounds: 64,
         }
     }
 }
@@ -95,6 +101,12 @@ impl GroupsConfig {
             return Err(invalid(
                 "groups.max_message_bytes",
                 "must be between 1 byte and 16 MiB",
+            ));
+        }
+        if !(1..=100_000).contains(&self.max_trigger_rounds) {
+            return Err(invalid(
+                "groups.max_trigger_rounds",
+                "must be between 1 and 100000",
             ));
         }
         Ok(())

@@ -46,7 +46,7 @@ pub enum Error {
         reason: String,
     },
     /// An argument is invalid (an empty or oversized message, a bad
-    /// patch, an empty selector answer ...).
+    /// patch, a topic too long ...).
     #[error("invalid input: {reason}")]
     InvalidInput {
         /// What is wrong.

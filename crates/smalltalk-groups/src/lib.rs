@@ -94,4 +94,4 @@ pub use spec::{
     MIN_PARTICIPANTS, Participant, Strategy, Throttle, Transitions,
 };
 pub use termination::Termination;
-pub use workflow::{MAX_TASKS, Task, TaskStatus, Workflow};
+pub use workflow::{MAX_DEPENDENCIES, MAX_TASKS, Task, TaskStatus, Workflow};

@@ -148,6 +148,30 @@ impl GroupHooks {
     }
 }
 
+/// Runs a hook (code the application gave); a panic is logged and
+/// `fallback` stands in for its answer, so a buggy hook cannot take a
+/// round down.
+pub(crate) fn guarded<T>(
+    hook: &str,
+    group_id: ConversationId,
+    call: impl FnOnce() -> T,
+    fallback: T,
+) -> T {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|panic| {
+        tracing::error!(%group_id, "the group's {hook} panicked: {}", panic_message(panic.as_ref()));
+        fallback
+    })
+}
+
+/// What a panic said, when it said it with a string.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// Stages 2 and 3: the participants that may speak now, in participant
 /// order, leaving out `excluded` (agents that failed in this turn).
 pub(crate) fn eligible<'a>(
@@ -168,10 +192,14 @@ pub(crate) fn eligible<'a>(
                     .transitions
                     .as_ref()
                     .is_none_or(|rules| rules.permits(record.last_speaker.as_ref(), agent))
-                && hooks
-                    .filter
-                    .as_ref()
-                    .is_none_or(|filter| filter(context, participant))
+                && hooks.filter.as_ref().is_none_or(|filter| {
+                    guarded(
+                        "candidate filter",
+                        context.group_id,
+                        || filter(context, participant),
+                        false,
+                    )
+                })
                 && !record.throttled(agent)
         })
         .collect()

@@ -6,8 +6,13 @@ use smalltalk_types::AgentId;
 
 use crate::{Error, Result};
 
-/// The most tasks one workflow holds.
-pub const MAX_TASKS: usize = 1000;
+/// The most tasks one workflow holds: the workflow is in the group
+/// record, written at every turn, so it stays small (at most about 1.2 MiB
+/// with every title at its longest).
+pub const MAX_TASKS: usize = 256;
+
+/// The most tasks one task may depend on.
+pub const MAX_DEPENDENCIES: usize = 32;
 
 /// Where a task stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -94,6 +99,20 @@ impl Workflow {
         }
         if self.task(&task.id).is_some() {
             return refuse(format!("task {} exists already", task.id));
+        }
+        if task.depends_on.len() > MAX_DEPENDENCIES {
+            return refuse(format!(
+                "task {} depends on more than {MAX_DEPENDENCIES} tasks",
+                task.id
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = task
+            .depends_on
+            .iter()
+            .find(|dep| !seen.insert(dep.as_str()))
+        {
+            return refuse(format!("task {} names {twice} twice", task.id));
         }
         if let Some(missing) = task.depends_on.iter().find(|dep| self.task(dep).is_none()) {
             return refuse(format!(

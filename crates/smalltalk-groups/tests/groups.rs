@@ -521,6 +521,7 @@ async fn a_timeout_and_an_external_stop_cut_the_turn_under_way() {
         ),
         Arc::new(ScriptedAgent::new(id("writer")).then(Step::Hang)),
         Arc::new(ScriptedAgent::new(id("reviewer"))),
+        Arc::new(ScriptedAgent::new(id("editor")).then(Step::Hang)),
     ];
     let groups = manager(agents);
     let spec = GroupSpec::new(trio())
@@ -561,6 +562,32 @@ async fn a_timeout_and_an_external_stop_cut_the_turn_under_way() {
     // The next round is not stopped.
     let next = groups.handle_message(group.id, "again").await.unwrap();
     assert_eq!(speakers(&next), ["researcher", "writer", "reviewer"]);
+
+    // Named in the condition, the stop is what held.
+    let spec = GroupSpec::new(vec![
+        Participant::new(id("editor"), "editing"),
+        Participant::new(id("reviewer"), "review"),
+    ])
+    .termination(Termination::MaxTurns(3).or(Termination::ExternalStop));
+    let group = groups.create_group(spec).await.unwrap();
+    let mut events = groups.subscribe(group.id).await.unwrap();
+    let running = {
+        let groups = groups.clone();
+        tokio::spawn(async move { groups.handle_message(group.id, "go").await })
+    };
+    while let Some(Ok(event)) = events.next().await {
+        if matches!(event, GroupEvent::SpeakerSelected { .. }) {
+            break;
+        }
+    }
+    assert!(groups.stop(group.id));
+    let outcome = running.await.unwrap().unwrap();
+    assert_eq!(
+        outcome.end,
+        RoundEnd::Condition {
+            held: vec!["external stop".into()]
+        }
+    );
 }
 
 #[tokio::test]
@@ -655,6 +682,72 @@ async fn a_failing_agent_is_skipped_and_reported_and_all_failing_is_an_error() {
         matches!(&failed, Err(Error::AgentFailed { agent_id, attempts: 1, .. }) if agent_id.as_str() == "researcher"),
         "{failed:?}"
     );
+}
+
+#[tokio::test]
+async fn a_panicking_agent_or_hook_fails_only_itself() {
+    #[derive(Debug)]
+    struct Panics(AgentId);
+    #[async_trait::async_trait]
+    impl Agent for Panics {
+        fn id(&self) -> &AgentId {
+            &self.0
+        }
+        async fn respond(
+            &self,
+            _: smalltalk_groups::AgentRequest,
+        ) -> Result<smalltalk_groups::AgentReply, smalltalk_groups::AgentError> {
+            panic!("index out of bounds in the agent");
+        }
+    }
+    let mut agents = scripted(&["researcher", "reviewer"]);
+    agents.push(Arc::new(Panics(id("writer"))));
+    let groups = manager(agents);
+    let spec = GroupSpec::new(trio())
+        .termination(Termination::MaxTurns(2))
+        .failure(FailurePolicy {
+            retries: 0,
+            ..FailurePolicy::default()
+        });
+    let group = groups.create_group(spec).await.unwrap();
+    let mut events = groups.subscribe(group.id).await.unwrap();
+    let outcome = groups.handle_message(group.id, "go").await.unwrap();
+    assert_eq!(speakers(&outcome), ["researcher", "reviewer"]);
+    assert_eq!(outcome.turns[1].failed, [id("writer")]);
+    let mut failure = None;
+    while let Some(Ok(event)) = events.next().await {
+        match event {
+            GroupEvent::AgentFailed { error, .. } => failure = Some(error),
+            GroupEvent::Terminated { .. } => break,
+            _ => {}
+        }
+    }
+    let failure = failure.expect("the panic is an agent failure");
+    assert!(
+        failure.contains("panicked: index out of bounds in the agent"),
+        "{failure}"
+    );
+
+    // A hook that panics stands aside: the strategy chooses, and a filter
+    // that panics lets no one through, so the round ends.
+    groups
+        .set_hooks(
+            group.id,
+            GroupHooks::default().selector(|_| panic!("selector bug")),
+        )
+        .await
+        .unwrap();
+    let outcome = groups.handle_message(group.id, "again").await.unwrap();
+    assert_eq!(outcome.turns.len(), 2);
+    groups
+        .set_hooks(
+            group.id,
+            GroupHooks::default().filter(|_, _| panic!("filter bug")),
+        )
+        .await
+        .unwrap();
+    let outcome = groups.handle_message(group.id, "once more").await.unwrap();
+    assert_eq!(outcome.end, RoundEnd::NoEligibleSpeaker);
 }
 
 #[tokio::test]
@@ -839,6 +932,16 @@ async fn shared_context_topic_and_workflow_are_saved_with_the_group() {
         .add_task(group.id, Task::new("x", "y").assign(id("mallory")))
         .await;
     assert!(matches!(stranger, Err(Error::NotParticipant { .. })));
+    let twice = groups
+        .add_task(
+            group.id,
+            Task::new("twice", "y").after("research").after("research"),
+        )
+        .await;
+    assert!(
+        matches!(&twice, Err(Error::Workflow { reason }) if reason.contains("twice")),
+        "{twice:?}"
+    );
     let stranger = groups
         .assign_task(group.id, "draft", Some(id("mallory")))
         .await;

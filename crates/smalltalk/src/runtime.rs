@@ -34,7 +34,9 @@ use smalltalk_health::{AgentHealthMonitor, HealthConfig};
 use smalltalk_session::{SessionConfig, SessionManager};
 use smalltalk_state::{Policies, StateConfig, StateStore};
 use smalltalk_storage::Store;
-use smalltalk_types::{AlertSink, BackgroundTask, Clock, LogAlertSink, SystemClock};
+use smalltalk_types::{
+    AlertSink, BackgroundTask, Clock, ConversationId, LogAlertSink, SystemClock,
+};
 
 /// Errors from building or shutting down a [`Runtime`]: which part failed,
 /// with its own error as the source.
@@ -275,13 +277,27 @@ impl RuntimeBuilder {
         }
         let groups = builder.build().map_err(Error::Groups)?;
         let dispatcher = groups.clone();
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            groups.config().max_trigger_rounds,
+        ));
         let triggers = bus
             .subscribe(
                 ">",
                 GROUP_TRIGGERS,
                 move |delivery: Delivery| {
-                    dispatch_trigger(&dispatcher, &delivery);
-                    async { Outcome::Ack }
+                    let rounds = triggered(&dispatcher, &delivery);
+                    let groups = dispatcher.clone();
+                    let permits = Arc::clone(&permits);
+                    async move {
+                        for (group, trigger) in rounds {
+                            // Waits while max_trigger_rounds are running.
+                            let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+                                break;
+                            };
+                            spawn_trigger_round(groups.clone(), group, trigger, permit);
+                        }
+                        Outcome::Ack
+                    }
                 },
                 SubscribeOptions::default(),
             )
@@ -390,11 +406,13 @@ pub struct Runtime {
 /// The bus subscriber that starts rounds in groups from events.
 pub const GROUP_TRIGGERS: &str = "smalltalk.group-triggers";
 
-/// Starts a round, on its own task, in every open group whose triggers
-/// match the event's topic. `group:`, `health:` and `agent:` topics never
-/// trigger. The event is acknowledged once the rounds are started, not
-/// finished: a crash during a round loses that trigger (at most once).
-fn dispatch_trigger(groups: &GroupManager, delivery: &Delivery) {
+/// The rounds an event starts: one in every open group whose triggers
+/// match its topic. `group:`, `health:` and `agent:` topics never trigger.
+/// The subscription spawns each round on its own task (at most
+/// [`GroupsConfig::max_trigger_rounds`] at once) and acknowledges the event
+/// once they are started, not finished: a crash during a round loses that
+/// trigger (at most once).
+fn triggered(groups: &GroupManager, delivery: &Delivery) -> Vec<(ConversationId, Trigger)> {
     let event = delivery.event();
     // Announcements of groups and of the health monitor (which hears of
     // group failures) never trigger: a failing round could trigger itself.
@@ -402,33 +420,43 @@ fn dispatch_trigger(groups: &GroupManager, delivery: &Delivery) {
         .iter()
         .any(|prefix| event.topic.as_str().starts_with(prefix))
     {
-        return;
+        return Vec::new();
     }
     let targets = groups.triggered_by(&event.topic);
     if targets.is_empty() {
-        return;
+        return Vec::new();
     }
     let trigger = Trigger {
         event_id: event.id,
         topic: event.topic.clone(),
         payload: event.payload.to_value().unwrap_or_default(),
     };
-    for group in targets {
-        let groups = groups.clone();
-        let trigger = trigger.clone();
-        tokio::spawn(async move {
-            match groups.handle_event(group, &trigger).await {
-                Ok(_) => {}
-                // Shutting down: the round is not started.
-                Err(smalltalk_groups::Error::Closed) => {
-                    tracing::debug!(group_id = %group, topic = %trigger.topic, "an event arrived as the groups closed");
-                }
-                Err(error) => {
-                    tracing::warn!(group_id = %group, topic = %trigger.topic, "an event's round failed: {error}");
-                }
+    targets
+        .into_iter()
+        .map(|group| (group, trigger.clone()))
+        .collect()
+}
+
+/// Runs an event's round in `group`, holding `permit` until it ends.
+fn spawn_trigger_round(
+    groups: GroupManager,
+    group: ConversationId,
+    trigger: Trigger,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    tokio::spawn(async move {
+        let _permit = permit;
+        match groups.handle_event(group, &trigger).await {
+            Ok(_) => {}
+            // Shutting down: the round is not started.
+            Err(smalltalk_groups::Error::Closed) => {
+                tracing::debug!(group_id = %group, topic = %trigger.topic, "an event arrived as the groups closed");
             }
-        });
-    }
+            Err(error) => {
+                tracing::warn!(group_id = %group, topic = %trigger.topic, "an event's round failed: {error}");
+            }
+        }
+    });
 }
 
 impl Runtime {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
+use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -270,7 +270,7 @@ impl LlmClient {
             .fetch_add(usage.completion_tokens, Ordering::Relaxed);
         counters
             .total_tokens
-            .fetch_add(usage.total_tokens, Ordering::Relaxed);
+            .fetch_add(usage.total(), Ordering::Relaxed);
         metrics::counter!("llm_tokens_total", "kind" => "prompt").increment(usage.prompt_tokens);
         metrics::counter!("llm_tokens_total", "kind" => "completion")
             .increment(usage.completion_tokens);
@@ -407,13 +407,19 @@ impl LlmClient {
         on_delta: &mut DeltaSink<'_>,
         streamed_any: &mut bool,
     ) -> Result<ChatResponse, Attempt> {
+        // The cap is counted on the bytes as they arrive, so an event that
+        // never ends (one endless `data:` line) is cut at the cap too.
         let cap = self.config.max_response_bytes;
-        let read = std::sync::atomic::AtomicUsize::new(0);
+        let mut read = 0usize;
         let mut events = response
             .bytes_stream()
-            .inspect(|chunk| {
-                if let Ok(chunk) = chunk {
-                    read.fetch_add(chunk.len(), Ordering::Relaxed);
+            .map(move |chunk| {
+                let chunk = chunk.map_err(StreamError::Http)?;
+                read = read.saturating_add(chunk.len());
+                if read > cap {
+                    Err(StreamError::TooLarge)
+                } else {
+                    Ok(chunk)
                 }
             })
             .eventsource();
@@ -435,6 +441,11 @@ impl LlmClient {
                         reason: "the stream ended before any chunk".into(),
                     }));
                 }
+                Some(Err(EventStreamError::Transport(StreamError::TooLarge))) => {
+                    return Err(Attempt::Final(Error::Decode {
+                        reason: format!("the streamed answer grew past {cap} bytes"),
+                    }));
+                }
                 Some(Err(error)) => {
                     return Err(Attempt::Final(Error::Decode {
                         reason: format!("broken event stream: {error}"),
@@ -442,11 +453,6 @@ impl LlmClient {
                 }
                 Some(Ok(event)) => event,
             };
-            if read.load(Ordering::Relaxed) > cap {
-                return Err(Attempt::Final(Error::Decode {
-                    reason: format!("the streamed answer grew past {cap} bytes"),
-                }));
-            }
             let data = event.data.trim();
             if data == "[DONE]" {
                 return Ok(assembler.finish());
@@ -460,12 +466,23 @@ impl LlmClient {
                 })
             })?;
             *streamed_any = true;
-            let delta = assembler.push(chunk);
+            let delta = assembler
+                .push(chunk)
+                .map_err(|reason| Attempt::Final(Error::Decode { reason }))?;
             if !delta.is_empty() {
                 on_delta(&delta);
             }
         }
     }
+}
+
+/// Why the bytes of a streamed answer stopped.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Http(reqwest::Error),
+    #[error("the answer is too large")]
+    TooLarge,
 }
 
 /// How one attempt failed.

@@ -216,6 +216,13 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Every token used: `total_tokens`, or the prompt's and the
+    /// completion's when a server leaves the total out (or short).
+    pub fn total(&self) -> u64 {
+        self.total_tokens
+            .max(self.prompt_tokens.saturating_add(self.completion_tokens))
+    }
+
     /// The sum of two usages.
     pub fn plus(self, other: Usage) -> Usage {
         Usage {
@@ -323,6 +330,9 @@ pub(crate) struct FunctionDelta {
     pub(crate) arguments: Option<String>,
 }
 
+/// The most tool calls one streamed answer may make.
+pub(crate) const MAX_TOOL_CALLS: usize = 128;
+
 /// Assembles streamed chunks into one [`ChatResponse`].
 #[derive(Debug, Default)]
 pub(crate) struct Assembler {
@@ -335,8 +345,9 @@ pub(crate) struct Assembler {
 }
 
 impl Assembler {
-    /// Folds in one chunk; returns its text delta (empty when none).
-    pub(crate) fn push(&mut self, chunk: ChatChunk) -> String {
+    /// Folds in one chunk; returns its text delta (empty when none), or
+    /// why the chunk cannot be part of an answer.
+    pub(crate) fn push(&mut self, chunk: ChatChunk) -> Result<String, String> {
         if self.id.is_empty() {
             self.id = chunk.id;
         }
@@ -352,7 +363,15 @@ impl Assembler {
                 delta.push_str(&text);
             }
             for call in choice.delta.tool_calls {
-                while self.tool_calls.len() <= call.index {
+                // Tool calls arrive in order: an index past the next one
+                // (a hostile 4e9) is not a call, and must not allocate.
+                if call.index > self.tool_calls.len() || call.index >= MAX_TOOL_CALLS {
+                    return Err(format!(
+                        "tool call index {} out of order (at most {MAX_TOOL_CALLS} calls, in order)",
+                        call.index
+                    ));
+                }
+                if call.index == self.tool_calls.len() {
                     self.tool_calls.push(ToolCall {
                         id: String::new(),
                         kind: function_kind(),
@@ -380,7 +399,7 @@ impl Assembler {
             }
         }
         self.content.push_str(&delta);
-        delta
+        Ok(delta)
     }
 
     pub(crate) fn finish(self) -> ChatResponse {
@@ -443,7 +462,11 @@ mod tests {
         ];
         let deltas: Vec<String> = chunks
             .into_iter()
-            .map(|chunk| assembler.push(serde_json::from_value(chunk).unwrap()))
+            .map(|chunk| {
+                assembler
+                    .push(serde_json::from_value(chunk).unwrap())
+                    .unwrap()
+            })
             .collect();
         assert_eq!(deltas, ["Hel", "lo", "", "", ""]);
         let response = assembler.finish();
@@ -456,5 +479,16 @@ mod tests {
             response.choices[0].finish_reason.as_deref(),
             Some("tool_calls")
         );
+    }
+
+    #[test]
+    fn a_tool_call_index_out_of_order_is_refused_without_allocating() {
+        for index in [1_u64, 4_000_000_000] {
+            let mut assembler = Assembler::default();
+            let chunk =
+                json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": index}]}}]});
+            let refused = assembler.push(serde_json::from_value(chunk).unwrap());
+            assert!(refused.unwrap_err().contains("out of order"), "{index}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use smalltalk_types::{
     AgentFailureSink, AgentId, Announcement, Clock, ConversationId, EventId, EventPriority,
     EventSink, Message, Role, Session, SessionId, SessionState, SystemClock, Topic,
 };
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{OwnedMutexGuard, broadcast, watch};
 
 pub use stats::GroupStats;
 
@@ -200,7 +200,7 @@ struct Inner {
 /// A group open on this manager.
 struct Live {
     id: ConversationId,
-    state: tokio::sync::Mutex<State>,
+    state: Arc<tokio::sync::Mutex<State>>,
     snapshot: Mutex<Arc<GroupInfo>>,
     /// Made on the first subscription: a channel's buffer is allocated
     /// up front, and most groups have no subscriber.
@@ -428,7 +428,7 @@ impl GroupManager {
         let group = Arc::new(Live {
             id,
             snapshot: Mutex::new(Arc::new(state.info(id))),
-            state: tokio::sync::Mutex::new(state),
+            state: Arc::new(tokio::sync::Mutex::new(state)),
             events: OnceLock::new(),
             stop: watch::channel(0).0,
             hooks: RwLock::new(GroupHooks::default()),
@@ -440,13 +440,7 @@ impl GroupManager {
 
     /// Reads group `id` from storage.
     async fn load_state(&self, id: ConversationId) -> Result<State> {
-        let mut session = self
-            .inner
-            .store
-            .get_session(session_of(id))
-            .await
-            .map_err(Error::Storage)?
-            .ok_or(Error::NotFound { group_id: id })?;
+        let mut session = self.stored(id).await?;
         let record = decode_record(id, &session)?;
         let now = self.inner.clock.now();
         if !matches!(session.state, SessionState::Active | SessionState::Idle)
@@ -499,14 +493,17 @@ impl GroupManager {
         if let Ok(state) = group.state.try_lock() {
             return Ok(state.history.clone());
         }
-        let session = self
-            .inner
+        Ok(self.stored(id).await?.messages)
+    }
+
+    /// Group `id`'s session as stored, its messages included.
+    async fn stored(&self, id: ConversationId) -> Result<Session> {
+        self.inner
             .store
             .get_session(session_of(id))
             .await
             .map_err(Error::Storage)?
-            .ok_or(Error::NotFound { group_id: id })?;
-        Ok(session.messages)
+            .ok_or(Error::NotFound { group_id: id })
     }
 
     /// Sets group `id`'s hooks (custom selector, candidate filter). Hooks
@@ -572,9 +569,9 @@ impl GroupManager {
     /// Ends group `id`: it takes no more rounds ([`Error::Finished`]), and
     /// is released. Its history stays, for as long as its session does.
     pub async fn end_group(&self, id: ConversationId, reason: &str) -> Result<GroupInfo> {
-        let group = self.live(id).await?;
+        let (group, mut state) = self.exclusive(id, true).await?;
         let info = self
-            .mutate(&group, true, |record| {
+            .change(&group, &mut state, |record| {
                 record.finished = Some(if reason.is_empty() {
                     "ended".into()
                 } else {
@@ -583,6 +580,7 @@ impl GroupManager {
                 Ok(())
             })
             .await?;
+        drop(state);
         self.evict(&group);
         Ok(info)
     }
@@ -594,8 +592,7 @@ impl GroupManager {
         id: ConversationId,
         participant: Participant,
     ) -> Result<GroupInfo> {
-        let group = self.live(id).await?;
-        self.mutate(&group, false, |record| {
+        self.mutate(id, false, |record| {
             if record.spec.participant(&participant.agent_id).is_some() {
                 return Err(Error::DuplicateParticipant {
                     agent_id: participant.agent_id.clone(),
@@ -618,9 +615,8 @@ impl GroupManager {
         id: ConversationId,
         agent: &AgentId,
     ) -> Result<GroupInfo> {
-        let group = self.live(id).await?;
         let agent = agent.clone();
-        self.mutate(&group, false, move |record| {
+        self.mutate(id, false, move |record| {
             let before = record.spec.participants.len();
             record
                 .spec
@@ -673,8 +669,7 @@ impl GroupManager {
             });
         }
         smalltalk_types::format::check_depth("shared context patch", &patch)?;
-        let group = self.live(id).await?;
-        self.mutate(&group, false, move |record| {
+        self.mutate(id, false, move |record| {
             merge_context(&mut record.shared_context, &patch);
             check_context(&record.shared_context).map_err(|reason| Error::InvalidInput { reason })
         })
@@ -691,8 +686,7 @@ impl GroupManager {
                 reason: format!("a topic has at most {} bytes", crate::spec::MAX_TEXT_LEN),
             });
         }
-        let group = self.live(id).await?;
-        self.mutate(&group, false, move |record| {
+        self.mutate(id, false, move |record| {
             record.topic = topic;
             Ok(())
         })
@@ -702,8 +696,7 @@ impl GroupManager {
     /// Adds a task to group `id`'s workflow. Its assignee, if any, must be
     /// a participant ([`Error::NotParticipant`]).
     pub async fn add_task(&self, id: ConversationId, task: Task) -> Result<GroupInfo> {
-        let group = self.live(id).await?;
-        self.mutate(&group, false, move |record| {
+        self.mutate(id, false, move |record| {
             if let Some(assignee) = &task.assignee {
                 check_participant(id, record, assignee)?;
             }
@@ -720,9 +713,8 @@ impl GroupManager {
         task: &str,
         assignee: Option<AgentId>,
     ) -> Result<GroupInfo> {
-        let group = self.live(id).await?;
         let task = task.to_owned();
-        self.mutate(&group, false, move |record| {
+        self.mutate(id, false, move |record| {
             if let Some(assignee) = &assignee {
                 check_participant(id, record, assignee)?;
             }
@@ -738,23 +730,11 @@ impl GroupManager {
         task: &str,
         status: TaskStatus,
     ) -> Result<GroupInfo> {
-        let group = self.live(id).await?;
         let task = task.to_owned();
-        self.mutate(&group, false, move |record| {
+        self.mutate(id, false, move |record| {
             record.workflow.set_status(&task, status)
         })
         .await
-    }
-
-    /// Refuses work on a group this manager closed or released while the
-    /// caller waited for its lock.
-    fn check_still_open(&self, group: &Arc<Live>) -> Result<()> {
-        self.check_open()?;
-        let current = lock(&self.inner.live).get(&group.id).cloned();
-        match current {
-            Some(current) if Arc::ptr_eq(&current, group) => Ok(()),
-            _ => Err(Error::RoundInProgress { group_id: group.id }),
-        }
     }
 
     /// Reads the group again if another writer committed since this
@@ -792,25 +772,63 @@ impl GroupManager {
     /// round under way (or, with `wait` false, refuses during one).
     async fn mutate(
         &self,
-        group: &Arc<Live>,
+        id: ConversationId,
         wait: bool,
         change: impl FnOnce(&mut GroupRecord) -> Result<()>,
     ) -> Result<GroupInfo> {
-        let mut state = if wait {
-            group.state.lock().await
-        } else {
-            group
-                .state
-                .try_lock()
-                .map_err(|_| Error::RoundInProgress { group_id: group.id })?
-        };
-        self.refresh(group, &mut state).await?;
+        let (group, mut state) = self.exclusive(id, wait).await?;
+        self.change(&group, &mut state, change).await
+    }
+
+    /// Group `id`, open on this manager and locked: waiting for a round
+    /// under way when `wait`, else [`Error::RoundInProgress`]. It is read
+    /// again if another writer committed since this manager last did; one
+    /// released while the call waited is opened again.
+    async fn exclusive(
+        &self,
+        id: ConversationId,
+        wait: bool,
+    ) -> Result<(Arc<Live>, OwnedMutexGuard<State>)> {
+        for _ in 0..3 {
+            let group = self.live(id).await?;
+            let lock = Arc::clone(&group.state);
+            let mut state = if wait {
+                lock.lock_owned().await
+            } else {
+                lock.try_lock_owned()
+                    .map_err(|_| Error::RoundInProgress { group_id: id })?
+            };
+            if !self.is_current(&group) {
+                // Released (or closed) while this call waited.
+                self.check_open()?;
+                continue;
+            }
+            self.refresh(&group, &mut state).await?;
+            return Ok((group, state));
+        }
+        Err(Error::RoundInProgress { group_id: id })
+    }
+
+    /// Whether `group` is still the one open under its id.
+    fn is_current(&self, group: &Arc<Live>) -> bool {
+        lock(&self.inner.live)
+            .get(&group.id)
+            .is_some_and(|current| Arc::ptr_eq(current, group))
+    }
+
+    /// Applies `change` to the record and commits it.
+    async fn change(
+        &self,
+        group: &Live,
+        state: &mut State,
+        change: impl FnOnce(&mut GroupRecord) -> Result<()>,
+    ) -> Result<GroupInfo> {
         let mut record = state.record.clone();
         change(&mut record)?;
         state.record = record;
         // On failure the commit read the group again: memory is what is
         // stored, whether or not this change landed.
-        self.commit(group, &mut state, Vec::new()).await?;
+        self.commit(group, state, Vec::new()).await?;
         Ok(state.info(group.id))
     }
 
@@ -893,12 +911,7 @@ impl GroupManager {
         message: Message,
     ) -> Result<RoundOutcome> {
         self.check_message(&message)?;
-        let group = self.live(id).await?;
-        let mut state = group
-            .state
-            .try_lock()
-            .map_err(|_| Error::RoundInProgress { group_id: id })?;
-        self.refresh(&group, &mut state).await?;
+        let (group, mut state) = self.exclusive(id, false).await?;
         self.run_round(&group, &mut state, message, None).await
     }
 
@@ -923,12 +936,7 @@ impl GroupManager {
     /// Finishes the round group `id` has in progress (one a stopped
     /// process left, or one that failed on a lost commit race).
     pub async fn resume(&self, id: ConversationId) -> Result<RoundOutcome> {
-        let group = self.live(id).await?;
-        let mut state = group
-            .state
-            .try_lock()
-            .map_err(|_| Error::RoundInProgress { group_id: id })?;
-        self.refresh(&group, &mut state).await?;
+        let (group, mut state) = self.exclusive(id, false).await?;
         if state.record.round.is_none() {
             return Err(Error::NoRoundInProgress { group_id: id });
         }
@@ -962,10 +970,7 @@ impl GroupManager {
         id: ConversationId,
         trigger: &Trigger,
     ) -> Result<Option<RoundOutcome>> {
-        let group = self.live(id).await?;
-        let mut state = group.state.lock().await;
-        self.check_still_open(&group)?;
-        self.refresh(&group, &mut state).await?;
+        let (group, mut state) = self.exclusive(id, true).await?;
         if state.record.triggers_seen.contains(&trigger.event_id) {
             return Ok(None);
         }
@@ -985,13 +990,10 @@ impl GroupManager {
     }
 
     /// Who would speak next in group `id`, without taking a turn (the LLM
-    /// is asked, for an `llm-based` group). `None` when no one may.
+    /// is asked, for an `llm-based` group). `None` when no one may. A dry
+    /// run: it is not counted in [`stats`](Self::stats).
     pub async fn select_speaker(&self, id: ConversationId) -> Result<Option<Selection>> {
-        let group = self.live(id).await?;
-        let state = group
-            .state
-            .try_lock()
-            .map_err(|_| Error::RoundInProgress { group_id: id })?;
+        let (group, state) = self.exclusive(id, false).await?;
         let turn = state
             .record
             .round

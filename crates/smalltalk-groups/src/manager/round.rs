@@ -3,8 +3,10 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use serde_json::{Value, json};
 use smalltalk_types::{
     AgentFailureReport, AgentId, Announcement, EventId, EventPriority, Message, Role, Topic,
@@ -18,7 +20,7 @@ use super::{
     GROUP_SPEAKER_SELECTED, GroupManager, Live, State, merge_context, read, session_of,
 };
 use crate::record::RoundState;
-use crate::selection::{self, LlmOutcome, SelectionContext};
+use crate::selection::{self, LlmOutcome, SelectionContext, panic_message};
 use crate::termination::Progress;
 use crate::{
     AfterRetries, AgentError, AgentReply, AgentRequest, Error, GroupEvent, HistoryView,
@@ -174,7 +176,7 @@ impl GroupManager {
                 held: vec![crate::Termination::Timeout(timeout.unwrap_or_default()).to_string()],
             };
             if *stop.borrow_and_update() != generation {
-                return self.end_round(group, state, RoundEnd::Stopped, turns).await;
+                return self.end_stopped(group, state, &round, turns).await;
             }
             if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
                 return self.end_round(group, state, timed_out(), turns).await;
@@ -200,7 +202,14 @@ impl GroupManager {
                 )
                 .await;
                 let selection = match selected {
-                    Interrupt::Done(Some(selection)) => selection,
+                    Interrupt::Done(Some(selection)) => {
+                        // Counted here, not in `select`: a dry run
+                        // (`select_speaker`) is not a selection.
+                        self.inner.stats.selected(&selection);
+                        metrics::histogram!("group_selection_seconds", "strategy" => selection.strategy.as_str())
+                            .record(selection.latency.as_secs_f64());
+                        selection
+                    }
                     Interrupt::Done(None) if !failures.is_empty() => {
                         let reason = format!("every eligible agent failed in turn {turn}");
                         self.end_round(group, state, RoundEnd::Failed { reason }, turns)
@@ -221,7 +230,7 @@ impl GroupManager {
                         return self.end_round(group, state, end, turns).await;
                     }
                     Interrupt::Stopped => {
-                        return self.end_round(group, state, RoundEnd::Stopped, turns).await;
+                        return self.end_stopped(group, state, &round, turns).await;
                     }
                     Interrupt::Deadline => {
                         return self.end_round(group, state, timed_out(), turns).await;
@@ -246,7 +255,7 @@ impl GroupManager {
                 match asked {
                     Asked::Reply(reply) => break (selection, reply),
                     Asked::Stopped => {
-                        return self.end_round(group, state, RoundEnd::Stopped, turns).await;
+                        return self.end_stopped(group, state, &round, turns).await;
                     }
                     Asked::Deadline => {
                         return self.end_round(group, state, timed_out(), turns).await;
@@ -334,7 +343,7 @@ impl GroupManager {
         let id = group.id;
         let agent = selection.agent_id.clone();
         let now = self.inner.clock.now();
-        let tokens = reply.usage.map_or(0, |usage| usage.total_tokens);
+        let tokens = reply.usage.map_or(0, |usage| usage.total());
         let mut message =
             Message::new(Role::Assistant, reply.content, now).with_agent(agent.clone());
         message.metadata = reply.metadata;
@@ -388,6 +397,30 @@ impl GroupManager {
         )
         .await;
         Ok((summary, end))
+    }
+
+    /// Ends a stopped round: [`RoundEnd::Condition`] when the group's
+    /// condition holds with the stop counted (`ExternalStop`, alone or in
+    /// a composition), [`RoundEnd::Stopped`] otherwise. A stop ends the
+    /// round either way.
+    async fn end_stopped(
+        &self,
+        group: &Arc<Live>,
+        state: &mut State,
+        round: &RoundState,
+        turns: Vec<TurnSummary>,
+    ) -> Result<RoundOutcome> {
+        let progress = Progress {
+            stopped: true,
+            ..self.progress(state, round, None)
+        };
+        let mut held = Vec::new();
+        let end = if state.record.spec.termination.check(&progress, &mut held) {
+            RoundEnd::Condition { held }
+        } else {
+            RoundEnd::Stopped
+        };
+        self.end_round(group, state, end, turns).await
     }
 
     /// Ends the round without a turn, and stores that.
@@ -496,7 +529,20 @@ impl GroupManager {
                 });
             };
             let work = async {
-                let call = tokio::time::timeout(policy.timeout, agent.respond(request));
+                // A panicking agent fails its attempt; it does not take the
+                // round (or the caller's task) down with it.
+                let answer = async {
+                    AssertUnwindSafe(agent.respond(request))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| {
+                            Err(AgentError::failed(format!(
+                                "the agent panicked: {}",
+                                panic_message(panic.as_ref())
+                            )))
+                        })
+                };
+                let call = tokio::time::timeout(policy.timeout, answer);
                 tokio::pin!(call);
                 loop {
                     tokio::select! {
@@ -554,10 +600,17 @@ impl GroupManager {
         if reply.content.trim().is_empty() && reply.tool_calls.is_empty() {
             return Err("the agent answered nothing".into());
         }
-        if reply.content.len() > self.inner.config.max_message_bytes {
+        // What is stored: the text, and the tool calls and metadata that
+        // go into the message's metadata.
+        let limit = self.inner.config.max_message_bytes;
+        let size = reply
+            .content
+            .len()
+            .saturating_add(encoded_len(&reply.tool_calls))
+            .saturating_add(encoded_len(&reply.metadata));
+        if size > limit {
             return Err(format!(
-                "the answer is longer than {} bytes",
-                self.inner.config.max_message_bytes
+                "the answer (text, tool calls and metadata) is larger than {limit} bytes"
             ));
         }
         if let Some(patch) = &reply.context_patch {
@@ -599,14 +652,22 @@ impl GroupManager {
             return Err(AgentError::failed("a summary view needs a summarizer"));
         };
         let timeout = state.record.spec.failure.timeout;
-        let summary = tokio::time::timeout(
-            timeout,
-            summarizer.summarize(group.id, &speaker.agent_id, &history[..split]),
-        )
-        .await
-        .map_err(|_| {
-            AgentError::failed(format!("the summarizer did not answer within {timeout:?}"))
-        })??;
+        let summarize = async {
+            AssertUnwindSafe(summarizer.summarize(group.id, &speaker.agent_id, &history[..split]))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Err(AgentError::failed(format!(
+                        "the summarizer panicked: {}",
+                        panic_message(panic.as_ref())
+                    )))
+                })
+        };
+        let summary = tokio::time::timeout(timeout, summarize)
+            .await
+            .map_err(|_| {
+                AgentError::failed(format!("the summarizer did not answer within {timeout:?}"))
+            })??;
         Ok((recent, Some(summary)))
     }
 
@@ -659,7 +720,7 @@ impl GroupManager {
         let last = record.last_speaker.as_ref();
         let after = || last.map_or_else(|| "the start".to_owned(), ToString::to_string);
         let custom = hooks.selector.as_ref().and_then(|selector| {
-            let pick = selector(&context)?;
+            let pick = selection::guarded("custom selector", group.id, || selector(&context), None)?;
             let found = eligible.iter().find(|participant| participant.agent_id == pick);
             if found.is_none() {
                 tracing::warn!(group_id = %group.id, agent_id = %pick, "the custom selector named an agent that may not speak now; the strategy chooses");
@@ -756,9 +817,6 @@ impl GroupManager {
                 }
             }
         };
-        self.inner.stats.selected(&selection);
-        metrics::histogram!("group_selection_seconds", "strategy" => strategy.as_str())
-            .record(selection.latency.as_secs_f64());
         Some(selection)
     }
 
@@ -880,4 +938,23 @@ fn announcement_of(event: &GroupEvent) -> Option<(&'static str, EventPriority, V
         ),
         GroupEvent::Delta { .. } => return None,
     })
+}
+
+/// The length of `value` as JSON, counted without building it.
+fn encoded_len(value: &impl serde::Serialize) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(bytes.len());
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => usize::MAX,
+    }
 }
