@@ -7,7 +7,7 @@
 //!   is everything but the model: prompt, HTTP over loopback, parsing,
 //!   validation;
 //! - `turn_overhead` (SC-012): each turn of an agent that answers at
-//!   once, timed one by one, the commit of its message with the group
+//!   once, timed one by one from its agent being asked, the commit of its message with the group
 //!   record at the turn boundary included; `turn_overhead_with_bus`: the
 //!   same with the turn's announcements published on a durable bus over
 //!   the same store, as the `Runtime` wires it;
@@ -17,10 +17,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use smalltalk_groups::llm::{LlmClient, LlmConfig};
 use smalltalk_groups::{
-    Agent, GroupEvent, GroupManager, GroupSpec, GroupsConfig, Participant, ScriptedAgent, Strategy,
+    Agent, GroupManager, GroupSpec, GroupsConfig, Participant, ScriptedAgent, Strategy,
     Termination, Throttle,
 };
 use smalltalk_storage::{SessionStore, Store};
@@ -106,39 +105,67 @@ pub fn local_llm(base_url: String) -> LlmClient {
     LlmClient::new(LlmConfig::new(base_url, "bench")).expect("valid configuration")
 }
 
+/// An agent that answers at once and notes when it was asked.
+#[derive(Debug)]
+struct Clocked {
+    id: AgentId,
+    asked: Arc<std::sync::Mutex<Vec<Instant>>>,
+}
+
+#[async_trait::async_trait]
+impl Agent for Clocked {
+    fn id(&self) -> &AgentId {
+        &self.id
+    }
+
+    async fn respond(
+        &self,
+        request: smalltalk_groups::AgentRequest,
+    ) -> Result<smalltalk_groups::AgentReply, smalltalk_groups::AgentError> {
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Instant::now());
+        Ok(smalltalk_groups::AgentReply::text(format!(
+            "turn {} of round {}",
+            request.turn, request.round
+        )))
+    }
+}
+
 /// The time of each turn of `rounds` rounds of 10 turns, one by one: from
-/// the commit before it (the round's start, or the turn before) to its own
-/// commit, so selection, asking the agent (which answers at once), the
-/// commit and the announcements are in it. Timed on the group's event
-/// stream.
+/// its agent being asked to the next agent being asked (the last turn: to
+/// the round's end), so the commit of its message with the record, the
+/// announcements and the next selection are in it; the agent answers at
+/// once.
 pub async fn measure_turns(manager: &GroupManager, warmup: usize, rounds: usize) -> Samples {
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for index in 0..3 {
+        manager.register_agent(Arc::new(Clocked {
+            id: agent_id(index),
+            asked: Arc::clone(&asked),
+        }));
+    }
     let id = group(manager, 3, Strategy::RoundRobin, 10).await;
     for _ in 0..warmup {
         manager.handle_message(id, "go").await.expect("round");
     }
-    let mut events = manager.subscribe(id).await.expect("subscribe");
-    let collector = tokio::spawn(async move {
-        let mut samples = Vec::new();
-        let mut last = None;
-        while let Some(event) = events.next().await {
-            let now = Instant::now();
-            match event.expect("the collector keeps up") {
-                GroupEvent::RoundStarted { .. } => last = Some(now),
-                GroupEvent::Message { .. } => {
-                    if let Some(before) = last.replace(now) {
-                        samples.push(now - before);
-                    }
-                }
-                _ => {}
-            }
-        }
-        samples
-    });
+    let mut samples = Vec::with_capacity(rounds * 10);
     for _ in 0..rounds {
+        asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
         manager.handle_message(id, "go").await.expect("round");
+        let ended = Instant::now();
+        let marks = asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let next = marks.iter().skip(1).copied().chain(std::iter::once(ended));
+        samples.extend(marks.iter().zip(next).map(|(asked, next)| next - *asked));
     }
-    manager.release(id).await;
-    Samples::from_durations(collector.await.expect("collector"))
+    Samples::from_durations(samples)
 }
 
 /// `groups` groups each running one round of `turns` turns at once:
