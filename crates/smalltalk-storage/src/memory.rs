@@ -412,6 +412,11 @@ impl SessionStore for MemoryStore {
                     .is_none_or(|after| session.created_at > after)
             })
             .filter(|session| filter.expired_at.is_none_or(|at| session.expires_at <= at))
+            .filter(|session| {
+                filter.after.is_none_or(|cursor| {
+                    (session.created_at, session.id) > (cursor.created_at, cursor.id)
+                })
+            })
             .map(summary_of)
             .collect();
         // A UUID's byte order is its lowercase hex text order, which is how

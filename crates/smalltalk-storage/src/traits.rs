@@ -34,10 +34,33 @@ pub struct SessionFilter {
     pub created_after: Option<Timestamp>,
     /// Only sessions whose expiry is at or before this time (expired then).
     pub expired_at: Option<Timestamp>,
+    /// Only sessions after this one in the listing's order (creation time,
+    /// then id): keyset paging, stable while sessions come and go.
+    pub after: Option<SessionCursor>,
     /// At most this many.
     pub limit: Option<u32>,
     /// Skip this many first.
     pub offset: u64,
+}
+
+/// A place in a session listing: the last session of a page, from which
+/// [`SessionFilter::after`] continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SessionCursor {
+    /// The session's creation time.
+    pub created_at: Timestamp,
+    /// The session.
+    pub id: SessionId,
+}
+
+impl SessionCursor {
+    /// The cursor just after `summary`.
+    pub fn after(summary: &SessionSummary) -> Self {
+        Self {
+            created_at: summary.created_at,
+            id: summary.id,
+        }
+    }
 }
 
 /// Conditions an append must meet, checked atomically with the write.

@@ -350,6 +350,7 @@ async fn apply(
                 expired_at: expired_at.map(|seconds| at(fixture, seconds)),
                 limit: *limit,
                 offset: *offset,
+                after: None,
             };
             outcome(store.list_sessions(&filter).await, Outcome::List)
         }

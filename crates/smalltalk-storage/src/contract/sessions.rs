@@ -723,6 +723,7 @@ pub async fn list_filters_and_pagination(backend: &impl Backend) {
         created_after: Some(at(1)),
         limit: Some(2),
         offset: 1,
+        after: None,
     };
     let rows = store.list_sessions(&combined).await.unwrap();
     assert_eq!(
@@ -734,6 +735,40 @@ pub async fn list_filters_and_pagination(backend: &impl Backend) {
         ..Default::default()
     };
     assert!(store.list_sessions(&beyond).await.unwrap().is_empty());
+
+    // Keyset pages: five more sessions share one creation time, so only
+    // the id tells them apart; pages of 2 still cover each exactly once.
+    for _ in 0..5 {
+        let session = Session::new(SessionId::new(), at(100), Duration::from_secs(60));
+        store
+            .save_session(&session, Expected::Absent)
+            .await
+            .unwrap();
+    }
+    let everything: Vec<SessionId> = store
+        .list_sessions(&SessionFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|summary| summary.id)
+        .collect();
+    assert_eq!(everything.len(), 15);
+    let mut keyset = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store
+            .list_sessions(&SessionFilter {
+                after: cursor,
+                limit: Some(2),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        cursor = Some(crate::SessionCursor::after(last));
+        keyset.extend(page.iter().map(|summary| summary.id));
+    }
+    assert_eq!(keyset, everything, "keyset pages in listing order");
 }
 
 /// Per-state counts.

@@ -535,6 +535,7 @@ impl SessionStore for PgStore {
             "SELECT id, state, version, created_at, updated_at, expires_at, message_count
              FROM sessions WHERE ($1::TEXT IS NULL OR state = $1) AND ($2::BIGINT IS NULL OR created_at > $2)
                AND ($5::BIGINT IS NULL OR expires_at <= $5)
+               AND ($6::BIGINT IS NULL OR created_at > $6 OR (created_at = $6 AND id > $7::TEXT))
              ORDER BY created_at, id LIMIT $3 OFFSET $4",
         )
         .bind(filter.state.map(SessionState::as_str))
@@ -542,6 +543,8 @@ impl SessionStore for PgStore {
         .bind(filter.limit.map(i64::from))
         .bind(to_i64(filter.offset))
         .bind(filter.expired_at.map(Timestamp::as_micros))
+        .bind(filter.after.map(|cursor| cursor.created_at.as_micros()))
+        .bind(filter.after.map(|cursor| cursor.id.to_string()))
         .fetch_all(&self.pool)
         .await
         .map_err(pg_error)?;

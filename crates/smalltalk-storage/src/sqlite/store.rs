@@ -565,6 +565,7 @@ impl SessionStore for SqliteStore {
                     "SELECT id, state, version, created_at, updated_at, expires_at, message_count
                  FROM sessions WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR created_at > ?2)
                    AND (?5 IS NULL OR expires_at <= ?5)
+                   AND (?6 IS NULL OR created_at > ?6 OR (created_at = ?6 AND id > ?7))
                  ORDER BY created_at, id LIMIT ?3 OFFSET ?4",
                 )
                 .map_err(sqlite_error)?;
@@ -576,6 +577,8 @@ impl SessionStore for SqliteStore {
                         filter.limit.map_or(-1, i64::from),
                         to_i64(filter.offset),
                         filter.expired_at.map(Timestamp::as_micros),
+                        filter.after.map(|cursor| cursor.created_at.as_micros()),
+                        filter.after.map(|cursor| cursor.id.to_string()),
                     ],
                     summary_row,
                 )
