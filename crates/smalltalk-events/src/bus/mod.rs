@@ -759,6 +759,11 @@ impl EventBus {
         })
     }
 
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
     /// Stops every subscription (waiting for running handlers and saving
     /// positions) and the bus's tasks. Publishing afterwards fails with
     /// [`Error::Closed`].

@@ -398,6 +398,11 @@ impl SessionManager {
         soonest.clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 
+    /// Sessions in this manager's active pool now.
+    pub fn active_count(&self) -> usize {
+        self.pool().len()
+    }
+
     /// Whether the manager runs degraded (see
     /// [`DegradationControl`](smalltalk_types::DegradationControl)).
     pub fn is_degraded(&self) -> bool {

@@ -1,0 +1,439 @@
+//! The server's configuration: defaults, then an optional TOML file, then
+//! environment variables (each documented in `docs/configuration.md`).
+//! A bad value stops startup with a [`ConfigError`] naming the variable
+//! and the allowed range.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use smalltalk::groups::llm::{ApiKey, LlmConfig};
+use smalltalk::{HealthConfig, SessionConfig};
+
+/// The environment variables read, with the configuration key each sets.
+pub const VARIABLES: [(&str, &str); 16] = [
+    ("STORAGE_URL", "storage_url"),
+    ("SMALLTALK_BIND", "bind"),
+    ("SMALLTALK_TOKEN", "token"),
+    ("EVENT_RETENTION_HOURS", "event_retention_hours"),
+    ("SESSION_EXPIRATION_DAYS", "session_expiration_days"),
+    ("MAX_CONCURRENT_SESSIONS", "max_concurrent_sessions"),
+    ("HEARTBEAT_INTERVAL_MS", "heartbeat_interval_ms"),
+    ("LIVENESS_PROBE_TIMEOUT_MS", "liveness_probe_timeout_ms"),
+    ("LOG_FORMAT", "log_format"),
+    ("SMALLTALK_LLM_URL", "llm_url"),
+    ("SMALLTALK_LLM_MODEL", "llm_model"),
+    ("SMALLTALK_LLM_API_KEY", "llm_api_key"),
+    ("SMALLTALK_REQUEST_TIMEOUT_MS", "request_timeout_ms"),
+    ("SMALLTALK_MAX_BODY_BYTES", "max_body_bytes"),
+    ("SMALLTALK_DRAIN_TIMEOUT_MS", "drain_timeout_ms"),
+    ("SMALLTALK_SSE_BUFFER", "sse_buffer"),
+];
+
+/// The default storage: an SQLite file under the working directory.
+pub const DEFAULT_STORAGE_URL: &str = "sqlite://./smalltalk-data/smalltalk.db";
+
+/// A secret (the bearer token, an API key): never printed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Everything the server reads at startup. Field names are the TOML keys;
+/// [`VARIABLES`] maps the environment variables onto them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Where everything is stored (`sqlite://PATH`, `postgres://...`,
+    /// `memory://`). Default [`DEFAULT_STORAGE_URL`].
+    pub storage_url: String,
+    /// The address to listen on. Default `127.0.0.1:7700` (loopback).
+    pub bind: SocketAddr,
+    /// The bearer token every request must carry; none by default (then
+    /// requests are not authenticated, and a non-loopback bind is refused
+    /// without `--insecure`).
+    pub token: Option<Secret>,
+    /// How long events stay in the log, in hours: 1 to 8,760. Default 24.
+    pub event_retention_hours: u64,
+    /// How long a new session lives, in days: 1 to 30. Default 7.
+    pub session_expiration_days: u64,
+    /// The most sessions active on this node: 1 to 1,000,000. Default 100.
+    pub max_concurrent_sessions: usize,
+    /// How often each agent is asked for a heartbeat, in ms: 10 to
+    /// 3,600,000. Default 2,000.
+    pub heartbeat_interval_ms: u64,
+    /// How long a liveness probe may take, in ms: 10 to 3,600,000. Default
+    /// 5,000.
+    pub liveness_probe_timeout_ms: u64,
+    /// `text` or `json`. Default `text`. (The level comes from `RUST_LOG`,
+    /// default `info`.)
+    pub log_format: LogFormat,
+    /// The OpenAI-compatible endpoint for LLM agents and LLM speaker
+    /// selection; none by default.
+    pub llm_url: Option<String>,
+    /// The model asked for. Default `gpt-4o-mini` when `llm_url` is set.
+    pub llm_model: Option<String>,
+    /// The endpoint's API key.
+    pub llm_api_key: Option<Secret>,
+    /// The longest a request may take, in ms (streams excepted): 100 to
+    /// 600,000. Default 30,000.
+    pub request_timeout_ms: u64,
+    /// The largest request body, in bytes: 1,024 to 64 MiB. Default 2 MiB.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may drain at shutdown, in ms: 0 to
+    /// 300,000. Default 30,000.
+    pub drain_timeout_ms: u64,
+    /// Events an SSE client may fall behind before it is sent `lagged` and
+    /// closed (it resumes with `Last-Event-ID`): 16 to 1,000,000. Default
+    /// 1,024.
+    pub sse_buffer: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            storage_url: DEFAULT_STORAGE_URL.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 7700)),
+            token: None,
+            event_retention_hours: 24,
+            session_expiration_days: 7,
+            max_concurrent_sessions: 100,
+            heartbeat_interval_ms: 2_000,
+            liveness_probe_timeout_ms: 5_000,
+            log_format: LogFormat::Text,
+            llm_url: None,
+            llm_model: None,
+            llm_api_key: None,
+            request_timeout_ms: 30_000,
+            max_body_bytes: 2 * 1024 * 1024,
+            drain_timeout_ms: 30_000,
+            sse_buffer: 1024,
+        }
+    }
+}
+
+/// A configuration value that stops startup.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}: {reason}")]
+pub struct ConfigError {
+    /// The variable (or TOML key, or file) at fault.
+    pub source_name: String,
+    /// What is wrong, and what is allowed.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(source_name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            source_name: source_name.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The environment variable that sets configuration key `key`.
+pub fn variable_of(key: &str) -> Option<&'static str> {
+    VARIABLES
+        .iter()
+        .find(|(_, field)| *field == key)
+        .map(|(variable, _)| *variable)
+}
+
+impl ServerConfig {
+    /// Defaults, then `file` (TOML) if given, then the process's
+    /// environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_from(file, Env::raw())
+    }
+
+    /// [`load`](Self::load) with the variables given (for tests).
+    pub fn load_with(file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Self, ConfigError> {
+        let mut figment = Self::base(file)?;
+        for (variable, value) in vars {
+            let Some((_, key)) = VARIABLES.iter().find(|(name, _)| name == variable) else {
+                return Err(ConfigError::new(*variable, "is not a setting"));
+            };
+            // Parsed as the environment provider parses a variable.
+            let value: figment::value::Value = value.parse().unwrap_or_else(|never| match never {});
+            figment = figment.merge(Serialized::default(key, value));
+        }
+        Self::extract(figment)
+    }
+
+    fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let env = env.filter_map(|key| {
+            VARIABLES
+                .iter()
+                .find(|(variable, _)| key.as_str().eq_ignore_ascii_case(variable))
+                .map(|(_, field)| (*field).into())
+        });
+        Self::extract(Self::base(file)?.merge(env))
+    }
+
+    fn base(file: Option<&Path>) -> Result<Figment, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(ServerConfig::default()));
+        if let Some(file) = file {
+            if !file.is_file() {
+                return Err(ConfigError::new(
+                    file.display().to_string(),
+                    "no such configuration file",
+                ));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        Ok(figment)
+    }
+
+    fn extract(figment: Figment) -> Result<Self, ConfigError> {
+        let config: ServerConfig = figment.extract().map_err(|error| {
+            let key = error.path.last().cloned().unwrap_or_default();
+            let name = variable_of(&key).map_or_else(
+                || {
+                    if key.is_empty() {
+                        "configuration".into()
+                    } else {
+                        key.clone()
+                    }
+                },
+                |variable| format!("{variable} ({key})"),
+            );
+            ConfigError::new(name, describe(&error.kind))
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every range; the error names the variable.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let named = |key: &str| {
+            variable_of(key).map_or_else(|| key.to_owned(), |variable| variable.to_owned())
+        };
+        let range = |key: &str, value: u64, low: u64, high: u64| {
+            if (low..=high).contains(&value) {
+                Ok(())
+            } else {
+                Err(ConfigError::new(
+                    named(key),
+                    format!("must be between {low} and {high} (got {value})"),
+                ))
+            }
+        };
+        let url = self.storage_url.trim();
+        if !["sqlite://", "postgres://", "postgresql://", "memory://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(ConfigError::new(
+                named("storage_url"),
+                format!("must be sqlite://PATH, postgres://... or memory:// (got {url:?})"),
+            ));
+        }
+        range(
+            "event_retention_hours",
+            self.event_retention_hours,
+            1,
+            8_760,
+        )?;
+        range(
+            "session_expiration_days",
+            self.session_expiration_days,
+            1,
+            30,
+        )?;
+        range(
+            "max_concurrent_sessions",
+            self.max_concurrent_sessions as u64,
+            1,
+            1_000_000,
+        )?;
+        range(
+            "heartbeat_interval_ms",
+            self.heartbeat_interval_ms,
+            10,
+            3_600_000,
+        )?;
+        range(
+            "liveness_probe_timeout_ms",
+            self.liveness_probe_timeout_ms,
+            10,
+            3_600_000,
+        )?;
+        range("request_timeout_ms", self.request_timeout_ms, 100, 600_000)?;
+        range(
+            "max_body_bytes",
+            self.max_body_bytes as u64,
+            1024,
+            64 * 1024 * 1024,
+        )?;
+        range("drain_timeout_ms", self.drain_timeout_ms, 0, 300_000)?;
+        range("sse_buffer", self.sse_buffer as u64, 16, 1_000_000)?;
+        if let Some(token) = &self.token {
+            let token = token.expose();
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(ConfigError::new(
+                    named("token"),
+                    "must be at least 16 characters, with no spaces or control characters",
+                ));
+            }
+        }
+        if let Some(llm) = self.llm()? {
+            llm.validate()
+                .map_err(|error| ConfigError::new(named("llm_url"), error.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// The LLM endpoint, when one is configured.
+    pub fn llm(&self) -> Result<Option<LlmConfig>, ConfigError> {
+        let Some(url) = self.llm_url.as_deref().filter(|url| !url.trim().is_empty()) else {
+            if self.llm_model.is_some() || self.llm_api_key.is_some() {
+                return Err(ConfigError::new(
+                    "SMALLTALK_LLM_URL",
+                    "must be set when SMALLTALK_LLM_MODEL or SMALLTALK_LLM_API_KEY is",
+                ));
+            }
+            return Ok(None);
+        };
+        let model = self
+            .llm_model
+            .clone()
+            .unwrap_or_else(|| smalltalk::groups::llm::DEFAULT_MODEL.into());
+        let mut config = LlmConfig::new(url.trim(), model);
+        config.api_key = self
+            .llm_api_key
+            .as_ref()
+            .map(|key| ApiKey::new(key.expose()));
+        Ok(Some(config))
+    }
+
+    /// The session manager's configuration.
+    pub fn sessions(&self) -> SessionConfig {
+        SessionConfig {
+            default_ttl: Duration::from_secs(self.session_expiration_days * 24 * 3600),
+            max_active_sessions: self.max_concurrent_sessions,
+            ..SessionConfig::default()
+        }
+    }
+
+    /// The health monitor's configuration.
+    pub fn health(&self) -> HealthConfig {
+        HealthConfig {
+            heartbeat_interval: Duration::from_millis(self.heartbeat_interval_ms),
+            probe_timeout: Duration::from_millis(self.liveness_probe_timeout_ms),
+            ..HealthConfig::default()
+        }
+    }
+
+    /// The event bus's configuration.
+    pub fn events(&self) -> smalltalk::events::EventBusConfig {
+        smalltalk::events::EventBusConfig {
+            retention: Duration::from_secs(self.event_retention_hours * 3600),
+            ..smalltalk::events::EventBusConfig::default()
+        }
+    }
+}
+
+/// A figment error in words an operator reads.
+fn describe(kind: &figment::error::Kind) -> String {
+    use figment::error::Kind;
+    match kind {
+        Kind::InvalidType(found, expected) => format!("expected {expected}, found {found}"),
+        Kind::InvalidValue(found, expected) => format!("expected {expected}, found {found}"),
+        Kind::UnknownVariant(found, allowed) => {
+            format!("{found:?} is not one of: {}", allowed.join(", "))
+        }
+        Kind::UnknownField(found, _) => format!("unknown setting {found:?}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_names_map() {
+        let config = ServerConfig::load_with(None, &[]).unwrap();
+        assert_eq!(config, ServerConfig::default());
+        assert_eq!(config.bind.to_string(), "127.0.0.1:7700");
+        assert_eq!(variable_of("bind"), Some("SMALLTALK_BIND"));
+        for (variable, key) in VARIABLES {
+            assert_eq!(variable_of(key), Some(variable));
+        }
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_and_the_range() {
+        let cases = [
+            ("HEARTBEAT_INTERVAL_MS", "5", "between 10 and 3600000"),
+            ("HEARTBEAT_INTERVAL_MS", "soon", "HEARTBEAT_INTERVAL_MS"),
+            ("SMALLTALK_BIND", "nowhere", "SMALLTALK_BIND"),
+            ("LOG_FORMAT", "xml", "text, json"),
+            ("STORAGE_URL", "mysql://x", "sqlite://PATH"),
+            ("SESSION_EXPIRATION_DAYS", "0", "between 1 and 30"),
+            ("SMALLTALK_TOKEN", "short", "at least 16"),
+            ("SMALLTALK_LLM_MODEL", "gpt", "SMALLTALK_LLM_URL"),
+        ];
+        for (variable, value, expected) in cases {
+            let error = ServerConfig::load_with(None, &[(variable, value)]).unwrap_err();
+            let text = error.to_string();
+            assert!(
+                text.contains(variable) || text.contains(expected),
+                "{variable}={value}: {text}"
+            );
+            assert!(text.contains(expected), "{variable}={value}: {text}");
+        }
+    }
+
+    #[test]
+    fn the_file_comes_under_the_environment_and_secrets_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("smalltalk.toml");
+        std::fs::write(
+            &file,
+            "bind = \"127.0.0.1:9999\"\nmax_concurrent_sessions = 5\ntoken = \"0123456789abcdef-secret\"\n",
+        )
+        .unwrap();
+        let config =
+            ServerConfig::load_with(Some(&file), &[("MAX_CONCURRENT_SESSIONS", "7")]).unwrap();
+        assert_eq!(config.bind.port(), 9999);
+        assert_eq!(config.max_concurrent_sessions, 7, "the variable wins");
+        assert!(!format!("{config:?}").contains("secret"));
+        std::fs::write(&file, "bnid = \"x\"\n").unwrap();
+        let error = ServerConfig::load_with(Some(&file), &[]).unwrap_err();
+        assert!(error.to_string().contains("bnid"), "{error}");
+        let missing = ServerConfig::load_with(Some(&dir.path().join("none.toml")), &[]);
+        assert!(missing.unwrap_err().to_string().contains("no such"));
+    }
+}

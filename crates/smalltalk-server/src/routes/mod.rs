@@ -1,0 +1,5 @@
+//! The HTTP routes, one module per resource, with the request and response
+//! bodies they take and give (the schemas of `/openapi.json`).
+
+pub mod ops;
+pub mod sessions;

@@ -1,0 +1,175 @@
+//! The `smalltalk` binary as operators run it: a real process, configured
+//! by environment variables, stopped with a real SIGTERM.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_smalltalk");
+
+/// Starts `smalltalk serve` with `vars`; returns it and its base URL.
+async fn serve(vars: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let mut command = tokio::process::Command::new(BINARY);
+    command
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SMALLTALK_BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (key, value) in vars {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the server starts within 30 s")
+        .unwrap()
+        .expect("the server prints where it listens");
+    let base = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+    (child, base)
+}
+
+fn terminate(child: &tokio::process::Child) {
+    let pid = child.id().expect("running").to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_persists_everything_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("data/server.db").display());
+    let (child, base) = serve(&[("STORAGE_URL", &url)]).await;
+    let client = reqwest::Client::new();
+    let mut ids = Vec::new();
+    for index in 0..20 {
+        let session: Value = client
+            .post(format!("{base}/v1/sessions"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = session["id"].as_str().unwrap().to_owned();
+        let appended = client
+            .post(format!("{base}/v1/sessions/{id}/messages"))
+            .json(&json!({"role": "user", "content": format!("hello {index}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(appended.status(), 201);
+        ids.push(id);
+    }
+    terminate(&child);
+    let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("exits within 60 s of SIGTERM")
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "exit {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // A new process reads every session.
+    let (child, base) = serve(&[("STORAGE_URL", &url)]).await;
+    for (index, id) in ids.iter().enumerate() {
+        let session: Value = client
+            .get(format!("{base}/v1/sessions/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(session["messages"][0]["content"], format!("hello {index}"));
+    }
+    terminate(&child);
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_stops_startup_naming_the_variable() {
+    for (vars, expected) in [
+        (
+            vec![("HEARTBEAT_INTERVAL_MS", "5")],
+            "HEARTBEAT_INTERVAL_MS: must be between 10 and 3600000",
+        ),
+        (vec![("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+        (
+            vec![
+                ("SMALLTALK_BIND", "0.0.0.0:0"),
+                ("STORAGE_URL", "memory://"),
+            ],
+            "without SMALLTALK_TOKEN",
+        ),
+    ] {
+        let mut command = std::process::Command::new(BINARY);
+        command.arg("serve").env_clear();
+        for (key, value) in &vars {
+            command.env(key, value);
+        }
+        let output = command.output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{vars:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{vars:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_the_server_warns_that_requests_are_not_authenticated() {
+    let (child, _) = serve(&[("STORAGE_URL", "memory://")]).await;
+    terminate(&child);
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("requests are not authenticated"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_survives_its_restart_every_time_it_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for run in 0..2 {
+        let output = tokio::process::Command::new(BINARY)
+            .arg("demo")
+            .current_dir(dir.path())
+            .output()
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "run {run}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("the planner is active again"), "{stdout}");
+        assert!(
+            stdout.contains("identical: the conversation survived the restart"),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains("[restore pid"),
+            "a second process restored it: {stdout}"
+        );
+    }
+    assert!(dir.path().join("smalltalk-data/demo.db").is_file());
+}
