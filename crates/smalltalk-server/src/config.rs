@@ -9,13 +9,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use smalltalk::groups::llm::{ApiKey, LlmConfig};
+use smalltalk::session::Durability;
 use smalltalk::{HealthConfig, SessionConfig};
 
 /// The environment variables read, with the configuration key each sets.
-pub const VARIABLES: [(&str, &str); 16] = [
+pub const VARIABLES: &[(&str, &str)] = &[
     ("STORAGE_URL", "storage_url"),
     ("SMALLTALK_BIND", "bind"),
     ("SMALLTALK_TOKEN", "token"),
@@ -31,7 +32,21 @@ pub const VARIABLES: [(&str, &str); 16] = [
     ("SMALLTALK_REQUEST_TIMEOUT_MS", "request_timeout_ms"),
     ("SMALLTALK_MAX_BODY_BYTES", "max_body_bytes"),
     ("SMALLTALK_DRAIN_TIMEOUT_MS", "drain_timeout_ms"),
-    ("SMALLTALK_SSE_BUFFER", "sse_buffer"),
+    ("SMALLTALK_SHUTDOWN_DELAY_MS", "shutdown_delay_ms"),
+    ("SMALLTALK_SESSION_DURABILITY", "session_durability"),
+    ("SMALLTALK_FLUSH_INTERVAL_MS", "flush_interval_ms"),
+];
+
+/// Variables taken as text exactly as given (never read as numbers or
+/// lists): secrets, URLs, names.
+const TEXT: &[&str] = &[
+    "storage_url",
+    "token",
+    "llm_url",
+    "llm_model",
+    "llm_api_key",
+    "log_format",
+    "session_durability",
 ];
 
 /// The default storage: an SQLite file under the working directory.
@@ -58,6 +73,17 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
     }
+}
+
+/// When a session write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionDurability {
+    /// In storage before the answer.
+    Sync,
+    /// Acknowledged from memory, flushed every `flush_interval_ms` and at
+    /// shutdown; lost if the process is killed before.
+    Async,
 }
 
 /// How log lines are written.
@@ -114,10 +140,15 @@ pub struct ServerConfig {
     /// How long in-flight requests may drain at shutdown, in ms: 0 to
     /// 300,000. Default 30,000.
     pub drain_timeout_ms: u64,
-    /// Events an SSE client may fall behind before it is sent `lagged` and
-    /// closed (it resumes with `Last-Event-ID`): 16 to 1,000,000. Default
-    /// 1,024.
-    pub sse_buffer: usize,
+    /// How long `/ready` answers 503 before the listener stops accepting
+    /// at shutdown, in ms, so load balancers take the node out first: 0 to
+    /// 60,000. Default 0.
+    pub shutdown_delay_ms: u64,
+    /// `sync` (default) or `async` session writes.
+    pub session_durability: SessionDurability,
+    /// How often `async` writes are flushed, in ms: 1,000 to 60,000.
+    /// Default 30,000.
+    pub flush_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -138,7 +169,9 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             max_body_bytes: 2 * 1024 * 1024,
             drain_timeout_ms: 30_000,
-            sse_buffer: 1024,
+            shutdown_delay_ms: 0,
+            session_durability: SessionDurability::Sync,
+            flush_interval_ms: 30_000,
         }
     }
 }
@@ -174,31 +207,43 @@ impl ServerConfig {
     /// Defaults, then `file` (TOML) if given, then the process's
     /// environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_from(file, Env::raw())
+        let mut vars = Vec::new();
+        for (variable, _) in VARIABLES {
+            if let Some(value) = std::env::var_os(variable) {
+                let value = value
+                    .into_string()
+                    .map_err(|_| ConfigError::new(*variable, "is not valid UTF-8"))?;
+                vars.push((*variable, value));
+            }
+        }
+        let vars: Vec<(&str, &str)> = vars
+            .iter()
+            .map(|(variable, value)| (*variable, value.as_str()))
+            .collect();
+        Self::load_with(file, &vars)
     }
 
-    /// [`load`](Self::load) with the variables given (for tests).
+    /// [`load`](Self::load) with these variables instead of the process's.
     pub fn load_with(file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Self, ConfigError> {
         let mut figment = Self::base(file)?;
         for (variable, value) in vars {
             let Some((_, key)) = VARIABLES.iter().find(|(name, _)| name == variable) else {
                 return Err(ConfigError::new(*variable, "is not a setting"));
             };
-            // Parsed as the environment provider parses a variable.
-            let value: figment::value::Value = value.parse().unwrap_or_else(|never| match never {});
+            let value: figment::value::Value = if TEXT.contains(key) {
+                let text = value.trim();
+                if *key == "log_format" || *key == "session_durability" {
+                    text.to_ascii_lowercase().into()
+                } else {
+                    text.to_owned().into()
+                }
+            } else {
+                // Numbers and addresses, parsed as figment parses a variable.
+                value.trim().parse().unwrap_or_else(|never| match never {})
+            };
             figment = figment.merge(Serialized::default(key, value));
         }
         Self::extract(figment)
-    }
-
-    fn load_from(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
-        let env = env.filter_map(|key| {
-            VARIABLES
-                .iter()
-                .find(|(variable, _)| key.as_str().eq_ignore_ascii_case(variable))
-                .map(|(_, field)| (*field).into())
-        });
-        Self::extract(Self::base(file)?.merge(env))
     }
 
     fn base(file: Option<&Path>) -> Result<Figment, ConfigError> {
@@ -216,7 +261,7 @@ impl ServerConfig {
     }
 
     fn extract(figment: Figment) -> Result<Self, ConfigError> {
-        let config: ServerConfig = figment.extract().map_err(|error| {
+        let mut config: ServerConfig = figment.extract().map_err(|error| {
             let key = error.path.last().cloned().unwrap_or_default();
             let name = variable_of(&key).map_or_else(
                 || {
@@ -230,6 +275,7 @@ impl ServerConfig {
             );
             ConfigError::new(name, describe(&error.kind))
         })?;
+        config.storage_url = config.storage_url.trim().to_owned();
         config.validate()?;
         Ok(config)
     }
@@ -237,7 +283,8 @@ impl ServerConfig {
     /// Checks every range; the error names the variable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let named = |key: &str| {
-            variable_of(key).map_or_else(|| key.to_owned(), |variable| variable.to_owned())
+            variable_of(key)
+                .map_or_else(|| key.to_owned(), |variable| format!("{variable} ({key})"))
         };
         let range = |key: &str, value: u64, low: u64, high: u64| {
             if (low..=high).contains(&value) {
@@ -297,7 +344,8 @@ impl ServerConfig {
             64 * 1024 * 1024,
         )?;
         range("drain_timeout_ms", self.drain_timeout_ms, 0, 300_000)?;
-        range("sse_buffer", self.sse_buffer as u64, 16, 1_000_000)?;
+        range("shutdown_delay_ms", self.shutdown_delay_ms, 0, 60_000)?;
+        range("flush_interval_ms", self.flush_interval_ms, 1_000, 60_000)?;
         if let Some(token) = &self.token {
             let token = token.expose();
             if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -319,7 +367,7 @@ impl ServerConfig {
         let Some(url) = self.llm_url.as_deref().filter(|url| !url.trim().is_empty()) else {
             if self.llm_model.is_some() || self.llm_api_key.is_some() {
                 return Err(ConfigError::new(
-                    "SMALLTALK_LLM_URL",
+                    "SMALLTALK_LLM_URL (llm_url)",
                     "must be set when SMALLTALK_LLM_MODEL or SMALLTALK_LLM_API_KEY is",
                 ));
             }
@@ -342,6 +390,12 @@ impl ServerConfig {
         SessionConfig {
             default_ttl: Duration::from_secs(self.session_expiration_days * 24 * 3600),
             max_active_sessions: self.max_concurrent_sessions,
+            durability: match self.session_durability {
+                SessionDurability::Sync => Durability::Sync,
+                SessionDurability::Async => Durability::Async {
+                    flush_interval: Duration::from_millis(self.flush_interval_ms),
+                },
+            },
             ..SessionConfig::default()
         }
     }
@@ -389,7 +443,7 @@ mod tests {
         assert_eq!(config.bind.to_string(), "127.0.0.1:7700");
         assert_eq!(variable_of("bind"), Some("SMALLTALK_BIND"));
         for (variable, key) in VARIABLES {
-            assert_eq!(variable_of(key), Some(variable));
+            assert_eq!(variable_of(key), Some(*variable));
         }
     }
 
@@ -408,12 +462,33 @@ mod tests {
         for (variable, value, expected) in cases {
             let error = ServerConfig::load_with(None, &[(variable, value)]).unwrap_err();
             let text = error.to_string();
-            assert!(
-                text.contains(variable) || text.contains(expected),
-                "{variable}={value}: {text}"
-            );
+            assert!(text.contains(variable), "{variable}={value}: {text}");
             assert!(text.contains(expected), "{variable}={value}: {text}");
         }
+    }
+
+    #[test]
+    fn secrets_and_names_are_taken_as_text() {
+        let config = ServerConfig::load_with(
+            None,
+            &[
+                ("SMALLTALK_TOKEN", "12345678901234567890"),
+                ("LOG_FORMAT", "JSON"),
+                ("STORAGE_URL", "  memory://  "),
+                ("SMALLTALK_SESSION_DURABILITY", "Async"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            config.token.as_ref().unwrap().expose(),
+            "12345678901234567890"
+        );
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.storage_url, "memory://");
+        assert!(matches!(
+            config.sessions().durability,
+            Durability::Async { flush_interval } if flush_interval == Duration::from_secs(30)
+        ));
     }
 
     #[test]

@@ -4,7 +4,6 @@
 //! healed; then a new process restores the conversation and shows it
 //! survived.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,7 +16,7 @@ use smalltalk::types::{HealthState, RecoveryStrategy};
 use smalltalk::{AgentId, AgentState, CreateOptions, Message, Role, SessionId, Timestamp};
 
 /// Where the demo keeps its data when no storage is given.
-pub const DEMO_STORAGE: &str = "sqlite://./smalltalk-data/demo.db";
+pub(crate) const DEMO_STORAGE: &str = "sqlite://./smalltalk-data/demo.db";
 
 /// An in-process agent: answers heartbeats unless it has crashed; a
 /// restart brings it back.
@@ -51,8 +50,8 @@ impl MonitoredAgent for DemoAgent {
 }
 
 /// Runs the demo on `url`: converse, then restore in a new process.
-pub async fn run(url: &str) -> anyhow::Result<()> {
-    crate::prepare_storage_dir(url)?;
+pub(crate) async fn run(url: &str) -> anyhow::Result<()> {
+    smalltalk_server::prepare_storage_dir(url)?;
     let health = smalltalk::HealthConfig {
         heartbeat_interval: Duration::from_millis(100),
         activity_timeout: Duration::from_millis(100),
@@ -183,7 +182,7 @@ pub async fn run(url: &str) -> anyhow::Result<()> {
     runtime.shutdown().await?;
     println!("[demo] runtime stopped; a new process restores the session");
 
-    let output = Command::new(std::env::current_exe()?)
+    let output = tokio::process::Command::new(std::env::current_exe()?)
         .args([
             "demo",
             "--storage",
@@ -192,6 +191,7 @@ pub async fn run(url: &str) -> anyhow::Result<()> {
             &session.id.to_string(),
         ])
         .output()
+        .await
         .context("starting the restoring process")?;
     print!("{}", String::from_utf8_lossy(&output.stdout));
     if !output.status.success() {
@@ -212,7 +212,7 @@ pub async fn run(url: &str) -> anyhow::Result<()> {
 }
 
 /// The second process: restores session `id` and prints it.
-pub async fn restore(url: &str, id: &str) -> anyhow::Result<()> {
+pub(crate) async fn restore(url: &str, id: &str) -> anyhow::Result<()> {
     let id = SessionId::parse(id).context("the session id")?;
     let runtime = smalltalk::Runtime::builder(url).build().await?;
     let session = runtime.sessions().restore(id).await?;

@@ -17,7 +17,7 @@
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> anyhow::Result<()> {
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use smalltalk_server::{AppState, ServerConfig, router};
 //!
 //! let config = ServerConfig { storage_url: "memory://".into(), ..ServerConfig::default() };
@@ -34,7 +34,8 @@
 //! ```
 
 pub mod config;
-pub mod demo;
+mod error;
+mod openapi;
 pub mod problem;
 pub mod routes;
 mod serve;
@@ -53,9 +54,11 @@ use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
+use tracing::Instrument;
 
 pub use config::{ConfigError, LogFormat, Secret, ServerConfig};
+pub use error::{Error, Result};
+pub use openapi::ApiDoc;
 pub use problem::{ApiError, Problem};
 pub use serve::{ServeOptions, serve, terminated};
 
@@ -92,6 +95,9 @@ struct Inner {
     started: Instant,
     draining: AtomicBool,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Every handler runs on a task of this tracker, so shutdown can wait
+    /// for the writes of clients that went away.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for AppState {
@@ -104,8 +110,11 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// Opens the storage in `config` and starts the runtime over it.
-    pub async fn start(config: &ServerConfig) -> anyhow::Result<Self> {
-        prepare_storage_dir(&config.storage_url)?;
+    pub async fn start(config: &ServerConfig) -> Result<Self> {
+        prepare_storage_dir(&config.storage_url).map_err(|source| Error::Storage {
+            url: serve::redact(&config.storage_url),
+            source: source.into(),
+        })?;
         let mut builder = smalltalk::Runtime::builder(config.storage_url.clone())
             .sessions(config.sessions())
             .events(config.events())
@@ -113,7 +122,10 @@ impl AppState {
         if let Some(llm) = config.llm()? {
             builder = builder.selector_llm(smalltalk::groups::llm::LlmClient::new(llm)?);
         }
-        let runtime = builder.build().await?;
+        let runtime = builder.build().await.map_err(|source| Error::Storage {
+            url: serve::redact(&config.storage_url),
+            source: Box::new(source),
+        })?;
         let parts = Parts {
             store: Arc::clone(runtime.store()),
             sessions: runtime.sessions().clone(),
@@ -130,6 +142,7 @@ impl AppState {
                 started: Instant::now(),
                 draining: AtomicBool::new(false),
                 metrics: metrics_handle(),
+                tasks: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -164,13 +177,23 @@ impl AppState {
         self.inner.draining.load(Ordering::Acquire)
     }
 
+    /// Waits up to `limit` for the requests still running (handlers run
+    /// on their own tasks, also when their client went away); `false` if
+    /// some were still running then.
+    pub async fn wait_for_requests(&self, limit: Duration) -> bool {
+        self.inner.tasks.close();
+        tokio::time::timeout(limit, self.inner.tasks.wait())
+            .await
+            .is_ok()
+    }
+
     /// Persists every session, stops the runtime and closes storage. The
     /// second call does nothing.
-    pub async fn shutdown(&self) -> anyhow::Result<()> {
+    pub async fn shutdown(&self) -> Result<()> {
         self.drain();
         let runtime = self.inner.runtime.lock().await.take();
         if let Some(runtime) = runtime {
-            runtime.shutdown().await?;
+            runtime.shutdown().await.map_err(Error::Shutdown)?;
         }
         Ok(())
     }
@@ -178,7 +201,7 @@ impl AppState {
 
 /// Creates the directory of an `sqlite://` file (mode 0700), so the
 /// default storage URL works on a fresh checkout.
-fn prepare_storage_dir(url: &str) -> anyhow::Result<()> {
+pub fn prepare_storage_dir(url: &str) -> std::io::Result<()> {
     let Some(path) = url.strip_prefix("sqlite://") else {
         return Ok(());
     };
@@ -212,15 +235,18 @@ fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
                 Ok(handle) => {
                     let upkeep = handle.clone();
                     // Histograms are drained into their buckets; without
-                    // upkeep they grow.
-                    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                        runtime.spawn(async move {
-                            let mut tick = tokio::time::interval(Duration::from_secs(5));
+                    // upkeep they grow. A thread of its own: it outlives
+                    // any one async runtime of the process.
+                    let spawned = std::thread::Builder::new()
+                        .name("metrics-upkeep".into())
+                        .spawn(move || {
                             loop {
-                                tick.tick().await;
+                                std::thread::sleep(Duration::from_secs(5));
                                 upkeep.run_upkeep();
                             }
                         });
+                    if let Err(error) = spawned {
+                        tracing::warn!("metrics upkeep did not start: {error}");
                     }
                     Some(handle)
                 }
@@ -232,28 +258,6 @@ fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         })
         .clone()
 }
-
-/// The OpenAPI document.
-#[derive(OpenApi)]
-#[openapi(
-    info(title = "SmallTalk-rs", description = "Sessions that survive restarts, agents whose failures are healed, events with replay, groups and versioned state."),
-    paths(
-        routes::sessions::create,
-        routes::sessions::get,
-        routes::sessions::list,
-        routes::sessions::delete,
-        routes::sessions::invalidate,
-        routes::sessions::append,
-        routes::sessions::messages,
-        routes::sessions::agent_states,
-        routes::sessions::put_agent_state,
-        routes::ops::health,
-        routes::ops::ready,
-    ),
-    components(schemas(Problem)),
-    tags((name = "sessions", description = "Conversations and their history"), (name = "operations", description = "Health, readiness, metrics")),
-)]
-pub struct ApiDoc;
 
 /// The router over `state`.
 pub fn router(state: AppState) -> Router {
@@ -287,28 +291,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
         .layer(middleware::from_fn_with_state(
-            timeout,
-            |State(limit): State<Duration>, request: Request, next: Next| async move {
-                // The handler runs on its own task: a client that goes away
-                // mid-request does not cut a write in half.
-                let work = tokio::spawn(next.run(request));
-                match tokio::time::timeout(limit, work).await {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(_)) => ApiError::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        "the request failed",
-                    )
-                    .into_response(),
-                    Err(_) => ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "timeout",
-                        format!("the request took longer than {limit:?}"),
-                    )
-                    .retry_after(Duration::from_secs(1))
-                    .into_response(),
-                }
-            },
+            (state.clone(), timeout),
+            run_detached,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -341,19 +325,61 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Refuses a request without the configured bearer token (401), compared
-/// in constant time. With no token configured every request passes.
+/// Runs the handler on its own task (tracked, in the request's span): a
+/// client that goes away mid-request does not cut a write in half. Past
+/// the request timeout the client gets 504 `timeout`; the write it asked
+/// for may still land.
+async fn run_detached(
+    State((app, limit)): State<(AppState, Duration)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let work = app
+        .inner
+        .tasks
+        .spawn(next.run(request).instrument(tracing::Span::current()));
+    match tokio::time::timeout(limit, work).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the request failed inside the server",
+        )
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "the request took longer than {limit:?}; what it asked for may still be applied"
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// The bearer token in `Authorization` (the scheme in any case).
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Refuses a request without the configured bearer token (401). The
+/// digests are compared in constant time, so neither the token nor its
+/// length shows in the timing. With no token configured every request
+/// passes.
 async fn authenticate(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    use sha2::Digest;
     let Some(token) = &app.config().token else {
         return next.run(request).await;
     };
-    let presented = request
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(token.expose().as_bytes())) {
+    let presented = sha2::Sha256::digest(bearer(&request).unwrap_or("").as_bytes());
+    let expected = sha2::Sha256::digest(token.expose().as_bytes());
+    if bool::from(presented.as_slice().ct_eq(expected.as_slice())) {
         next.run(request).await
     } else {
         let mut response = ApiError::new(

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod demo;
 use smalltalk_server::{LogFormat, ServeOptions, ServerConfig};
 
 /// SmallTalk-rs: conversations that survive restarts, agents that are
@@ -38,7 +40,7 @@ enum Command {
     /// restarts as a new process and shows the conversation survived.
     Demo {
         /// Where the demo keeps its data.
-        #[arg(long, default_value = smalltalk_server::demo::DEMO_STORAGE)]
+        #[arg(long, default_value = demo::DEMO_STORAGE)]
         storage: String,
         /// (Internal) restore this session and print it.
         #[arg(long, hide = true)]
@@ -70,18 +72,15 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { insecure } => {
+            // The signal handlers go in before anything else happens.
+            let stop = smalltalk_server::terminated();
             let config = ServerConfig::load(cli.config.as_deref())?;
             init_logs(config.log_format);
-            smalltalk_server::serve(
-                config,
-                ServeOptions { insecure },
-                smalltalk_server::terminated(),
-            )
-            .await
+            Ok(smalltalk_server::serve(config, ServeOptions { insecure }, stop).await?)
         }
         Command::Demo { storage, restore } => match restore {
-            Some(id) => smalltalk_server::demo::restore(&storage, &id).await,
-            None => smalltalk_server::demo::run(&storage).await,
+            Some(id) => demo::restore(&storage, &id).await,
+            None => demo::run(&storage).await,
         },
     }
 }

@@ -66,6 +66,21 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", detail)
     }
 
+    /// 500 `internal`: a fault of the server, not of the request.
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+
+    /// 503 `storage_unavailable`, retry after a second.
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            detail,
+        )
+        .retry_after(Duration::from_secs(1))
+    }
+
     /// With a `Retry-After`.
     pub fn retry_after(mut self, after: Duration) -> Self {
         self.retry_after = Some(after);
@@ -120,11 +135,15 @@ impl From<JsonRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_path",
-            rejection.body_text(),
-        )
+        match rejection {
+            // A route without the parameters its handler takes: our bug.
+            PathRejection::MissingPathParams(_) => Self::internal(rejection.body_text()),
+            _ => Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_path",
+                rejection.body_text(),
+            ),
+        }
     }
 }
 
@@ -147,18 +166,23 @@ impl From<smalltalk::types::Error> for ApiError {
 impl From<smalltalk::StorageError> for ApiError {
     fn from(error: smalltalk::StorageError) -> Self {
         use smalltalk::StorageError as E;
-        match &error {
-            E::NotFound { .. } => Self::not_found(error.to_string()),
-            E::Conflict { .. } => Self::new(StatusCode::CONFLICT, "conflict", error.to_string()),
-            E::AlreadyExists { .. } => {
-                Self::new(StatusCode::CONFLICT, "already_exists", error.to_string())
+        let detail = error.to_string();
+        match error {
+            E::NotFound { .. } => Self::not_found(detail),
+            E::Conflict { .. } | E::HistoryDiverged { .. } => {
+                Self::new(StatusCode::CONFLICT, "conflict", detail)
             }
-            _ => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
-                error.to_string(),
-            )
-            .retry_after(Duration::from_secs(1)),
+            E::AlreadyExists { .. } => Self::new(StatusCode::CONFLICT, "already_exists", detail),
+            E::NotAccepting { .. } => Self::new(StatusCode::GONE, "not_accepting", detail),
+            E::Domain(error) => error.into(),
+            E::InvalidRequest { .. } => Self::invalid(detail),
+            // Transient: worth retrying.
+            E::Unavailable { .. } | E::Closed | E::Io { .. } | E::Backend { .. } => {
+                Self::unavailable(detail)
+            }
+            // A damaged record or a schema from a newer release: retrying
+            // will not help.
+            _ => Self::internal(detail),
         }
     }
 }
@@ -194,12 +218,8 @@ impl From<smalltalk::session::Error> for ApiError {
             ),
             E::Domain(error) => error.into(),
             E::Storage(error) => error.into(),
-            _ => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_unavailable",
-                detail,
-            )
-            .retry_after(Duration::from_secs(1)),
+            E::FlushFailed { .. } | E::PurgeFailed { .. } => Self::unavailable(detail),
+            _ => Self::internal(detail),
         }
     }
 }

@@ -3,9 +3,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-
-use crate::{AppState, ServerConfig, router};
+use crate::{AppState, Error, Result, ServerConfig, router};
 
 /// How `serve` runs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -14,21 +12,21 @@ pub struct ServeOptions {
     pub insecure: bool,
 }
 
-/// Serves `config` until `stop` completes (the binary passes SIGTERM or
-/// SIGINT), then: `/ready` turns 503, the listener stops accepting,
-/// in-flight requests drain for up to `drain_timeout_ms`, every session is
-/// persisted and storage closed. An error (for example persistence that
-/// failed) is returned after every step ran; the binary exits 1 on it.
+/// Serves `config` until `stop` completes (the binary passes
+/// [`terminated`]), then: `/ready` turns 503 (for `shutdown_delay_ms` the
+/// listener still accepts, so load balancers see it), the listener stops
+/// accepting, in-flight requests drain for up to `drain_timeout_ms`, every
+/// session is persisted and storage closed. The first failure is returned
+/// after every step ran; the binary exits 1 on it.
 pub async fn serve(
     config: ServerConfig,
     options: ServeOptions,
     stop: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     if !config.bind.ip().is_loopback() && config.token.is_none() && !options.insecure {
-        bail!(
-            "refusing to listen on {} without SMALLTALK_TOKEN: anyone who reaches it could read and change every session. Set SMALLTALK_TOKEN, or pass --insecure",
-            config.bind
-        );
+        return Err(Error::Unprotected {
+            address: config.bind,
+        });
     }
     if config.token.is_none() {
         tracing::warn!(
@@ -38,53 +36,73 @@ pub async fn serve(
     }
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
-        .with_context(|| format!("cannot listen on {} (SMALLTALK_BIND)", config.bind))?;
-    let address = listener.local_addr()?;
-    let app = AppState::start(&config).await.with_context(|| {
-        format!(
-            "cannot open storage at {} (STORAGE_URL)",
-            redact(&config.storage_url)
-        )
-    })?;
+        .map_err(|source| Error::Bind {
+            address: config.bind,
+            source,
+        })?;
+    let address = listener.local_addr().map_err(Error::Serve)?;
+    let app = AppState::start(&config).await?;
     tracing::info!(%address, storage = %redact(&config.storage_url), "smalltalk listening");
     // A line on stdout, for scripts and tests that start the binary.
     println!("listening on http://{address}");
 
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-    let draining = app.clone();
-    let graceful = async move {
-        let _ = stopped.await;
-        draining.drain();
-    };
-    let server = tokio::spawn(
+    let mut server = tokio::spawn(
         axum::serve(listener, router(app.clone()))
-            .with_graceful_shutdown(graceful)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
             .into_future(),
     );
-    stop.await;
-    tracing::info!("shutting down: draining requests");
-    app.drain();
-    let _ = stopping.send(());
-    let drain = Duration::from_millis(config.drain_timeout_ms);
-    let mut server = server;
-    match tokio::time::timeout(drain, &mut server).await {
-        Ok(served) => {
-            if let Ok(Err(error)) = served {
-                tracing::warn!("the server stopped with an error: {error}");
-            }
-        }
-        Err(_) => {
-            tracing::warn!(
-                ?drain,
-                "requests still running after the drain; closing them"
-            );
-            server.abort();
+    let mut failed = None;
+    tokio::select! {
+        () = stop => {}
+        // The server ended by itself: shut down the rest all the same.
+        ended = &mut server => {
+            failed = Some(match ended {
+                Ok(Ok(())) => Error::Serve(std::io::Error::other("the server stopped unasked")),
+                Ok(Err(error)) => Error::Serve(error),
+                Err(join) => Error::Serve(std::io::Error::other(join.to_string())),
+            });
         }
     }
+    tracing::info!("shutting down: /ready answers 503");
+    app.drain();
+    let delay = Duration::from_millis(config.shutdown_delay_ms);
+    if !delay.is_zero() && failed.is_none() {
+        tokio::time::sleep(delay).await;
+    }
+    let _ = stopping.send(());
+    let drain = Duration::from_millis(config.drain_timeout_ms);
+    let started = tokio::time::Instant::now();
+    if failed.is_none() {
+        match tokio::time::timeout(drain, &mut server).await {
+            Ok(Ok(Err(error))) => tracing::warn!("the server stopped with an error: {error}"),
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!(
+                    ?drain,
+                    "connections still open after the drain; closing them"
+                );
+                server.abort();
+            }
+        }
+    }
+    // Handlers run on their own tasks: wait for the writes under way, in
+    // what is left of the drain.
+    if !app
+        .wait_for_requests(drain.saturating_sub(started.elapsed()))
+        .await
+    {
+        tracing::warn!("requests still running after the drain; persisting what is stored");
+    }
     tracing::info!("persisting sessions and closing storage");
-    app.shutdown().await.context("persisting at shutdown")?;
+    let persisted = app.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    match (failed, persisted) {
+        (_, Err(error)) | (Some(error), Ok(())) => Err(error),
+        (None, Ok(())) => Ok(()),
+    }
 }
 
 /// A storage URL without its password, for logs.
@@ -101,28 +119,40 @@ pub(crate) fn redact(url: &str) -> String {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn terminated() {
-    let interrupt = tokio::signal::ctrl_c();
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this
+/// is called (not when the future is first polled), so a signal that
+/// arrives while storage opens is not lost to the default action.
+/// Call it inside a Tokio runtime.
+pub fn terminated() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(error) => {
-                    tracing::warn!("cannot listen for SIGTERM: {error}");
-                    let _ = interrupt.await;
-                    return;
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            match (term, interrupt) {
+                (Ok(mut term), Ok(mut interrupt)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = interrupt.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = term.recv() => {}
+                (term, interrupt) => {
+                    tracing::warn!(
+                        "cannot listen for signals (SIGTERM: {:?}, SIGINT: {:?}); stop with SIGKILL",
+                        term.err(),
+                        interrupt.err()
+                    );
+                    std::future::pending::<()>().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = interrupt.await;
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

@@ -61,6 +61,22 @@ impl Server {
     }
 }
 
+/// The status of `GET path` sent as raw bytes over TCP.
+async fn raw_status(base: &str, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
 /// Asserts `response` is a problem+json with `status` and `code`.
 async fn problem(response: reqwest::Response, status: StatusCode, code: &str) -> Value {
     assert_eq!(response.status(), status, "expected {code}");
@@ -359,12 +375,15 @@ async fn hostile_input_gets_4xx_problems_never_5xx() {
         )
         .await;
     }
-    let traversal = server.get("/v1/sessions/../../etc/passwd").await;
-    assert!(
-        traversal.status().is_client_error(),
-        "{}",
-        traversal.status()
-    );
+    // Raw, so no client normalises the dots away first.
+    for path in [
+        "/v1/sessions/../../etc/passwd",
+        "/v1/sessions/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+        "/../../../etc/passwd",
+    ] {
+        let status = raw_status(&server.base, path).await;
+        assert!((400..500).contains(&status), "{path}: {status}");
+    }
     problem(
         server
             .post(
@@ -463,6 +482,23 @@ async fn a_token_guards_everything_but_health_and_readiness() {
         .await
         .unwrap();
     assert_eq!(right.status(), StatusCode::OK);
+    // The scheme is case-insensitive (RFC 9110); a longer token fails.
+    let lower = server
+        .client
+        .get(server.url("/v1/sessions"))
+        .header("authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), StatusCode::OK);
+    let longer = server
+        .client
+        .get(server.url("/v1/sessions"))
+        .bearer_auth(format!("{token}0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(longer.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(server.get("/health").await.status(), StatusCode::OK);
     assert_eq!(server.get("/ready").await.status(), StatusCode::OK);
     server.stop().await;
@@ -510,6 +546,20 @@ async fn health_readiness_metrics_and_the_openapi_document() {
             "{path} missing from the document"
         );
     }
+    // Errors are documented as the problem documents they are.
+    let get = &spec["paths"]["/v1/sessions/{id}"]["get"];
+    for status in ["400", "401", "404", "410", "503", "504"] {
+        assert!(
+            get["responses"][status]["content"]["application/problem+json"].is_object(),
+            "{status}: {}",
+            get["responses"][status]
+        );
+    }
+    assert!(spec["paths"]["/v1/sessions"]["post"]["responses"]["422"].is_object());
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
     // Draining: readiness turns 503, health stays.
     server.app.drain();
     let draining = server.get("/ready").await;

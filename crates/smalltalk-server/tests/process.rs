@@ -47,14 +47,23 @@ fn terminate(child: &tokio::process::Child) {
     assert!(status.success());
 }
 
+/// 1,000 sessions written with async durability (acknowledged from
+/// memory, the flush 60 s away): SIGTERM must persist every one before the
+/// process exits 0, and a new process reads them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_persists_everything_and_exits_zero() {
+async fn sigterm_persists_every_async_session_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("data/server.db").display());
-    let (child, base) = serve(&[("STORAGE_URL", &url)]).await;
+    let vars = [
+        ("STORAGE_URL", url.as_str()),
+        ("SMALLTALK_SESSION_DURABILITY", "async"),
+        ("SMALLTALK_FLUSH_INTERVAL_MS", "60000"),
+        ("MAX_CONCURRENT_SESSIONS", "2000"),
+    ];
+    let (child, base) = serve(&vars).await;
     let client = reqwest::Client::new();
     let mut ids = Vec::new();
-    for index in 0..20 {
+    for index in 0..1000 {
         let session: Value = client
             .post(format!("{base}/v1/sessions"))
             .json(&json!({}))
@@ -65,20 +74,30 @@ async fn sigterm_persists_everything_and_exits_zero() {
             .await
             .unwrap();
         let id = session["id"].as_str().unwrap().to_owned();
-        let appended = client
-            .post(format!("{base}/v1/sessions/{id}/messages"))
-            .json(&json!({"role": "user", "content": format!("hello {index}")}))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(appended.status(), 201);
+        for turn in 0..2 {
+            let appended: Value = client
+                .post(format!("{base}/v1/sessions/{id}/messages"))
+                .json(&json!({"role": "user", "content": format!("hello {index}.{turn}")}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(appended["stored"], false, "async: acknowledged from memory");
+        }
         ids.push(id);
     }
+    let signalled = std::time::Instant::now();
     terminate(&child);
     let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
         .expect("exits within 60 s of SIGTERM")
         .unwrap();
+    eprintln!(
+        "SIGTERM to exit with 1,000 async sessions: {:?}",
+        signalled.elapsed()
+    );
     assert!(
         output.status.success(),
         "exit {}: {}",
@@ -86,7 +105,7 @@ async fn sigterm_persists_everything_and_exits_zero() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    // A new process reads every session.
+    // A new process reads every session, every message.
     let (child, base) = serve(&[("STORAGE_URL", &url)]).await;
     for (index, id) in ids.iter().enumerate() {
         let session: Value = client
@@ -97,7 +116,17 @@ async fn sigterm_persists_everything_and_exits_zero() {
             .json()
             .await
             .unwrap();
-        assert_eq!(session["messages"][0]["content"], format!("hello {index}"));
+        let contents: Vec<&str> = session["messages"]
+            .as_array()
+            .unwrap_or_else(|| panic!("session {index}: {session}"))
+            .iter()
+            .map(|message| message["content"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            contents,
+            [format!("hello {index}.0"), format!("hello {index}.1")],
+            "session {index}"
+        );
     }
     terminate(&child);
     let output = child.wait_with_output().await.unwrap();
@@ -109,7 +138,7 @@ async fn bad_configuration_stops_startup_naming_the_variable() {
     for (vars, expected) in [
         (
             vec![("HEARTBEAT_INTERVAL_MS", "5")],
-            "HEARTBEAT_INTERVAL_MS: must be between 10 and 3600000",
+            "HEARTBEAT_INTERVAL_MS (heartbeat_interval_ms): must be between 10 and 3600000",
         ),
         (vec![("LOG_FORMAT", "xml")], "LOG_FORMAT"),
         (

@@ -39,11 +39,24 @@ pub struct Ready {
     pub checks: BTreeMap<String, String>,
 }
 
+/// How long a probe waits for storage.
+const STORAGE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Storage's own health check, bounded: a stalled database makes the probe
+/// answer "unhealthy" in 2 s instead of hanging.
+async fn storage_check(store: &std::sync::Arc<dyn smalltalk::Store>) -> Result<(), String> {
+    match tokio::time::timeout(STORAGE_CHECK, store.health_check()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(error.to_string()),
+        Err(_) => Err(format!("no answer within {STORAGE_CHECK:?}")),
+    }
+}
+
 /// The node's health.
 #[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub(crate) async fn health(State(app): State<AppState>) -> impl IntoResponse {
     let parts = app.runtime();
-    let storage = parts.store.health_check().await;
+    let storage = storage_check(&parts.store).await;
     let stats = parts.health.stats();
     let failed = stats.agents.get(&HealthState::Failed).copied().unwrap_or(0);
     let status = if storage.is_err() {
@@ -74,9 +87,9 @@ pub(crate) async fn health(State(app): State<AppState>) -> impl IntoResponse {
 pub(crate) async fn ready(State(app): State<AppState>) -> impl IntoResponse {
     let parts = app.runtime();
     let mut checks = BTreeMap::new();
-    let storage = match parts.store.health_check().await {
+    let storage = match storage_check(&parts.store).await {
         Ok(()) => "ok".to_owned(),
-        Err(error) => error.to_string(),
+        Err(error) => error,
     };
     checks.insert("storage".to_owned(), storage);
     let bus = if parts.events.is_closed() {

@@ -167,12 +167,27 @@ pub struct Appended {
 }
 
 /// An agent's saved state.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct AgentStateView {
-    /// The agent (set from the path on writes).
-    #[serde(default)]
+    /// The agent.
     pub agent_id: String,
+    /// Its configuration.
+    #[schema(value_type = Object)]
+    pub config: Value,
+    /// Its working context.
+    #[schema(value_type = Object)]
+    pub context: Map<String, Value>,
+    /// Context fields that may be dropped when the state is too large.
+    pub trimmable_fields: Vec<String>,
+    /// RFC 3339.
+    pub updated_at: String,
+}
+
+/// An agent's state to save (the agent is named by the path).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PutAgentState {
     /// Its configuration.
     #[schema(value_type = Object)]
     #[serde(default)]
@@ -184,9 +199,6 @@ pub struct AgentStateView {
     /// Context fields that may be dropped when the state is too large.
     #[serde(default)]
     pub trimmable_fields: Vec<String>,
-    /// RFC 3339 (ignored on writes).
-    #[serde(default)]
-    pub updated_at: String,
 }
 
 pub(crate) fn session_id(path: Result<Path<String>, PathRejection>) -> ApiResult<SessionId> {
@@ -510,13 +522,13 @@ pub(crate) async fn agent_states(
 }
 
 /// Saves an agent's state in a session.
-#[utoipa::path(put, path = "/v1/sessions/{id}/agents/{agent}", tag = "sessions", request_body = AgentStateView,
+#[utoipa::path(put, path = "/v1/sessions/{id}/agents/{agent}", tag = "sessions", request_body = PutAgentState,
     params(("id" = String, Path, description = "The session id"), ("agent" = String, Path, description = "The agent id")),
     responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem)))]
 pub(crate) async fn put_agent_state(
     State(app): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
-    body: Result<Json<AgentStateView>, JsonRejection>,
+    body: Result<Json<PutAgentState>, JsonRejection>,
 ) -> ApiResult<StatusCode> {
     let Path((id, agent)) = path?;
     let id = session_id(Ok(Path(id)))?;
