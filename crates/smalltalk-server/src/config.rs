@@ -35,6 +35,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("SMALLTALK_SHUTDOWN_DELAY_MS", "shutdown_delay_ms"),
     ("SMALLTALK_SESSION_DURABILITY", "session_durability"),
     ("SMALLTALK_FLUSH_INTERVAL_MS", "flush_interval_ms"),
+    ("SMALLTALK_SSE_BUFFER", "sse_buffer"),
 ];
 
 /// Variables taken as text exactly as given (never read as numbers or
@@ -149,6 +150,10 @@ pub struct ServerConfig {
     /// How often `async` writes are flushed, in ms: 1,000 to 60,000.
     /// Default 30,000.
     pub flush_interval_ms: u64,
+    /// Events an SSE client may fall behind before it is sent `lagged` and
+    /// closed (it resumes with `Last-Event-ID`): 16 to 1,000,000. Default
+    /// 1,024.
+    pub sse_buffer: usize,
 }
 
 impl Default for ServerConfig {
@@ -172,6 +177,7 @@ impl Default for ServerConfig {
             shutdown_delay_ms: 0,
             session_durability: SessionDurability::Sync,
             flush_interval_ms: 30_000,
+            sse_buffer: 1024,
         }
     }
 }
@@ -346,6 +352,7 @@ impl ServerConfig {
         range("drain_timeout_ms", self.drain_timeout_ms, 0, 300_000)?;
         range("shutdown_delay_ms", self.shutdown_delay_ms, 0, 60_000)?;
         range("flush_interval_ms", self.flush_interval_ms, 1_000, 60_000)?;
+        range("sse_buffer", self.sse_buffer as u64, 16, 1_000_000)?;
         if let Some(token) = &self.token {
             let token = token.expose();
             if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {

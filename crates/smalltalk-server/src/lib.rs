@@ -94,6 +94,8 @@ struct Inner {
     config: ServerConfig,
     started: Instant,
     draining: AtomicBool,
+    /// Turns `true` at shutdown: streams send their terminal event.
+    stopping: tokio::sync::watch::Sender<bool>,
     metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
     /// Every handler runs on a task of this tracker, so shutdown can wait
     /// for the writes of clients that went away.
@@ -141,6 +143,7 @@ impl AppState {
                 config: config.clone(),
                 started: Instant::now(),
                 draining: AtomicBool::new(false),
+                stopping: tokio::sync::watch::channel(false).0,
                 metrics: metrics_handle(),
                 tasks: tokio_util::task::TaskTracker::new(),
             }),
@@ -160,6 +163,17 @@ impl AppState {
     /// Marks the server as draining: `/ready` answers 503 from now on.
     pub fn drain(&self) {
         self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Ends every open stream with its terminal `shutdown` event (the
+    /// listener's graceful shutdown then has nothing open to wait for).
+    pub fn close_streams(&self) {
+        self.inner.stopping.send_replace(true);
+    }
+
+    /// Turns `true` when streams are to end.
+    pub(crate) fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.stopping.subscribe()
     }
 
     /// When the server started.
@@ -191,6 +205,7 @@ impl AppState {
     /// second call does nothing.
     pub async fn shutdown(&self) -> Result<()> {
         self.drain();
+        self.close_streams();
         let runtime = self.inner.runtime.lock().await.take();
         if let Some(runtime) = runtime {
             runtime.shutdown().await.map_err(Error::Shutdown)?;
@@ -288,6 +303,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/sessions/{id}/agents/{agent}",
             put(routes::sessions::put_agent_state),
         )
+        .route(
+            "/v1/events",
+            post(routes::events::publish).get(routes::events::read),
+        )
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
         .layer(middleware::from_fn_with_state(
@@ -295,8 +314,13 @@ pub fn router(state: AppState) -> Router {
             run_detached,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    // Streams last: they have no request timeout, only the token check.
+    let streams = Router::new()
+        .route("/v1/events/stream", get(routes::events::stream))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(api)
+        .merge(streams)
         .route("/health", get(routes::ops::health))
         .route("/ready", get(routes::ops::ready))
         .fallback(|| async {

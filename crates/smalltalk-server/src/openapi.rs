@@ -22,12 +22,15 @@ use crate::routes;
         routes::sessions::messages,
         routes::sessions::agent_states,
         routes::sessions::put_agent_state,
+        routes::events::publish,
+        routes::events::read,
+        routes::events::stream,
         routes::ops::health,
         routes::ops::ready,
     ),
     components(schemas(Problem)),
     modifiers(&ProblemResponses),
-    tags((name = "sessions", description = "Conversations and their history"), (name = "operations", description = "Health, readiness, metrics")),
+    tags((name = "sessions", description = "Conversations and their history"), (name = "events", description = "The event log: publish, read, stream"), (name = "operations", description = "Health, readiness, metrics")),
 )]
 pub struct ApiDoc;
 

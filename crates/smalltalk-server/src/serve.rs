@@ -72,6 +72,9 @@ pub async fn serve(
     if !delay.is_zero() && failed.is_none() {
         tokio::time::sleep(delay).await;
     }
+    // Open streams end with their terminal event, so the graceful
+    // shutdown below does not wait on them.
+    app.close_streams();
     let _ = stopping.send(());
     let drain = Duration::from_millis(config.drain_timeout_ms);
     let started = tokio::time::Instant::now();

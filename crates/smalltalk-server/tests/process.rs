@@ -88,8 +88,23 @@ async fn sigterm_persists_every_async_session_and_exits_zero() {
         }
         ids.push(id);
     }
+    // An SSE client stays open through the shutdown.
+    let stream = client
+        .get(format!("{base}/v1/events/stream"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
     let signalled = std::time::Instant::now();
     terminate(&child);
+    let body = tokio::time::timeout(Duration::from_secs(60), stream.text())
+        .await
+        .expect("the stream ends at shutdown")
+        .unwrap();
+    assert!(
+        body.contains("event: shutdown"),
+        "the stream ends with its terminal event: {body:?}"
+    );
     let output = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
         .await
         .expect("exits within 60 s of SIGTERM")

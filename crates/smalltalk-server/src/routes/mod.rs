@@ -1,5 +1,6 @@
 //! The HTTP routes, one module per resource, with the request and response
 //! bodies they take and give (the schemas of `/openapi.json`).
 
+pub mod events;
 pub mod ops;
 pub mod sessions;
