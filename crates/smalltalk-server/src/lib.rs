@@ -100,6 +100,8 @@ struct Inner {
     /// Every handler runs on a task of this tracker, so shutdown can wait
     /// for the writes of clients that went away.
     tasks: tokio_util::task::TaskTracker,
+    /// Agents on other hosts, watched through their HTTP heartbeats.
+    remote_agents: routes::agents::RemoteAgents,
 }
 
 impl std::fmt::Debug for AppState {
@@ -146,6 +148,7 @@ impl AppState {
                 stopping: tokio::sync::watch::channel(false).0,
                 metrics: metrics_handle(),
                 tasks: tokio_util::task::TaskTracker::new(),
+                remote_agents: routes::agents::RemoteAgents::default(),
             }),
         })
     }
@@ -169,6 +172,10 @@ impl AppState {
     /// listener's graceful shutdown then has nothing open to wait for).
     pub fn close_streams(&self) {
         self.inner.stopping.send_replace(true);
+    }
+
+    pub(crate) fn remote_agents(&self) -> &routes::agents::RemoteAgents {
+        &self.inner.remote_agents
     }
 
     /// Turns `true` when streams are to end.
@@ -306,6 +313,18 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/events",
             post(routes::events::publish).get(routes::events::read),
+        )
+        .route(
+            "/v1/agents",
+            get(routes::agents::list).post(routes::agents::register),
+        )
+        .route(
+            "/v1/agents/{agent}",
+            get(routes::agents::get).delete(routes::agents::deregister),
+        )
+        .route(
+            "/v1/agents/{agent}/heartbeat",
+            post(routes::agents::heartbeat),
         )
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))

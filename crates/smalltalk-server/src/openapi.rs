@@ -22,6 +22,11 @@ use crate::routes;
         routes::sessions::messages,
         routes::sessions::agent_states,
         routes::sessions::put_agent_state,
+        routes::agents::list,
+        routes::agents::get,
+        routes::agents::register,
+        routes::agents::heartbeat,
+        routes::agents::deregister,
         routes::events::publish,
         routes::events::read,
         routes::events::stream,
@@ -30,7 +35,7 @@ use crate::routes;
     ),
     components(schemas(Problem)),
     modifiers(&ProblemResponses),
-    tags((name = "sessions", description = "Conversations and their history"), (name = "events", description = "The event log: publish, read, stream"), (name = "operations", description = "Health, readiness, metrics")),
+    tags((name = "sessions", description = "Conversations and their history"), (name = "events", description = "The event log: publish, read, stream"), (name = "agents", description = "Agent health; remote agents' heartbeats"), (name = "operations", description = "Health, readiness, metrics")),
 )]
 pub struct ApiDoc;
 
