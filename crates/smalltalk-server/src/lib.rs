@@ -326,6 +326,14 @@ pub fn router(state: AppState) -> Router {
             "/v1/agents/{agent}/heartbeat",
             post(routes::agents::heartbeat),
         )
+        .route(
+            "/v1/state/{key}",
+            get(routes::state::get)
+                .put(routes::state::put)
+                .delete(routes::state::delete),
+        )
+        .route("/v1/state/{key}/history", get(routes::state::history))
+        .route("/v1/state/{key}/diff", get(routes::state::diff))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
         .layer(middleware::from_fn_with_state(

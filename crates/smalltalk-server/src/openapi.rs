@@ -30,12 +30,17 @@ use crate::routes;
         routes::events::publish,
         routes::events::read,
         routes::events::stream,
+        routes::state::get,
+        routes::state::put,
+        routes::state::delete,
+        routes::state::history,
+        routes::state::diff,
         routes::ops::health,
         routes::ops::ready,
     ),
     components(schemas(Problem)),
     modifiers(&ProblemResponses),
-    tags((name = "sessions", description = "Conversations and their history"), (name = "events", description = "The event log: publish, read, stream"), (name = "agents", description = "Agent health; remote agents' heartbeats"), (name = "operations", description = "Health, readiness, metrics")),
+    tags((name = "sessions", description = "Conversations and their history"), (name = "events", description = "The event log: publish, read, stream"), (name = "agents", description = "Agent health; remote agents' heartbeats"), (name = "state", description = "Versioned shared state"), (name = "operations", description = "Health, readiness, metrics")),
 )]
 pub struct ApiDoc;
 

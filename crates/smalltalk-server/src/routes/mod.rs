@@ -5,3 +5,4 @@ pub mod agents;
 pub mod events;
 pub mod ops;
 pub mod sessions;
+pub mod state;

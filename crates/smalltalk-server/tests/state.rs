@@ -1,0 +1,156 @@
+//! Versioned state over HTTP: revisions as ETags, `If-Match` (412 when
+//! stale), `If-None-Match: *`, reads at a revision, history and diffs.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use smalltalk_server::{AppState, ServerConfig, router};
+
+async fn start() -> (AppState, String) {
+    let config = ServerConfig {
+        storage_url: "memory://".into(),
+        ..ServerConfig::default()
+    };
+    let app = AppState::start(&config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let service = router(app.clone());
+    tokio::spawn(async move {
+        axum::serve(listener, service).await.unwrap();
+    });
+    (app, base)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_guard_writes_and_history_and_diffs_read_back() {
+    let (app, base) = start().await;
+    let client = reqwest::Client::new();
+    let url = format!("{base}/v1/state/plan:lisbon");
+
+    let created = client
+        .put(&url)
+        .header("if-none-match", "*")
+        .json(&json!({"days": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::OK);
+    let first_tag = created.headers()["etag"].to_str().unwrap().to_owned();
+    let first: Value = created.json().await.unwrap();
+    assert_eq!(first_tag, format!("\"{}\"", first["revision"]));
+    let again = client
+        .put(&url)
+        .header("if-none-match", "*")
+        .json(&json!({"days": 9}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::PRECONDITION_FAILED);
+
+    let updated = client
+        .put(&url)
+        .header("if-match", &first_tag)
+        .json(&json!({"days": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), StatusCode::OK);
+    let second: Value = updated.json().await.unwrap();
+    // The first revision is stale now.
+    let stale = client
+        .put(&url)
+        .header("if-match", &first_tag)
+        .json(&json!({"days": 4}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(stale.headers()["content-type"], "application/problem+json");
+    let problem: Value = stale.json().await.unwrap();
+    assert_eq!(problem["code"], "stale_revision");
+
+    let now: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(now["value"], json!({"days": 3}));
+    let then: Value = client
+        .get(format!("{url}?revision={}", first["revision"]))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(then["value"], json!({"days": 2}));
+    let history: Value = client
+        .get(format!("{url}/history"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["changes"].as_array().unwrap().len(), 2);
+    let patch: Value = client
+        .get(format!(
+            "{url}/diff?from={}&to={}",
+            first["revision"], second["revision"]
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        patch,
+        json!([{"op": "replace", "path": "/days", "value": 3}])
+    );
+
+    for (request, status) in [
+        (
+            client.get(format!("{base}/v1/state/nothing:here")),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            client.get(format!("{base}/v1/state/bad%20key")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client.get(format!("{url}?revision=999999")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client
+                .put(&url)
+                .header("if-match", "yesterday")
+                .json(&json!(1)),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client
+                .put(&url)
+                .header("content-type", "application/json")
+                .body("{not json"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            client
+                .put(&url)
+                .header("content-type", "application/json")
+                .body(format!("\"{}\"", "x".repeat(3 * 1024 * 1024))),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ] {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+    let deleted = client.delete(&url).send().await.unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    app.shutdown().await.unwrap();
+}
