@@ -36,6 +36,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("SMALLTALK_SESSION_DURABILITY", "session_durability"),
     ("SMALLTALK_FLUSH_INTERVAL_MS", "flush_interval_ms"),
     ("SMALLTALK_SSE_BUFFER", "sse_buffer"),
+    ("SMALLTALK_SSE_STALL_MS", "sse_stall_ms"),
+    ("SMALLTALK_MAX_STREAMS", "max_streams"),
 ];
 
 /// Variables taken as text exactly as given (never read as numbers or
@@ -150,10 +152,15 @@ pub struct ServerConfig {
     /// How often `async` writes are flushed, in ms: 1,000 to 60,000.
     /// Default 30,000.
     pub flush_interval_ms: u64,
-    /// Events an SSE client may fall behind before it is sent `lagged` and
-    /// closed (it resumes with `Last-Event-ID`): 16 to 1,000,000. Default
-    /// 1,024.
+    /// Events waiting for one SSE client: 16 to 65,536. Default 1,024.
     pub sse_buffer: usize,
+    /// How long an SSE client may leave its full buffer untouched before
+    /// it is sent `lagged` and closed (it resumes with `Last-Event-ID`), in
+    /// ms: 100 to 600,000. Default 10,000.
+    pub sse_stall_ms: u64,
+    /// The most SSE streams open on this node: 1 to 100,000 (default 256);
+    /// one more is 503 with `Retry-After`.
+    pub max_streams: usize,
 }
 
 impl Default for ServerConfig {
@@ -178,6 +185,8 @@ impl Default for ServerConfig {
             session_durability: SessionDurability::Sync,
             flush_interval_ms: 30_000,
             sse_buffer: 1024,
+            sse_stall_ms: 10_000,
+            max_streams: 256,
         }
     }
 }
@@ -352,7 +361,9 @@ impl ServerConfig {
         range("drain_timeout_ms", self.drain_timeout_ms, 0, 300_000)?;
         range("shutdown_delay_ms", self.shutdown_delay_ms, 0, 60_000)?;
         range("flush_interval_ms", self.flush_interval_ms, 1_000, 60_000)?;
-        range("sse_buffer", self.sse_buffer as u64, 16, 1_000_000)?;
+        range("sse_buffer", self.sse_buffer as u64, 16, 65_536)?;
+        range("sse_stall_ms", self.sse_stall_ms, 100, 600_000)?;
+        range("max_streams", self.max_streams as u64, 1, 100_000)?;
         if let Some(token) = &self.token {
             let token = token.expose();
             if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {

@@ -102,6 +102,8 @@ struct Inner {
     tasks: tokio_util::task::TaskTracker,
     /// Agents on other hosts, watched through their HTTP heartbeats.
     remote_agents: routes::agents::RemoteAgents,
+    /// One permit per open stream (`max_streams`).
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -149,6 +151,7 @@ impl AppState {
                 metrics: metrics_handle(),
                 tasks: tokio_util::task::TaskTracker::new(),
                 remote_agents: routes::agents::RemoteAgents::default(),
+                streams: Arc::new(tokio::sync::Semaphore::new(config.max_streams)),
             }),
         })
     }
@@ -172,6 +175,18 @@ impl AppState {
     /// listener's graceful shutdown then has nothing open to wait for).
     pub fn close_streams(&self) {
         self.inner.stopping.send_replace(true);
+    }
+
+    /// A permit for one more open stream, or `None` at `max_streams`.
+    pub(crate) fn stream_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.inner.streams).try_acquire_owned().ok()
+    }
+
+    /// Runs `work` on the server's tracked tasks, in the current span.
+    pub(crate) fn spawn(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.inner
+            .tasks
+            .spawn(work.instrument(tracing::Span::current()));
     }
 
     pub(crate) fn remote_agents(&self) -> &routes::agents::RemoteAgents {

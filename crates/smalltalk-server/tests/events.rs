@@ -65,6 +65,13 @@ async fn open(
     }))
 }
 
+/// The next message, failing the test after 30 s instead of hanging.
+async fn next(stream: &mut (impl futures_util::Stream<Item = Message> + Unpin)) -> Option<Message> {
+    tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
+        .await
+        .expect("a message within 30 s")
+}
+
 async fn publish(base: &str, topic: &str, n: u64) -> Value {
     let response = reqwest::Client::new()
         .post(format!("{base}/v1/events"))
@@ -130,7 +137,7 @@ async fn a_client_that_drops_resumes_with_last_event_id_losing_and_repeating_not
     let mut stream = open(&base, "?after=0&topic=chat:*", None).await;
     let mut last_id = String::new();
     while seen.len() < 3 {
-        let message = stream.next().await.unwrap();
+        let message = next(&mut stream).await.unwrap();
         assert_eq!(message.event, "event");
         let event: Value = serde_json::from_str(&message.data).unwrap();
         assert_eq!(
@@ -149,7 +156,7 @@ async fn a_client_that_drops_resumes_with_last_event_id_losing_and_repeating_not
     }
     let mut stream = open(&base, "?topic=chat:*", Some(&last_id)).await;
     while seen.len() < 10 {
-        let message = stream.next().await.unwrap();
+        let message = next(&mut stream).await.unwrap();
         let event: Value = serde_json::from_str(&message.data).unwrap();
         seen.push(event["payload"]["n"].as_u64().unwrap());
     }
@@ -160,16 +167,22 @@ async fn a_client_that_drops_resumes_with_last_event_id_losing_and_repeating_not
     );
     // Live: a new event arrives on the open stream.
     publish(&base, "chat:said", 10).await;
-    let message = stream.next().await.unwrap();
+    let message = next(&mut stream).await.unwrap();
     let event: Value = serde_json::from_str(&message.data).unwrap();
     assert_eq!(event["payload"]["n"], 10);
-    let bad = reqwest::Client::new()
-        .get(format!("{base}/v1/events/stream"))
-        .header("last-event-id", "yesterday")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    for bad in ["yesterday", "999999"] {
+        let refused = reqwest::Client::new()
+            .get(format!("{base}/v1/events/stream"))
+            .header("last-event-id", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), StatusCode::BAD_REQUEST, "{bad}");
+        let problem: Value = refused.json().await.unwrap();
+        if bad == "999999" {
+            assert_eq!(problem["code"], "position_ahead", "another log's position");
+        }
+    }
     app.shutdown().await.unwrap();
 }
 
@@ -177,6 +190,7 @@ async fn a_client_that_drops_resumes_with_last_event_id_losing_and_repeating_not
 async fn a_client_that_falls_behind_is_told_lagged_and_resumes_where_it_was() {
     let (app, base) = start(ServerConfig {
         sse_buffer: 16,
+        sse_stall_ms: 300,
         ..memory()
     })
     .await;
@@ -195,7 +209,9 @@ async fn a_client_that_falls_behind_is_told_lagged_and_resumes_where_it_was() {
     }
     let mut seen = Vec::new();
     let mut lagged_at = None;
-    while let Some(message) = stream.next().await {
+    // Reads nothing for longer than the stall allows: lagged.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    while let Some(message) = next(&mut stream).await {
         match message.event.as_str() {
             "event" => {
                 let event: Value = serde_json::from_str(&message.data).unwrap();
@@ -210,9 +226,10 @@ async fn a_client_that_falls_behind_is_told_lagged_and_resumes_where_it_was() {
     }
     let lagged_at = lagged_at.expect("a client that cannot keep up is told lagged");
     assert!((seen.len() as u64) < total, "it did fall behind");
+    // Resumed, it keeps up: a fast reader is not lagged by a backlog.
     let mut stream = open(&base, "", Some(&lagged_at)).await;
     while (seen.len() as u64) < total {
-        let message = stream.next().await.unwrap();
+        let message = next(&mut stream).await.unwrap();
         if message.event == "lagged" {
             stream = open(&base, "", Some(&message.data)).await;
             continue;
@@ -233,12 +250,16 @@ async fn shutdown_ends_every_stream_with_its_terminal_event() {
     let (app, base) = start(memory()).await;
     publish(&base, "a:b", 1).await;
     let mut stream = open(&base, "?after=0", None).await;
-    let first = stream.next().await.unwrap();
+    let first = next(&mut stream).await.unwrap();
     assert_eq!(first.event, "event");
     app.close_streams();
-    let last = stream.next().await.unwrap();
+    let last = next(&mut stream).await.unwrap();
     assert_eq!(last.event, "shutdown");
     assert_eq!(last.data, first.id, "it says the last position sent");
+    assert_eq!(
+        last.id, first.id,
+        "and carries it as its id, for the reconnect"
+    );
     assert!(stream.next().await.is_none(), "and the body ends");
     app.shutdown().await.unwrap();
 }

@@ -68,6 +68,40 @@ async fn revisions_guard_writes_and_history_and_diffs_read_back() {
     let problem: Value = stale.json().await.unwrap();
     assert_eq!(problem["code"], "stale_revision");
 
+    // Lists, `*` and weak tags, as RFC 9110 has them.
+    let second_tag = format!("\"{}\"", second["revision"]);
+    for (if_match, status) in [
+        (format!("{first_tag}, {second_tag}"), StatusCode::OK),
+        ("*".to_owned(), StatusCode::OK),
+        (format!("W/{second_tag}"), StatusCode::PRECONDITION_FAILED),
+        (first_tag.clone(), StatusCode::PRECONDITION_FAILED),
+    ] {
+        let response = client
+            .put(&url)
+            .header("if-match", &if_match)
+            .json(&json!({"days": 3}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "If-Match: {if_match}");
+    }
+    let both = client
+        .put(&url)
+        .header("if-match", "*")
+        .header("if-none-match", "*")
+        .json(&json!(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(both.status(), StatusCode::BAD_REQUEST);
+    let absent = client
+        .put(format!("{base}/v1/state/not:there"))
+        .header("if-match", "*")
+        .json(&json!(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(absent.status(), StatusCode::PRECONDITION_FAILED);
     let now: Value = client.get(&url).send().await.unwrap().json().await.unwrap();
     assert_eq!(now["value"], json!({"days": 3}));
     let then: Value = client
@@ -87,7 +121,7 @@ async fn revisions_guard_writes_and_history_and_diffs_read_back() {
         .json()
         .await
         .unwrap();
-    assert_eq!(history["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(history["changes"].as_array().unwrap().len(), 4);
     let patch: Value = client
         .get(format!(
             "{url}/diff?from={}&to={}",

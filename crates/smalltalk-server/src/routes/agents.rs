@@ -3,7 +3,7 @@
 //!
 //! A remote agent is watched like any other: the monitor asks it for a
 //! heartbeat every interval, and its answer is the last one it sent, if
-//! that is fresh (at most two heartbeat intervals old).
+//! that is fresh (at most one and a half heartbeat intervals old).
 //! A heartbeat it did not send in time counts as missed. Remote agents
 //! cannot be restarted from here, so their strategy is alert-only: they
 //! come back to `active` by sending heartbeats again.
@@ -73,8 +73,11 @@ impl MonitoredAgent for RemoteAgent {
         self.current()
     }
 
+    /// Work cannot be asked of a remote agent from here: its heartbeats
+    /// are the only signal, judged by `heartbeat` and the missed-beat
+    /// limit.
     async fn probe(&self) -> Result<(), AgentError> {
-        self.current().map(|_| ())
+        Ok(())
     }
 
     async fn restart(&self, _state: Option<smalltalk::AgentState>) -> Result<(), AgentError> {
@@ -201,8 +204,9 @@ pub(crate) async fn register(
     let id = agent_id(&body.agent_id)?;
     let config = app.runtime().health.config();
     let agent = Arc::new(RemoteAgent {
-        // One interval late is still in time; then beats are missed.
-        fresh_for: config.heartbeat_interval * 2,
+        // Half an interval of slack for the network; later than that, the
+        // monitor's next ask finds the beat missed.
+        fresh_for: config.heartbeat_interval + config.heartbeat_interval / 2,
         last: Mutex::new((Instant::now(), Heartbeat::idle(0))),
     });
     let strategy = RecoveryStrategy {

@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use smalltalk::SessionId;
 use smalltalk::events::{Draft, PublishOptions};
 use smalltalk::storage::{EventFilter, LogEntry};
@@ -217,8 +217,16 @@ pub(crate) async fn read(
     };
     let filter = filter(query.topic.as_deref())?;
     let after = query.after.unwrap_or(0);
-    let entries = app.runtime().store.read_log(after, &filter, limit).await?;
-    let last_position = entries.last().map_or(after, LogEntry::position);
+    let store = &app.runtime().store;
+    // Read before the page: a short page has covered the log up to it.
+    let head = store.log_bounds().await?.last;
+    let entries = store.read_log(after, &filter, limit).await?;
+    let read_to = entries.last().map_or(after, LogEntry::position);
+    let last_position = if entries.len() < limit {
+        read_to.max(head)
+    } else {
+        read_to
+    };
     let items = entries
         .into_iter()
         .filter_map(|entry| match entry {
@@ -235,7 +243,8 @@ pub(crate) async fn read(
 /// How a stream ended, sent as its last (terminal) event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// The client fell more than the buffer behind.
+    /// The client made no room in its buffer for `sse_stall_ms`, or fell
+    /// more than the byte budget behind.
     Lagged,
     /// The server is shutting down.
     Shutdown,
@@ -253,16 +262,23 @@ impl End {
     }
 }
 
+/// The most bytes of events one client may have waiting: past it the
+/// client is `lagged` whatever the event count.
+const MAX_BUFFERED_BYTES: usize = 16 * 1024 * 1024;
+
 /// Streams the log over SSE: every event after `after` (or the
 /// `Last-Event-ID` header, which wins), then new ones as they are
 /// committed. Each event's `id:` is its log position, so a client that
 /// reconnects with `Last-Event-ID` misses nothing and sees nothing twice.
-/// A keep-alive comment comes every 15 s. The stream ends with a terminal
-/// event: `lagged` (the client fell `SMALLTALK_SSE_BUFFER` events behind;
-/// resume with `Last-Event-ID`), `shutdown`, or `error`; its data is the
-/// last position sent.
+/// A position beyond the log's newest is refused (400: another log); one
+/// before the retained start first gets a `gap` event naming where the log
+/// now starts. A keep-alive comment comes every 15 s. The stream ends with
+/// a terminal event whose `id:` and data are the last position sent:
+/// `lagged` (the client made no room in its `SMALLTALK_SSE_BUFFER`-event
+/// buffer for `SMALLTALK_SSE_STALL_MS`, or 16 MiB waited for it; resume
+/// with `Last-Event-ID`), `shutdown`, or `error`.
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(LogQuery),
-    responses((status = 200, description = "text/event-stream of events", content_type = "text/event-stream"), (status = 400, body = Problem)))]
+    responses((status = 200, description = "text/event-stream of events", content_type = "text/event-stream"), (status = 400, body = Problem), (status = 503, body = Problem)))]
 pub(crate) async fn stream(
     State(app): State<AppState>,
     headers: HeaderMap,
@@ -282,27 +298,49 @@ pub(crate) async fn stream(
         ),
         None => None,
     };
-    let start = match resume.or(query.after) {
-        Some(after) => after,
-        // From now on.
-        None => app.runtime().store.log_bounds().await?.last,
-    };
-    let capacity = app.config().sse_buffer;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(capacity);
+    let bounds = app.runtime().store.log_bounds().await?;
+    let start = resume.or(query.after).unwrap_or(bounds.last);
+    if start > bounds.last {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "position_ahead",
+            format!(
+                "position {start} is beyond the log's newest ({}): it came from another log",
+                bounds.last
+            ),
+        ));
+    }
+    let gap = bounds.first.filter(|first| start + 1 < *first);
+    let permit = app.stream_permit().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!("{} streams are open on this node", app.config().max_streams),
+        )
+        .retry_after(Duration::from_secs(5))
+    })?;
+    let config = app.config();
+    let stall = Duration::from_millis(config.sse_stall_ms);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(config.sse_buffer);
     let (ended, end) = tokio::sync::oneshot::channel::<End>();
+    let buffered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let waiting = std::sync::Arc::clone(&buffered);
     let store = std::sync::Arc::clone(&app.runtime().store);
     let mut stopping = app.stopping();
-    // The reader runs on its own task, so a slow client never slows the
-    // log; it ends when the client goes (the channel closes).
-    tokio::spawn(async move {
+    // The reader runs on its own (tracked) task, so a slow client never
+    // slows the log; it ends when the client goes, falls behind, or the
+    // server stops.
+    app.spawn(async move {
+        let _permit = permit;
         let mut after = start;
         // The log's newest position when last looked at: a filtered read
         // that returns less than a batch has covered the log up to it.
-        let mut head = start;
-        let outcome = loop {
+        let mut head = bounds.last;
+        let outcome = 'read: loop {
             let entries = tokio::select! {
                 read = store.read_log(after, &filter, READ_BATCH) => read,
                 _ = stopping.wait_for(|stop| *stop) => break End::Shutdown,
+                () = sender.closed() => return,
             };
             let entries = match entries {
                 Ok(entries) => entries,
@@ -312,23 +350,38 @@ pub(crate) async fn stream(
                 }
             };
             let full = entries.len() == READ_BATCH;
-            let mut lagged = false;
             for entry in entries {
-                after = entry.position();
-                if let LogEntry::Event(event) = entry {
-                    match sender.try_send(event) {
-                        Ok(()) => {}
-                        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                            lagged = true;
-                            break;
-                        }
-                        // The client is gone.
-                        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                let position = entry.position();
+                let event = match entry {
+                    LogEntry::Event(event) => event,
+                    LogEntry::Undecodable(row) => {
+                        tracing::warn!(
+                            position,
+                            "an SSE stream skips an undecodable event: {}",
+                            row.error
+                        );
+                        after = position;
+                        continue;
                     }
+                };
+                let size = event.payload.get().len();
+                if waiting.fetch_add(size, std::sync::atomic::Ordering::AcqRel) + size
+                    > MAX_BUFFERED_BYTES
+                {
+                    break 'read End::Lagged;
                 }
-            }
-            if lagged {
-                break End::Lagged;
+                // Room in the client's buffer, or lagged after the stall.
+                let slot = tokio::select! {
+                    slot = tokio::time::timeout(stall, sender.reserve()) => slot,
+                    _ = stopping.wait_for(|stop| *stop) => break 'read End::Shutdown,
+                };
+                match slot {
+                    Ok(Ok(slot)) => slot.send(event),
+                    // The client is gone.
+                    Ok(Err(_)) => return,
+                    Err(_) => break 'read End::Lagged,
+                }
+                after = position;
             }
             if full {
                 continue;
@@ -345,6 +398,7 @@ pub(crate) async fn stream(
                     }
                 },
                 _ = stopping.wait_for(|stop| *stop) => break End::Shutdown,
+                () = sender.closed() => return,
             }
         };
         let _ = ended.send(outcome);
@@ -354,15 +408,31 @@ pub(crate) async fn stream(
     struct Tail {
         receiver: tokio::sync::mpsc::Receiver<Event>,
         end: Option<tokio::sync::oneshot::Receiver<End>>,
+        gap: Option<u64>,
         last: u64,
+        buffered: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     }
     let tail = Tail {
         receiver,
         end: Some(end),
+        gap,
         last: start,
+        buffered,
     };
     let events = futures_util::stream::unfold(tail, |mut tail| async move {
+        if let Some(first) = tail.gap.take() {
+            let data = json!({"requested": tail.last, "first": first}).to_string();
+            let sse = SseEvent::default()
+                .id(tail.last.to_string())
+                .event("gap")
+                .data(data);
+            return Some((Ok(sse), tail));
+        }
         if let Some(event) = tail.receiver.recv().await {
+            tail.buffered.fetch_sub(
+                event.payload.get().len(),
+                std::sync::atomic::Ordering::AcqRel,
+            );
             tail.last = event.position.unwrap_or(tail.last);
             let data = serde_json::to_string(&view(event)).unwrap_or_default();
             let sse = SseEvent::default()
@@ -372,8 +442,9 @@ pub(crate) async fn stream(
             return Some((Ok(sse), tail));
         }
         let end = tail.end.take()?;
-        let end = end.await.unwrap_or(End::Shutdown);
+        let end = end.await.unwrap_or(End::Failed);
         let sse = SseEvent::default()
+            .id(tail.last.to_string())
             .event(end.name())
             .data(tail.last.to_string());
         Some((Ok(sse), tail))

@@ -130,29 +130,60 @@ fn entry_response(status: StatusCode, entry: &smalltalk::state::StateEntry) -> R
     response
 }
 
-/// The revision an `If-Match` names: `"12"` (or `12`).
-fn if_match(headers: &HeaderMap) -> ApiResult<Option<Expect>> {
-    if let Some(value) = headers.get(header::IF_NONE_MATCH) {
-        return if value.as_bytes() == b"*" {
-            Ok(Some(Expect::Absent))
-        } else {
-            Err(ApiError::invalid("If-None-Match takes only *"))
-        };
-    }
-    let Some(value) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
+/// A write's precondition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Precondition {
+    /// `If-None-Match: *`: the key must be absent.
+    Absent,
+    /// `If-Match: *`: the key must exist.
+    Exists,
+    /// `If-Match: "r1", "r2"`: the key's last change must be one of these
+    /// revisions (strong comparison: a weak tag never matches).
+    AnyOf(Vec<u64>),
+}
+
+/// The precondition in `If-Match` / `If-None-Match`, if any.
+fn precondition(headers: &HeaderMap) -> ApiResult<Option<Precondition>> {
+    let text = |name: header::HeaderName| -> ApiResult<Option<String>> {
+        headers
+            .get(&name)
+            .map(|value| {
+                value
+                    .to_str()
+                    .map(|text| text.trim().to_owned())
+                    .map_err(|_| ApiError::invalid(format!("{name} must be text")))
+            })
+            .transpose()
     };
-    let text = value
-        .to_str()
-        .map_err(|_| ApiError::invalid("If-Match must be a revision"))?
-        .trim();
-    let text = text.strip_prefix("W/").unwrap_or(text);
-    let revision = text.trim_matches('"').parse::<u64>().map_err(|_| {
-        ApiError::invalid(format!(
-            "If-Match must name a revision, as the ETag does (got {text:?})"
-        ))
-    })?;
-    Ok(Some(Expect::Revision(revision)))
+    match (text(header::IF_MATCH)?, text(header::IF_NONE_MATCH)?) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "send one of If-Match and If-None-Match, not both",
+        )),
+        (None, Some(none)) if none == "*" => Ok(Some(Precondition::Absent)),
+        (None, Some(_)) => Err(ApiError::invalid("If-None-Match takes only *")),
+        (Some(any), None) if any == "*" => Ok(Some(Precondition::Exists)),
+        (Some(list), None) => {
+            let mut revisions = Vec::new();
+            for tag in list.split(',').map(str::trim) {
+                if tag.starts_with("W/") {
+                    // Weak tags never match a strong comparison.
+                    continue;
+                }
+                let inner = tag
+                    .strip_prefix('"')
+                    .and_then(|tag| tag.strip_suffix('"'))
+                    .unwrap_or(tag);
+                let revision = inner.parse::<u64>().map_err(|_| {
+                    ApiError::invalid(format!(
+                        "If-Match must list revisions as the ETag gives them (got {tag:?})"
+                    ))
+                })?;
+                revisions.push(revision);
+            }
+            Ok(Some(Precondition::AnyOf(revisions)))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// A key's value, now or at `revision`.
@@ -194,7 +225,7 @@ pub(crate) async fn put(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let key = key(path)?;
-    let expect = if_match(&headers)?;
+    let condition = precondition(&headers)?;
     let body = body.map_err(|rejection| {
         ApiError::new(rejection.status(), "body_too_large", rejection.body_text())
     })?;
@@ -202,6 +233,32 @@ pub(crate) async fn put(
         ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", error.to_string())
     })?;
     let state = &app.runtime().state;
+    let stale =
+        |detail: String| ApiError::new(StatusCode::PRECONDITION_FAILED, "stale_revision", detail);
+    let expect = match &condition {
+        None => None,
+        Some(Precondition::Absent) => Some(Expect::Absent),
+        // `*` and lists are checked against the key as it is now, and the
+        // write is then conditioned on exactly that revision.
+        Some(Precondition::Exists | Precondition::AnyOf(_)) => {
+            let current = state
+                .get(key.clone())
+                .await
+                .map_err(|error| state_error(error, true))?;
+            let Some(current) = current else {
+                return Err(stale(format!("{key} has no value")));
+            };
+            if let Some(Precondition::AnyOf(revisions)) = &condition {
+                if !revisions.contains(&current.revision) {
+                    return Err(stale(format!(
+                        "{key} is at revision {}, not one If-Match names",
+                        current.revision
+                    )));
+                }
+            }
+            Some(Expect::Revision(current.revision))
+        }
+    };
     let outcome = match expect {
         Some(expect) => state.put_if(key, value, expect).await,
         None => state.put(key, value).await,
