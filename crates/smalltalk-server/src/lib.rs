@@ -35,6 +35,7 @@
 
 pub mod config;
 mod error;
+pub mod idempotency;
 mod openapi;
 pub mod problem;
 pub mod routes;
@@ -351,6 +352,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/state/{key}/diff", get(routes::state::diff))
         .route("/metrics", get(routes::ops::metrics))
         .route("/openapi.json", get(routes::ops::openapi))
+        // Inside the detached task: the claim, the handler and the kept
+        // answer run to completion together.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotent,
+        ))
         .layer(middleware::from_fn_with_state(
             (state.clone(), timeout),
             run_detached,

@@ -569,3 +569,123 @@ async fn health_readiness_metrics_and_the_openapi_document() {
     assert_eq!(server.get("/health").await.status(), StatusCode::OK);
     server.stop().await;
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_runs_a_post_once() {
+    use sha2::{Digest, Sha256};
+    let server = Server::memory().await;
+    let post = |key: &'static str, body: Value| {
+        server
+            .client
+            .post(server.url("/v1/sessions"))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = post("create-1", json!({"metadata": {"n": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    assert!(!first.headers().contains_key("idempotency-replayed"));
+    let first: Value = first.json().await.unwrap();
+    let again = post("create-1", json!({"metadata": {"n": 1}}))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.headers()["idempotency-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        again["id"], first["id"],
+        "the same session, not a second one"
+    );
+    let listed: Value = server.get("/v1/sessions").await.json().await.unwrap();
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    problem(
+        post("create-1", json!({"metadata": {"n": 2}}))
+            .await
+            .unwrap(),
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+    )
+    .await;
+    problem(
+        post("has space", json!({})).await.unwrap(),
+        StatusCode::BAD_REQUEST,
+        "invalid_idempotency_key",
+    )
+    .await;
+
+    // Messages: a retried append stores one message.
+    let id = first["id"].as_str().unwrap();
+    for _ in 0..3 {
+        let appended = server
+            .client
+            .post(server.url(&format!("/v1/sessions/{id}/messages")))
+            .header("idempotency-key", "append-1")
+            .json(&json!({"role": "user", "content": "once"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(appended.status(), StatusCode::CREATED);
+    }
+    let messages: Value = server
+        .get(&format!("/v1/sessions/{id}/messages"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(messages.as_array().unwrap().len(), 1);
+
+    // A first request still running: 409; one abandoned long ago is taken
+    // over.
+    let body = br#"{"metadata":{"n":3}}"#;
+    let mut print = Sha256::new();
+    print.update(b"POST\0/v1/sessions\0");
+    print.update(body);
+    let fingerprint = hex(&print.finalize());
+    let record = format!("smalltalk.idempotency:{}", hex(&Sha256::digest(b"slow-1")));
+    let state = &server.app.runtime().state;
+    let now = smalltalk::Timestamp::now().as_micros();
+    state
+        .put(
+            record.as_str(),
+            json!({"state": "in-flight", "fingerprint": fingerprint, "claimedAt": now}),
+        )
+        .await
+        .unwrap();
+    let raw = |key: &'static str| {
+        server
+            .client
+            .post(server.url("/v1/sessions"))
+            .header("idempotency-key", key)
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+    };
+    problem(
+        raw("slow-1").await.unwrap(),
+        StatusCode::CONFLICT,
+        "idempotency_in_flight",
+    )
+    .await;
+    state
+        .put(
+            record.as_str(),
+            json!({"state": "in-flight", "fingerprint": fingerprint, "claimedAt": now - 3_600_000_000i64}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw("slow-1").await.unwrap().status(), StatusCode::CREATED);
+    // The server's own keys are not reachable through the state routes.
+    problem(
+        server.get(&format!("/v1/state/{record}")).await,
+        StatusCode::BAD_REQUEST,
+        "reserved_key",
+    )
+    .await;
+    server.stop().await;
+}

@@ -86,6 +86,16 @@ pub struct DiffQuery {
 
 fn key(path: Result<Path<String>, PathRejection>) -> ApiResult<StorageKey> {
     let Path(raw) = path?;
+    if raw.starts_with(crate::idempotency::RESERVED_PREFIX) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reserved_key",
+            format!(
+                "keys under {:?} are the server's own",
+                crate::idempotency::RESERVED_PREFIX
+            ),
+        ));
+    }
     StorageKey::parse(&raw)
         .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "invalid_key", error.to_string()))
 }
