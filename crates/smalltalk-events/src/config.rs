@@ -72,7 +72,7 @@ pub struct EventBusConfig {
     /// [`AckPersistence::EveryAck`].
     pub ack_persistence: AckPersistence,
     /// A delivery later than this after its publication is logged at WARN
-    /// and counted in `latency_violation` (FR-013). Default 10 ms; 1 us to
+    /// and counted in `smalltalk_event_latency_violations_total` (FR-013). Default 10 ms; 1 us to
     /// 1 h.
     pub latency_budget: Duration,
     /// Most events one durable commit takes (group commit). Default 1,024; 1

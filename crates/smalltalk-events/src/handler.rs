@@ -214,7 +214,7 @@ pub trait EventHandler: Send + Sync + 'static {
 
     /// Told that events were purged before this subscriber read them. The
     /// bus has already logged it at ERROR and counted it in
-    /// `event_replay_gap_detected`. Default: nothing more.
+    /// `smalltalk_event_replay_gaps_total`. Default: nothing more.
     async fn on_gap(&self, gap: GapNotice) {
         let _ = gap;
     }

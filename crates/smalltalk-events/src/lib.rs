@@ -26,14 +26,14 @@
 //!   a time window), set in code or a [YAML file](policy); and
 //!   [`EventBus::replay`] redelivers on demand. If retention purged part of
 //!   what a replay needed, the subscriber gets a [`GapNotice`], the bus logs
-//!   an ERROR and counts `event_replay_gap_detected`.
+//!   an ERROR and counts `smalltalk_event_replay_gaps_total`.
 //! - **Across processes**: buses sharing a PostgreSQL log deliver each
 //!   other's events (LISTEN/NOTIFY); over SQLite they poll every
 //!   [`EventBusConfig::poll_interval`].
 //!
-//! Metrics (through the `metrics` facade): `event_throughput` (events
-//! published), `event_propagation_latency_ms` (histogram),
-//! `latency_violation`, `event_replay_gap_detected`.
+//! Metrics (through the `metrics` facade): `smalltalk_events_published_total` (events
+//! published), `smalltalk_event_propagation_seconds` (histogram),
+//! `smalltalk_event_latency_violations_total`, `smalltalk_event_replay_gaps_total`.
 //!
 //! # Example
 //!

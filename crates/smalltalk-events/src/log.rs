@@ -130,7 +130,7 @@ pub(crate) fn report_undecodable(row: &UndecodableEvent, reader: &dyn std::fmt::
     tracing::error!(position = row.position, event_id = %row.event_id, topic = %row.topic,
         error = %row.error, %reader,
         "a logged event does not decode: dead-lettered, reading on after it");
-    metrics::counter!("event_undecodable_dead_lettered").increment(1);
+    metrics::counter!("smalltalk_events_dead_lettered_total").increment(1);
 }
 
 /// The log behind a bus.

@@ -180,7 +180,7 @@ impl BusCounters {
         self.published.fetch_add(events, Ordering::Relaxed);
         self.published_critical
             .fetch_add(critical, Ordering::Relaxed);
-        metrics::counter!("event_throughput").increment(events);
+        metrics::counter!("smalltalk_events_published_total").increment(events);
     }
 
     pub(crate) fn count_delivered(&self, priority: EventPriority) {
@@ -198,12 +198,12 @@ impl BusCounters {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .saturating_record(micros.max(1));
-        metrics::histogram!("event_propagation_latency_ms").record(latency.as_secs_f64() * 1e3);
+        metrics::histogram!("smalltalk_event_propagation_seconds").record(latency.as_secs_f64());
         if latency <= budget {
             return false;
         }
         bump(&self.latency_violations);
-        metrics::counter!("latency_violation").increment(1);
+        metrics::counter!("smalltalk_event_latency_violations_total").increment(1);
         let last = self.last_warning_ms.load(Ordering::Relaxed);
         now_ms >= last + 1000
             && self

@@ -53,9 +53,12 @@ async fn every_bus_metric_is_emitted() {
         .unwrap();
     clock.advance(Duration::from_millis(20));
     assert_eq!(seen.recv().await.as_deref(), Some("m.slow"));
-    assert_eq!(recording.value("event_throughput"), 2.0);
-    assert_eq!(recording.value("event_propagation_latency_ms"), 2.0);
-    assert_eq!(recording.value("latency_violation"), 1.0);
+    assert_eq!(recording.value("smalltalk_events_published_total"), 2.0);
+    assert_eq!(recording.value("smalltalk_event_propagation_seconds"), 2.0);
+    assert_eq!(
+        recording.value("smalltalk_event_latency_violations_total"),
+        1.0
+    );
     assert_eq!(bus.stats().await.unwrap().latency_violations, 1);
 
     // Missed while away, then purged: a gap on the way back.
@@ -73,5 +76,5 @@ async fn every_bus_metric_is_emitted() {
         .await
         .unwrap();
     assert_eq!(seen.recv().await.as_deref(), Some("m.after"));
-    assert_eq!(recording.value("event_replay_gap_detected"), 1.0);
+    assert_eq!(recording.value("smalltalk_event_replay_gaps_total"), 1.0);
 }

@@ -29,10 +29,10 @@
 //!   skipped or fails the turn ([`FailurePolicy`]); the failure is an event
 //!   and goes to the health monitor ([`smalltalk_types::AgentFailureSink`]).
 //!
-//! Metrics: `group_turns_total{group_id}`,
-//! `group_agent_failures_total{group_id}`,
-//! `group_selection_seconds{strategy}`, `groups_active`,
-//! `llm_calls_total{outcome}`, `llm_call_seconds`, `llm_tokens_total{kind}`.
+//! Metrics: `smalltalk_group_turns_total{group_id}`,
+//! `smalltalk_group_agent_failures_total{group_id}`,
+//! `smalltalk_group_selection_seconds{strategy}`, `smalltalk_groups_active`,
+//! `smalltalk_llm_calls_total{outcome}`, `smalltalk_llm_call_seconds`, `smalltalk_llm_tokens_total{kind}`.
 //! Spans: `group.turn` (with `group_id`, `round`, `turn`), `llm.chat`.
 //!
 //! # Example

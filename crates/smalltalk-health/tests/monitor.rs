@@ -637,7 +637,7 @@ async fn the_health_gauge_follows_the_state() {
     f.tick().await;
     f.tick().await;
     assert_eq!(f.state("gauged"), HealthState::Failed);
-    assert_eq!(recording.value("agent_health_status"), -1.0);
+    assert_eq!(recording.value("smalltalk_agent_health_status"), -1.0);
 }
 
 /// An agent whose heartbeat never returns.

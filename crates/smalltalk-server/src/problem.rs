@@ -101,6 +101,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!("smalltalk_errors_total", "code" => self.code).increment(1);
         if self.status.is_server_error() {
             tracing::warn!(
                 code = self.code,

@@ -524,6 +524,7 @@ async fn health_readiness_metrics_and_the_openapi_document() {
         .await
         .unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "req-42");
+    let _ = server.get("/v1/sessions/not-an-id").await;
     let metrics = server.get("/metrics").await;
     assert_eq!(metrics.status(), StatusCode::OK);
     assert!(
@@ -532,6 +533,21 @@ async fn health_readiness_metrics_and_the_openapi_document() {
             .unwrap()
             .starts_with("text/plain")
     );
+    let text = metrics.text().await.unwrap();
+    for name in [
+        "smalltalk_http_requests_total",
+        "smalltalk_http_request_seconds_bucket",
+        "smalltalk_errors_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    // Prometheus conventions: our prefix on every series.
+    for line in text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+    {
+        assert!(line.starts_with("smalltalk_"), "unprefixed series: {line}");
+    }
     let spec: Value = server.get("/openapi.json").await.json().await.unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [

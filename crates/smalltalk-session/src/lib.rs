@@ -26,9 +26,9 @@
 //!   periodically.
 //!
 //! Durability: every write is in storage before the call returns. Metrics go
-//! through the [`metrics`] facade (`session_count`,
-//! `session_restore_latency_ms`, `session_conflicts_total`,
-//! `session_rejections_total`, `session_save_failures_total`); every
+//! through the [`metrics`] facade (`smalltalk_sessions_active`,
+//! `smalltalk_session_restore_seconds`, `smalltalk_session_conflicts_total`,
+//! `smalltalk_session_rejections_total`, `smalltalk_session_save_failures_total`); every
 //! operation has a `tracing` span with the session id.
 //!
 //! # Example

@@ -24,14 +24,14 @@ async fn every_session_metric_is_emitted() {
 
     let first = sessions.create(CreateOptions::default()).await.unwrap();
     sessions.create(CreateOptions::default()).await.unwrap();
-    assert_eq!(recording.value("session_count"), 2.0);
+    assert_eq!(recording.value("smalltalk_sessions_active"), 2.0);
     assert!(sessions.create(CreateOptions::default()).await.is_err());
-    assert_eq!(recording.value("session_rejections_total"), 1.0);
+    assert_eq!(recording.value("smalltalk_session_rejections_total"), 1.0);
 
     let stale = sessions.restore(first.id).await.unwrap();
     let _ = sessions.restore(first.id).await.unwrap();
     assert_eq!(
-        recording.value("session_restore_latency_ms"),
+        recording.value("smalltalk_session_restore_seconds"),
         2.0,
         "one histogram value per restore"
     );
@@ -44,7 +44,7 @@ async fn every_session_metric_is_emitted() {
         .await
         .unwrap();
     sessions.save(&stale).await.unwrap();
-    assert_eq!(recording.value("session_conflicts_total"), 1.0);
+    assert_eq!(recording.value("smalltalk_session_conflicts_total"), 1.0);
 
     faulty.fail_writes(true);
     assert!(
@@ -54,8 +54,11 @@ async fn every_session_metric_is_emitted() {
             .is_err()
     );
     faulty.fail_writes(false);
-    assert_eq!(recording.value("session_save_failures_total"), 1.0);
+    assert_eq!(
+        recording.value("smalltalk_session_save_failures_total"),
+        1.0
+    );
 
     sessions.invalidate(first.id).await.unwrap();
-    assert_eq!(recording.value("session_count"), 1.0);
+    assert_eq!(recording.value("smalltalk_sessions_active"), 1.0);
 }

@@ -29,8 +29,8 @@
 //! - Leases (keys that expire together), compaction that keeps each key's
 //!   newest N versions ([`StateStore::spawn_maintenance`]).
 //!
-//! Metrics: `state_revision` (gauge), `state_conflicts_total{policy}`,
-//! `state_watch_lag_seconds` (histogram). Every public operation has a
+//! Metrics: `smalltalk_state_revision` (gauge), `smalltalk_state_conflicts_total{policy}`,
+//! `smalltalk_state_watch_lag_seconds` (histogram). Every public operation has a
 //! tracing span (`state.get`, `state.put`, ...).
 //!
 //! # Example

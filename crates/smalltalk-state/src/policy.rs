@@ -101,7 +101,7 @@ impl ConflictPolicy {
     }
 
     /// `reject`, `last_write_wins`, `merge` or `custom`: the `policy` label
-    /// of `state_conflicts_total`.
+    /// of `smalltalk_state_conflicts_total`.
     pub fn name(&self) -> &'static str {
         match self {
             ConflictPolicy::Reject => "reject",

@@ -99,7 +99,7 @@ impl StateStoreBuilder {
 #[non_exhaustive]
 pub struct StateStats {
     /// Conditional writes (and update attempts) that found a newer
-    /// version, whatever was done about it (`state_conflicts_total`, by
+    /// version, whatever was done about it (`smalltalk_state_conflicts_total`, by
     /// `policy`; `update` for updates and patches).
     pub conflicts: u64,
     /// Of those, the ones last-write-wins overwrote.
@@ -726,7 +726,7 @@ impl StateStore {
 
     fn count_conflict(&self, policy: &'static str) {
         self.inner.conflicts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("state_conflicts_total", "policy" => policy).increment(1);
+        metrics::counter!("smalltalk_state_conflicts_total", "policy" => policy).increment(1);
     }
 
     /// The value the writer read, for a merge: at the revision it names, or
@@ -800,7 +800,7 @@ fn record_key(key: impl TryIntoId<StorageKey>) -> Result<StorageKey> {
 
 pub(crate) fn record_revision(revision: Option<u64>) {
     if let Some(revision) = revision {
-        metrics::gauge!("state_revision").set(revision as f64);
+        metrics::gauge!("smalltalk_state_revision").set(revision as f64);
     }
 }
 

@@ -177,7 +177,7 @@ impl Cursor {
                 continue;
             }
             let lag = now.duration_since(version.timestamp);
-            metrics::histogram!("state_watch_lag_seconds").record(lag.as_secs_f64());
+            metrics::histogram!("smalltalk_state_watch_lag_seconds").record(lag.as_secs_f64());
             let revision = version.revision;
             let change = StateChange::from_version(version);
             match &mut current {

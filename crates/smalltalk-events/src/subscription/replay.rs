@@ -120,7 +120,7 @@ impl Worker {
             to = gap.to, "events were purged before this subscriber read them (replay gap)");
         bump(&self.sub.counters.gaps);
         bump(&self.bus.counters.gaps_detected);
-        metrics::counter!("event_replay_gap_detected").increment(1);
+        metrics::counter!("smalltalk_event_replay_gaps_total").increment(1);
         self.handler.on_gap(gap.clone()).await;
         self.sub.changed();
     }

@@ -221,7 +221,8 @@ impl LlmClient {
             Err(retry_in) => {
                 self.counters.rejected.fetch_add(1, Ordering::Relaxed);
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("llm_calls_total", "outcome" => "rejected").increment(1);
+                metrics::counter!("smalltalk_llm_calls_total", "outcome" => "rejected")
+                    .increment(1);
                 return Err(Error::CircuitOpen { retry_in });
             }
         };
@@ -234,18 +235,18 @@ impl LlmClient {
         };
         let outcome = self.with_retries(&body, &mut on_delta).await;
         probe.settled = true;
-        metrics::histogram!("llm_call_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("smalltalk_llm_call_seconds").record(started.elapsed().as_secs_f64());
         match &outcome {
             Ok(response) => {
                 self.breaker.succeeded();
-                metrics::counter!("llm_calls_total", "outcome" => "ok").increment(1);
+                metrics::counter!("smalltalk_llm_calls_total", "outcome" => "ok").increment(1);
                 if let Some(usage) = response.usage {
                     self.record_usage(usage);
                 }
             }
             Err(error) => {
                 self.counters.failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("llm_calls_total", "outcome" => "error").increment(1);
+                metrics::counter!("smalltalk_llm_calls_total", "outcome" => "error").increment(1);
                 // A 4xx says nothing about the endpoint's health; an
                 // unreadable answer does.
                 if error.is_transient() || matches!(error, Error::Decode { .. }) {
@@ -271,8 +272,9 @@ impl LlmClient {
         counters
             .total_tokens
             .fetch_add(usage.total(), Ordering::Relaxed);
-        metrics::counter!("llm_tokens_total", "kind" => "prompt").increment(usage.prompt_tokens);
-        metrics::counter!("llm_tokens_total", "kind" => "completion")
+        metrics::counter!("smalltalk_llm_tokens_total", "kind" => "prompt")
+            .increment(usage.prompt_tokens);
+        metrics::counter!("smalltalk_llm_tokens_total", "kind" => "completion")
             .increment(usage.completion_tokens);
     }
 

@@ -8,7 +8,7 @@
 //!   events; text deltas go to a callback as they arrive).
 //! - Tool definitions and tool calls pass through [`ChatRequest`] and
 //!   [`ChatResponse`]; token usage is summed in [`LlmClient::stats`] and
-//!   the `llm_tokens_total{kind}` counter.
+//!   the `smalltalk_llm_tokens_total{kind}` counter.
 
 mod breaker;
 mod client;

@@ -434,7 +434,7 @@ impl GroupManager {
             hooks: RwLock::new(GroupHooks::default()),
         });
         live.insert(id, Arc::clone(&group));
-        metrics::gauge!("groups_active").set(live.len() as f64);
+        metrics::gauge!("smalltalk_groups_active").set(live.len() as f64);
         Ok(group)
     }
 
@@ -552,7 +552,7 @@ impl GroupManager {
     fn forget(&self, id: ConversationId) {
         let mut live = lock(&self.inner.live);
         live.remove(&id);
-        metrics::gauge!("groups_active").set(live.len() as f64);
+        metrics::gauge!("smalltalk_groups_active").set(live.len() as f64);
     }
 
     fn evict(&self, group: &Arc<Live>) {
@@ -563,7 +563,7 @@ impl GroupManager {
         {
             live.remove(&group.id);
         }
-        metrics::gauge!("groups_active").set(live.len() as f64);
+        metrics::gauge!("smalltalk_groups_active").set(live.len() as f64);
     }
 
     /// Ends group `id`: it takes no more rounds ([`Error::Finished`]), and

@@ -206,7 +206,7 @@ impl GroupManager {
                         // Counted here, not in `select`: a dry run
                         // (`select_speaker`) is not a selection.
                         self.inner.stats.selected(&selection);
-                        metrics::histogram!("group_selection_seconds", "strategy" => selection.strategy.as_str())
+                        metrics::histogram!("smalltalk_group_selection_seconds", "strategy" => selection.strategy.as_str())
                             .record(selection.latency.as_secs_f64());
                         selection
                     }
@@ -377,7 +377,7 @@ impl GroupManager {
         }
         let outcome = self.commit(group, state, vec![message.clone()]).await?;
         self.inner.stats.turn();
-        metrics::counter!("group_turns_total", "group_id" => id.to_string()).increment(1);
+        metrics::counter!("smalltalk_group_turns_total", "group_id" => id.to_string()).increment(1);
         let summary = TurnSummary {
             turn,
             message_id: message.id,
@@ -828,7 +828,7 @@ impl GroupManager {
         attempts: u32,
     ) {
         self.inner.stats.failure();
-        metrics::counter!("group_agent_failures_total", "group_id" => group_id.to_string())
+        metrics::counter!("smalltalk_group_agent_failures_total", "group_id" => group_id.to_string())
             .increment(1);
         if let Some(sink) = &self.inner.failures {
             sink.agent_failed(AgentFailureReport {

@@ -617,7 +617,7 @@ fn sweep_tick(config: &HealthConfig) -> Duration {
     (config.heartbeat_interval.min(config.probe_interval) / 4).max(Duration::from_millis(1))
 }
 
-/// The `agent_health_status` gauge's value per state.
+/// The `smalltalk_agent_health_status` gauge's value per state.
 fn state_value(state: HealthState) -> f64 {
     match state {
         HealthState::Active => 1.0,

@@ -26,7 +26,7 @@ impl AgentHealthMonitor {
             from
         };
         tracing::info!(%agent_id, ?from, ?to, reason, "agent health changed");
-        metrics::gauge!("agent_health_status", "agent" => agent_id.to_string())
+        metrics::gauge!("smalltalk_agent_health_status", "agent" => agent_id.to_string())
             .set(state_value(to));
         if let Some(events) = &self.inner.events {
             let announcement = Announcement {

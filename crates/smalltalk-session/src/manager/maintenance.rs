@@ -48,7 +48,7 @@ impl SessionManager {
         {
             let mut pool = self.pool();
             pool.retain(|_, entry| entry.expires_at > now);
-            metrics::gauge!("session_count").set(pool.len() as f64);
+            metrics::gauge!("smalltalk_sessions_active").set(pool.len() as f64);
         }
         tracing::Span::current().record("count", cleaned);
         tracing::info!(cleaned, "expired sessions cleaned up");
@@ -207,7 +207,7 @@ impl SessionManager {
                     *failures
                 };
                 self.inner.save_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("session_save_failures_total").increment(1);
+                metrics::counter!("smalltalk_session_save_failures_total").increment(1);
                 tracing::error!(session_id = %id, %error, retry_count = failures, "deleting a session's content failed; maintenance retries");
                 if failures == self.inner.config.save_retry.alert_after {
                     let mut context = Map::new();

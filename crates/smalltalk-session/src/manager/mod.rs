@@ -331,13 +331,13 @@ impl SessionManager {
         } else {
             pool.remove(&session.id);
         }
-        metrics::gauge!("session_count").set(pool.len() as f64);
+        metrics::gauge!("smalltalk_sessions_active").set(pool.len() as f64);
     }
 
     fn untrack(&self, id: SessionId) {
         let mut pool = self.pool();
         pool.remove(&id);
-        metrics::gauge!("session_count").set(pool.len() as f64);
+        metrics::gauge!("smalltalk_sessions_active").set(pool.len() as f64);
     }
 
     fn note_failure<T>(&self, result: smalltalk_storage::Result<T>) -> Result<T> {
@@ -348,7 +348,7 @@ impl SessionManager {
                     | smalltalk_storage::Error::Backend { .. }
             ) {
                 self.inner.save_failures.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("session_save_failures_total").increment(1);
+                metrics::counter!("smalltalk_session_save_failures_total").increment(1);
             }
             error.into()
         })
@@ -376,7 +376,7 @@ impl SessionManager {
 
     fn note_conflict(&self) {
         self.inner.conflicts.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("session_conflicts_total").increment(1);
+        metrics::counter!("smalltalk_session_conflicts_total").increment(1);
     }
 
     /// When a slot is likely to free up: the soonest expiry or idle
@@ -432,7 +432,7 @@ impl SessionManager {
         tracing::Span::current().record("session_id", tracing::field::display(session.id));
         if self.is_degraded() {
             self.inner.rejections.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("session_rejections_total").increment(1);
+            metrics::counter!("smalltalk_session_rejections_total").increment(1);
             return Err(Error::Paused {
                 retry_after: Duration::from_secs(60),
             });
@@ -442,7 +442,7 @@ impl SessionManager {
             let limit = self.capacity();
             if pool.len() >= limit {
                 self.inner.rejections.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("session_rejections_total").increment(1);
+                metrics::counter!("smalltalk_session_rejections_total").increment(1);
                 return Err(Error::CapacityExceeded {
                     limit,
                     retry_after: self.retry_after(&pool, now),
@@ -498,8 +498,8 @@ impl SessionManager {
             .await?
             .ok_or(Error::NotFound { id })?;
         let session = self.merge_pending(session);
-        metrics::histogram!("session_restore_latency_ms")
-            .record(started.elapsed().as_secs_f64() * 1000.0);
+        metrics::histogram!("smalltalk_session_restore_seconds")
+            .record(started.elapsed().as_secs_f64());
         check_open(&session, self.inner.clock.now())?;
         self.track(&session);
         Ok(session)
@@ -643,7 +643,7 @@ impl SessionManager {
             if !pool.contains_key(&id) {
                 if pool.len() >= limit {
                     self.inner.rejections.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("session_rejections_total").increment(1);
+                    metrics::counter!("smalltalk_session_rejections_total").increment(1);
                     let retry_after = self.retry_after(&pool, now);
                     return Err(Error::CapacityExceeded { limit, retry_after });
                 }

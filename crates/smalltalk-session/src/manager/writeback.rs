@@ -467,7 +467,7 @@ impl SessionManager {
                     self.inner
                         .save_failures
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    metrics::counter!("session_save_failures_total").increment(1);
+                    metrics::counter!("smalltalk_session_save_failures_total").increment(1);
                     tracing::error!(
                         session_id = %id,
                         error = %error,
