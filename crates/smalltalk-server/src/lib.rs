@@ -61,7 +61,7 @@ pub use config::{ConfigError, LogFormat, Secret, ServerConfig};
 pub use error::{Error, Result};
 pub use openapi::ApiDoc;
 pub use problem::{ApiError, Problem};
-pub use serve::{ServeOptions, serve, terminated};
+pub use serve::{ServeOptions, redact as redact_url, serve, terminated};
 
 /// The request id header, set on every request and response.
 pub const REQUEST_ID: &str = "x-request-id";

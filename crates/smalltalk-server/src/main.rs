@@ -1,9 +1,14 @@
 //! `smalltalk`: the SmallTalk-rs server and CLI.
 //!
 //! ```text
-//! smalltalk serve [--insecure]        the HTTP service (see docs/server.md)
-//! smalltalk demo [--storage URL]      the main job: a conversation survives a restart
+//! smalltalk serve [--insecure]                 the HTTP service (see docs/server.md)
+//! smalltalk demo [--storage URL]               the main job: a conversation survives a restart
+//! smalltalk sessions list|show ID|export ID    sessions in STORAGE_URL
+//! smalltalk events tail [--from N] [--follow]  the event log
+//! smalltalk doctor                             checks storage, schema and file modes
 //! ```
+//!
+//! `--json` prints one JSON document per line.
 //!
 //! Configuration comes from environment variables and an optional TOML
 //! file (`--config`); see docs/configuration.md.
@@ -13,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli;
 mod demo;
 use smalltalk_server::{LogFormat, ServeOptions, ServerConfig};
 
@@ -24,8 +30,53 @@ struct Cli {
     /// A TOML file with settings (environment variables override it).
     #[arg(long, global = true, env = "SMALLTALK_CONFIG")]
     config: Option<PathBuf>,
+    /// Output as JSON (one document per line).
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionsCommand {
+    /// Lists sessions, oldest first.
+    List {
+        /// Only sessions in this state (active, idle, expired, invalidated).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Shows a session and its history.
+    Show {
+        /// The session id.
+        id: String,
+    },
+    /// Writes a session (header, history, agent states) as JSON.
+    Export {
+        /// The session id.
+        id: String,
+        /// The file to write (default: stdout).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Prints the log after a position (default: its last 20 events).
+    Tail {
+        /// Events after this position.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Only topics matching this pattern.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Keep printing new events until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -46,6 +97,19 @@ enum Command {
         #[arg(long, hide = true)]
         restore: Option<String>,
     },
+    /// Sessions in the storage (`STORAGE_URL`).
+    Sessions {
+        #[command(subcommand)]
+        command: SessionsCommand,
+    },
+    /// The event log in the storage (`STORAGE_URL`).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Checks the storage URL, that storage opens with its schema
+    /// migrated, and an SQLite file's mode; exit 1 if a check fails.
+    Doctor,
 }
 
 fn main() -> ExitCode {
@@ -62,6 +126,14 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped reading (`| head`): not a failure.
+        Err(error)
+            if error
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("smalltalk: {error:#}");
             ExitCode::FAILURE
@@ -77,6 +149,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = ServerConfig::load(cli.config.as_deref())?;
             init_logs(config.log_format);
             Ok(smalltalk_server::serve(config, ServeOptions { insecure }, stop).await?)
+        }
+        Command::Sessions { command } => {
+            let url = ServerConfig::load(cli.config.as_deref())?.storage_url;
+            match command {
+                SessionsCommand::List { state, limit } => {
+                    cli::sessions_list(&url, state.as_deref(), limit, cli.json).await
+                }
+                SessionsCommand::Show { id } => cli::sessions_show(&url, &id, None, cli.json).await,
+                SessionsCommand::Export { id, output } => {
+                    cli::sessions_show(&url, &id, Some(output.as_deref()), cli.json).await
+                }
+            }
+        }
+        Command::Events {
+            command:
+                EventsCommand::Tail {
+                    from,
+                    topic,
+                    follow,
+                },
+        } => {
+            let url = ServerConfig::load(cli.config.as_deref())?.storage_url;
+            cli::events_tail(&url, from, topic.as_deref(), follow, cli.json).await
+        }
+        Command::Doctor => {
+            let url = ServerConfig::load(cli.config.as_deref())?.storage_url;
+            cli::doctor(&url, cli.json).await
         }
         Command::Demo { storage, restore } => match restore {
             Some(id) => demo::restore(&storage, &id).await,

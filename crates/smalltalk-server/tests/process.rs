@@ -217,3 +217,76 @@ async fn the_demo_survives_its_restart_every_time_it_runs() {
     }
     assert!(dir.path().join("smalltalk-data/demo.db").is_file());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_list_show_export_tail_and_check_the_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = std::process::Command::new(BINARY)
+        .arg("demo")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(demo.status.success());
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(BINARY)
+            .args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("STORAGE_URL", "sqlite://./smalltalk-data/demo.db")
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, listed, _) = run(&["sessions", "list", "--json"]);
+    assert_eq!(code, Some(0));
+    let sessions: Vec<Value> = listed
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(sessions.len(), 1);
+    assert_eq!(sessions[0]["messageCount"], 4);
+    let id = sessions[0]["id"].as_str().unwrap();
+    let (code, shown, _) = run(&["sessions", "show", id]);
+    assert_eq!(code, Some(0));
+    assert!(
+        shown.contains("[planner] Added. Trams 28 and 15"),
+        "{shown}"
+    );
+    let (code, _, _) = run(&["sessions", "export", id, "--output", "export.json"]);
+    assert_eq!(code, Some(0));
+    let exported: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("export.json")).unwrap())
+            .unwrap();
+    assert_eq!(exported["id"], id);
+    assert_eq!(exported["messages"].as_array().unwrap().len(), 4);
+    let (code, tail, _) = run(&[
+        "events", "tail", "--from", "0", "--topic", "agent:*", "--json",
+    ]);
+    assert_eq!(code, Some(0));
+    let healed = tail
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .any(|event| {
+            event["payload"]["to"] == "active" && event["payload"]["from"] == "recovering"
+        });
+    assert!(healed, "the demo's healing is in the log: {tail}");
+    let (code, report, _) = run(&["doctor"]);
+    assert_eq!(code, Some(0), "{report}");
+    assert!(report.contains("file mode: 600"), "{report}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let db = dir.path().join("smalltalk-data/demo.db");
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (code, report, _) = run(&["doctor"]);
+        assert_eq!(code, Some(1));
+        assert!(report.contains("FAIL file mode: 644"), "{report}");
+    }
+    let (code, _, error) = run(&["sessions", "show", "not-a-uuid"]);
+    assert_eq!(code, Some(1));
+    assert!(error.contains("UUID"), "{error}");
+}
