@@ -6,22 +6,16 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use smalltalk_server::{AppState, ServerConfig, router};
+use smalltalk_server::ServerConfig;
 
-async fn start() -> (AppState, String) {
-    let config = ServerConfig {
-        storage_url: "memory://".into(),
+mod common;
+
+async fn start() -> (smalltalk_server::AppState, String) {
+    common::start(ServerConfig {
         heartbeat_interval_ms: 50,
-        ..ServerConfig::default()
-    };
-    let app = AppState::start(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let service = router(app.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, service).await.unwrap();
-    });
-    (app, base)
+        ..common::memory()
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

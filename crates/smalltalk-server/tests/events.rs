@@ -4,30 +4,15 @@
 //! behind is told `lagged` and resumes the same way; shutdown ends every
 //! stream with its terminal event.
 
+use common::{memory, start};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use smalltalk::events::Draft;
-use smalltalk_server::{AppState, ServerConfig, router};
+use smalltalk_server::ServerConfig;
 
-async fn start(config: ServerConfig) -> (AppState, String) {
-    let app = AppState::start(&config).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let service = router(app.clone());
-    tokio::spawn(async move {
-        axum::serve(listener, service).await.unwrap();
-    });
-    (app, base)
-}
-
-fn memory() -> ServerConfig {
-    ServerConfig {
-        storage_url: "memory://".into(),
-        ..ServerConfig::default()
-    }
-}
+mod common;
 
 /// One SSE message: its event name, id and data.
 #[derive(Debug, Clone)]
