@@ -366,6 +366,7 @@ pub fn router(state: AppState) -> Router {
     // Streams last: they have no request timeout, only the token check.
     let streams = Router::new()
         .route("/v1/events/stream", get(routes::events::stream))
+        .route("/v1/state-watch", get(routes::state::watch))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(api)

@@ -35,6 +35,7 @@ use crate::routes;
         routes::state::delete,
         routes::state::history,
         routes::state::diff,
+        routes::state::watch,
         routes::ops::health,
         routes::ops::ready,
     ),

@@ -177,3 +177,102 @@ async fn revisions_guard_writes_and_history_and_diffs_read_back() {
     );
     app.shutdown().await.unwrap();
 }
+
+/// The SSE messages of `response`: (event, id, data).
+fn sse(
+    response: reqwest::Response,
+) -> impl futures_util::Stream<Item = (String, String, Value)> + Unpin {
+    use eventsource_stream::Eventsource;
+    use futures_util::StreamExt;
+    Box::pin(response.bytes_stream().eventsource().map(|event| {
+        let event = event.unwrap();
+        let data = serde_json::from_str(&event.data).unwrap_or(Value::Null);
+        (event.event, event.id, data)
+    }))
+}
+
+async fn next_change(
+    stream: &mut (impl futures_util::Stream<Item = (String, String, Value)> + Unpin),
+) -> (String, String, Value) {
+    use futures_util::StreamExt;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(30), stream.next())
+            .await
+            .expect("a watch event within 30 s")
+            .expect("the stream goes on");
+        if message.0 != "progress" {
+            return message;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_from_last_event_id_missing_no_revision() {
+    let (app, base) = start().await;
+    let client = reqwest::Client::new();
+    let watch = client
+        .get(format!("{base}/v1/state-watch?prefix=plan:&from=1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(watch.status(), StatusCode::OK);
+    let mut stream = sse(watch);
+    for n in 0..3 {
+        let put = client
+            .put(format!("{base}/v1/state/plan:{n}"))
+            .json(&json!({"n": n}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), StatusCode::OK);
+    }
+    client
+        .put(format!("{base}/v1/state/other:x"))
+        .json(&json!(1))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut last_id = String::new();
+    while seen.len() < 2 {
+        let (event, id, data) = next_change(&mut stream).await;
+        assert_eq!(event, "changes");
+        assert_eq!(id, data["revision"].to_string());
+        seen.push(data["changes"][0]["key"].as_str().unwrap().to_owned());
+        last_id = id;
+    }
+    drop(stream);
+    client
+        .put(format!("{base}/v1/state/plan:3"))
+        .json(&json!({"n": 3}))
+        .send()
+        .await
+        .unwrap();
+    let watch = client
+        .get(format!("{base}/v1/state-watch?prefix=plan:"))
+        .header("last-event-id", &last_id)
+        .send()
+        .await
+        .unwrap();
+    let mut stream = sse(watch);
+    while seen.len() < 4 {
+        let (event, _, data) = next_change(&mut stream).await;
+        assert_eq!(event, "changes");
+        seen.push(data["changes"][0]["key"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(
+        seen,
+        ["plan:0", "plan:1", "plan:2", "plan:3"],
+        "each revision once, in order"
+    );
+    let reserved = client
+        .get(format!("{base}/v1/state-watch?prefix=smalltalk."))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reserved.status(), StatusCode::BAD_REQUEST);
+    app.close_streams();
+    let (event, _, _) = next_change(&mut stream).await;
+    assert_eq!(event, "shutdown");
+    app.shutdown().await.unwrap();
+}

@@ -348,3 +348,123 @@ pub(crate) async fn diff(
         .map_err(|error| state_error(error, false))?;
     Ok(Json(patch).into_response())
 }
+
+/// What to watch.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WatchQuery {
+    /// Keys starting with this (empty: every key).
+    #[serde(default)]
+    pub prefix: String,
+    /// The first revision sent (default: the next one). `Last-Event-ID`
+    /// (the last revision the client saw) wins.
+    pub from: Option<u64>,
+}
+
+/// Watches the keys under a prefix over SSE: each revision's changes
+/// whole, in order, as `event: changes` with `id:` the revision, and
+/// `event: progress` (also with an id) after a quiet spell, so a client
+/// that reconnects with `Last-Event-ID` misses no revision and sees none
+/// twice. It ends with `compacted` (the client's revision was compacted
+/// away: read the current values and watch from there) or `shutdown`.
+#[utoipa::path(get, path = "/v1/state-watch", tag = "state", params(WatchQuery),
+    responses((status = 200, description = "text/event-stream of revisions", content_type = "text/event-stream"), (status = 400, body = Problem), (status = 503, body = Problem)))]
+pub(crate) async fn watch(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, QueryRejection>,
+) -> ApiResult<
+    axum::response::sse::Sse<
+        impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    use smalltalk::state::WatchEvent;
+
+    let Query(query) = query?;
+    if query
+        .prefix
+        .starts_with(crate::idempotency::RESERVED_PREFIX)
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reserved_key",
+            "keys under \"smalltalk.\" are the server's own",
+        ));
+    }
+    let resume = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::invalid("Last-Event-ID must be a revision this server sent")
+                })?
+                + 1,
+        ),
+        None => None,
+    };
+    let permit = app.stream_permit().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_streams",
+            format!("{} streams are open on this node", app.config().max_streams),
+        )
+        .retry_after(std::time::Duration::from_secs(5))
+    })?;
+    let watch = app
+        .runtime()
+        .state
+        .watch(query.prefix.as_str(), resume.or(query.from))
+        .await
+        .map_err(|error| state_error(error, false))?;
+    struct Watching {
+        watch: smalltalk::state::Watch,
+        stopping: tokio::sync::watch::Receiver<bool>,
+        done: bool,
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    }
+    let watching = Watching {
+        watch,
+        stopping: app.stopping(),
+        done: false,
+        _permit: permit,
+    };
+    let events = futures_util::stream::unfold(watching, |mut watching| async move {
+        if watching.done {
+            return None;
+        }
+        let next = tokio::select! {
+            next = watching.watch.next() => next,
+            _ = watching.stopping.wait_for(|stop| *stop) => None,
+        };
+        let sse = match next {
+            Some(Ok(WatchEvent::Changes { revision, changes })) => SseEvent::default()
+                .id(revision.to_string())
+                .event("changes")
+                .data(serde_json::json!({"revision": revision, "changes": changes}).to_string()),
+            Some(Ok(WatchEvent::Progress { revision })) => SseEvent::default()
+                .id(revision.to_string())
+                .event("progress")
+                .data(serde_json::json!({"revision": revision}).to_string()),
+            // A kind of event this server does not know yet: skipped.
+            Some(Ok(_)) => SseEvent::default().comment("unknown watch event"),
+            Some(Err(StateError::Compacted { .. })) => {
+                watching.done = true;
+                SseEvent::default().event("compacted").data("{}")
+            }
+            Some(Err(error)) => SseEvent::default()
+                .event("error")
+                .data(serde_json::json!({"detail": error.to_string()}).to_string()),
+            None => {
+                watching.done = true;
+                SseEvent::default().event("shutdown").data("{}")
+            }
+        };
+        Some((Ok(sse), watching))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(crate::routes::events::KEEP_ALIVE)))
+}
