@@ -348,6 +348,7 @@ pub fn router(state: AppState) -> Router {
                 .put(routes::state::put)
                 .delete(routes::state::delete),
         )
+        .route("/v1/state-txn", post(routes::state_txn::txn))
         .route("/v1/state/{key}/history", get(routes::state::history))
         .route("/v1/state/{key}/diff", get(routes::state::diff))
         .route("/metrics", get(routes::ops::metrics))

@@ -36,6 +36,7 @@ use crate::routes;
         routes::state::history,
         routes::state::diff,
         routes::state::watch,
+        routes::state_txn::txn,
         routes::ops::health,
         routes::ops::ready,
     ),

@@ -276,3 +276,78 @@ async fn a_watch_resumes_from_last_event_id_missing_no_revision() {
     assert_eq!(event, "shutdown");
     app.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_commits_whole_or_answers_409_with_the_failure_branch() {
+    let (app, base) = start().await;
+    let client = reqwest::Client::new();
+    let txn = |body: Value| {
+        client
+            .post(format!("{base}/v1/state-txn"))
+            .json(&body)
+            .send()
+    };
+    let created = txn(json!({
+        "compare": [{"key": "acct:a", "absent": true}, {"key": "acct:b", "absent": true}],
+        "success": [
+            {"op": "put", "key": "acct:a", "value": 100},
+            {"op": "put", "key": "acct:b", "value": 0}
+        ]
+    }))
+    .await
+    .unwrap();
+    assert_eq!(created.status(), StatusCode::OK);
+    let created: Value = created.json().await.unwrap();
+    assert_eq!(created["succeeded"], true);
+    let revision = created["results"][0]["entry"]["revision"].as_u64().unwrap();
+    // A transfer conditioned on a stale revision: 409, the failure branch
+    // ran (a read), nothing was written.
+    let moved = txn(json!({
+        "compare": [{"key": "acct:a", "revision": revision}],
+        "success": [
+            {"op": "put", "key": "acct:a", "value": 70},
+            {"op": "put", "key": "acct:b", "value": 30}
+        ]
+    }))
+    .await
+    .unwrap();
+    assert_eq!(moved.status(), StatusCode::OK);
+    let conflict = txn(json!({
+        "compare": [{"key": "acct:a", "revision": revision}],
+        "success": [{"op": "put", "key": "acct:a", "value": 0}],
+        "failure": [{"op": "get", "key": "acct:a"}]
+    }))
+    .await
+    .unwrap();
+    assert_eq!(conflict.status(), StatusCode::CONFLICT);
+    assert_eq!(
+        conflict.headers()["content-type"],
+        "application/problem+json"
+    );
+    let conflict: Value = conflict.json().await.unwrap();
+    assert_eq!(conflict["code"], "txn_compare_failed");
+    assert_eq!(conflict["results"][0]["entry"]["value"], 70);
+    let a: Value = client
+        .get(format!("{base}/v1/state/acct:a"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(a["value"], 70, "the losing transaction wrote nothing");
+    for bad in [
+        json!({}),
+        json!({"compare": [{"key": "acct:a"}], "success": [{"op": "get", "key": "acct:a"}]}),
+        json!({"success": [{"op": "put", "key": "smalltalk.idempotency:x", "value": 1}]}),
+        json!({"success": [{"op": "rename", "key": "acct:a"}]}),
+    ] {
+        let response = txn(bad.clone()).await.unwrap();
+        assert!(
+            response.status().is_client_error(),
+            "{bad}: {}",
+            response.status()
+        );
+    }
+    app.shutdown().await.unwrap();
+}

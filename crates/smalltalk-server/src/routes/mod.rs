@@ -6,3 +6,4 @@ pub mod events;
 pub mod ops;
 pub mod sessions;
 pub mod state;
+pub mod state_txn;

@@ -102,7 +102,7 @@ fn key(path: Result<Path<String>, PathRejection>) -> ApiResult<StorageKey> {
 
 /// The error for a state failure; `conditional` when the client sent a
 /// precondition (then a lost compare is 412, else 409).
-fn state_error(error: StateError, conditional: bool) -> ApiError {
+pub(crate) fn state_error(error: StateError, conditional: bool) -> ApiError {
     let detail = error.to_string();
     match error {
         StateError::Conflict { .. } | StateError::MergeConflict { .. } if conditional => {
