@@ -546,7 +546,7 @@ async fn report() -> anyhow::Result<()> {
     let json_output = args.iter().any(|arg| arg == "--json");
     let quick = args.iter().any(|arg| arg == "--quick");
     let (warmup, count) = if quick { (20, 200) } else { (100, 2000) };
-    // `--only storage|sessions|events|health|state|groups`: one group of rows.
+    // `--only storage|sessions|events|health|state|groups|server`: one group of rows.
     let only = args
         .iter()
         .position(|arg| arg == "--only")
@@ -579,6 +579,9 @@ async fn report() -> anyhow::Result<()> {
     }
     if wanted("groups") {
         group_rows(&mut rows, warmup, count, quick).await?;
+    }
+    if wanted("server") {
+        server_rows(&mut rows, warmup, count, quick).await?;
     }
     print_rows(rows, json_output)
 }
@@ -685,6 +688,77 @@ async fn group_rows(
         manager.close().await;
         bench_store.store.close().await?;
     }
+    Ok(())
+}
+
+/// The server's rows over loopback with a real client (SQLite).
+async fn server_rows(
+    rows: &mut Vec<Row>,
+    warmup: usize,
+    count: usize,
+    quick: bool,
+) -> anyhow::Result<()> {
+    use smalltalk_benches::server;
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("server.db").display());
+    let (app, base) = server::start(url).await;
+    let client = reqwest::Client::new();
+    let id = server::session_with_messages(&client, &base, 10).await;
+    eprintln!("measuring GET of a 10-message session over HTTP");
+    let samples = server::measure_get(&client, &base, &id, warmup, count).await;
+    criterion_rows(
+        rows,
+        "SERVER",
+        "sqlite",
+        "get_session_10_messages",
+        &samples,
+        Some(0.5),
+    );
+    let target = server::session_with_messages(&client, &base, 0).await;
+    eprintln!("measuring POST of a message over HTTP");
+    let samples = server::measure_post(&client, &base, &target, warmup, count).await;
+    criterion_rows(
+        rows,
+        "SERVER",
+        "sqlite",
+        "post_message",
+        &samples,
+        Some(1.0),
+    );
+    eprintln!("measuring SSE from publish to client");
+    let samples = server::measure_sse(&client, &base, warmup.min(50), count.min(1000)).await;
+    criterion_rows(
+        rows,
+        "SERVER",
+        "sqlite",
+        "sse_publish_to_client",
+        &samples,
+        Some(2.0),
+    );
+    let duration = std::time::Duration::from_secs(if quick { 2 } else { 5 });
+    eprintln!("measuring requests/s at 64 connections");
+    let ours = server::requests_per_sec(format!("{base}/health"), 64, duration).await;
+    rows.push(Row {
+        id: "SERVER",
+        backend: "sqlite",
+        metric: "health_requests_per_sec_64_connections".into(),
+        value: ours,
+        unit: "per_sec",
+        target: None,
+        samples: (ours * duration.as_secs_f64()) as usize,
+    });
+    let trivial = server::trivial_server().await;
+    let theirs = server::requests_per_sec(trivial, 64, duration).await;
+    rows.push(Row {
+        id: "SERVER",
+        backend: "memory",
+        metric: "trivial_axum_requests_per_sec_64_connections".into(),
+        value: theirs,
+        unit: "per_sec",
+        target: None,
+        samples: (theirs * duration.as_secs_f64()) as usize,
+    });
+    app.shutdown().await?;
     Ok(())
 }
 
