@@ -548,6 +548,7 @@ async fn health_readiness_metrics_and_the_openapi_document() {
     {
         assert!(line.starts_with("smalltalk_"), "unprefixed series: {line}");
     }
+    promtool_lint(&text);
     let spec: Value = server.get("/openapi.json").await.json().await.unwrap();
     assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
     for path in [
@@ -584,6 +585,40 @@ async fn health_readiness_metrics_and_the_openapi_document() {
     assert_eq!(draining["checks"]["server"], "draining");
     assert_eq!(server.get("/health").await.status(), StatusCode::OK);
     server.stop().await;
+}
+
+/// `promtool check metrics` on `text`: skipped when promtool is not
+/// installed, unless `SMALLTALK_REQUIRE_TOOLS=1` (as `.ci/run` sets).
+fn promtool_lint(text: &str) {
+    use std::io::Write;
+    let required = std::env::var("SMALLTALK_REQUIRE_TOOLS").is_ok_and(|value| value == "1");
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) if !required => {
+            eprintln!("skipped: promtool is not installed ({error})");
+            return;
+        }
+        Err(error) => panic!("SMALLTALK_REQUIRE_TOOLS=1 but promtool cannot run: {error}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn hex(bytes: &[u8]) -> String {
