@@ -178,9 +178,22 @@ impl AppState {
         self.inner.stopping.send_replace(true);
     }
 
-    /// A permit for one more open stream, or `None` at `max_streams`.
-    pub(crate) fn stream_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        Arc::clone(&self.inner.streams).try_acquire_owned().ok()
+    /// A permit for one more open stream; at `max_streams`, 503
+    /// `too_many_streams` with `Retry-After`.
+    pub(crate) fn stream_permit(&self) -> problem::ApiResult<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.inner.streams)
+            .try_acquire_owned()
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too_many_streams",
+                    format!(
+                        "{} streams are open on this node",
+                        self.config().max_streams
+                    ),
+                )
+                .retry_after(Duration::from_secs(5))
+            })
     }
 
     /// Runs `work` on the server's tracked tasks, in the current span.

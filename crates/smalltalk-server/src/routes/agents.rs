@@ -24,6 +24,7 @@ use smalltalk::health::{AgentError, Heartbeat, MonitoredAgent};
 use smalltalk::types::{AgentHealthStatus, AgentPhase, RecoveryKind, RecoveryStrategy};
 use utoipa::ToSchema;
 
+use super::agent_id;
 use crate::AppState;
 use crate::problem::{ApiError, ApiResult, Problem};
 
@@ -150,11 +151,6 @@ fn view(status: AgentHealthStatus) -> AgentStatusView {
         last_heartbeat: status.last_heartbeat.map(|at| at.to_string()),
         last_error: status.last_error,
     }
-}
-
-fn agent_id(raw: &str) -> ApiResult<AgentId> {
-    AgentId::parse(raw)
-        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", error.to_string()))
 }
 
 fn health_error(error: smalltalk::health::Error) -> ApiError {

@@ -286,18 +286,7 @@ pub(crate) async fn stream(
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let Query(query) = query?;
     let filter = filter(query.topic.as_deref())?;
-    let resume = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::invalid("Last-Event-ID must be a log position this server sent")
-                })?,
-        ),
-        None => None,
-    };
+    let resume = super::last_event_id(&headers, "a log position")?;
     let bounds = app.runtime().store.log_bounds().await?;
     let start = resume.or(query.after).unwrap_or(bounds.last);
     if start > bounds.last {
@@ -311,14 +300,7 @@ pub(crate) async fn stream(
         ));
     }
     let gap = bounds.first.filter(|first| start + 1 < *first);
-    let permit = app.stream_permit().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            format!("{} streams are open on this node", app.config().max_streams),
-        )
-        .retry_after(Duration::from_secs(5))
-    })?;
+    let permit = app.stream_permit()?;
     let config = app.config();
     let stall = Duration::from_millis(config.sse_stall_ms);
     let (sender, receiver) = tokio::sync::mpsc::channel::<Event>(config.sse_buffer);

@@ -10,11 +10,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use smalltalk::storage::{SessionCursor, SessionFilter};
 use smalltalk::types::SessionSummary;
-use smalltalk::{
-    AgentId, AgentState, CreateOptions, Message, Role, Session, SessionId, SessionState,
-};
+use smalltalk::{AgentState, CreateOptions, Message, Role, Session, SessionId, SessionState};
 use utoipa::ToSchema;
 
+use super::agent_id;
 use crate::AppState;
 use crate::problem::{ApiError, ApiResult, Problem};
 
@@ -210,11 +209,6 @@ pub(crate) fn session_id(path: Result<Path<String>, PathRejection>) -> ApiResult
             format!("{raw:?} is not a session id (a UUID v4)"),
         )
     })
-}
-
-fn agent_id(raw: &str) -> ApiResult<AgentId> {
-    AgentId::parse(raw)
-        .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", error.to_string()))
 }
 
 fn view(session: Session, with_messages: bool) -> SessionView {

@@ -394,27 +394,9 @@ pub(crate) async fn watch(
             "keys under \"smalltalk.\" are the server's own",
         ));
     }
-    let resume = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok())
-                .ok_or_else(|| {
-                    ApiError::invalid("Last-Event-ID must be a revision this server sent")
-                })?
-                + 1,
-        ),
-        None => None,
-    };
-    let permit = app.stream_permit().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_streams",
-            format!("{} streams are open on this node", app.config().max_streams),
-        )
-        .retry_after(std::time::Duration::from_secs(5))
-    })?;
+    // After the last revision seen.
+    let resume = super::last_event_id(&headers, "a revision")?.map(|seen| seen + 1);
+    let permit = app.stream_permit()?;
     let watch = app
         .runtime()
         .state
