@@ -445,3 +445,92 @@ async fn invalid_selector_answers_are_fed_back_until_one_is_valid() {
         assert!(feedback.contains(expected_error), "{feedback}");
     }
 }
+
+#[tokio::test]
+async fn agents_described_by_configuration_run_on_any_manager_with_the_endpoint() {
+    use smalltalk::groups::{Error as GroupError, LlmProfile};
+    let server = MockLlm::start().await.unwrap();
+    server.respond_with(|request| {
+        let speaker = speaker_in(request).unwrap_or_default();
+        MockReply::text(format!("{speaker} answers"))
+    });
+    let store = Arc::new(smalltalk::storage::MemoryStore::new());
+    let client = LlmClient::new(config(&server)).unwrap();
+    let manager = |store: Arc<smalltalk::storage::MemoryStore>| {
+        GroupManager::builder(store)
+            .llm_endpoint("default", client.clone())
+            .build()
+            .unwrap()
+    };
+    let first = manager(store.clone());
+    assert_eq!(first.llm_endpoints(), ["default"]);
+    let profile = |prompt: &str| LlmProfile {
+        system_prompt: prompt.into(),
+        model: Some("profile-model".into()),
+        max_tokens: Some(64),
+        ..LlmProfile::default()
+    };
+    let spec = GroupSpec::new(vec![
+        Participant::new(id("planner"), "planning").llm(profile("You plan.")),
+        Participant::new(id("critic"), "review").llm(profile("You critique.")),
+    ])
+    .termination(Termination::MaxTurns(2));
+
+    // A profile naming an endpoint the manager lacks, or a broken one, is
+    // refused before anything is written.
+    let mut unknown = spec.clone();
+    unknown.participants[1].llm.as_mut().unwrap().endpoint = Some("elsewhere".into());
+    assert!(matches!(
+        first.create_group(unknown).await,
+        Err(GroupError::UnknownEndpoint { endpoint, .. }) if endpoint == "elsewhere"
+    ));
+    let mut broken = spec.clone();
+    broken.participants[0].llm.as_mut().unwrap().max_tokens = Some(0);
+    assert!(matches!(
+        first.create_group(broken).await,
+        Err(GroupError::InvalidGroup { .. })
+    ));
+    let mut huge = spec.clone();
+    huge.participants[0].llm.as_mut().unwrap().system_prompt =
+        "x".repeat(smalltalk::groups::MAX_PROMPT_LEN + 1);
+    assert!(matches!(
+        first.create_group(huge).await,
+        Err(GroupError::InvalidGroup { .. })
+    ));
+
+    let group = first.create_group(spec).await.unwrap();
+    let round = first.handle_message(group.id, "plan it").await.unwrap();
+    assert_eq!(round.turns.len(), 2);
+    let answers: Vec<String> = first
+        .history(group.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .skip(1)
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(answers, ["planner answers", "critic answers"]);
+    let sent = server.requests();
+    assert_eq!(sent[0]["model"], "profile-model");
+    assert_eq!(sent[0]["max_tokens"], 64);
+    assert!(
+        sent[0]["messages"][0]["content"]
+            .as_str()
+            .unwrap()
+            .contains("You plan."),
+        "{:?}",
+        sent[0]["messages"][0]
+    );
+
+    // The profiles were saved with the group: a second manager with no
+    // agent registered runs the next round.
+    first.release(group.id).await;
+    let second = manager(store);
+    let reopened = second.open_group(group.id).await.unwrap();
+    assert_eq!(
+        reopened.record.spec.participants[1].llm,
+        Some(profile("You critique."))
+    );
+    second.handle_message(group.id, "again").await.unwrap();
+    assert_eq!(second.history(group.id).await.unwrap().len(), 6);
+}

@@ -31,6 +31,15 @@ pub enum Error {
         /// The agent.
         agent_id: AgentId,
     },
+    /// A participant's [`LlmProfile`](crate::LlmProfile) names an endpoint
+    /// this manager does not have.
+    #[error("agent {agent_id} names LLM endpoint {endpoint:?}, which is not configured")]
+    UnknownEndpoint {
+        /// The agent.
+        agent_id: AgentId,
+        /// The endpoint's name.
+        endpoint: String,
+    },
     /// The agent is not in the group.
     #[error("agent {agent_id} is not in group {group_id}")]
     NotParticipant {

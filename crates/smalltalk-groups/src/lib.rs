@@ -90,8 +90,9 @@ pub use selection::{
     CandidateFilter, GroupHooks, Selection, SelectionContext, SelectionSource, SelectorFn,
 };
 pub use spec::{
-    AfterRetries, FailurePolicy, GroupSpec, HistoryView, MAX_PARTICIPANTS, MAX_TEXT_LEN,
-    MIN_PARTICIPANTS, Participant, Strategy, Throttle, Transitions,
+    AfterRetries, DEFAULT_ENDPOINT, FailurePolicy, GroupSpec, HistoryView, LlmProfile,
+    MAX_PARTICIPANTS, MAX_PROMPT_LEN, MAX_TEXT_LEN, MIN_PARTICIPANTS, Participant, Strategy,
+    Throttle, Transitions,
 };
 pub use termination::Termination;
 pub use workflow::{MAX_DEPENDENCIES, MAX_TASKS, Task, TaskStatus, Workflow};

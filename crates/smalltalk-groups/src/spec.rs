@@ -34,6 +34,76 @@ pub struct Participant {
     /// Its own view of the history, instead of the group's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub view: Option<HistoryView>,
+    /// An LLM agent described by configuration, saved with the group: any
+    /// manager with the named endpoint runs it, with no agent registered
+    /// ([`GroupManagerBuilder::llm_endpoint`](crate::GroupManagerBuilder::llm_endpoint)).
+    /// Without it, the agent registered under `agent_id` speaks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmProfile>,
+}
+
+/// The longest system prompt of an [`LlmProfile`], in bytes.
+pub const MAX_PROMPT_LEN: usize = 64 * 1024;
+
+/// The endpoint an [`LlmProfile`] uses when it names none.
+pub const DEFAULT_ENDPOINT: &str = "default";
+
+/// An LLM agent as configuration: what the group saves so that any
+/// process can run the agent (see [`Participant::llm`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LlmProfile {
+    /// Its system prompt (at most [`MAX_PROMPT_LEN`] bytes).
+    #[serde(default)]
+    pub system_prompt: String,
+    /// A model other than the endpoint's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The endpoint's name, as the manager knows it (default
+    /// [`DEFAULT_ENDPOINT`]). A name, not a URL: which hosts agents may
+    /// call is the operator's choice, not the group's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// The longest answer, in tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+}
+
+impl LlmProfile {
+    /// The endpoint's name: [`DEFAULT_ENDPOINT`] unless one is named.
+    pub fn endpoint_name(&self) -> &str {
+        self.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT)
+    }
+
+    /// What is wrong with it, if anything.
+    fn problem(&self) -> Option<String> {
+        if self.system_prompt.len() > MAX_PROMPT_LEN {
+            return Some(format!(
+                "its system prompt is longer than {MAX_PROMPT_LEN} bytes"
+            ));
+        }
+        if let Some(model) = &self.model {
+            if model.trim().is_empty() || model.len() > 256 || model.chars().any(char::is_control) {
+                return Some("its model must be 1 to 256 printable characters".into());
+            }
+        }
+        let endpoint = self.endpoint_name();
+        if endpoint.is_empty()
+            || endpoint.len() > 64
+            || !endpoint
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Some(
+                "its endpoint must be the name of a configured endpoint (1 to 64 of A-Z a-z 0-9 - _ .)"
+                    .into(),
+            );
+        }
+        if self.max_tokens == Some(0) {
+            return Some("its maxTokens must be at least 1".into());
+        }
+        None
+    }
 }
 
 impl Participant {
@@ -45,7 +115,14 @@ impl Participant {
             description: String::new(),
             priority: 0,
             view: None,
+            llm: None,
         }
+    }
+
+    /// Described as an LLM agent (see [`Participant::llm`]).
+    pub fn llm(mut self, profile: LlmProfile) -> Self {
+        self.llm = Some(profile);
+        self
     }
 
     /// With a description.
@@ -410,6 +487,12 @@ impl GroupSpec {
             }
             if let Some(view) = participant.view {
                 validate_view(view)?;
+            }
+            if let Some(problem) = participant.llm.as_ref().and_then(LlmProfile::problem) {
+                return Err(invalid(format!(
+                    "participant {}: {problem}",
+                    participant.agent_id
+                )));
             }
         }
         validate_view(self.view)?;

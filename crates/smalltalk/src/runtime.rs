@@ -76,6 +76,7 @@ pub struct RuntimeBuilder {
     agents: Vec<Arc<dyn Agent>>,
     selector_llm: Option<LlmClient>,
     summarizer: Option<Arc<dyn Summarizer>>,
+    endpoints: Vec<(String, LlmClient)>,
     clock: Arc<dyn Clock>,
     alerts: Arc<dyn AlertSink>,
     background: bool,
@@ -141,6 +142,15 @@ impl RuntimeBuilder {
     /// What summarizes history for summary views of groups.
     pub fn summarizer(mut self, summarizer: Arc<dyn Summarizer>) -> Self {
         self.summarizer = Some(summarizer);
+        self
+    }
+
+    /// An LLM endpoint that group participants described by configuration
+    /// name (see [`groups::LlmProfile`](crate::groups::LlmProfile));
+    /// [`groups::DEFAULT_ENDPOINT`](crate::groups::DEFAULT_ENDPOINT) is
+    /// the one they use when they name none.
+    pub fn llm_endpoint(mut self, name: impl Into<String>, client: LlmClient) -> Self {
+        self.endpoints.push((name.into(), client));
         self
     }
 
@@ -218,6 +228,7 @@ impl RuntimeBuilder {
             self.agents,
             self.selector_llm,
             self.summarizer,
+            self.endpoints,
             self.clock,
         )
         .await;
@@ -259,6 +270,7 @@ impl RuntimeBuilder {
         agents: Vec<Arc<dyn Agent>>,
         selector_llm: Option<LlmClient>,
         summarizer: Option<Arc<dyn Summarizer>>,
+        endpoints: Vec<(String, LlmClient)>,
         clock: Arc<dyn Clock>,
     ) -> Result<(GroupManager, Subscription), Error> {
         let mut builder = GroupManager::builder(store as Arc<dyn smalltalk_storage::SessionStore>)
@@ -274,6 +286,9 @@ impl RuntimeBuilder {
         }
         if let Some(summarizer) = summarizer {
             builder = builder.summarizer(summarizer);
+        }
+        for (name, client) in endpoints {
+            builder = builder.llm_endpoint(name, client);
         }
         let groups = builder.build().map_err(Error::Groups)?;
         let dispatcher = groups.clone();
@@ -484,6 +499,7 @@ impl Runtime {
             agents: Vec::new(),
             selector_llm: None,
             summarizer: None,
+            endpoints: Vec::new(),
             clock: Arc::new(SystemClock),
             alerts: Arc::new(LogAlertSink),
             background: true,

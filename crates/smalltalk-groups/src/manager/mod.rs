@@ -23,8 +23,8 @@ use crate::record::RECORD_FORMAT;
 use crate::selection::LlmSelector;
 use crate::{
     Agent, AgentError, Error, GroupEvent, GroupEvents, GroupHooks, GroupRecord, GroupSpec,
-    GroupsConfig, HistoryView, Participant, RECORD_KEY, Result, RoundOutcome, Selection, Strategy,
-    Task, TaskStatus,
+    GroupsConfig, HistoryView, LlmAgent, Participant, RECORD_KEY, Result, RoundOutcome, Selection,
+    Strategy, Task, TaskStatus,
 };
 
 /// Topic announced when a group is created.
@@ -107,6 +107,7 @@ pub struct GroupManagerBuilder {
     failures: Option<Arc<dyn AgentFailureSink>>,
     selector: Option<LlmClient>,
     summarizer: Option<Arc<dyn Summarizer>>,
+    endpoints: HashMap<String, LlmClient>,
 }
 
 impl GroupManagerBuilder {
@@ -153,6 +154,15 @@ impl GroupManagerBuilder {
         self
     }
 
+    /// An LLM endpoint that participants described by configuration
+    /// ([`Participant::llm`](crate::Participant::llm)) name: `name` is
+    /// what their profiles say ([`DEFAULT_ENDPOINT`](crate::DEFAULT_ENDPOINT)
+    /// unless they name another).
+    pub fn llm_endpoint(mut self, name: impl Into<String>, client: LlmClient) -> Self {
+        self.endpoints.insert(name.into(), client);
+        self
+    }
+
     /// The manager.
     pub fn build(self) -> Result<GroupManager> {
         self.config.validate()?;
@@ -175,6 +185,7 @@ impl GroupManagerBuilder {
                 failures: self.failures,
                 selector,
                 summarizer: self.summarizer,
+                endpoints: self.endpoints,
                 live: Mutex::new(HashMap::new()),
                 stats: stats::Counters::default(),
                 closed: AtomicBool::new(false),
@@ -188,6 +199,7 @@ struct Inner {
     config: GroupsConfig,
     clock: Arc<dyn Clock>,
     agents: RwLock<HashMap<AgentId, Arc<dyn Agent>>>,
+    endpoints: HashMap<String, LlmClient>,
     events: Option<Arc<dyn EventSink>>,
     failures: Option<Arc<dyn AgentFailureSink>>,
     selector: Option<LlmSelector>,
@@ -297,6 +309,7 @@ impl GroupManager {
             failures: None,
             selector: None,
             summarizer: None,
+            endpoints: HashMap::new(),
         }
     }
 
@@ -315,6 +328,39 @@ impl GroupManager {
         read(&self.inner.agents).get(id).cloned()
     }
 
+    /// The names of the LLM endpoints participants may name.
+    pub fn llm_endpoints(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.inner.endpoints.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Who speaks for `participant`: the LLM agent its profile describes,
+    /// or the agent registered under its id.
+    pub(crate) fn speaker(&self, participant: &Participant) -> Result<Arc<dyn Agent>, String> {
+        let Some(profile) = &participant.llm else {
+            return self.agent(&participant.agent_id).ok_or_else(|| {
+                format!(
+                    "agent {} is not registered with this manager",
+                    participant.agent_id
+                )
+            });
+        };
+        let endpoint = profile.endpoint_name();
+        let client = self.inner.endpoints.get(endpoint).ok_or_else(|| {
+            format!("no LLM endpoint named {endpoint:?} is configured on this manager")
+        })?;
+        let mut agent = LlmAgent::new(participant.agent_id.clone(), client.clone())
+            .system_prompt(profile.system_prompt.clone());
+        if let Some(model) = &profile.model {
+            agent = agent.model(model.clone());
+        }
+        if let Some(max_tokens) = profile.max_tokens {
+            agent = agent.max_tokens(max_tokens);
+        }
+        Ok(Arc::new(agent))
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.inner.closed.load(Ordering::Acquire) {
             Err(Error::Closed)
@@ -326,15 +372,26 @@ impl GroupManager {
     fn check_spec(&self, spec: &GroupSpec) -> Result<()> {
         spec.validate()?;
         let agents = read(&self.inner.agents);
-        if let Some(unknown) = spec
-            .participants
-            .iter()
-            .find(|participant| !agents.contains_key(&participant.agent_id))
-        {
-            return Err(Error::UnknownAgent {
-                agent_id: unknown.agent_id.clone(),
-            });
+        for participant in &spec.participants {
+            match &participant.llm {
+                Some(profile) => {
+                    let endpoint = profile.endpoint_name();
+                    if !self.inner.endpoints.contains_key(endpoint) {
+                        return Err(Error::UnknownEndpoint {
+                            agent_id: participant.agent_id.clone(),
+                            endpoint: endpoint.to_owned(),
+                        });
+                    }
+                }
+                None if !agents.contains_key(&participant.agent_id) => {
+                    return Err(Error::UnknownAgent {
+                        agent_id: participant.agent_id.clone(),
+                    });
+                }
+                None => {}
+            }
         }
+        drop(agents);
         if spec.strategy == Strategy::LlmBased && self.inner.selector.is_none() {
             return Err(Error::InvalidGroup {
                 reason:

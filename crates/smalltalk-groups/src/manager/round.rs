@@ -477,19 +477,20 @@ impl GroupManager {
         deadline: Option<Instant>,
     ) -> Asked {
         let agent_id = &selection.agent_id;
-        let Some(agent) = self.agent(agent_id) else {
-            return Asked::Failed {
-                error: AgentError::failed(format!(
-                    "agent {agent_id} is not registered with this manager"
-                )),
-                attempts: 0,
-            };
-        };
         let Some(speaker) = state.record.spec.participant(agent_id).cloned() else {
             return Asked::Failed {
                 error: AgentError::failed(format!("agent {agent_id} left the group")),
                 attempts: 0,
             };
+        };
+        let agent = match self.speaker(&speaker) {
+            Ok(agent) => agent,
+            Err(reason) => {
+                return Asked::Failed {
+                    error: AgentError::failed(reason),
+                    attempts: 0,
+                };
+            }
         };
         let (history, summary) = match self.view(group, state, &speaker).await {
             Ok(view) => view,
