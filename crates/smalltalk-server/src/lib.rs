@@ -3,7 +3,7 @@
 //!
 //! - [`ServerConfig`]: defaults, an optional TOML file, environment
 //!   variables; a bad value names the variable and the range.
-//! - [`router`]: the axum router: `/v1/sessions...`, `/health`, `/ready`,
+//! - [`router`]: the axum router: `/v1/sessions...`, `/v1/groups...`, `/health`, `/ready`,
 //!   `/metrics` (Prometheus text), `/openapi.json` (OpenAPI 3.1). Every
 //!   error is RFC 9457 `application/problem+json` with a stable code; each
 //!   response carries `x-request-id`, which is in every span of the
@@ -127,7 +127,11 @@ impl AppState {
             .events(config.events())
             .health(config.health());
         if let Some(llm) = config.llm()? {
-            builder = builder.selector_llm(smalltalk::groups::llm::LlmClient::new(llm)?);
+            // One client: the selector and the agents share its breaker.
+            let client = smalltalk::groups::llm::LlmClient::new(llm)?;
+            builder = builder
+                .selector_llm(client.clone())
+                .llm_endpoint(smalltalk::groups::DEFAULT_ENDPOINT, client);
         }
         let runtime = builder.build().await.map_err(|source| Error::Storage {
             url: serve::redact(&config.storage_url),
@@ -498,6 +502,19 @@ pub fn router(state: AppState) -> Router {
                 .delete(routes::state::delete),
         )
         .route("/v1/state-txn", post(routes::state_txn::txn))
+        .route("/v1/groups", post(routes::groups::create))
+        .route("/v1/groups/{id}", get(routes::groups::get))
+        .route(
+            "/v1/groups/{id}/messages",
+            post(routes::groups::post_message).get(routes::groups::messages),
+        )
+        .route("/v1/groups/{id}/agents", post(routes::groups::add_agent))
+        .route(
+            "/v1/groups/{id}/agents/{agent}",
+            axum::routing::delete(routes::groups::remove_agent),
+        )
+        .route("/v1/groups/{id}/resume", post(routes::groups::resume))
+        .route("/v1/groups/{id}/end", post(routes::groups::end))
         .route("/v1/state/{key}/history", get(routes::state::history))
         .route("/v1/state/{key}/diff", get(routes::state::diff))
         .route("/metrics", get(routes::ops::metrics))
@@ -517,6 +534,10 @@ pub fn router(state: AppState) -> Router {
     let streams = Router::new()
         .route("/v1/events/stream", get(routes::events::stream))
         .route("/v1/state-watch", get(routes::state::watch))
+        .route(
+            "/v1/groups/{id}/messages/stream",
+            post(routes::groups::stream_message),
+        )
         .layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(api)

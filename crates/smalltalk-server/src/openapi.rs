@@ -37,12 +37,21 @@ use crate::routes;
         routes::state::diff,
         routes::state::watch,
         routes::state_txn::txn,
+        routes::groups::create,
+        routes::groups::get,
+        routes::groups::messages,
+        routes::groups::add_agent,
+        routes::groups::remove_agent,
+        routes::groups::post_message,
+        routes::groups::stream_message,
+        routes::groups::resume,
+        routes::groups::end,
         routes::ops::health,
         routes::ops::ready,
     ),
     components(schemas(Problem)),
     modifiers(&ProblemResponses),
-    tags((name = "sessions", description = "Conversations and their history"), (name = "events", description = "The event log: publish, read, stream"), (name = "agents", description = "Agent health; remote agents' heartbeats"), (name = "state", description = "Versioned shared state"), (name = "operations", description = "Health, readiness, metrics")),
+    tags((name = "sessions", description = "Conversations and their history"), (name = "events", description = "The event log: publish, read, stream"), (name = "agents", description = "Agent health; remote agents' heartbeats"), (name = "state", description = "Versioned shared state"), (name = "groups", description = "Group conversations of LLM agents"), (name = "operations", description = "Health, readiness, metrics")),
 )]
 pub struct ApiDoc;
 

@@ -224,3 +224,51 @@ impl From<smalltalk::session::Error> for ApiError {
         }
     }
 }
+
+impl From<smalltalk::groups::Error> for ApiError {
+    fn from(error: smalltalk::groups::Error) -> Self {
+        use smalltalk::groups::Error as E;
+        let detail = error.to_string();
+        match error {
+            E::ParticipantCount { .. } | E::InvalidGroup { .. } | E::InvalidInput { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_group", detail)
+            }
+            E::Workflow { .. } => Self::invalid(detail),
+            E::UnknownAgent { .. } => Self::new(StatusCode::BAD_REQUEST, "unknown_agent", detail),
+            E::UnknownEndpoint { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "unknown_endpoint", detail)
+            }
+            E::DuplicateParticipant { .. } => {
+                Self::new(StatusCode::CONFLICT, "duplicate_agent", detail)
+            }
+            E::NotParticipant { .. } => {
+                Self::new(StatusCode::NOT_FOUND, "agent_not_in_group", detail)
+            }
+            E::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "group_not_found", detail),
+            E::AlreadyExists { .. } => Self::new(StatusCode::CONFLICT, "already_exists", detail),
+            E::AtCapacity { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "at_capacity", detail)
+                    .retry_after(Duration::from_secs(5))
+            }
+            E::RoundInProgress { .. } => {
+                Self::new(StatusCode::CONFLICT, "round_in_progress", detail)
+            }
+            E::NoRoundInProgress { .. } => {
+                Self::new(StatusCode::CONFLICT, "no_round_in_progress", detail)
+            }
+            E::Finished { .. } => Self::new(StatusCode::CONFLICT, "group_finished", detail),
+            // Another node committed the turn first.
+            E::Conflict { .. } => Self::new(StatusCode::CONFLICT, "group_conflict", detail),
+            E::SessionClosed { .. } => Self::new(StatusCode::GONE, "group_closed", detail),
+            // The model behind the agents failed, not the request.
+            E::AgentFailed { .. } | E::AllAgentsFailed { .. } => {
+                Self::new(StatusCode::BAD_GATEWAY, "agent_failed", detail)
+            }
+            E::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
+                .retry_after(Duration::from_secs(1)),
+            E::Domain(error) => error.into(),
+            E::Storage(error) => error.into(),
+            _ => Self::internal(detail),
+        }
+    }
+}

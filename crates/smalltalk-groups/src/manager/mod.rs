@@ -350,8 +350,10 @@ impl GroupManager {
         let client = self.inner.endpoints.get(endpoint).ok_or_else(|| {
             format!("no LLM endpoint named {endpoint:?} is configured on this manager")
         })?;
+        // Streamed, so subscribers see the answer as it is written.
         let mut agent = LlmAgent::new(participant.agent_id.clone(), client.clone())
-            .system_prompt(profile.system_prompt.clone());
+            .system_prompt(profile.system_prompt.clone())
+            .stream(true);
         if let Some(model) = &profile.model {
             agent = agent.model(model.clone());
         }
@@ -551,6 +553,29 @@ impl GroupManager {
             return Ok(state.history.clone());
         }
         Ok(self.stored(id).await?.messages)
+    }
+
+    /// Group `id` and its history as stored: the last commit of any
+    /// process sharing the storage, read without opening the group here
+    /// (no capacity used, nothing cached). [`Error::SessionClosed`] once
+    /// its session is expired or invalidated.
+    pub async fn read_group(&self, id: ConversationId) -> Result<(GroupInfo, Vec<Message>)> {
+        let mut session = self.stored(id).await?;
+        let record = decode_record(id, &session)?;
+        if !matches!(session.state, SessionState::Active | SessionState::Idle)
+            || session.is_expired_at(self.inner.clock.now())
+        {
+            return Err(Error::SessionClosed { group_id: id });
+        }
+        let history = std::mem::take(&mut session.messages);
+        let info = GroupInfo {
+            id,
+            session_id: session.id,
+            version: session.version,
+            message_count: history.len() as u64,
+            record,
+        };
+        Ok((info, history))
     }
 
     /// Group `id`'s session as stored, its messages included.
@@ -1109,9 +1134,11 @@ fn decode_record(id: ConversationId, session: &Session) -> Result<GroupRecord> {
         group_id: id,
         reason,
     };
-    let value = session.metadata.get(RECORD_KEY).ok_or_else(|| {
-        undecodable("the session holds no group record (it is not a group)".into())
-    })?;
+    // A session that is not a group: there is no such group.
+    let value = session
+        .metadata
+        .get(RECORD_KEY)
+        .ok_or(Error::NotFound { group_id: id })?;
     let format = value
         .get("formatVersion")
         .and_then(Value::as_u64)

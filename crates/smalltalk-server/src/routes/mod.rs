@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod events;
+pub mod groups;
 pub mod ops;
 pub mod sessions;
 pub mod state;

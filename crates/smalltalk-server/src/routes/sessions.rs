@@ -475,20 +475,26 @@ pub(crate) async fn messages(
 ) -> ApiResult<Json<Vec<MessageView>>> {
     let id = session_id(id)?;
     let Query(query) = query?;
-    let limit = page_size(query.limit)? as usize;
-    let from = query.from.unwrap_or(0);
+    // A bad page size is refused before the read.
+    message_page(Vec::new(), &query)?;
     let session = app.runtime().sessions.restore(id).await?;
-    let start = usize::try_from(from).unwrap_or(usize::MAX);
-    Ok(Json(
-        session
-            .messages
-            .into_iter()
-            .enumerate()
-            .skip(start)
-            .take(limit)
-            .map(|(sequence, message)| message_view(sequence as u64, message))
-            .collect(),
-    ))
+    Ok(Json(message_page(session.messages, &query)?))
+}
+
+/// The page of `messages` that `query` asks for.
+pub(crate) fn message_page(
+    messages: Vec<Message>,
+    query: &MessagesQuery,
+) -> ApiResult<Vec<MessageView>> {
+    let limit = page_size(query.limit)? as usize;
+    let start = usize::try_from(query.from.unwrap_or(0)).unwrap_or(usize::MAX);
+    Ok(messages
+        .into_iter()
+        .enumerate()
+        .skip(start)
+        .take(limit)
+        .map(|(sequence, message)| message_view(sequence as u64, message))
+        .collect())
 }
 
 /// The agents' saved states in a session.
