@@ -138,6 +138,19 @@ fn ci() -> Result<()> {
             "promtool: not found; the /metrics lint was skipped (SMALLTALK_REQUIRE_TOOLS=1, as .ci/run sets, makes that a failure)"
         );
     }
+    let schemathesis =
+        std::env::var("SMALLTALK_SCHEMATHESIS").unwrap_or_else(|_| "schemathesis".into());
+    let fuzzed = Command::new(&schemathesis)
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if fuzzed {
+        eprintln!("schemathesis: found; the HTTP API was fuzzed against /openapi.json");
+    } else {
+        eprintln!(
+            "schemathesis: not found; the API fuzzing was skipped (SMALLTALK_SCHEMATHESIS names it; SMALLTALK_REQUIRE_TOOLS=1, as .ci/run sets, makes its absence a failure)"
+        );
+    }
     eprintln!("cargo xtask ci: all green in {:.0?}", started.elapsed());
     Ok(())
 }

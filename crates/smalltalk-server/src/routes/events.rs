@@ -81,8 +81,7 @@ pub struct EventView {
     /// The conversation it concerns.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conversation_id: Option<String>,
-    /// The payload.
-    #[schema(value_type = Object)]
+    /// The payload (any JSON).
     pub payload: Value,
     /// Its metadata.
     #[schema(value_type = Object)]

@@ -171,8 +171,7 @@ pub struct Appended {
 pub struct AgentStateView {
     /// The agent.
     pub agent_id: String,
-    /// Its configuration.
-    #[schema(value_type = Object)]
+    /// Its configuration (any JSON).
     pub config: Value,
     /// Its working context.
     #[schema(value_type = Object)]
@@ -187,8 +186,7 @@ pub struct AgentStateView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PutAgentState {
-    /// Its configuration.
-    #[schema(value_type = Object)]
+    /// Its configuration (any JSON).
     #[serde(default)]
     pub config: Value,
     /// Its working context.
@@ -499,7 +497,7 @@ pub(crate) fn message_page(
 
 /// The agents' saved states in a session.
 #[utoipa::path(get, path = "/v1/sessions/{id}/agents", tag = "sessions", params(("id" = String, Path, description = "The session id")),
-    responses((status = 200, body = [AgentStateView]), (status = 404, body = Problem)))]
+    responses((status = 200, body = [AgentStateView]), (status = 404, body = Problem), (status = 410, body = Problem)))]
 pub(crate) async fn agent_states(
     State(app): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -524,7 +522,7 @@ pub(crate) async fn agent_states(
 /// Saves an agent's state in a session.
 #[utoipa::path(put, path = "/v1/sessions/{id}/agents/{agent}", tag = "sessions", request_body = PutAgentState,
     params(("id" = String, Path, description = "The session id"), ("agent" = String, Path, description = "The agent id")),
-    responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem), (status = 413, body = Problem)))]
+    responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 413, body = Problem)))]
 pub(crate) async fn put_agent_state(
     State(app): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,

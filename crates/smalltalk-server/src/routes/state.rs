@@ -23,8 +23,7 @@ use crate::problem::{ApiError, ApiResult, Problem};
 pub struct StateEntryView {
     /// The key.
     pub key: String,
-    /// The value.
-    #[schema(value_type = Object)]
+    /// The value (any JSON).
     pub value: Value,
     /// The revision of the key's last change (also the `ETag`).
     pub revision: u64,
@@ -226,7 +225,7 @@ pub(crate) async fn get(
 /// "<revision>"` only if the key's last change is still that revision (412
 /// otherwise); with `If-None-Match: *` only if the key is absent.
 #[utoipa::path(put, path = "/v1/state/{key}", tag = "state", params(("key" = String, Path, description = "The key")),
-    request_body(content = Object, description = "The new value, any JSON"),
+    request_body(content = serde_json::Value, description = "The new value, any JSON"),
     responses((status = 200, body = StateEntryView), (status = 400, body = Problem), (status = 409, body = Problem), (status = 412, body = Problem), (status = 413, body = Problem)))]
 pub(crate) async fn put(
     State(app): State<AppState>,

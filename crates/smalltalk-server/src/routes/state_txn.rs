@@ -34,7 +34,6 @@ pub struct Compare {
     /// Holds if the key is at this version.
     pub version: Option<u64>,
     /// Holds if the key's value equals this.
-    #[schema(value_type = Option<Object>)]
     pub value_equals: Option<Value>,
 }
 
