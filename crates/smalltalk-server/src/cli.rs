@@ -1,5 +1,6 @@
-//! The operator commands that open storage directly (`STORAGE_URL`):
-//! `sessions list|show|export`, `events tail`, `doctor`.
+//! The operator commands: `sessions list|show|export`, `events tail`
+//! (on the storage at `STORAGE_URL`, or on a running server with
+//! `--server`) and `doctor`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -10,8 +11,18 @@ use smalltalk::storage::{EventFilter, LogEntry, SessionCursor, SessionFilter};
 use smalltalk::types::TopicPattern;
 use smalltalk::{SessionId, SessionState};
 
+use crate::remote::Remote;
+
+/// Where a command's data is.
+pub(crate) enum Target {
+    /// The storage at this URL, opened directly.
+    Storage(String),
+    /// A running server (`--server`).
+    Server(Remote),
+}
+
 /// Prints `value` as JSON, or `text` for people.
-fn print(json_output: bool, value: &Value, text: &str) -> anyhow::Result<()> {
+pub(crate) fn print(json_output: bool, value: &Value, text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json_output {
         writeln!(out, "{value}")?;
@@ -21,17 +32,14 @@ fn print(json_output: bool, value: &Value, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `sessions list`: every session (or those in `state`), oldest first.
-pub(crate) async fn sessions_list(
-    url: &str,
-    state: Option<&str>,
-    limit: Option<u32>,
-    json_output: bool,
-) -> anyhow::Result<()> {
-    let store = smalltalk::open(url)
+async fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn smalltalk::Store>> {
+    smalltalk::open(url)
         .await
-        .with_context(|| format!("opening {url}"))?;
-    let state = state
+        .with_context(|| format!("opening {url}"))
+}
+
+fn parse_state(state: Option<&str>) -> anyhow::Result<Option<SessionState>> {
+    state
         .map(|raw| {
             SessionState::ALL
                 .into_iter()
@@ -40,57 +48,122 @@ pub(crate) async fn sessions_list(
                     format!("--state must be active, idle, expired or invalidated (got {raw:?})")
                 })
         })
-        .transpose()?;
-    let mut after = None;
-    let mut left = limit.map_or(u64::MAX, u64::from);
-    while left > 0 {
-        let page = store
-            .list_sessions(&SessionFilter {
-                state,
-                after,
-                limit: Some(left.min(500) as u32),
-                ..SessionFilter::default()
-            })
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(SessionCursor::after(last));
-        left = left.saturating_sub(page.len() as u64);
-        for summary in &page {
-            print(
-                json_output,
-                &serde_json::to_value(summary)?,
-                &format!(
-                    "{}  {:<11}  {:>6} messages  created {}  expires {}",
-                    summary.id,
-                    summary.state.as_str(),
-                    summary.message_count,
-                    summary.created_at,
-                    summary.expires_at
-                ),
-            )?;
+        .transpose()
+}
+
+/// Calls `each` with every session summary (as the API shows it), oldest
+/// first, at most `limit`.
+async fn each_session(
+    target: &Target,
+    state: Option<&str>,
+    limit: Option<u64>,
+    mut each: impl FnMut(&Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let state = parse_state(state)?;
+    let mut left = limit.unwrap_or(u64::MAX);
+    match target {
+        Target::Storage(url) => {
+            let store = open(url).await?;
+            let mut after = None;
+            while left > 0 {
+                let page = store
+                    .list_sessions(&SessionFilter {
+                        state,
+                        after,
+                        limit: Some(left.min(500) as u32),
+                        ..SessionFilter::default()
+                    })
+                    .await?;
+                let Some(last) = page.last() else { break };
+                after = Some(SessionCursor::after(last));
+                left = left.saturating_sub(page.len() as u64);
+                for summary in &page {
+                    each(&serde_json::to_value(summary)?)?;
+                }
+            }
+            store.close().await?;
+        }
+        Target::Server(remote) => {
+            let mut cursor: Option<String> = None;
+            while left > 0 {
+                let page = remote
+                    .get(remote.url(
+                        &["v1", "sessions"],
+                        &[
+                            ("state", state.map(|state| state.as_str().to_owned())),
+                            ("limit", Some(left.min(1000).to_string())),
+                            ("cursor", cursor.clone()),
+                        ],
+                    ))
+                    .await?;
+                let items = page["items"].as_array().cloned().unwrap_or_default();
+                left = left.saturating_sub(items.len() as u64);
+                for summary in &items {
+                    each(summary)?;
+                }
+                match page["nextCursor"].as_str() {
+                    Some(next) if !items.is_empty() => cursor = Some(next.to_owned()),
+                    _ => break,
+                }
+            }
         }
     }
-    store.close().await?;
     Ok(())
+}
+
+/// `sessions list`: every session (or those in `state`), oldest first.
+pub(crate) async fn sessions_list(
+    target: &Target,
+    state: Option<&str>,
+    limit: Option<u32>,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    each_session(target, state, limit.map(u64::from), |summary| {
+        print(
+            json_output,
+            summary,
+            &format!(
+                "{}  {:<11}  {:>6} messages  created {}  expires {}",
+                summary["id"].as_str().unwrap_or_default(),
+                summary["state"].as_str().unwrap_or_default(),
+                summary["messageCount"],
+                summary["createdAt"].as_str().unwrap_or_default(),
+                summary["expiresAt"].as_str().unwrap_or_default()
+            ),
+        )
+    })
+    .await
+}
+
+/// A whole session: from the storage as stored, from a server as its API
+/// shows it (`GET /v1/sessions/{id}`).
+async fn whole_session(target: &Target, id: &str) -> anyhow::Result<Value> {
+    let id = SessionId::parse(id).context("the session id (a UUID v4)")?;
+    match target {
+        Target::Storage(url) => {
+            let store = open(url).await?;
+            let session = store.get_session(id).await;
+            store.close().await?;
+            let session = session?.with_context(|| format!("no session {id} in {url}"))?;
+            Ok(serde_json::to_value(session)?)
+        }
+        Target::Server(remote) => {
+            remote
+                .get(remote.url(&["v1", "sessions", &id.to_string()], &[]))
+                .await
+        }
+    }
 }
 
 /// `sessions show ID` (the header and the history) and `sessions export
 /// ID` (the whole session as JSON, to stdout or a file).
 pub(crate) async fn sessions_show(
-    url: &str,
+    target: &Target,
     id: &str,
     export: Option<Option<&std::path::Path>>,
     json_output: bool,
 ) -> anyhow::Result<()> {
-    let id = SessionId::parse(id).context("the session id (a UUID v4)")?;
-    let store = smalltalk::open(url)
-        .await
-        .with_context(|| format!("opening {url}"))?;
-    let session = store
-        .get_session(id)
-        .await?
-        .with_context(|| format!("no session {id} in {url}"))?;
-    store.close().await?;
+    let session = whole_session(target, id).await?;
     if let Some(target) = export {
         let document = serde_json::to_string_pretty(&session)?;
         match target {
@@ -104,40 +177,174 @@ pub(crate) async fn sessions_show(
         return Ok(());
     }
     if json_output {
-        println!("{}", serde_json::to_string(&session)?);
-        return Ok(());
+        return print(true, &session, "");
     }
+    let empty = Vec::new();
+    let messages = session["messages"].as_array().unwrap_or(&empty);
+    let agents = session["agentStates"]
+        .as_object()
+        .map(|states| states.len())
+        .or_else(|| session["agentIds"].as_array().map(Vec::len))
+        .unwrap_or(0);
     println!(
-        "session {id}: {} (version {}), created {}, expires {}, {} messages, {} agent states",
-        session.state.as_str(),
-        session.version,
-        session.created_at,
-        session.expires_at,
-        session.messages.len(),
-        session.agent_states.len()
+        "session {id}: {} (version {}), created {}, expires {}, {} messages, {agents} agent states",
+        session["state"].as_str().unwrap_or_default(),
+        session["version"],
+        session["createdAt"].as_str().unwrap_or_default(),
+        session["expiresAt"].as_str().unwrap_or_default(),
+        messages.len(),
     );
-    for (sequence, message) in session.messages.iter().enumerate() {
-        let who = message.agent_id.as_ref().map_or_else(
-            || format!("{:?}", message.role).to_lowercase(),
-            ToString::to_string,
+    for (sequence, message) in messages.iter().enumerate() {
+        let who = message["agentId"]
+            .as_str()
+            .or(message["role"].as_str())
+            .unwrap_or("?");
+        println!(
+            "{sequence:>5} [{who}] {}",
+            message["content"].as_str().unwrap_or_default()
         );
-        println!("{sequence:>5} [{who}] {}", message.content);
     }
     Ok(())
+}
+
+/// `sessions export --all --output DIR`: every session as `<id>.json`,
+/// with a progress bar on a terminal.
+pub(crate) async fn sessions_export_all(
+    target: &Target,
+    dir: &std::path::Path,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut ids = Vec::new();
+    each_session(target, None, None, |summary| {
+        ids.push(summary["id"].as_str().unwrap_or_default().to_owned());
+        Ok(())
+    })
+    .await?;
+    let bar = indicatif::ProgressBar::new(ids.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} exporting {pos}/{len} sessions [{bar:30}] {per_sec} eta {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    for id in &ids {
+        let session = whole_session(target, id).await?;
+        let path = dir.join(format!("{id}.json"));
+        std::fs::write(&path, serde_json::to_string_pretty(&session)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    print(
+        json_output,
+        &json!({"exported": ids.len(), "directory": dir.display().to_string()}),
+        &format!("exported {} sessions to {}", ids.len(), dir.display()),
+    )
+}
+
+fn event_text(event: &Value) -> String {
+    format!(
+        "{:>8}  {}  {:<32} {}",
+        event["position"],
+        event["timestamp"].as_str().unwrap_or_default(),
+        event["topic"].as_str().unwrap_or_default(),
+        event["payload"]
+    )
 }
 
 /// `events tail`: the log after `from` (default: its last 20 events), and
 /// with `follow` new events as they come, until interrupted.
 pub(crate) async fn events_tail(
-    url: &str,
+    target: &Target,
     from: Option<u64>,
     topic: Option<&str>,
     follow: bool,
     json_output: bool,
 ) -> anyhow::Result<()> {
-    let store = smalltalk::open(url)
-        .await
-        .with_context(|| format!("opening {url}"))?;
+    let show = |event: &Value| print(json_output, event, &event_text(event));
+    match target {
+        Target::Storage(url) => events_tail_storage(url, from, topic, follow, &show).await,
+        Target::Server(remote) => events_tail_server(remote, from, topic, follow, &show).await,
+    }
+}
+
+async fn events_tail_server(
+    remote: &Remote,
+    from: Option<u64>,
+    topic: Option<&str>,
+    follow: bool,
+    show: &dyn Fn(&Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let topic = topic.map(str::to_owned);
+    let mut after = match from {
+        Some(from) => from,
+        None => {
+            // The newest position, from the server's own answer.
+            let page = remote
+                .get(remote.url(&["v1", "events"], &[("limit", Some("1".into()))]))
+                .await?;
+            page["headPosition"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(20)
+        }
+    };
+    loop {
+        let page = remote
+            .get(remote.url(
+                &["v1", "events"],
+                &[
+                    ("after", Some(after.to_string())),
+                    ("topic", topic.clone()),
+                    ("limit", Some("500".into())),
+                ],
+            ))
+            .await?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        for event in &items {
+            show(event)?;
+        }
+        after = page["lastPosition"].as_u64().unwrap_or(after);
+        if items.len() < 500 {
+            break;
+        }
+    }
+    if !follow {
+        return Ok(());
+    }
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    let mut stream = remote
+        .stream(remote.url(
+            &["v1", "events", "stream"],
+            &[("after", Some(after.to_string())), ("topic", topic.clone())],
+        ))
+        .await?;
+    loop {
+        let sent = tokio::select! {
+            sent = futures_util::StreamExt::next(&mut stream) => sent,
+            _ = &mut stop => return Ok(()),
+        };
+        let Some(sent) = sent else {
+            bail!("the server closed the stream");
+        };
+        let sent = sent?;
+        match sent.event.as_str() {
+            "event" => show(&sent.data)?,
+            "shutdown" => bail!("the server is shutting down"),
+            other => eprintln!("({other}: {})", sent.data),
+        }
+    }
+}
+
+async fn events_tail_storage(
+    url: &str,
+    from: Option<u64>,
+    topic: Option<&str>,
+    follow: bool,
+    show: &dyn Fn(&Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let store = open(url).await?;
     let mut filter = EventFilter::default();
     if let Some(topic) = topic {
         filter
@@ -163,15 +370,9 @@ pub(crate) async fn events_tail(
             match entry {
                 LogEntry::Event(event) => {
                     let payload = event.payload.to_value().unwrap_or(Value::Null);
-                    print(
-                        json_output,
+                    show(
                         &json!({"position": after, "id": event.id.to_string(), "topic": event.topic.as_str(),
-                            "timestamp": event.timestamp.to_string(), "payload": payload}),
-                        &format!(
-                            "{after:>8}  {}  {:<32} {payload}",
-                            event.timestamp,
-                            event.topic.as_str()
-                        ),
+                        "timestamp": event.timestamp.to_string(), "payload": payload}),
                     )?;
                 }
                 LogEntry::Undecodable(row) => {

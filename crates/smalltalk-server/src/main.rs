@@ -5,8 +5,13 @@
 //! smalltalk demo [--storage URL]               the main job: a conversation survives a restart
 //! smalltalk sessions list|show ID|export ID    sessions in STORAGE_URL
 //! smalltalk events tail [--from N] [--follow]  the event log
+//! smalltalk state get|put|history|watch         versioned state
 //! smalltalk doctor                             checks storage, schema and file modes
 //! ```
+//!
+//! `sessions`, `events` and `state` open the storage (`STORAGE_URL`), or
+//! with `--server URL` (`SMALLTALK_SERVER`, token `SMALLTALK_TOKEN`) speak
+//! to a running server.
 //!
 //! `--json` prints one JSON document per line.
 //!
@@ -16,10 +21,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod cli;
 mod demo;
+mod remote;
+mod state_cli;
 use smalltalk_server::{LogFormat, ServeOptions, ServerConfig};
 
 /// SmallTalk-rs: conversations that survive restarts, agents that are
@@ -33,6 +41,13 @@ struct Cli {
     /// Output as JSON (one document per line).
     #[arg(long, global = true)]
     json: bool,
+    /// Speak to the server at this URL (`http://host:port`) instead of
+    /// opening the storage (`sessions`, `events`, `state`).
+    #[arg(long, global = true, env = "SMALLTALK_SERVER")]
+    server: Option<String>,
+    /// The server's bearer token, with `--server`.
+    #[arg(long, global = true, env = "SMALLTALK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -53,13 +68,64 @@ enum SessionsCommand {
         /// The session id.
         id: String,
     },
-    /// Writes a session (header, history, agent states) as JSON.
+    /// Writes a session (header, history, agent states) as JSON; with
+    /// `--all`, every session into a directory, with a progress bar.
     Export {
         /// The session id.
-        id: String,
-        /// The file to write (default: stdout).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every session, one `<id>.json` each in `--output` (a directory).
+        #[arg(long, requires = "output")]
+        all: bool,
+        /// The file (or with `--all` the directory) to write (default:
+        /// stdout).
         #[arg(long, short)]
         output: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// A key's value, now or at a revision.
+    Get {
+        /// The key.
+        key: String,
+        /// Read at this revision.
+        #[arg(long)]
+        revision: Option<u64>,
+    },
+    /// Writes a key's value (JSON; `-` reads it from stdin).
+    Put {
+        /// The key.
+        key: String,
+        /// The value, as JSON (a string is "quoted").
+        value: String,
+        /// Only if the key's last change is this revision.
+        #[arg(long, conflicts_with = "if_absent")]
+        if_revision: Option<u64>,
+        /// Only if the key has no value.
+        #[arg(long)]
+        if_absent: bool,
+    },
+    /// A key's versions, newest first.
+    History {
+        /// The key.
+        key: String,
+        /// At most this many (1 to 1,000).
+        #[arg(long, default_value_t = 100)]
+        depth: u32,
+        /// Older than this revision.
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// Each revision's changes under a prefix, until interrupted.
+    Watch {
+        /// Keys starting with this (default: every key).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// From this revision (default: the next one).
+        #[arg(long)]
+        from: Option<u64>,
     },
 }
 
@@ -107,6 +173,11 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Versioned state in the storage (`STORAGE_URL`) or on `--server`.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Checks the storage URL, that storage opens with its schema
     /// migrated, and an SQLite file's mode; exit 1 if a check fails.
     Doctor,
@@ -142,23 +213,37 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let Cli {
+        config,
+        json,
+        server,
+        token,
+        command,
+    } = cli;
+    match command {
         Command::Serve { insecure } => {
             // The signal handlers go in before anything else happens.
             let stop = smalltalk_server::terminated();
-            let config = ServerConfig::load(cli.config.as_deref())?;
+            let config = ServerConfig::load(config.as_deref())?;
             init_logs(config.log_format);
             Ok(smalltalk_server::serve(config, ServeOptions { insecure }, stop).await?)
         }
         Command::Sessions { command } => {
-            let url = ServerConfig::load(cli.config.as_deref())?.storage_url;
+            let target = target(config.as_deref(), server.as_deref(), token.clone())?;
             match command {
                 SessionsCommand::List { state, limit } => {
-                    cli::sessions_list(&url, state.as_deref(), limit, cli.json).await
+                    cli::sessions_list(&target, state.as_deref(), limit, json).await
                 }
-                SessionsCommand::Show { id } => cli::sessions_show(&url, &id, None, cli.json).await,
-                SessionsCommand::Export { id, output } => {
-                    cli::sessions_show(&url, &id, Some(output.as_deref()), cli.json).await
+                SessionsCommand::Show { id } => cli::sessions_show(&target, &id, None, json).await,
+                SessionsCommand::Export {
+                    all: true, output, ..
+                } => {
+                    let dir = output.context("--all needs --output DIR")?;
+                    cli::sessions_export_all(&target, &dir, json).await
+                }
+                SessionsCommand::Export { id, output, .. } => {
+                    let id = id.context("the session id")?;
+                    cli::sessions_show(&target, &id, Some(output.as_deref()), json).await
                 }
             }
         }
@@ -170,18 +255,57 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     follow,
                 },
         } => {
-            let url = ServerConfig::load(cli.config.as_deref())?.storage_url;
-            cli::events_tail(&url, from, topic.as_deref(), follow, cli.json).await
+            let target = target(config.as_deref(), server.as_deref(), token.clone())?;
+            cli::events_tail(&target, from, topic.as_deref(), follow, json).await
+        }
+        Command::State { command } => {
+            let target = target(config.as_deref(), server.as_deref(), token.clone())?;
+            match command {
+                StateCommand::Get { key, revision } => {
+                    state_cli::get(&target, &key, revision, json).await
+                }
+                StateCommand::Put {
+                    key,
+                    value,
+                    if_revision,
+                    if_absent,
+                } => {
+                    let condition = match (if_revision, if_absent) {
+                        (Some(revision), _) => state_cli::Condition::Revision(revision),
+                        (None, true) => state_cli::Condition::Absent,
+                        (None, false) => state_cli::Condition::None,
+                    };
+                    state_cli::put(&target, &key, &value, condition, json).await
+                }
+                StateCommand::History { key, depth, before } => {
+                    state_cli::history(&target, &key, depth, before, json).await
+                }
+                StateCommand::Watch { prefix, from } => {
+                    state_cli::watch(&target, &prefix, from, json).await
+                }
+            }
         }
         Command::Doctor => {
-            let url = ServerConfig::load(cli.config.as_deref())?.storage_url;
-            cli::doctor(&url, cli.json).await
+            let url = ServerConfig::load(config.as_deref())?.storage_url;
+            cli::doctor(&url, json).await
         }
         Command::Demo { storage, restore } => match restore {
             Some(id) => demo::restore(&storage, &id).await,
             None => demo::run(&storage).await,
         },
     }
+}
+
+/// The running server (`--server`) or the storage (`STORAGE_URL`).
+fn target(
+    config: Option<&std::path::Path>,
+    server: Option<&str>,
+    token: Option<String>,
+) -> anyhow::Result<cli::Target> {
+    Ok(match server {
+        Some(server) => cli::Target::Server(remote::Remote::new(server, token)?),
+        None => cli::Target::Storage(ServerConfig::load(config)?.storage_url),
+    })
 }
 
 /// Logs to stderr, at `RUST_LOG` (default `info`), as text or JSON.

@@ -290,3 +290,202 @@ async fn operators_list_show_export_tail_and_check_the_storage() {
     assert_eq!(code, Some(1));
     assert!(error.contains("UUID"), "{error}");
 }
+
+/// The CLI on a running server (`--server`, with its token) and on the
+/// same storage opened directly: `state put|get|history|watch`,
+/// `sessions list|show|export --all`, `events tail`; both print the same
+/// documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_speaks_to_a_running_server_or_to_the_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let token = "cli-test-token-0123456789";
+    let (mut server, base) = serve(&[("STORAGE_URL", &url), ("SMALLTALK_TOKEN", token)]).await;
+    let run = |args: &[&str], remote: bool| {
+        let mut command = std::process::Command::new(BINARY);
+        command
+            .args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("STORAGE_URL", &url);
+        if remote {
+            command
+                .env("SMALLTALK_SERVER", &base)
+                .env("SMALLTALK_TOKEN", token);
+        }
+        let output = command.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let json_lines = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    // A watcher on each side, from the first revision.
+    let watch = |remote: bool| {
+        let mut command = tokio::process::Command::new(BINARY);
+        command
+            .args([
+                "state", "watch", "--prefix", "team:", "--from", "1", "--json",
+            ])
+            .env_clear()
+            .env("STORAGE_URL", &url)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        if remote {
+            command
+                .env("SMALLTALK_SERVER", &base)
+                .env("SMALLTALK_TOKEN", token);
+        }
+        command.spawn().unwrap()
+    };
+    let watchers = [watch(true), watch(false)];
+
+    let (code, put, error) = run(
+        &["state", "put", "team:plan", r#"{"step":1}"#, "--json"],
+        true,
+    );
+    assert_eq!(code, Some(0), "{error}");
+    assert_eq!(json_lines(&put)[0]["revision"], 1);
+    let (code, _, _) = run(
+        &[
+            "state",
+            "put",
+            "team:plan",
+            r#"{"step":2}"#,
+            "--if-revision",
+            "1",
+        ],
+        false,
+    );
+    assert_eq!(code, Some(0));
+    // A stale revision is refused on both sides.
+    let (code, _, error) = run(
+        &[
+            "state",
+            "put",
+            "team:plan",
+            r#"{"step":3}"#,
+            "--if-revision",
+            "1",
+        ],
+        true,
+    );
+    assert_eq!(code, Some(1));
+    assert!(error.contains("412 stale_revision"), "{error}");
+    let (code, _, _) = run(
+        &["state", "put", "team:plan", "{}", "--if-revision", "1"],
+        false,
+    );
+    assert_eq!(code, Some(1));
+    let (code, _, error) = run(&["state", "put", "team:plan", "not json"], true);
+    assert_eq!(code, Some(1));
+    assert!(error.contains("must be JSON"), "{error}");
+    // Both read the same document.
+    let (_, remote, _) = run(&["state", "get", "team:plan", "--json"], true);
+    let (_, local, _) = run(&["state", "get", "team:plan", "--json"], false);
+    assert_eq!(json_lines(&remote), json_lines(&local));
+    assert_eq!(json_lines(&remote)[0]["value"], json!({"step": 2}));
+    let (_, at_one, _) = run(&["state", "get", "team:plan", "--revision", "1"], true);
+    assert!(
+        at_one.contains(r#"team:plan = {"step":1}  (revision 1"#),
+        "{at_one}"
+    );
+    let (_, history, _) = run(&["state", "history", "team:plan", "--json"], true);
+    let (_, local_history, _) = run(&["state", "history", "team:plan", "--json"], false);
+    assert_eq!(json_lines(&history), json_lines(&local_history));
+    assert_eq!(
+        json_lines(&history)[0]["changes"].as_array().unwrap().len(),
+        2
+    );
+    let (code, _, error) = run(&["state", "get", "team:none"], true);
+    assert_eq!(code, Some(1));
+    assert!(error.contains("404 key_not_found"), "{error}");
+
+    // Each watcher saw both revisions, in order, once.
+    for mut watcher in watchers {
+        let mut lines = BufReader::new(watcher.stdout.take().unwrap()).lines();
+        let mut revisions = Vec::new();
+        while revisions.len() < 2 {
+            let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                .await
+                .expect("the watcher reports within 30 s")
+                .unwrap()
+                .expect("a revision");
+            revisions.push(serde_json::from_str::<Value>(&line).unwrap()["revision"].clone());
+        }
+        assert_eq!(revisions, [json!(1), json!(2)]);
+        watcher.kill().await.unwrap();
+    }
+
+    // Sessions and events through the server.
+    let client = reqwest::Client::new();
+    let session: Value = client
+        .post(format!("{base}/v1/sessions"))
+        .bearer_auth(token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = session["id"].as_str().unwrap();
+    client
+        .post(format!("{base}/v1/sessions/{id}/messages"))
+        .bearer_auth(token)
+        .json(&json!({"role": "user", "content": "through the server"}))
+        .send()
+        .await
+        .unwrap();
+    let (code, listed, error) = run(&["sessions", "list", "--json"], true);
+    assert_eq!(code, Some(0), "{error}");
+    assert_eq!(json_lines(&listed)[0]["id"], id);
+    let (_, shown, _) = run(&["sessions", "show", id], true);
+    assert!(shown.contains("[user] through the server"), "{shown}");
+    let (code, exported, error) = run(
+        &["sessions", "export", "--all", "--output", "all", "--json"],
+        true,
+    );
+    assert_eq!(code, Some(0), "{error}");
+    assert_eq!(json_lines(&exported)[0]["exported"], 1);
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("all").join(format!("{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file["messages"][0]["content"], "through the server");
+    let (_, tail, _) = run(
+        &[
+            "events",
+            "tail",
+            "--from",
+            "0",
+            "--topic",
+            "session:*",
+            "--json",
+        ],
+        true,
+    );
+    let topics: Vec<Value> = json_lines(&tail)
+        .into_iter()
+        .map(|event| event["topic"].clone())
+        .collect();
+    assert_eq!(
+        topics,
+        [json!("session:created"), json!("session:message-added")]
+    );
+    // Without the token the server refuses, and the CLI says so.
+    let output = std::process::Command::new(BINARY)
+        .args(["sessions", "list", "--server", &base])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("401 unauthorized"));
+    terminate(&server);
+    assert!(server.wait().await.unwrap().success());
+}

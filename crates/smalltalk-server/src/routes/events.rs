@@ -109,6 +109,8 @@ pub struct EventPage {
     pub items: Vec<EventView>,
     /// Pass as `after` for the next page.
     pub last_position: u64,
+    /// The log's newest position when it was read.
+    pub head_position: u64,
 }
 
 fn view(event: Event) -> EventView {
@@ -236,6 +238,7 @@ pub(crate) async fn read(
     Ok(Json(EventPage {
         items,
         last_position,
+        head_position: head,
     }))
 }
 
