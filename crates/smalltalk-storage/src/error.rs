@@ -162,15 +162,18 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// The database was migrated by a newer release; this one cannot use it.
+    /// The database was migrated by a newer release that releases as old
+    /// as this one may not use.
     #[error(
-        "database schema version {found} is newer than this release supports ({supported}); upgrade"
+        "database schema version {found} needs a release that knows schema version {readable_from} or newer; this one knows {supported}: upgrade"
     )]
     SchemaTooNew {
         /// The schema version found.
         found: u64,
         /// The newest this release knows.
         supported: u64,
+        /// The oldest schema version a release must know to use it.
+        readable_from: u64,
     },
     /// The store was closed.
     #[error("the store is closed")]

@@ -83,3 +83,59 @@ async fn a_tampered_row_is_named_by_the_read() {
         "{read:?}"
     );
 }
+
+/// A schema a newer release migrated (blue-green: both releases on one
+/// database): this release uses it as it is while the recorded floor (the
+/// oldest release that may use it) is not above it, and refuses it when
+/// it is.
+#[ignore = "needs PostgreSQL: `cargo xtask ci` runs it when a server is reachable"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newer_schema_is_used_down_to_its_floor_and_refused_below() {
+    use smalltalk_storage::Error;
+    use smalltalk_storage::postgres::PgStore;
+    let Some(backend) = PgBackend::fresh().await else {
+        eprintln!("skipped: no PostgreSQL");
+        return;
+    };
+    backend.open(test_clock()).await.close().await.unwrap();
+    // A newer release ran an additive migration (its floor unchanged).
+    backend
+        .execute(
+            "INSERT INTO smalltalk_migrations (version)
+             SELECT MAX(version) + 1 FROM smalltalk_migrations",
+        )
+        .await
+        .unwrap();
+    let store = backend.open(test_clock()).await;
+    let session =
+        smalltalk_storage::contract::sessions::stored_with_messages(store.as_ref(), 2).await;
+    assert_eq!(
+        store
+            .get_session(session.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .messages
+            .len(),
+        2
+    );
+    store.close().await.unwrap();
+    // It marked the schema unusable by older releases.
+    backend
+        .execute(
+            "UPDATE smalltalk_schema SET value = (SELECT MAX(version) FROM smalltalk_migrations)::text
+              WHERE name = 'readable_from'",
+        )
+        .await
+        .unwrap();
+    let refused = PgStore::open_with(&backend.store_url(), test_clock()).await;
+    assert!(
+        matches!(
+            &refused,
+            Err(Error::SchemaTooNew { found, supported, readable_from })
+                if *found == *supported + 1 && *readable_from == *found
+        ),
+        "{:?}",
+        refused.as_ref().err()
+    );
+}

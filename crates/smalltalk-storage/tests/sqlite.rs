@@ -80,8 +80,11 @@ async fn several_writers_on_one_file_all_succeed() {
     assert_eq!(stored.version, 1, "appends leave the header version");
 }
 
+/// A database a newer release migrated: used as it is when its recorded
+/// floor (the oldest release that may use it) is not above this release,
+/// refused when it is.
 #[tokio::test]
-async fn a_schema_from_a_newer_release_is_refused() {
+async fn a_newer_schema_is_used_down_to_its_floor_and_refused_below() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("future.db");
     SqliteStore::open(&path)
@@ -91,16 +94,50 @@ async fn a_schema_from_a_newer_release_is_refused() {
         .await
         .unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
-    conn.execute_batch("PRAGMA user_version = 99").unwrap();
+    let (known, floor, by): (i64, String, String) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version),
+                    (SELECT value FROM smalltalk_schema WHERE name = 'readable_from'),
+                    (SELECT value FROM smalltalk_schema WHERE name = 'migrated_by')",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(floor, known.to_string(), "no migration is additive yet");
+    assert_eq!(by, env!("CARGO_PKG_VERSION"));
+    // A newer release added an additive migration: this one goes on.
+    conn.execute_batch(&format!(
+        "PRAGMA user_version = {}; CREATE TABLE from_the_future (x INTEGER);",
+        known + 1
+    ))
+    .unwrap();
+    drop(conn);
+    let store = SqliteStore::open(&path).await.unwrap();
+    let session = new_session();
+    store
+        .save_session(&session, Expected::Absent)
+        .await
+        .unwrap();
+    assert!(store.get_session(session.id).await.unwrap().is_some());
+    store.close().await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, known + 1, "the newer schema is left as it was");
+    // The newer release marked its schema unusable by older ones.
+    conn.execute_batch(&format!(
+        "PRAGMA user_version = 99; UPDATE smalltalk_schema SET value = '{}' WHERE name = 'readable_from';",
+        known + 1
+    ))
+    .unwrap();
     drop(conn);
     let opened = SqliteStore::open(&path).await;
     assert!(
         matches!(
             opened,
-            Err(Error::SchemaTooNew {
-                found: 99,
-                supported: 4
-            })
+            Err(Error::SchemaTooNew { found: 99, supported, readable_from })
+                if supported as i64 == known && readable_from as i64 == known + 1
         ),
         "{opened:?}"
     );

@@ -24,6 +24,7 @@ use sqlx::Row;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::codec::to_u64;
+use crate::compat::{self, Migration};
 use crate::open::query_pairs;
 use crate::{Error, Result};
 
@@ -33,9 +34,10 @@ mod store;
 mod versioned;
 
 /// Migrations in order; never edit a released entry, append a new one.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: sessions, their messages, key-value entries.
-    r#"CREATE TABLE sessions (
+    Migration {
+        sql: r#"CREATE TABLE sessions (
         id            TEXT COLLATE "C" PRIMARY KEY,
         state         TEXT NOT NULL,
         version       BIGINT NOT NULL,
@@ -64,10 +66,13 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX kv_by_updated ON kv (updated_at);
     CREATE INDEX kv_by_expiry ON kv (expires_at) WHERE expires_at IS NOT NULL;"#,
+        readable_from: 1,
+    },
     // 2: the event log, its head (the newest position ever assigned; its
     //    row lock orders appenders, so positions follow commit order) and
     //    subscriber cursors.
-    r#"CREATE TABLE event_log_head (
+    Migration {
+        sql: r#"CREATE TABLE event_log_head (
         id   INTEGER PRIMARY KEY CHECK (id = 1),
         last BIGINT NOT NULL
     );
@@ -90,9 +95,12 @@ const MIGRATIONS: &[&str] = &[
         position   BIGINT NOT NULL,
         updated_at BIGINT NOT NULL
     );"#,
+        readable_from: 2,
+    },
     // 3: every append notifies listeners of the new newest position, on a
     //    channel per schema; delivered at commit, so never early.
-    r#"CREATE FUNCTION smalltalk_notify_events() RETURNS trigger LANGUAGE plpgsql AS $$
+    Migration {
+        sql: r#"CREATE FUNCTION smalltalk_notify_events() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         PERFORM pg_notify('smalltalk_events_' || current_schema(), NEW.last::text);
         RETURN NEW;
@@ -100,14 +108,20 @@ const MIGRATIONS: &[&str] = &[
     $$;
     CREATE TRIGGER event_log_head_notify AFTER UPDATE ON event_log_head
         FOR EACH ROW EXECUTE FUNCTION smalltalk_notify_events();"#,
+        readable_from: 3,
+    },
     // 4: how far the log was while the subscriber was there (NULL for
     //    cursors stored before: read as their position).
-    r#"ALTER TABLE event_cursors ADD COLUMN live_until BIGINT;"#,
+    Migration {
+        sql: r#"ALTER TABLE event_cursors ADD COLUMN live_until BIGINT;"#,
+        readable_from: 4,
+    },
     // 5: versioned records: the revision counter (its row lock orders
     //    writers, so revisions follow commit order) and compaction point,
     //    one row per version of a key, each key's latest version (its
     //    head), leases; every new revision notifies listeners.
-    r#"CREATE TABLE state_meta (
+    Migration {
+        sql: r#"CREATE TABLE state_meta (
         id               INTEGER PRIMARY KEY CHECK (id = 1),
         revision         BIGINT NOT NULL,
         compact_revision BIGINT NOT NULL,
@@ -152,6 +166,8 @@ const MIGRATIONS: &[&str] = &[
     $$;
     CREATE TRIGGER state_meta_notify AFTER UPDATE ON state_meta
         FOR EACH ROW EXECUTE FUNCTION smalltalk_notify_state();"#,
+        readable_from: 5,
+    },
 ];
 
 /// A store in a PostgreSQL database. Opened by `postgres://...`.
@@ -349,14 +365,35 @@ impl PgStore {
                 .and_then(|row| row.try_get(0))
                 .map_err(pg_error)?;
         let current = to_u64(current);
-        if current > MIGRATIONS.len() as u64 {
-            return Err(Error::SchemaTooNew {
-                found: current,
-                supported: MIGRATIONS.len() as u64,
-            });
+        sqlx::Executor::execute(
+            &mut *tx,
+            format!(
+                "CREATE TABLE IF NOT EXISTS {} (name TEXT PRIMARY KEY, value TEXT NOT NULL)",
+                compat::TABLE
+            )
+            .as_str(),
+        )
+        .await
+        .map_err(pg_error)?;
+        let supported = MIGRATIONS.len() as u64;
+        if current > supported {
+            let floor: Option<String> = sqlx::query_scalar(&format!(
+                "SELECT value FROM {} WHERE name = 'readable_from'",
+                compat::TABLE
+            ))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(pg_error)?;
+            compat::check_newer(
+                current,
+                supported,
+                floor.and_then(|value| value.parse().ok()),
+            )?;
+            // Used as it is: nothing to migrate, nothing to record.
+            return tx.commit().await.map_err(pg_error);
         }
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            sqlx::Executor::execute(&mut *tx, *migration)
+            sqlx::Executor::execute(&mut *tx, migration.sql)
                 .await
                 .map_err(pg_error)?;
             sqlx::query("INSERT INTO smalltalk_migrations (version) VALUES ($1)")
@@ -369,6 +406,21 @@ impl PgStore {
                 schema_version = index + 1,
                 "applied migration"
             );
+        }
+        for (name, value) in [
+            ("readable_from", compat::floor(MIGRATIONS).to_string()),
+            ("migrated_by", env!("CARGO_PKG_VERSION").to_owned()),
+        ] {
+            sqlx::query(&format!(
+                "INSERT INTO {} (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                compat::TABLE
+            ))
+            .bind(name)
+            .bind(value)
+            .execute(&mut *tx)
+            .await
+            .map_err(pg_error)?;
         }
         tx.commit().await.map_err(pg_error)
     }

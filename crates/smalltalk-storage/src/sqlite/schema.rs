@@ -1,9 +1,10 @@
 //! The SQLite schema and its embedded migrations.
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 
 use super::sqlite_error;
-use crate::{Error, Result};
+use crate::Result;
+use crate::compat::{self, Migration};
 
 /// Migrations in order; `PRAGMA user_version` records how many ran. Never
 /// edit a released entry: append a new one.
@@ -12,9 +13,10 @@ use crate::{Error, Result};
 /// often over 1 KB (message content, headers with agent state), and a
 /// `WITHOUT ROWID` b-tree spills such rows into overflow pages, which made a
 /// conversation of 1 KB messages take 4.6 times its content on disk.
-pub(super) const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[Migration] = &[
     // 1: sessions, their messages, key-value entries.
-    "CREATE TABLE sessions (
+    Migration {
+        sql: "CREATE TABLE sessions (
         id            TEXT PRIMARY KEY NOT NULL,
         state         TEXT NOT NULL,
         version       INTEGER NOT NULL,
@@ -43,9 +45,12 @@ pub(super) const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX kv_by_updated ON kv (updated_at);
      CREATE INDEX kv_by_expiry ON kv (expires_at) WHERE expires_at IS NOT NULL;",
+        readable_from: 1,
+    },
     // 2: the event log, its head (the newest position ever assigned) and
     //    subscriber cursors.
-    "CREATE TABLE event_log_head (
+    Migration {
+        sql: "CREATE TABLE event_log_head (
         id   INTEGER PRIMARY KEY CHECK (id = 1),
         last INTEGER NOT NULL
      );
@@ -68,13 +73,19 @@ pub(super) const MIGRATIONS: &[&str] = &[
         position   INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
      );",
+        readable_from: 2,
+    },
     // 3: how far the log was while the subscriber was there (NULL for
     //    cursors stored before: read as their position).
-    "ALTER TABLE event_cursors ADD COLUMN live_until INTEGER;",
+    Migration {
+        sql: "ALTER TABLE event_cursors ADD COLUMN live_until INTEGER;",
+        readable_from: 3,
+    },
     // 4: versioned records: the revision counter and compaction point, one
     //    row per version of a key, each key's latest version (its head), and
     //    leases.
-    "CREATE TABLE state_meta (
+    Migration {
+        sql: "CREATE TABLE state_meta (
         id               INTEGER PRIMARY KEY CHECK (id = 1),
         revision         INTEGER NOT NULL,
         compact_revision INTEGER NOT NULL,
@@ -109,6 +120,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
         ttl        INTEGER NOT NULL,
         expires_at INTEGER NOT NULL
      );",
+        readable_from: 4,
+    },
 ];
 
 /// Brings the schema up to date, atomically. Several processes opening the
@@ -121,14 +134,32 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(sqlite_error)?;
         let current = usize::try_from(current).unwrap_or(0);
+        conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {} (name TEXT PRIMARY KEY NOT NULL, value TEXT NOT NULL)",
+            compat::TABLE
+        ))
+        .map_err(sqlite_error)?;
         if current > MIGRATIONS.len() {
-            return Err(Error::SchemaTooNew {
-                found: current as u64,
-                supported: MIGRATIONS.len() as u64,
-            });
+            let floor: Option<String> = conn
+                .query_row(
+                    &format!(
+                        "SELECT value FROM {} WHERE name = 'readable_from'",
+                        compat::TABLE
+                    ),
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(sqlite_error)?;
+            // Used as it is: nothing to migrate, nothing to record.
+            return compat::check_newer(
+                current as u64,
+                MIGRATIONS.len() as u64,
+                floor.and_then(|value| value.parse().ok()),
+            );
         }
         for (index, migration) in MIGRATIONS.iter().enumerate().skip(current) {
-            conn.execute_batch(migration).map_err(sqlite_error)?;
+            conn.execute_batch(migration.sql).map_err(sqlite_error)?;
             tracing::info!(
                 backend = "sqlite",
                 schema_version = index + 1,
@@ -136,7 +167,21 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
             );
         }
         conn.execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len()))
-            .map_err(sqlite_error)
+            .map_err(sqlite_error)?;
+        let mut record = conn
+            .prepare(&format!(
+                "INSERT INTO {} (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                compat::TABLE
+            ))
+            .map_err(sqlite_error)?;
+        for (name, value) in [
+            ("readable_from", compat::floor(MIGRATIONS).to_string()),
+            ("migrated_by", env!("CARGO_PKG_VERSION").to_owned()),
+        ] {
+            record.execute((name, value)).map_err(sqlite_error)?;
+        }
+        Ok(())
     })();
     match outcome {
         Ok(()) => conn.execute_batch("COMMIT").map_err(sqlite_error),
