@@ -103,7 +103,8 @@ async fn a_newer_schema_is_used_down_to_its_floor_and_refused_below() {
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .unwrap();
-    assert_eq!(floor, known.to_string(), "no migration is additive yet");
+    let floor: i64 = floor.parse().unwrap();
+    assert!((1..=known).contains(&floor), "floor {floor} of {known}");
     assert_eq!(by, env!("CARGO_PKG_VERSION"));
     // A newer release added an additive migration: this one goes on.
     conn.execute_batch(&format!(

@@ -15,6 +15,7 @@
 //! - Migrations are embedded and run on open.
 
 mod events;
+mod migrations;
 mod pool;
 mod schema;
 mod store;
