@@ -31,6 +31,11 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("contract") => contract(),
+        Some("previous-release") => {
+            let (binary, commit) = previous_release().map_err(anyhow::Error::msg)?;
+            println!("{} {commit}", binary.display());
+            Ok(())
+        }
         Some("bench") => run(Command::new("cargo")
             .args(["bench", "-p", "smalltalk-benches"])
             .args(&args[1..])),
@@ -48,7 +53,7 @@ fn main() -> Result<()> {
             .args(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | contract | bench | report [--json] [--quick] [--only GROUP]>"
+                "usage: cargo xtask <ci | contract | previous-release | bench | report [--json] [--quick] [--only GROUP]>"
             );
             std::process::exit(2);
         }
@@ -177,9 +182,117 @@ type Tally = BTreeMap<(String, String), (usize, usize)>;
 
 /// Runs `cargo <args>` with the PostgreSQL URL exported, streaming output
 /// and tallying contract tests (`<backend>::<suite>::<case>`).
+/// The files holding the storage migrations: the newest commit that
+/// added a migration to either is the newest schema release.
+const MIGRATION_FILES: &[&str] = &[
+    "crates/smalltalk-storage/src/postgres/migrations.rs",
+    "crates/smalltalk-storage/src/sqlite/migrations.rs",
+];
+
+/// The `smalltalk` binary of the commit before the newest migration (the
+/// previous schema release), for the blue-green test: built from `git
+/// archive` in a target directory of its own under
+/// `target/previous-release` (a shared one would mix the two trees'
+/// artifacts, whose hashes do not depend on where a tree lives). `Err`
+/// says why there is none.
+fn previous_release() -> Result<(std::path::PathBuf, String), String> {
+    let git = |args: &[&str]| -> Result<String, String> {
+        let output = Command::new("git")
+            .args(args)
+            .output()
+            .map_err(|error| format!("git: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "git {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    };
+    if git(&["rev-parse", "--is-shallow-repository"])? == "true" {
+        return Err(
+            "this clone is shallow: the commit before the newest migration is not in it".into(),
+        );
+    }
+    let mut args = vec!["log", "-1", "--format=%H", "-Greadable_from: ", "--"];
+    args.extend(MIGRATION_FILES);
+    let newest = git(&args)?;
+    if newest.is_empty() {
+        return Err("no commit adds a migration".into());
+    }
+    let previous = git(&["rev-parse", &format!("{newest}^")])?;
+    let home = std::path::Path::new("target/previous-release");
+    let binary = home.join(format!("smalltalk-{}", &previous[..12]));
+    if binary.exists() {
+        return Ok((binary, previous));
+    }
+    let source = home.join("src");
+    let _ = std::fs::remove_dir_all(&source);
+    std::fs::create_dir_all(&source).map_err(|error| error.to_string())?;
+    // `tar -m`: the files get the current time, so the shared target
+    // directory rebuilds what changed since the last previous release.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "git archive {previous} | tar -x -m -C {}",
+            source.display()
+        ))
+        .status()
+        .map_err(|error| error.to_string())?;
+    if !status.success() {
+        return Err(format!("git archive {previous} failed"));
+    }
+    let target = std::fs::canonicalize(home)
+        .map_err(|error| error.to_string())?
+        .join("target");
+    let mut build = Command::new("cargo");
+    build
+        .args([
+            "build",
+            "--locked",
+            "-p",
+            "smalltalk-server",
+            "--bin",
+            "smalltalk",
+        ])
+        .current_dir(&source)
+        .env("CARGO_TARGET_DIR", &target);
+    run(&mut build).map_err(|error| format!("building {previous}: {error:#}"))?;
+    std::fs::copy(target.join("debug/smalltalk"), &binary).map_err(|error| error.to_string())?;
+    let _ = std::fs::remove_dir_all(&source);
+    Ok((binary, previous))
+}
+
 fn run_tests(postgres: &Postgres, args: &[&str]) -> Result<Tally> {
     let mut command = Command::new("cargo");
     command.args(args).stdout(Stdio::piped());
+    let required = std::env::var("SMALLTALK_REQUIRE_TOOLS").is_ok_and(|value| value == "1");
+    let whole = args.contains(&"--workspace");
+    let previous = if whole {
+        previous_release()
+    } else {
+        Err(String::new())
+    };
+    match previous {
+        Ok((binary, commit)) => {
+            eprintln!(
+                "previous release: {} (built from {commit}, the commit before the newest migration)",
+                binary.display()
+            );
+            command
+                .env(
+                    "SMALLTALK_PREVIOUS_RELEASE",
+                    std::fs::canonicalize(&binary)?,
+                )
+                .env("SMALLTALK_PREVIOUS_RELEASE_COMMIT", commit);
+        }
+        _ if !whole => {}
+        Err(why) if required => {
+            bail!("SMALLTALK_REQUIRE_TOOLS=1 but the previous release cannot be built: {why}")
+        }
+        Err(why) => eprintln!("previous release: none ({why}); the blue-green test is skipped"),
+    }
     match postgres {
         Postgres::Available(url) => {
             // PostgreSQL tests are `#[ignore = "needs PostgreSQL ..."]`, so

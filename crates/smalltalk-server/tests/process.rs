@@ -7,44 +7,17 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod common;
+
 const BINARY: &str = env!("CARGO_BIN_EXE_smalltalk");
 
 /// Starts `smalltalk serve` with `vars`; returns it and its base URL.
 async fn serve(vars: &[(&str, &str)]) -> (tokio::process::Child, String) {
-    let mut command = tokio::process::Command::new(BINARY);
-    command
-        .arg("serve")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("SMALLTALK_BIND", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (key, value) in vars {
-        command.env(key, value);
-    }
-    let mut child = command.spawn().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the server starts within 30 s")
-        .unwrap()
-        .expect("the server prints where it listens");
-    let base = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
-    (child, base)
+    common::serve_binary(BINARY, vars).await
 }
 
 fn terminate(child: &tokio::process::Child) {
-    let pid = child.id().expect("running").to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::signal(child, "TERM");
 }
 
 /// 1,000 sessions written with async durability (acknowledged from

@@ -76,6 +76,11 @@ pub struct AppendGuard {
     /// `active` or `idle` and it has not expired. Else
     /// [`Error::NotAccepting`](crate::Error::NotAccepting).
     pub open_at: Option<Timestamp>,
+    /// Only if the session has not been invalidated, whatever its expiry
+    /// (what a write-back flush of acknowledged messages needs: an expired
+    /// session keeps them, an invalidated one must not get a history back).
+    /// Else [`Error::NotAccepting`](crate::Error::NotAccepting).
+    pub not_invalidated: bool,
 }
 
 impl AppendGuard {
@@ -83,21 +88,30 @@ impl AppendGuard {
     pub const NONE: AppendGuard = AppendGuard {
         version: None,
         open_at: None,
+        not_invalidated: false,
     };
 
     /// Only at `version`.
     pub fn at_version(version: u64) -> Self {
         Self {
             version: Some(version),
-            open_at: None,
+            ..Self::NONE
         }
     }
 
     /// Only if the session accepts messages at `now`.
     pub fn open_at(now: Timestamp) -> Self {
         Self {
-            version: None,
             open_at: Some(now),
+            ..Self::NONE
+        }
+    }
+
+    /// Only if the session has not been invalidated.
+    pub fn not_invalidated() -> Self {
+        Self {
+            not_invalidated: true,
+            ..Self::NONE
         }
     }
 
@@ -111,6 +125,9 @@ impl AppendGuard {
         state: SessionState,
         expires_at: Timestamp,
     ) -> crate::Result<()> {
+        if self.not_invalidated && state == SessionState::Invalidated {
+            return Err(crate::Error::NotAccepting { id, state });
+        }
         if let Some(now) = self.open_at {
             if !matches!(state, SessionState::Active | SessionState::Idle) {
                 return Err(crate::Error::NotAccepting { id, state });

@@ -94,12 +94,17 @@ impl SessionManager {
                 .cloned()
                 .collect();
             if !missing.is_empty() {
-                self.note_failure(
-                    self.inner
-                        .store
-                        .append_messages(id, &missing, AppendGuard::NONE)
-                        .await,
-                )?;
+                // Invalidated since the header went in: its history must
+                // not come back.
+                let appended = self
+                    .inner
+                    .store
+                    .append_messages(id, &missing, AppendGuard::not_invalidated())
+                    .await;
+                if let Err(smalltalk_storage::Error::NotAccepting { .. }) = appended {
+                    return Err(Error::Invalidated { id });
+                }
+                self.note_failure(appended)?;
             }
         }
         self.track(session);

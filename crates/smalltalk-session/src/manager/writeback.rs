@@ -567,11 +567,22 @@ impl SessionManager {
             })?;
         }
         if !messages.is_empty() {
-            // Acknowledged messages are stored whatever the state now.
-            match store.append_messages(id, messages, AppendGuard::NONE).await {
+            // Acknowledged messages are stored whatever the state now (an
+            // expired session keeps them), except in a session invalidated
+            // elsewhere (another node): its history went, and must not come
+            // back. The store checks that atomically with the append.
+            match store
+                .append_messages(id, messages, AppendGuard::not_invalidated())
+                .await
+            {
                 Ok(outcome) => version = outcome.version,
                 Err(smalltalk_storage::Error::NotFound { .. }) => {
                     return Err(FlushError::Drop("the session was deleted".into()));
+                }
+                Err(smalltalk_storage::Error::NotAccepting { .. }) => {
+                    return Err(FlushError::Drop(
+                        "the session was invalidated elsewhere".into(),
+                    ));
                 }
                 Err(error) => return Err(FlushError::Retry(error)),
             }

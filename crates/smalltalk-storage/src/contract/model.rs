@@ -308,6 +308,7 @@ async fn apply(
             let guard = AppendGuard {
                 version: *expected,
                 open_at: open.then(|| clock.now()),
+                not_invalidated: false,
             };
             outcome(
                 store

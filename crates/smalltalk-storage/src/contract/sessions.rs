@@ -493,11 +493,29 @@ pub async fn append_guard(backend: &impl Backend) {
     let both = AppendGuard {
         version: Some(1),
         open_at: Some(at(50)),
+        not_invalidated: true,
     };
     let both = store
         .append_messages(session.id, &[message("no", 52)], both)
         .await;
     assert!(matches!(both, Err(Error::NotAccepting { .. })), "{both:?}");
+    let flushed = store
+        .append_messages(
+            session.id,
+            &[message("flushed", 53)],
+            AppendGuard::not_invalidated(),
+        )
+        .await;
+    assert!(
+        matches!(
+            flushed,
+            Err(Error::NotAccepting {
+                state: SessionState::Invalidated,
+                ..
+            })
+        ),
+        "{flushed:?}"
+    );
     let stored = store.get_session(session.id).await.unwrap().unwrap();
     let texts: Vec<&str> = stored
         .messages
@@ -506,6 +524,19 @@ pub async fn append_guard(backend: &impl Backend) {
         .collect();
     assert_eq!(texts, ["ok", "idle ok"], "rejected appends wrote nothing");
     assert_eq!(stored.version, 3);
+
+    // Expired, not invalidated: a write-back flush still lands.
+    let mut lapsed = Session::new(SessionId::new(), at(0), Duration::from_secs(10));
+    lapsed.state = SessionState::Expired;
+    store.save_session(&lapsed, Expected::Absent).await.unwrap();
+    store
+        .append_messages(
+            lapsed.id,
+            &[message("acknowledged", 20)],
+            AppendGuard::not_invalidated(),
+        )
+        .await
+        .unwrap();
 
     let unknown = store
         .append_messages(SessionId::new(), &[message("x", 1)], open_now)

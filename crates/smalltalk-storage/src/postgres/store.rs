@@ -337,6 +337,7 @@ impl SessionStore for PgStore {
                         message_bytes = message_bytes + $5
                     WHERE id = $1 AND ($2::BIGINT IS NULL OR version = $2)
                       AND ($8::BIGINT IS NULL OR (state IN ('active', 'idle') AND expires_at > $8))
+                      AND (NOT $9 OR state <> 'invalidated')
                     RETURNING version, message_count),
                  ins AS (
                     INSERT INTO messages (session_id, seq, meta, content)
@@ -352,6 +353,7 @@ impl SessionStore for PgStore {
             .bind(metas(&bodies))
             .bind(contents(&bodies))
             .bind(guard.open_at.map(Timestamp::as_micros))
+            .bind(guard.not_invalidated)
             .fetch_optional(&self.pool)
             .await
             .map_err(pg_error)?;
