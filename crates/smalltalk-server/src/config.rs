@@ -38,6 +38,8 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ("SMALLTALK_SSE_BUFFER", "sse_buffer"),
     ("SMALLTALK_SSE_STALL_MS", "sse_stall_ms"),
     ("SMALLTALK_MAX_STREAMS", "max_streams"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint"),
+    ("OTEL_SERVICE_NAME", "otel_service_name"),
 ];
 
 /// Variables taken as text exactly as given (never read as numbers or
@@ -50,6 +52,8 @@ const TEXT: &[&str] = &[
     "llm_api_key",
     "log_format",
     "session_durability",
+    "otlp_endpoint",
+    "otel_service_name",
 ];
 
 /// The default storage: an SQLite file under the working directory.
@@ -161,6 +165,12 @@ pub struct ServerConfig {
     /// The most SSE streams open on this node: 1 to 100,000 (default 256);
     /// one more is 503 with `Retry-After`.
     pub max_streams: usize,
+    /// Where spans go, as OTLP over HTTP (protobuf): the collector's base
+    /// URL (`http://127.0.0.1:4318`; `/v1/traces` is added unless the path
+    /// names it). None by default: no spans are exported.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` spans carry. Default `smalltalk`.
+    pub otel_service_name: String,
 }
 
 impl Default for ServerConfig {
@@ -187,6 +197,8 @@ impl Default for ServerConfig {
             sse_buffer: 1024,
             sse_stall_ms: 10_000,
             max_streams: 256,
+            otlp_endpoint: None,
+            otel_service_name: "smalltalk".into(),
         }
     }
 }
@@ -377,7 +389,45 @@ impl ServerConfig {
             llm.validate()
                 .map_err(|error| ConfigError::new(named("llm_url"), error.to_string()))?;
         }
+        if let Some(endpoint) = self.otlp_endpoint() {
+            let valid = endpoint.split_once("://").is_some_and(|(scheme, rest)| {
+                matches!(scheme, "http" | "https")
+                    && !rest.is_empty()
+                    && !rest.chars().any(char::is_whitespace)
+            });
+            if !valid {
+                return Err(ConfigError::new(
+                    named("otlp_endpoint"),
+                    format!("must be an http:// or https:// URL (got {endpoint:?})"),
+                ));
+            }
+        }
+        let name = &self.otel_service_name;
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                named("otel_service_name"),
+                "must be 1 to 255 printable characters",
+            ));
+        }
         Ok(())
+    }
+
+    /// The OTLP endpoint, if one is set (an empty value sets none).
+    fn otlp_endpoint(&self) -> Option<&str> {
+        self.otlp_endpoint
+            .as_deref()
+            .map(str::trim)
+            .filter(|endpoint| !endpoint.is_empty())
+    }
+
+    /// The OTLP traces URL, when spans are exported.
+    pub fn otlp_traces_url(&self) -> Option<String> {
+        let endpoint = self.otlp_endpoint()?.trim_end_matches('/');
+        Some(if endpoint.ends_with("/v1/traces") {
+            endpoint.to_owned()
+        } else {
+            format!("{endpoint}/v1/traces")
+        })
     }
 
     /// The LLM endpoint, when one is configured.

@@ -40,6 +40,7 @@ mod openapi;
 pub mod problem;
 pub mod routes;
 mod serve;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -563,7 +564,9 @@ pub fn router(state: AppState) -> Router {
                     .get(REQUEST_ID)
                     .and_then(|value| value.to_str().ok())
                     .unwrap_or("-");
-                tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                let span = tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id);
+                telemetry::continue_trace(&span, request.headers());
+                span
             }),
         )
         .layer(PropagateRequestIdLayer::x_request_id())

@@ -28,7 +28,7 @@ mod cli;
 mod demo;
 mod remote;
 mod state_cli;
-use smalltalk_server::{LogFormat, ServeOptions, ServerConfig};
+use smalltalk_server::{ServeOptions, ServerConfig};
 
 /// SmallTalk-rs: conversations that survive restarts, agents that are
 /// healed, events with replay.
@@ -185,6 +185,39 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `serve`: its configuration and telemetry before the async runtime
+    // (the OTLP exporter's HTTP client is a blocking one on a thread of
+    // its own).
+    let mut telemetry = None;
+    let serving = match &cli.command {
+        Command::Serve { .. } => {
+            let loaded = ServerConfig::load(cli.config.as_deref())
+                .map_err(anyhow::Error::from)
+                .and_then(|config| {
+                    let installed = smalltalk_server::telemetry::init(&config)?;
+                    Ok((config, installed))
+                });
+            match loaded {
+                Ok((config, installed)) => {
+                    telemetry = Some(installed);
+                    Some(config)
+                }
+                Err(error) => {
+                    eprintln!("smalltalk: {error:#}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => None,
+    };
+    let code = run_all(cli, serving);
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    code
+}
+
+fn run_all(cli: Cli, serving: Option<ServerConfig>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -195,7 +228,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, serving)) {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that stopped reading (`| head`): not a failure.
         Err(error)
@@ -212,7 +245,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, serving: Option<ServerConfig>) -> anyhow::Result<()> {
     let Cli {
         config,
         json,
@@ -224,8 +257,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { insecure } => {
             // The signal handlers go in before anything else happens.
             let stop = smalltalk_server::terminated();
-            let config = ServerConfig::load(config.as_deref())?;
-            init_logs(config.log_format);
+            let config = match serving {
+                Some(config) => config,
+                None => ServerConfig::load(config.as_deref())?,
+            };
             Ok(smalltalk_server::serve(config, ServeOptions { insecure }, stop).await?)
         }
         Command::Sessions { command } => {
@@ -306,18 +341,4 @@ fn target(
         Some(server) => cli::Target::Server(remote::Remote::new(server, token)?),
         None => cli::Target::Storage(ServerConfig::load(config)?.storage_url),
     })
-}
-
-/// Logs to stderr, at `RUST_LOG` (default `info`), as text or JSON.
-fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }

@@ -112,6 +112,56 @@ async fn publish_and_read_the_log_in_order() {
     app.shutdown().await.unwrap();
 }
 
+/// The W3C trace context of the publishing request travels in the event's
+/// metadata (a malformed header is ignored; the publisher's own wins).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_publishers_traceparent_travels_in_the_event_metadata() {
+    let (app, base) = start(memory()).await;
+    let client = reqwest::Client::new();
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut positions = Vec::new();
+    for (header, metadata) in [
+        (Some(traceparent), json!({})),
+        (Some("00-not-a-trace-01"), json!({})),
+        (
+            Some(traceparent),
+            json!({"traceparent": "00-11111111111111111111111111111111-2222222222222222-01"}),
+        ),
+        (None, json!({})),
+    ] {
+        let mut request = client
+            .post(format!("{base}/v1/events"))
+            .json(&json!({"topic": "traced:step", "payload": 1, "metadata": metadata}));
+        if let Some(header) = header {
+            request = request.header("traceparent", header);
+        }
+        let published: Value = request.send().await.unwrap().json().await.unwrap();
+        positions.push(published["position"].as_u64().unwrap());
+    }
+    let page: Value = reqwest::get(format!("{base}/v1/events?after=0&topic=traced:*"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let carried: Vec<Value> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["metadata"]["traceparent"].clone())
+        .collect();
+    assert_eq!(
+        carried,
+        [
+            json!(traceparent),
+            Value::Null,
+            json!("00-11111111111111111111111111111111-2222222222222222-01"),
+            Value::Null
+        ]
+    );
+    app.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_drops_resumes_with_last_event_id_losing_and_repeating_nothing() {
     let (app, base) = start(memory()).await;

@@ -462,3 +462,99 @@ async fn the_cli_speaks_to_a_running_server_or_to_the_storage() {
     terminate(&server);
     assert!(server.wait().await.unwrap().success());
 }
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` the server exports its spans as OTLP
+/// over HTTP (protobuf) to a collector (here a real HTTP server on
+/// 127.0.0.1 that keeps what it is sent); a request carrying a W3C
+/// `traceparent` continues the caller's trace, and the event it publishes
+/// carries the request span's own context. The last spans go out at
+/// SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_to_an_otlp_collector_continuing_the_callers_trace() {
+    use std::sync::{Arc, Mutex};
+    type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+    let received: Received = Arc::default();
+    let collector = axum::Router::new()
+        .route(
+            "/v1/traces",
+            axum::routing::post(
+                |axum::extract::State(received): axum::extract::State<Received>,
+                 headers: axum::http::HeaderMap,
+                 body: axum::body::Bytes| async move {
+                    let kind = headers
+                        .get("content-type")
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    received.lock().unwrap().push((kind, body.to_vec()));
+                    axum::http::StatusCode::OK
+                },
+            ),
+        )
+        .with_state(Arc::clone(&received));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await.unwrap() });
+
+    let (mut server, base) = serve(&[
+        ("STORAGE_URL", "memory://"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_SERVICE_NAME", "smalltalk-under-test"),
+    ])
+    .await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let published: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/events"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({"topic": "traced:step", "payload": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let page: Value = reqwest::get(format!("{base}/v1/events?after=0&topic=traced:*"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let carried = page["items"][0]["metadata"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(page["items"][0]["id"], published["id"]);
+    assert!(
+        carried.starts_with(&format!("00-{trace_id}-")),
+        "the event joins the caller's trace: {carried}"
+    );
+    assert!(
+        !carried.contains("00f067aa0ba902b7"),
+        "with the request's own span as parent, not the caller's: {carried}"
+    );
+    terminate(&server);
+    assert!(server.wait().await.unwrap().success());
+    let received = received.lock().unwrap();
+    assert!(!received.is_empty(), "spans were exported");
+    assert!(
+        received
+            .iter()
+            .all(|(kind, _)| kind == "application/x-protobuf"),
+        "{:?}",
+        received.iter().map(|(kind, _)| kind).collect::<Vec<_>>()
+    );
+    let raw_trace: Vec<u8> = (0..16)
+        .map(|at| u8::from_str_radix(&trace_id[2 * at..2 * at + 2], 16).unwrap())
+        .collect();
+    let everything: Vec<u8> = received.iter().flat_map(|(_, body)| body.clone()).collect();
+    assert!(
+        everything.windows(16).any(|window| window == raw_trace),
+        "a span of the caller's trace was exported"
+    );
+    assert!(
+        everything
+            .windows(b"smalltalk-under-test".len())
+            .any(|window| window == b"smalltalk-under-test"),
+        "spans carry the service name"
+    );
+}

@@ -68,6 +68,7 @@
 
 #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub mod codec;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod compat;
 mod error;
 mod events;

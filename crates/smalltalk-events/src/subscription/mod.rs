@@ -687,7 +687,32 @@ impl Worker {
 
     async fn run_handler(&self, delivery: Delivery, touch: &Touch) -> Ran {
         let ack_wait = self.bus.config.ack_wait;
-        let handling = AssertUnwindSafe(self.handler.handle(delivery)).catch_unwind();
+        // The handler's span carries the publisher's W3C trace context
+        // (metadata `traceparent`), so traces join on it. Built only when
+        // the level is on.
+        let span = tracing::debug_span!(
+            "bus.handle",
+            subscriber = %self.sub.subscriber,
+            topic = delivery.event.topic.as_str(),
+            position = ?delivery.event.position,
+            attempt = delivery.attempt,
+            traceparent = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            if let Some(traceparent) = delivery
+                .event
+                .metadata
+                .get("traceparent")
+                .and_then(serde_json::Value::as_str)
+            {
+                span.record("traceparent", traceparent);
+            }
+        }
+        let handling = AssertUnwindSafe(tracing::Instrument::instrument(
+            self.handler.handle(delivery),
+            span,
+        ))
+        .catch_unwind();
         tokio::pin!(handling);
         // Most handlers finish at once: no timer for them.
         let first =

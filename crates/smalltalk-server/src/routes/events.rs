@@ -142,6 +142,7 @@ fn filter(topic: Option<&str>) -> ApiResult<EventFilter> {
     responses((status = 201, body = PublishedView), (status = 400, body = Problem), (status = 413, body = Problem)))]
 pub(crate) async fn publish(
     State(app): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<NewEvent>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let Json(body) = body?;
@@ -159,6 +160,15 @@ pub(crate) async fn publish(
         metadata: body.metadata.unwrap_or_default(),
         ..PublishOptions::default()
     };
+    // The trace the request belongs to travels with the event (unless the
+    // publisher put one there itself), so its handlers join it.
+    if !options.metadata.contains_key(crate::telemetry::TRACEPARENT) {
+        if let Some(traceparent) = crate::telemetry::current_traceparent(&headers) {
+            options
+                .metadata
+                .insert(crate::telemetry::TRACEPARENT.into(), traceparent.into());
+        }
+    }
     if let Some(session) = &body.session_id {
         options.session_id = Some(SessionId::parse(session).map_err(|_| {
             ApiError::new(
