@@ -7,7 +7,10 @@
 //! - `sse_publish_to_client`: from `POST /v1/events` returning to the
 //!   event arriving on an open SSE stream;
 //! - `requests_per_sec_64_connections`: `GET /health` from 64 concurrent
-//!   connections, beside a trivial axum handler in the same run.
+//!   connections, beside a trivial axum handler in the same run;
+//! - `sigterm_to_exit_1000_async_sessions`: the `smalltalk` binary with
+//!   1,000 sessions of unflushed (async) writes and an SSE client open,
+//!   from SIGTERM to its exit, every message then found in storage.
 
 use std::time::{Duration, Instant};
 
@@ -182,4 +185,109 @@ pub async fn trivial_server() -> String {
         let _ = axum::serve(listener, app).await;
     });
     base
+}
+
+/// What one SIGTERM measurement saw.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopped {
+    /// From the signal to the process's exit.
+    pub took: Duration,
+    /// Messages found in storage by a new process afterwards.
+    pub persisted: u64,
+}
+
+/// `smalltalk serve` (the binary at `binary`) on SQLite with async
+/// durability (the flush a minute away) and an SSE client open: `sessions`
+/// sessions of one acknowledged-but-unflushed message each, then SIGTERM;
+/// the time to exit, and what a new process finds stored.
+pub async fn sigterm_to_exit(binary: &std::path::Path, sessions: usize) -> anyhow::Result<Stopped> {
+    use anyhow::{Context, bail};
+    use tokio::io::AsyncBufReadExt;
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("stop.db").display());
+    let mut child = tokio::process::Command::new(binary)
+        .arg("serve")
+        .env_clear()
+        .env("STORAGE_URL", &url)
+        .env("SMALLTALK_BIND", "127.0.0.1:0")
+        .env("RUST_LOG", "error")
+        .env("SMALLTALK_SESSION_DURABILITY", "async")
+        .env("SMALLTALK_FLUSH_INTERVAL_MS", "60000")
+        .env("MAX_CONCURRENT_SESSIONS", (sessions * 2).to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().context("stdout")?).lines();
+    let line = lines
+        .next_line()
+        .await?
+        .context("the server said nothing")?;
+    let base = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected first line {line:?}"))?
+        .to_owned();
+    let client = reqwest::Client::new();
+    for n in 0..sessions {
+        let session: Value = client
+            .post(format!("{base}/v1/sessions"))
+            .json(&json!({}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = session["id"].as_str().context("a session id")?;
+        let answer: Value = client
+            .post(format!("{base}/v1/sessions/{id}/messages"))
+            .json(&json!({"role": "user", "content": format!("message {n}")}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        if answer["stored"] != false {
+            bail!("the message was stored before the answer: durability is not async");
+        }
+    }
+    let stream = client
+        .get(format!("{base}/v1/events/stream"))
+        .send()
+        .await?;
+    let mut events = stream.bytes_stream();
+    let pid = child.id().context("running")?.to_string();
+    let started = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()?;
+    if !status.success() {
+        bail!("kill -TERM {pid} failed");
+    }
+    let exit = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .context("no exit within 60 s of SIGTERM")??;
+    let took = started.elapsed();
+    // The stream got its end.
+    while events.next().await.is_some() {}
+    if !exit.success() {
+        bail!("exit status {exit} after SIGTERM");
+    }
+    let store = smalltalk_storage::open(&url).await?;
+    let mut persisted = 0;
+    let mut after = None;
+    loop {
+        let page = store
+            .list_sessions(&smalltalk_storage::SessionFilter {
+                after,
+                limit: Some(500),
+                ..Default::default()
+            })
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(smalltalk_storage::SessionCursor::after(last));
+        persisted += page
+            .iter()
+            .map(|summary| summary.message_count)
+            .sum::<u64>();
+    }
+    store.close().await?;
+    Ok(Stopped { took, persisted })
 }

@@ -39,18 +39,19 @@ fn main() -> Result<()> {
         Some("bench") => run(Command::new("cargo")
             .args(["bench", "-p", "smalltalk-benches"])
             .args(&args[1..])),
-        Some("report") => run(Command::new("cargo")
-            .args([
-                "run",
+        Some("report") => {
+            // The server binary too: a SERVER row measures its SIGTERM.
+            run(Command::new("cargo").args([
+                "build",
                 "--release",
                 "--quiet",
                 "-p",
-                "smalltalk-benches",
+                "smalltalk-server",
                 "--bin",
-                "report",
-                "--",
-            ])
-            .args(&args[1..])),
+                "smalltalk",
+            ]))?;
+            report(&args[1..])
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <ci | contract | previous-release | bench | report [--json] [--quick] [--only GROUP]>"
@@ -58,6 +59,21 @@ fn main() -> Result<()> {
             std::process::exit(2);
         }
     }
+}
+
+fn report(args: &[String]) -> Result<()> {
+    run(Command::new("cargo")
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "-p",
+            "smalltalk-benches",
+            "--bin",
+            "report",
+            "--",
+        ])
+        .args(args))
 }
 
 fn workspace_root() -> Result<std::path::PathBuf> {

@@ -759,6 +759,32 @@ async fn server_rows(
         samples: (theirs * duration.as_secs_f64()) as usize,
     });
     app.shutdown().await?;
+    // The binary sits beside this one (`cargo xtask report` builds both).
+    let binary = std::env::current_exe()?.with_file_name("smalltalk");
+    if binary.exists() {
+        let sessions = if quick { 200 } else { 1_000 };
+        eprintln!("measuring SIGTERM to exit with {sessions} sessions of async writes");
+        let stopped = server::sigterm_to_exit(&binary, sessions).await?;
+        anyhow::ensure!(
+            stopped.persisted == sessions as u64,
+            "{} of {sessions} acknowledged messages were persisted at SIGTERM",
+            stopped.persisted
+        );
+        rows.push(Row {
+            id: "SERVER",
+            backend: "sqlite",
+            metric: format!("sigterm_to_exit_{sessions}_async_sessions_ms"),
+            value: stopped.took.as_secs_f64() * 1e3,
+            unit: "ms",
+            target: None,
+            samples: 1,
+        });
+    } else {
+        eprintln!(
+            "skipped: SIGTERM to exit ({} not built; `cargo xtask report` builds it)",
+            binary.display()
+        );
+    }
     Ok(())
 }
 
