@@ -42,11 +42,13 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// Speak to the server at this URL (`http://host:port`) instead of
-    /// opening the storage (`sessions`, `events`, `state`).
-    #[arg(long, global = true, env = "SMALLTALK_SERVER")]
+    /// opening the storage (`sessions`, `events`, `state`). Default:
+    /// `SMALLTALK_SERVER`.
+    #[arg(long, global = true)]
     server: Option<String>,
-    /// The server's bearer token, with `--server`.
-    #[arg(long, global = true, env = "SMALLTALK_TOKEN", hide_env_values = true)]
+    /// The server's bearer token, with `--server` (it shows in `ps`:
+    /// prefer `SMALLTALK_TOKEN`, which is read when this is absent).
+    #[arg(long, global = true)]
     token: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -256,6 +258,11 @@ async fn run(cli: Cli, serving: Option<ServerConfig>) -> anyhow::Result<()> {
     match command {
         Command::Serve { insecure } => {
             // The signal handlers go in before anything else happens.
+            if server.is_some() || token.is_some() {
+                anyhow::bail!(
+                    "serve takes its settings from the environment and --config (SMALLTALK_TOKEN, SMALLTALK_BIND...): --server and --token are for the commands that speak to a server"
+                );
+            }
             let stop = smalltalk_server::terminated();
             let config = match serving {
                 Some(config) => config,
@@ -337,8 +344,19 @@ fn target(
     server: Option<&str>,
     token: Option<String>,
 ) -> anyhow::Result<cli::Target> {
+    let from_env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.trim().is_empty())
+    };
+    let server = server
+        .map(str::to_owned)
+        .or_else(|| from_env("SMALLTALK_SERVER"));
     Ok(match server {
-        Some(server) => cli::Target::Server(remote::Remote::new(server, token)?),
+        Some(server) => cli::Target::Server(remote::Remote::new(
+            &server,
+            token.or_else(|| from_env("SMALLTALK_TOKEN")),
+        )?),
         None => cli::Target::Storage(ServerConfig::load(config)?.storage_url),
     })
 }

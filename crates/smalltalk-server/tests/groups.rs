@@ -492,6 +492,41 @@ async fn bad_group_input_gets_a_problem_never_a_5xx() {
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+
+    // The sessions API can neither forge a group nor write over one.
+    let (status, problem) = post(
+        &base,
+        "/v1/sessions",
+        json!({"metadata": {"smalltalk.group": {"formatVersion": 1}}}),
+    )
+    .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("reserved_key"))
+    );
+    let (_, group) = post(
+        &base,
+        "/v1/groups",
+        json!({"agents": [agent("a"), agent("b")]}),
+    )
+    .await;
+    let id = group["id"].as_str().unwrap();
+    let response = reqwest::Client::new()
+        .put(format!("{base}/v1/sessions/{id}/agents/a"))
+        .json(&json!({"context": {"x": 1}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, problem) = answer(response).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("group_session"))
+    );
+    let (status, read) = get(&base, &format!("/v1/groups/{id}")).await;
+    assert_eq!(
+        (status, read["agents"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(2))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -566,4 +601,157 @@ async fn two_nodes_on_one_store_serve_the_same_group() {
     );
     let (_, history) = get(&node_b, &format!("/v1/groups/{id}/messages")).await;
     assert_eq!(history.as_array().unwrap().len(), 9);
+}
+
+/// A mock whose agents answer after `delay`.
+async fn slow_llm(delay: std::time::Duration) -> MockLlm {
+    let server = MockLlm::start().await.unwrap();
+    server.respond_with(move |request| {
+        MockReply::Slow(
+            delay,
+            Box::new(MockReply::text(format!("{} answers", speaker_in(request)))),
+        )
+    });
+    server
+}
+
+/// Opens a round's stream; its events as they come.
+async fn open_round(
+    base: &str,
+    id: &str,
+    content: &str,
+) -> impl futures_util::Stream<Item = (String, Value)> + Unpin + use<> {
+    let response = reqwest::Client::new()
+        .post(format!("{base}/v1/groups/{id}/messages/stream"))
+        .json(&json!({"content": content}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.bytes_stream().eventsource().map(|event| {
+        let event = event.unwrap();
+        (event.event, serde_json::from_str(&event.data).unwrap())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_round_under_way_refuses_another_at_once_and_the_group_is_released_after() {
+    let server = slow_llm(std::time::Duration::from_millis(300)).await;
+    let (app, base) = start(with_llm(&server, memory())).await;
+    let (_, group) = post(
+        &base,
+        "/v1/groups",
+        json!({"agents": [agent("a"), agent("b")]}),
+    )
+    .await;
+    let id = group["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.runtime().groups.open_groups(),
+        0,
+        "released after create"
+    );
+    let mut first = open_round(&base, &id, "first").await;
+    let (name, _) = first.next().await.unwrap();
+    assert_eq!(name, "round-started");
+    // While it runs: a whole round is 409, a streamed one ends with the
+    // same problem at once, not when the first round ends.
+    let (status, busy) = post(
+        &base,
+        &format!("/v1/groups/{id}/messages"),
+        json!({"content": "second"}),
+    )
+    .await;
+    assert_eq!(
+        (status, busy["code"].as_str()),
+        (StatusCode::CONFLICT, Some("round_in_progress"))
+    );
+    let mut second = open_round(&base, &id, "third").await;
+    let (name, problem) = second.next().await.unwrap();
+    assert_eq!(
+        (name.as_str(), problem["code"].as_str()),
+        ("error", Some("round_in_progress"))
+    );
+    assert!(
+        second.next().await.is_none(),
+        "the stream ends after its terminal event"
+    );
+    let mut names = Vec::new();
+    while let Some((name, _)) = first.next().await {
+        names.push(name);
+    }
+    assert_eq!(names.last().map(String::as_str), Some("round-ended"));
+    drop(first);
+    // Only the first round's user message went in.
+    let (_, messages) = get(&base, &format!("/v1/groups/{id}/messages")).await;
+    assert_eq!(
+        contents(&messages),
+        [
+            ("user".to_owned(), "first".to_owned()),
+            ("a".to_owned(), "a answers".to_owned()),
+            ("b".to_owned(), "b answers".to_owned()),
+        ]
+    );
+    // No node holds the group between requests: memory stays bounded.
+    let released = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while app.runtime().groups.open_groups() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(released.is_ok(), "the group was released after its stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_racing_a_round_one_runs_it_and_the_other_answers_409() {
+    let server = slow_llm(std::time::Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = with_llm(
+        &server,
+        ServerConfig {
+            storage_url: format!("sqlite://{}", dir.path().join("race.db").display()),
+            ..ServerConfig::default()
+        },
+    );
+    let (_a, node_a) = start(config.clone()).await;
+    let (_b, node_b) = start(config).await;
+    let (_, group) = post(
+        &node_a,
+        "/v1/groups",
+        json!({"agents": [agent("a"), agent("b")]}),
+    )
+    .await;
+    let id = group["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/groups/{id}/messages");
+    let (on_a, on_b) = tokio::join!(
+        post(&node_a, &path, json!({"content": "from A"})),
+        post(&node_b, &path, json!({"content": "from B"})),
+    );
+    let mut statuses = [on_a.0.as_u16(), on_b.0.as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 409], "{on_a:?} {on_b:?}");
+    let loser = if on_a.0 == StatusCode::CONFLICT {
+        &on_a.1
+    } else {
+        &on_b.1
+    };
+    // Refused as soon as it saw the other node's round in the stored
+    // record, or when its commit lost the compare-and-swap.
+    assert!(
+        matches!(
+            loser["code"].as_str(),
+            Some("round_in_progress" | "group_conflict")
+        ),
+        "{loser}"
+    );
+    // The history holds one round, whole: the loser stored nothing.
+    let (_, messages) = get(&node_b, &path).await;
+    let history = contents(&messages);
+    assert_eq!(history.len(), 3, "{history:?}");
+    assert_eq!(
+        &history[1..],
+        [
+            ("a".to_owned(), "a answers".to_owned()),
+            ("b".to_owned(), "b answers".to_owned())
+        ]
+    );
 }

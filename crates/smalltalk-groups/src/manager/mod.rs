@@ -630,6 +630,33 @@ impl GroupManager {
         true
     }
 
+    /// Closes group `id` on this manager, like [`release`](Self::release),
+    /// but only if nothing uses it now: no call under way, no round, no
+    /// subscriber. Never waits; `false` if it stays open (or was not).
+    /// What a server calls after each request, so that the last request
+    /// out releases the group.
+    pub fn release_idle(&self, id: ConversationId) -> bool {
+        let mut live = lock(&self.inner.live);
+        let Some(group) = live.get(&id) else {
+            return false;
+        };
+        let subscribed = group
+            .events
+            .get()
+            .is_some_and(|sender| sender.receiver_count() > 0);
+        if Arc::strong_count(group) > 1 || subscribed || group.state.try_lock().is_err() {
+            return false;
+        }
+        live.remove(&id);
+        metrics::gauge!("smalltalk_groups_active").set(live.len() as f64);
+        true
+    }
+
+    /// The groups open on this manager.
+    pub fn open_groups(&self) -> usize {
+        lock(&self.inner.live).len()
+    }
+
     /// Drops group `id` from this manager (it is read again on next use).
     fn forget(&self, id: ConversationId) {
         let mut live = lock(&self.inner.live);

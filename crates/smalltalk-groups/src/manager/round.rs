@@ -377,7 +377,9 @@ impl GroupManager {
         }
         let outcome = self.commit(group, state, vec![message.clone()]).await?;
         self.inner.stats.turn();
-        metrics::counter!("smalltalk_group_turns_total", "group_id" => id.to_string()).increment(1);
+        // No group label: groups come and go, a series per group would grow
+        // without bound.
+        metrics::counter!("smalltalk_group_turns_total").increment(1);
         let summary = TurnSummary {
             turn,
             message_id: message.id,
@@ -829,8 +831,7 @@ impl GroupManager {
         attempts: u32,
     ) {
         self.inner.stats.failure();
-        metrics::counter!("smalltalk_group_agent_failures_total", "group_id" => group_id.to_string())
-            .increment(1);
+        metrics::counter!("smalltalk_group_agent_failures_total").increment(1);
         if let Some(sink) = &self.inner.failures {
             sink.agent_failed(AgentFailureReport {
                 agent_id: agent.clone(),

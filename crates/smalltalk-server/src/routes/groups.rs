@@ -270,13 +270,10 @@ fn round_view(outcome: &RoundOutcome) -> RoundView {
     }
 }
 
-/// Releases group `id` on this node once the round under way (if any)
-/// ends, without holding up the answer.
+/// Releases group `id` on this node unless another request still uses
+/// it (that one releases it when it ends): the last request out closes it.
 fn release_later(app: &AppState, id: ConversationId) {
-    let groups = app.runtime().groups.clone();
-    app.spawn(async move {
-        groups.release(id).await;
-    });
+    app.runtime().groups.release_idle(id);
 }
 
 /// Runs `work` on group `id`, then releases the group.
@@ -467,8 +464,12 @@ pub(crate) async fn end(
     Ok(Json(view(&info)))
 }
 
-/// A round's stream: its events, then one terminal event.
+/// A round's stream: its events, then one terminal event. Dropped (the
+/// round over, or the client gone), it releases the group if nothing else
+/// uses it.
 struct RoundStream {
+    app: AppState,
+    id: ConversationId,
     events: Option<GroupEvents>,
     result: oneshot::Receiver<Result<RoundOutcome, GroupError>>,
     stopping: tokio::sync::watch::Receiver<bool>,
@@ -478,6 +479,14 @@ struct RoundStream {
     round: Option<u64>,
     done: bool,
     _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Drop for RoundStream {
+    fn drop(&mut self) {
+        // Our subscription goes first, so it does not count as a user.
+        self.events = None;
+        release_later(&self.app, self.id);
+    }
 }
 
 enum Step {
@@ -549,6 +558,7 @@ impl RoundStream {
                 }
                 Step::Ended(result) => {
                     self.done = true;
+                    self.events = None;
                     return Some(match result {
                         Ok(outcome) => SseEvent::default()
                             .event("round-ended")
@@ -623,10 +633,14 @@ pub(crate) async fn stream_message(
     let (sender, result) = oneshot::channel();
     app.spawn(async move {
         let outcome = groups.handle_user_message(id, message).await;
-        groups.release(id).await;
         let _ = sender.send(outcome);
+        // If the client already went, its stream could not release the
+        // group while the round ran.
+        groups.release_idle(id);
     });
     let stream = RoundStream {
+        app: app.clone(),
+        id,
         events: Some(events),
         result,
         stopping: app.stopping(),

@@ -318,13 +318,24 @@ pub(crate) async fn create(
             }
         })
         .transpose()?;
+    let metadata = body.metadata.unwrap_or_default();
+    if let Some(key) = metadata
+        .keys()
+        .find(|key| key.starts_with(crate::idempotency::RESERVED_PREFIX))
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "reserved_key",
+            format!(
+                "metadata key {key:?}: keys under {:?} are the server's own",
+                crate::idempotency::RESERVED_PREFIX
+            ),
+        ));
+    }
     let session = app
         .runtime()
         .sessions
-        .create(CreateOptions {
-            ttl,
-            metadata: body.metadata.unwrap_or_default(),
-        })
+        .create(CreateOptions { ttl, metadata })
         .await?;
     Ok((StatusCode::CREATED, Json(view(session, true))))
 }
@@ -522,7 +533,7 @@ pub(crate) async fn agent_states(
 /// Saves an agent's state in a session.
 #[utoipa::path(put, path = "/v1/sessions/{id}/agents/{agent}", tag = "sessions", request_body = PutAgentState,
     params(("id" = String, Path, description = "The session id"), ("agent" = String, Path, description = "The agent id")),
-    responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem), (status = 410, body = Problem), (status = 413, body = Problem)))]
+    responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem), (status = 410, body = Problem), (status = 413, body = Problem)))]
 pub(crate) async fn put_agent_state(
     State(app): State<AppState>,
     path: Result<Path<(String, String)>, PathRejection>,
@@ -532,6 +543,16 @@ pub(crate) async fn put_agent_state(
     let id = session_id(Ok(Path(id)))?;
     let agent = agent_id(&agent)?;
     let Json(body) = body?;
+    // A group's session is written by its group only: a header saved from
+    // here could put an old group record back.
+    let session = app.runtime().sessions.restore(id).await?;
+    if session.metadata.contains_key(smalltalk::groups::RECORD_KEY) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "group_session",
+            format!("session {id} is a group's: its agents are the group's (see /v1/groups/{id})"),
+        ));
+    }
     let mut state = AgentState::new(agent, smalltalk::Timestamp::now());
     state.config = body.config;
     state.context = body.context;
