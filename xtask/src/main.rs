@@ -196,8 +196,6 @@ fn contract() -> Result<()> {
 /// Passed and failed test counts per `(backend, suite)`.
 type Tally = BTreeMap<(String, String), (usize, usize)>;
 
-/// Runs `cargo <args>` with the PostgreSQL URL exported, streaming output
-/// and tallying contract tests (`<backend>::<suite>::<case>`).
 /// The files holding the storage migrations: the newest commit that
 /// added a migration to either is the newest schema release.
 const MIGRATION_FILES: &[&str] = &[
@@ -231,12 +229,23 @@ fn previous_release() -> Result<(std::path::PathBuf, String), String> {
             "this clone is shallow: the commit before the newest migration is not in it".into(),
         );
     }
-    let mut args = vec!["log", "-1", "--format=%H", "-Greadable_from: ", "--"];
+    // The migrations a commit holds: its `Migration {` entries.
+    let count = |commit: &str| -> usize {
+        MIGRATION_FILES
+            .iter()
+            .map(|path| {
+                git(&["show", &format!("{commit}:{path}")])
+                    .map_or(0, |text| text.matches("Migration {").count())
+            })
+            .sum()
+    };
+    let mut args = vec!["log", "--format=%H", "--"];
     args.extend(MIGRATION_FILES);
-    let newest = git(&args)?;
-    if newest.is_empty() {
-        return Err("no commit adds a migration".into());
-    }
+    let newest = git(&args)?
+        .lines()
+        .find(|commit| count(commit) > count(&format!("{commit}^")))
+        .map(str::to_owned)
+        .ok_or("no commit adds a migration")?;
     let previous = git(&["rev-parse", &format!("{newest}^")])?;
     let home = std::path::Path::new("target/previous-release");
     let binary = home.join(format!("smalltalk-{}", &previous[..12]));
@@ -248,16 +257,22 @@ fn previous_release() -> Result<(std::path::PathBuf, String), String> {
     std::fs::create_dir_all(&source).map_err(|error| error.to_string())?;
     // `tar -m`: the files get the current time, so the shared target
     // directory rebuilds what changed since the last previous release.
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "git archive {previous} | tar -x -m -C {}",
-            source.display()
-        ))
+    let mut archive = Command::new("git")
+        .args(["archive", &previous])
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|error| format!("git archive: {error}"))?;
+    let unpacked = Command::new("tar")
+        .args(["-x", "-m", "-C"])
+        .arg(&source)
+        .stdin(archive.stdout.take().ok_or("git archive: no output")?)
         .status()
-        .map_err(|error| error.to_string())?;
-    if !status.success() {
-        return Err(format!("git archive {previous} failed"));
+        .map_err(|error| format!("tar: {error}"))?;
+    let archived = archive.wait().map_err(|error| error.to_string())?;
+    if !archived.success() || !unpacked.success() {
+        return Err(format!(
+            "unpacking {previous} failed (git archive {archived}, tar {unpacked})"
+        ));
     }
     let target = std::fs::canonicalize(home)
         .map_err(|error| error.to_string())?
@@ -280,6 +295,8 @@ fn previous_release() -> Result<(std::path::PathBuf, String), String> {
     Ok((binary, previous))
 }
 
+/// Runs `cargo <args>` with the PostgreSQL URL exported, streaming output
+/// and tallying contract tests (`<backend>::<suite>::<case>`).
 fn run_tests(postgres: &Postgres, args: &[&str]) -> Result<Tally> {
     let mut command = Command::new("cargo");
     command.args(args).stdout(Stdio::piped());

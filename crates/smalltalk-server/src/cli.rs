@@ -300,39 +300,50 @@ async fn events_tail_server(
                 ],
             ))
             .await?;
-        let items = page["items"].as_array().cloned().unwrap_or_default();
-        for event in &items {
+        for event in page["items"].as_array().into_iter().flatten() {
             show(event)?;
         }
-        after = page["lastPosition"].as_u64().unwrap_or(after);
-        if items.len() < 500 {
+        let last = page["lastPosition"].as_u64().unwrap_or(after);
+        // Undecodable events are left out of `items`: the page's end says
+        // how far the log was read, not its length.
+        if last <= after || last >= page["headPosition"].as_u64().unwrap_or(last) {
+            after = last;
             break;
         }
+        after = last;
     }
     if !follow {
         return Ok(());
     }
     let stop = tokio::signal::ctrl_c();
     tokio::pin!(stop);
-    let mut stream = remote
-        .stream(remote.url(
-            &["v1", "events", "stream"],
-            &[("after", Some(after.to_string())), ("topic", topic.clone())],
-        ))
-        .await?;
+    // A client that fell behind is told `lagged` and closed: it opens the
+    // stream again after the last event it printed, missing nothing.
     loop {
-        let sent = tokio::select! {
-            sent = futures_util::StreamExt::next(&mut stream) => sent,
-            _ = &mut stop => return Ok(()),
-        };
-        let Some(sent) = sent else {
-            bail!("the server closed the stream");
-        };
-        let sent = sent?;
-        match sent.event.as_str() {
-            "event" => show(&sent.data)?,
-            "shutdown" => bail!("the server is shutting down"),
-            other => eprintln!("({other}: {})", sent.data),
+        let mut stream = remote
+            .stream(remote.url(
+                &["v1", "events", "stream"],
+                &[("after", Some(after.to_string())), ("topic", topic.clone())],
+            ))
+            .await?;
+        loop {
+            let sent = tokio::select! {
+                sent = futures_util::StreamExt::next(&mut stream) => sent,
+                _ = &mut stop => return Ok(()),
+            };
+            let Some(sent) = sent else {
+                bail!("the server closed the stream");
+            };
+            let sent = sent?;
+            match sent.event.as_str() {
+                "event" => {
+                    after = sent.data["position"].as_u64().unwrap_or(after);
+                    show(&sent.data)?;
+                }
+                "lagged" => break,
+                "shutdown" => bail!("the server is shutting down"),
+                other => eprintln!("({other}: {})", sent.data),
+            }
         }
     }
 }

@@ -266,6 +266,10 @@ impl From<smalltalk::groups::Error> for ApiError {
             }
             E::Closed => Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
                 .retry_after(Duration::from_secs(1)),
+            // A record a newer release wrote: retrying will not help.
+            E::Domain(smalltalk::types::Error::UnsupportedFormatVersion { .. }) => {
+                Self::internal(detail)
+            }
             E::Domain(error) => error.into(),
             E::Storage(error) => error.into(),
             _ => Self::internal(detail),

@@ -346,6 +346,32 @@ async fn a_round_streams_over_sse_and_ends_with_its_outcome() {
             "{path}"
         );
     }
+    // Too long for a round: refused before the stream, as the whole form
+    // refuses it.
+    let response = client
+        .post(format!("{base}/v1/groups/{id}/messages/stream"))
+        .json(&json!({"content": "x".repeat(1024 * 1024 + 1)}))
+        .send()
+        .await
+        .unwrap();
+    let (status, problem) = answer(response).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_group"))
+    );
+    // A stream cannot be replayed: Idempotency-Key is refused, not ignored.
+    let response = client
+        .post(format!("{base}/v1/groups/{id}/messages/stream"))
+        .header("idempotency-key", "round-1")
+        .json(&json!({"content": "once"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, problem) = answer(response).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("idempotency_unsupported"))
+    );
     post(&base, &format!("/v1/groups/{id}/end"), json!({})).await;
     let response = client
         .post(format!("{base}/v1/groups/{id}/messages/stream"))

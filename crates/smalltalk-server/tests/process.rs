@@ -151,7 +151,23 @@ async fn bad_configuration_stops_startup_naming_the_variable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_the_server_warns_that_requests_are_not_authenticated() {
-    let (child, _) = serve(&[("STORAGE_URL", "memory://")]).await;
+    // Its own spawn: `serve` drains the logs this test reads.
+    let mut child = tokio::process::Command::new(BINARY)
+        .arg("serve")
+        .env_clear()
+        .env("STORAGE_URL", "memory://")
+        .env("SMALLTALK_BIND", "127.0.0.1:0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the server starts within 30 s")
+        .unwrap();
+    assert!(first.is_some_and(|line| line.starts_with("listening on ")));
     terminate(&child);
     let output = child.wait_with_output().await.unwrap();
     assert!(output.status.success());

@@ -1024,6 +1024,13 @@ impl GroupManager {
         self.run_round(&group, &mut state, message, None).await
     }
 
+    /// What [`handle_message`](Self::handle_message) would refuse of
+    /// `text` before starting a round ([`Error::InvalidInput`]: empty, or
+    /// over [`GroupsConfig::max_message_bytes`](crate::GroupsConfig)).
+    pub fn check_user_message(&self, text: &str) -> Result<()> {
+        self.check_message(&Message::new(Role::User, text, self.inner.clock.now()))
+    }
+
     fn check_message(&self, message: &Message) -> Result<()> {
         if message.content.trim().is_empty() {
             return Err(Error::InvalidInput {

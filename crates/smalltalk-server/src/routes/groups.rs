@@ -593,18 +593,24 @@ impl RoundStream {
         (status = 410, body = Problem), (status = 503, body = Problem)))]
 pub(crate) async fn stream_message(
     State(app): State<AppState>,
+    headers: axum::http::HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<GroupMessage>, JsonRejection>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
     let id = group_id(id)?;
-    let Json(body) = body?;
-    if body.content.trim().is_empty() {
+    if headers.contains_key(crate::idempotency::IDEMPOTENCY_KEY) {
+        // A stream cannot be replayed: a retry would run a second round.
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_group",
-            "a message must not be empty",
+            "idempotency_unsupported",
+            "Idempotency-Key is not taken on a streamed round: use POST /v1/groups/{id}/messages, or read GET /v1/groups/{id}/messages before retrying",
         ));
     }
+    let Json(body) = body?;
+    app.runtime()
+        .groups
+        .check_user_message(&body.content)
+        .map_err(ApiError::from)?;
     let permit = app.stream_permit()?;
     let groups = app.runtime().groups.clone();
     // Subscribed before the round starts: no event is missed. What would

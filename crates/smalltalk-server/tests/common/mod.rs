@@ -64,6 +64,13 @@ pub(crate) async fn serve_binary(
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
+    // Its logs are read and dropped, so a chatty child never blocks on a
+    // full pipe.
+    if let Some(mut stderr) = child.stderr.take() {
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+        });
+    }
     (child, base)
 }
 

@@ -273,13 +273,19 @@ impl PgStore {
                 "applied migration"
             );
         }
+        // Recorded by the release that migrated; an open with nothing to
+        // migrate only fills in what is missing.
+        let on_conflict = if current < supported {
+            "DO UPDATE SET value = EXCLUDED.value"
+        } else {
+            "DO NOTHING"
+        };
         for (name, value) in [
             ("readable_from", compat::floor(MIGRATIONS).to_string()),
             ("migrated_by", env!("CARGO_PKG_VERSION").to_owned()),
         ] {
             sqlx::query(&format!(
-                "INSERT INTO {} (name, value) VALUES ($1, $2)
-                 ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                "INSERT INTO {} (name, value) VALUES ($1, $2) ON CONFLICT (name) {on_conflict}",
                 compat::TABLE
             ))
             .bind(name)

@@ -52,10 +52,16 @@ pub(super) fn migrate(conn: &Connection) -> Result<()> {
         }
         conn.execute_batch(&format!("PRAGMA user_version = {}", MIGRATIONS.len()))
             .map_err(sqlite_error)?;
+        // Recorded by the release that migrated; an open with nothing to
+        // migrate only fills in what is missing.
+        let on_conflict = if current < MIGRATIONS.len() {
+            "DO UPDATE SET value = excluded.value"
+        } else {
+            "DO NOTHING"
+        };
         let mut record = conn
             .prepare(&format!(
-                "INSERT INTO {} (name, value) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                "INSERT INTO {} (name, value) VALUES (?1, ?2) ON CONFLICT (name) {on_conflict}",
                 compat::TABLE
             ))
             .map_err(sqlite_error)?;
