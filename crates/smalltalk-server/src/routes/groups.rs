@@ -655,9 +655,47 @@ pub(crate) async fn stream_message(
         done: false,
         _permit: permit,
     };
-    let events = futures_util::stream::unfold(stream, |mut stream| async move {
-        let event = stream.step().await?;
-        Some((Ok(event), stream))
+    // The stream runs on its own (tracked) task into a bounded buffer: a
+    // client that leaves it full for `sse_stall_ms` is cut off (it gets
+    // `lagged` when it reads again), so a stalled client neither holds a
+    // stream permit nor the group.
+    let config = app.config();
+    let stall = std::time::Duration::from_millis(config.sse_stall_ms);
+    let (sender, receiver) = tokio::sync::mpsc::channel::<SseEvent>(config.sse_buffer);
+    let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cut = std::sync::Arc::clone(&stalled);
+    app.spawn(async move {
+        let mut stream = stream;
+        while let Some(event) = stream.step().await {
+            match tokio::time::timeout(stall, sender.send(event)).await {
+                Ok(Ok(())) => {}
+                // The client went.
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    cut.store(true, std::sync::atomic::Ordering::Release);
+                    break;
+                }
+            }
+        }
+    });
+    let events = futures_util::stream::unfold(Some(receiver), move |receiver| {
+        let stalled = std::sync::Arc::clone(&stalled);
+        async move {
+            let mut receiver = receiver?;
+            match receiver.recv().await {
+                Some(event) => Some((Ok(event), Some(receiver))),
+                None if stalled.load(std::sync::atomic::Ordering::Acquire) => Some((
+                    Ok(SseEvent::default().event("lagged").data(
+                        serde_json::json!({
+                            "detail": "this client left its buffer full too long; the round goes on: read GET /v1/groups/{id}/messages"
+                        })
+                        .to_string(),
+                    )),
+                    None,
+                )),
+                None => None,
+            }
+        }
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(super::events::KEEP_ALIVE)))
 }
