@@ -785,13 +785,14 @@ async fn two_nodes_racing_a_round_one_runs_it_and_the_other_answers_409() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_round_is_cut_off_and_the_round_goes_on() {
     let server = MockLlm::start().await.unwrap();
-    // Long answers, streamed word by word: far more than the buffer and
-    // the socket hold.
-    let words = "word ".repeat(30_000);
+    // Long answers, streamed word by word: some 24 MB of deltas, far more
+    // than the buffer and the loopback socket hold.
+    let words = format!("{} ", "x".repeat(4_000)).repeat(3_000);
     server.respond_with(move |_| MockReply::text(words.clone()));
     let (app, base) = start(ServerConfig {
         sse_buffer: 16,
         sse_stall_ms: 300,
+        max_body_bytes: 64 * 1024 * 1024,
         ..with_llm(&server, memory())
     })
     .await;
@@ -803,19 +804,9 @@ async fn a_client_that_stops_reading_a_round_is_cut_off_and_the_round_goes_on() 
     .await;
     let id = group["id"].as_str().unwrap().to_owned();
     let mut stream = open_round(&base, &id, "talk at length").await;
-    // Reads nothing for longer than the stall allows.
-    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
-    let mut last = None;
-    while let Some((name, _)) = stream.next().await {
-        last = Some(name);
-    }
-    assert_eq!(
-        last.as_deref(),
-        Some("lagged"),
-        "the stalled client was cut off"
-    );
-    // The round went on without it, and let go of the group.
-    let done = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+    // It reads nothing until the round is over: the round goes on without
+    // it, and lets go of the group.
+    let done = tokio::time::timeout(std::time::Duration::from_secs(60), async {
         loop {
             let (_, read) = get(&base, &format!("/v1/groups/{id}")).await;
             if read["roundsCompleted"] == 1 && app.runtime().groups.open_groups() == 0 {
@@ -828,5 +819,14 @@ async fn a_client_that_stops_reading_a_round_is_cut_off_and_the_round_goes_on() 
     assert!(
         done.is_ok(),
         "the round finished and the group was released"
+    );
+    let mut last = None;
+    while let Some((name, _)) = stream.next().await {
+        last = Some(name);
+    }
+    assert_eq!(
+        last.as_deref(),
+        Some("lagged"),
+        "the stalled client was cut off"
     );
 }
