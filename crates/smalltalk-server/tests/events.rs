@@ -230,10 +230,12 @@ async fn a_client_that_falls_behind_is_told_lagged_and_resumes_where_it_was() {
     })
     .await;
     let mut stream = open(&base, "?after=0", None).await;
-    // Far more than the buffer and the socket hold, while it reads nothing.
+    // Far more than the buffer and the socket hold, while it reads nothing:
+    // some 50 MB, past what loopback autotuning lets a socket buffer (32 MB
+    // of receive buffer here), so the reader must wait on the client.
     let total = 20_000u64;
     let drafts: Vec<Draft> = (0..total)
-        .map(|n| Draft::new("load:tick", json!({"n": n, "pad": "x".repeat(200)})).unwrap())
+        .map(|n| Draft::new("load:tick", json!({"n": n, "pad": "x".repeat(2_500)})).unwrap())
         .collect();
     for chunk in drafts.chunks(1000) {
         app.runtime()

@@ -785,9 +785,10 @@ async fn two_nodes_racing_a_round_one_runs_it_and_the_other_answers_409() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_a_round_is_cut_off_and_the_round_goes_on() {
     let server = MockLlm::start().await.unwrap();
-    // Long answers, streamed word by word: some 24 MB of deltas, far more
-    // than the buffer and the loopback socket hold.
-    let words = format!("{} ", "x".repeat(4_000)).repeat(3_000);
+    // Long answers, streamed word by word: some 60 MB of deltas, far more
+    // than the buffer and the loopback socket hold (autotuning lets one
+    // buffer 32 MB here).
+    let words = format!("{} ", "x".repeat(10_000)).repeat(3_000);
     server.respond_with(move |_| MockReply::text(words.clone()));
     let (app, base) = start(ServerConfig {
         sse_buffer: 16,
