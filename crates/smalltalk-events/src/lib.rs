@@ -83,4 +83,4 @@ pub use options::{
 };
 pub use policy::ReplayPolicies;
 pub use stats::{BusStats, LatencyStats, SubscriptionStats};
-pub use subscription::Subscription;
+pub use subscription::{HandlerSpanHook, Subscription, on_handler_span};

@@ -80,6 +80,9 @@ pub fn init(config: &ServerConfig) -> Result<Telemetry, opentelemetry_otlp::Expo
                 .build();
             let tracer = provider.tracer("smalltalk");
             opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+            // Handlers of events that carry a publisher's trace context run
+            // in that trace.
+            smalltalk::events::on_handler_span(join_publishers_trace);
             // Spans at info and above whatever `RUST_LOG` says of logs:
             // quiet logs must not cut the traces.
             (
@@ -109,6 +112,23 @@ impl Extractor for Headers<'_> {
 
     fn keys(&self) -> Vec<&str> {
         self.0.keys().map(|name| name.as_str()).collect()
+    }
+}
+
+/// Makes a bus handler's span the child of the span that published its
+/// event (its metadata's `traceparent`).
+fn join_publishers_trace(span: &tracing::Span, event: &smalltalk::types::Event) {
+    let Some(traceparent) = event
+        .metadata
+        .get(TRACEPARENT)
+        .and_then(serde_json::Value::as_str)
+    else {
+        return;
+    };
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    let parent = TraceContextPropagator::new().extract(&carrier);
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
     }
 }
 

@@ -582,6 +582,12 @@ async fn a_model_that_fails_is_a_502_and_stores_no_answer() {
         (status, problem["code"].as_str()),
         (StatusCode::BAD_GATEWAY, Some("agent_failed"))
     );
+    // The endpoint's own error body (which can echo a key) is not passed on.
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("400") && !detail.contains("scripted failure"),
+        "{detail}"
+    );
     let (_, messages) = get(&base, &format!("/v1/groups/{id}/messages")).await;
     assert_eq!(contents(&messages), [("user".to_owned(), "hi".to_owned())]);
 }

@@ -562,15 +562,48 @@ async fn spans_go_to_an_otlp_collector_continuing_the_callers_trace() {
     let raw_trace: Vec<u8> = (0..16)
         .map(|at| u8::from_str_radix(&trace_id[2 * at..2 * at + 2], 16).unwrap())
         .collect();
-    let everything: Vec<u8> = received.iter().flat_map(|(_, body)| body.clone()).collect();
+    // The export, decoded: the request's span is the caller's child, and
+    // the bus handler's span for the event is the request span's child.
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message as _;
+    let mut spans = Vec::new();
+    let mut services = Vec::new();
+    for (_, body) in received.iter() {
+        let export = ExportTraceServiceRequest::decode(body.as_slice()).unwrap();
+        for resource in export.resource_spans {
+            if let Some(resource) = &resource.resource {
+                for attribute in &resource.attributes {
+                    if attribute.key == "service.name" {
+                        services.push(format!("{:?}", attribute.value));
+                    }
+                }
+            }
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+    }
     assert!(
-        everything.windows(16).any(|window| window == raw_trace),
-        "a span of the caller's trace was exported"
+        services
+            .iter()
+            .all(|name| name.contains("smalltalk-under-test")),
+        "{services:?}"
     );
-    assert!(
-        everything
-            .windows(b"smalltalk-under-test".len())
-            .any(|window| window == b"smalltalk-under-test"),
-        "spans carry the service name"
+    let request = spans
+        .iter()
+        .find(|span| span.name == "request" && span.trace_id == raw_trace)
+        .expect("the request's span, in the caller's trace");
+    assert_eq!(
+        request.parent_span_id,
+        [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7],
+        "a child of the caller's span"
+    );
+    let handled = spans
+        .iter()
+        .find(|span| span.name == "bus.handle" && span.trace_id == raw_trace)
+        .expect("the handler's span, in the same trace");
+    assert_eq!(
+        handled.parent_span_id, request.span_id,
+        "a child of the request"
     );
 }

@@ -25,6 +25,19 @@ use crate::log::report_undecodable;
 use crate::stats::{SubCounters, SubscriptionStats, bump, read};
 use crate::{Delivery, EventHandler, Outcome, ReplayOptions, ReplayReport, Result};
 
+/// Called with the span of each handler run whose event carries a W3C
+/// `traceparent` in its metadata, and the event: where a tracer makes the
+/// span part of the publisher's trace (the server sets one when it exports
+/// OTLP). Set once per process with [`on_handler_span`].
+pub type HandlerSpanHook = fn(&tracing::Span, &smalltalk_types::Event);
+
+static HANDLER_SPAN_HOOK: std::sync::OnceLock<HandlerSpanHook> = std::sync::OnceLock::new();
+
+/// Sets the process's [`HandlerSpanHook`]; `false` if one was set already.
+pub fn on_handler_span(hook: HandlerSpanHook) -> bool {
+    HANDLER_SPAN_HOOK.set(hook).is_ok()
+}
+
 /// Events read from the log per query while replaying or catching up (the
 /// SQLite store reads up to 1,000 inline, without a thread handoff).
 const READ_BATCH: usize = 1000;
@@ -687,25 +700,35 @@ impl Worker {
 
     async fn run_handler(&self, delivery: Delivery, touch: &Touch) -> Ran {
         let ack_wait = self.bus.config.ack_wait;
-        // The handler's span carries the publisher's W3C trace context
-        // (metadata `traceparent`), so traces join on it. Built only when
-        // the level is on.
-        let span = tracing::debug_span!(
-            "bus.handle",
-            subscriber = %self.sub.subscriber,
-            topic = delivery.event.topic.as_str(),
-            position = ?delivery.event.position,
-            attempt = delivery.attempt,
-            traceparent = tracing::field::Empty,
-        );
-        if !span.is_disabled() {
-            if let Some(traceparent) = delivery
-                .event
-                .metadata
-                .get("traceparent")
-                .and_then(serde_json::Value::as_str)
-            {
-                span.record("traceparent", traceparent);
+        // The handler's span: at debug, or at info for an event carrying
+        // its publisher's W3C trace context (metadata `traceparent`), which
+        // it records and hands to the hook (a tracer makes the span part of
+        // that trace). Built only when the level is on.
+        let traceparent = delivery
+            .event
+            .metadata
+            .get("traceparent")
+            .and_then(serde_json::Value::as_str);
+        let span = match traceparent {
+            Some(traceparent) => tracing::info_span!(
+                "bus.handle",
+                subscriber = %self.sub.subscriber,
+                topic = delivery.event.topic.as_str(),
+                position = ?delivery.event.position,
+                attempt = delivery.attempt,
+                traceparent,
+            ),
+            None => tracing::debug_span!(
+                "bus.handle",
+                subscriber = %self.sub.subscriber,
+                topic = delivery.event.topic.as_str(),
+                position = ?delivery.event.position,
+                attempt = delivery.attempt,
+            ),
+        };
+        if traceparent.is_some() && !span.is_disabled() {
+            if let Some(hook) = HANDLER_SPAN_HOOK.get() {
+                hook(&span, &delivery.event);
             }
         }
         let handling = AssertUnwindSafe(tracing::Instrument::instrument(

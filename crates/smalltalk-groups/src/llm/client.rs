@@ -41,11 +41,13 @@ pub enum Error {
     },
     /// The server answered with an error status (after the retries, for a
     /// 5xx).
-    #[error("the LLM endpoint answered {status}: {body}")]
+    #[error("the LLM endpoint answered {status}")]
     Status {
         /// The HTTP status.
         status: u16,
-        /// The start of the body.
+        /// The start of the body. Not in the message: an endpoint's error
+        /// body can echo credentials (a masked API key), and the message
+        /// reaches logs and HTTP answers.
         body: String,
     },
     /// The circuit breaker is open: the endpoint failed repeatedly, and
