@@ -87,6 +87,16 @@ async fn answer(response: reqwest::Response) -> (StatusCode, Value) {
     (status, body)
 }
 
+/// `status` and `problem` are the problem document `expected` with `code`.
+#[track_caller]
+fn assert_problem(status: StatusCode, problem: &Value, expected: StatusCode, code: &str) {
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (expected, Some(code)),
+        "{problem}"
+    );
+}
+
 fn contents(messages: &Value) -> Vec<(String, String)> {
     messages
         .as_array()
@@ -181,26 +191,19 @@ async fn a_group_of_llm_agents_lives_over_http() {
     assert_eq!(status, StatusCode::OK, "{grown}");
     assert_eq!(grown["agents"].as_array().unwrap().len(), 3);
     let (status, twice) = post(&base, &format!("/v1/groups/{id}/agents"), agent("editor")).await;
-    assert_eq!(
-        (status, twice["code"].as_str()),
-        (StatusCode::CONFLICT, Some("duplicate_agent"))
-    );
+    assert_problem(status, &twice, StatusCode::CONFLICT, "duplicate_agent");
     let (status, _) = delete(&base, &format!("/v1/groups/{id}/agents/editor")).await;
     assert_eq!(status, StatusCode::OK);
     let (status, gone) = delete(&base, &format!("/v1/groups/{id}/agents/editor")).await;
-    assert_eq!(
-        (status, gone["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("agent_not_in_group"))
-    );
+    assert_problem(status, &gone, StatusCode::NOT_FOUND, "agent_not_in_group");
     let (status, too_few) = delete(&base, &format!("/v1/groups/{id}/agents/critic")).await;
-    assert_eq!(
-        (status, too_few["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_group"))
-    );
+    assert_problem(status, &too_few, StatusCode::BAD_REQUEST, "invalid_group");
     let (status, nothing) = post(&base, &format!("/v1/groups/{id}/resume"), json!({})).await;
-    assert_eq!(
-        (status, nothing["code"].as_str()),
-        (StatusCode::CONFLICT, Some("no_round_in_progress"))
+    assert_problem(
+        status,
+        &nothing,
+        StatusCode::CONFLICT,
+        "no_round_in_progress",
     );
 
     // Ended, it takes no more rounds; its history stays.
@@ -220,10 +223,7 @@ async fn a_group_of_llm_agents_lives_over_http() {
         json!({"content": "one more"}),
     )
     .await;
-    assert_eq!(
-        (status, refused["code"].as_str()),
-        (StatusCode::CONFLICT, Some("group_finished"))
-    );
+    assert_problem(status, &refused, StatusCode::CONFLICT, "group_finished");
     let (_, messages) = get(&base, &format!("/v1/groups/{id}/messages")).await;
     assert_eq!(messages.as_array().unwrap().len(), 3);
 
@@ -231,10 +231,7 @@ async fn a_group_of_llm_agents_lives_over_http() {
     let (status, _) = post(&base, &format!("/v1/sessions/{id}/invalidate"), json!({})).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, closed) = get(&base, &format!("/v1/groups/{id}")).await;
-    assert_eq!(
-        (status, closed["code"].as_str()),
-        (StatusCode::GONE, Some("group_closed"))
-    );
+    assert_problem(status, &closed, StatusCode::GONE, "group_closed");
 }
 
 /// One SSE message: its event name and data.
@@ -355,10 +352,7 @@ async fn a_round_streams_over_sse_and_ends_with_its_outcome() {
         .await
         .unwrap();
     let (status, problem) = answer(response).await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("invalid_group"))
-    );
+    assert_problem(status, &problem, StatusCode::BAD_REQUEST, "invalid_group");
     // A stream cannot be replayed: Idempotency-Key is refused, not ignored.
     let response = client
         .post(format!("{base}/v1/groups/{id}/messages/stream"))
@@ -368,9 +362,11 @@ async fn a_round_streams_over_sse_and_ends_with_its_outcome() {
         .await
         .unwrap();
     let (status, problem) = answer(response).await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("idempotency_unsupported"))
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::BAD_REQUEST,
+        "idempotency_unsupported",
     );
     post(&base, &format!("/v1/groups/{id}/end"), json!({})).await;
     let response = client
@@ -380,10 +376,7 @@ async fn a_round_streams_over_sse_and_ends_with_its_outcome() {
         .await
         .unwrap();
     let (status, problem) = answer(response).await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::CONFLICT, Some("group_finished"))
-    );
+    assert_problem(status, &problem, StatusCode::CONFLICT, "group_finished");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,9 +389,11 @@ async fn bad_group_input_gets_a_problem_never_a_5xx() {
         json!({"agents": [agent("a"), agent("b")]}),
     )
     .await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("llm_not_configured"))
+    assert_problem(
+        status,
+        &problem,
+        StatusCode::BAD_REQUEST,
+        "llm_not_configured",
     );
     assert!(
         problem["detail"]
@@ -491,27 +486,18 @@ async fn bad_group_input_gets_a_problem_never_a_5xx() {
     let (status, _) = get(&base, "/v1/groups/..%2F..%2Fetc").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, problem) = get(&base, "/v1/groups/6a0c5d0e-6d0b-4d7c-9f5a-2b8f3f1e9c11").await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("group_not_found"))
-    );
+    assert_problem(status, &problem, StatusCode::NOT_FOUND, "group_not_found");
     let (_, session) = post(&base, "/v1/sessions", json!({})).await;
     let session = session["id"].as_str().unwrap();
     let (status, problem) = get(&base, &format!("/v1/groups/{session}")).await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("group_not_found"))
-    );
+    assert_problem(status, &problem, StatusCode::NOT_FOUND, "group_not_found");
     let (status, problem) = post(
         &base,
         &format!("/v1/groups/{session}/messages"),
         json!({"content": "hi"}),
     )
     .await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::NOT_FOUND, Some("group_not_found"))
-    );
+    assert_problem(status, &problem, StatusCode::NOT_FOUND, "group_not_found");
     let (status, _) = delete(
         &base,
         "/v1/groups/6a0c5d0e-6d0b-4d7c-9f5a-2b8f3f1e9c11/agents/%2E%2E%2Fx",
@@ -526,10 +512,7 @@ async fn bad_group_input_gets_a_problem_never_a_5xx() {
         json!({"metadata": {"smalltalk.group": {"formatVersion": 1}}}),
     )
     .await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("reserved_key"))
-    );
+    assert_problem(status, &problem, StatusCode::BAD_REQUEST, "reserved_key");
     let (_, group) = post(
         &base,
         "/v1/groups",
@@ -544,10 +527,7 @@ async fn bad_group_input_gets_a_problem_never_a_5xx() {
         .await
         .unwrap();
     let (status, problem) = answer(response).await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::CONFLICT, Some("group_session"))
-    );
+    assert_problem(status, &problem, StatusCode::CONFLICT, "group_session");
     let (status, read) = get(&base, &format!("/v1/groups/{id}")).await;
     assert_eq!(
         (status, read["agents"].as_array().map(Vec::len)),
@@ -578,10 +558,7 @@ async fn a_model_that_fails_is_a_502_and_stores_no_answer() {
         json!({"content": "hi"}),
     )
     .await;
-    assert_eq!(
-        (status, problem["code"].as_str()),
-        (StatusCode::BAD_GATEWAY, Some("agent_failed"))
-    );
+    assert_problem(status, &problem, StatusCode::BAD_GATEWAY, "agent_failed");
     // The endpoint's own error body (which can echo a key) is not passed on.
     let detail = problem["detail"].as_str().unwrap();
     assert!(
@@ -592,26 +569,35 @@ async fn a_model_that_fails_is_a_502_and_stores_no_answer() {
     assert_eq!(contents(&messages), [("user".to_owned(), "hi".to_owned())]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_nodes_on_one_store_serve_the_same_group() {
-    let server = llm().await;
+/// Two servers on one SQLite file (as two nodes) and a group of two
+/// agents created through the first: the file's directory (keep it), both
+/// base URLs and the group's id.
+async fn two_nodes_with_a_group(server: &MockLlm) -> (tempfile::TempDir, String, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = with_llm(
-        &server,
+        server,
         ServerConfig {
             storage_url: format!("sqlite://{}", dir.path().join("shared.db").display()),
             ..ServerConfig::default()
         },
     );
-    let (_a, node_a) = start(config.clone()).await;
-    let (_b, node_b) = start(config).await;
+    let (_, node_a) = start(config.clone()).await;
+    let (_, node_b) = start(config).await;
     let (_, group) = post(
         &node_a,
         "/v1/groups",
         json!({"agents": [agent("a"), agent("b")]}),
     )
     .await;
-    let id = group["id"].as_str().unwrap();
+    let id = group["id"].as_str().unwrap().to_owned();
+    (dir, node_a, node_b, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_one_store_serve_the_same_group() {
+    let server = llm().await;
+    let (_dir, node_a, node_b, id) = two_nodes_with_a_group(&server).await;
+    let id = id.as_str();
     // Rounds alternate between the nodes; each sees the other's turns.
     for (n, node) in [&node_b, &node_a, &node_b].into_iter().enumerate() {
         let (status, round) = post(
@@ -693,10 +679,7 @@ async fn a_round_under_way_refuses_another_at_once_and_the_group_is_released_aft
         json!({"content": "second"}),
     )
     .await;
-    assert_eq!(
-        (status, busy["code"].as_str()),
-        (StatusCode::CONFLICT, Some("round_in_progress"))
-    );
+    assert_problem(status, &busy, StatusCode::CONFLICT, "round_in_progress");
     let mut second = open_round(&base, &id, "third").await;
     let (name, problem) = second.next().await.unwrap();
     assert_eq!(
@@ -736,23 +719,7 @@ async fn a_round_under_way_refuses_another_at_once_and_the_group_is_released_aft
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_racing_a_round_one_runs_it_and_the_other_answers_409() {
     let server = slow_llm(std::time::Duration::from_millis(200)).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = with_llm(
-        &server,
-        ServerConfig {
-            storage_url: format!("sqlite://{}", dir.path().join("race.db").display()),
-            ..ServerConfig::default()
-        },
-    );
-    let (_a, node_a) = start(config.clone()).await;
-    let (_b, node_b) = start(config).await;
-    let (_, group) = post(
-        &node_a,
-        "/v1/groups",
-        json!({"agents": [agent("a"), agent("b")]}),
-    )
-    .await;
-    let id = group["id"].as_str().unwrap().to_owned();
+    let (_dir, node_a, node_b, id) = two_nodes_with_a_group(&server).await;
     let path = format!("/v1/groups/{id}/messages");
     let (on_a, on_b) = tokio::join!(
         post(&node_a, &path, json!({"content": "from A"})),
