@@ -176,7 +176,7 @@ impl From<smalltalk::StorageError> for ApiError {
             E::AlreadyExists { .. } => Self::new(StatusCode::CONFLICT, "already_exists", detail),
             E::NotAccepting { .. } => Self::new(StatusCode::GONE, "not_accepting", detail),
             E::Domain(error) => error.into(),
-            E::InvalidRequest { .. } => Self::invalid(detail),
+            E::InvalidRequest { .. } | E::InvalidImport { .. } => Self::invalid(detail),
             // Transient: worth retrying.
             E::Unavailable { .. } | E::Closed | E::Io { .. } | E::Backend { .. } => {
                 Self::unavailable(detail)

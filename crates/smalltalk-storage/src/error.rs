@@ -175,6 +175,13 @@ pub enum Error {
         /// The oldest schema version a release must know to use it.
         readable_from: u64,
     },
+    /// An [`ImportEntry`](crate::ImportEntry) with a field out of bounds.
+    /// Nothing was recorded.
+    #[error("invalid import entry: {reason}")]
+    InvalidImport {
+        /// What is wrong.
+        reason: String,
+    },
     /// The store was closed.
     #[error("the store is closed")]
     Closed,

@@ -95,7 +95,7 @@ pub use events::{
 pub use memory::MemoryStore;
 pub use open::{OpenOptions, open, open_with};
 pub use traits::{
-    AppendGuard, AppendOutcome, BackendKind, Expected, KeyValueStore, SessionCursor, SessionFilter,
-    SessionStore, Store, StoreAdmin, StoreStats,
+    AppendGuard, AppendOutcome, BackendKind, Expected, ImportEntry, ImportLedger, KeyValueStore,
+    MAX_IMPORT_FIELD, SessionCursor, SessionFilter, SessionStore, Store, StoreAdmin, StoreStats,
 };
 pub use versioned::VersionedStore;

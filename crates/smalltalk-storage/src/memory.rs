@@ -44,6 +44,8 @@ struct Inner {
     events: BTreeMap<u64, (Event, u64)>,
     last_position: u64,
     cursors: BTreeMap<StorageKey, crate::Cursor>,
+    /// The import ledger, by kind and original id.
+    imports: BTreeMap<(String, String), crate::ImportEntry>,
 }
 
 #[derive(Debug, Clone)]
@@ -488,6 +490,31 @@ impl SessionStore for MemoryStore {
             .sessions
             .retain(|_, stored| stored.session.expires_at > now);
         Ok((before - inner.sessions.len()) as u64)
+    }
+}
+
+#[async_trait]
+impl crate::ImportLedger for MemoryStore {
+    async fn record_import(
+        &self,
+        entry: &crate::ImportEntry,
+    ) -> Result<Option<crate::ImportEntry>> {
+        crate::traits::check_import(entry)?;
+        let mut inner = self.lock()?;
+        let key = (entry.kind.clone(), entry.original_id.clone());
+        if let Some(existing) = inner.imports.get(&key) {
+            return Ok(Some(existing.clone()));
+        }
+        inner.imports.insert(key, entry.clone());
+        Ok(None)
+    }
+
+    async fn imported(&self, kind: &str, original_id: &str) -> Result<Option<crate::ImportEntry>> {
+        Ok(self
+            .lock()?
+            .imports
+            .get(&(kind.to_owned(), original_id.to_owned()))
+            .cloned())
     }
 }
 

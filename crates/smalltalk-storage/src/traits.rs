@@ -358,13 +358,73 @@ pub trait StoreAdmin: Send + Sync + fmt::Debug + 'static {
     async fn close(&self) -> Result<()>;
 }
 
+/// What an import brought in: one record, under the id it had where it
+/// came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportEntry {
+    /// What it is (`session`, `event`, `kv`): ids are unique per kind.
+    pub kind: String,
+    /// Its id where it came from.
+    pub original_id: String,
+    /// Its id here.
+    pub target_id: String,
+    /// Where it came from (a path, a redacted URL).
+    pub source: String,
+    /// When it was recorded.
+    pub imported_at: Timestamp,
+}
+
+/// The ledger of imports: which original records were brought in, and as
+/// what, so running an import again brings in nothing twice. An importer
+/// records an entry *before* writing the record under its target id: a
+/// crash in between leaves an entry whose record is missing, which the
+/// next run writes, under the same id.
+#[async_trait]
+pub trait ImportLedger: Send + Sync + fmt::Debug + 'static {
+    /// Records `entry` unless one exists for its kind and original id:
+    /// `None` when it was recorded, else the entry already there (which
+    /// stays as it was).
+    async fn record_import(&self, entry: &ImportEntry) -> Result<Option<ImportEntry>>;
+
+    /// The entry for `original_id` of `kind`, if one was recorded.
+    async fn imported(&self, kind: &str, original_id: &str) -> Result<Option<ImportEntry>>;
+}
+
+/// The longest kind, original id or source an [`ImportEntry`] takes, in
+/// bytes (target ids are ours, and short).
+pub const MAX_IMPORT_FIELD: usize = 1024;
+
+/// [`Error::InvalidImport`](crate::Error::InvalidImport) unless every
+/// field of `entry` is 1 to [`MAX_IMPORT_FIELD`] bytes with no NUL.
+pub(crate) fn check_import(entry: &ImportEntry) -> Result<()> {
+    for (name, value) in [
+        ("kind", &entry.kind),
+        ("original id", &entry.original_id),
+        ("target id", &entry.target_id),
+        ("source", &entry.source),
+    ] {
+        if value.is_empty() || value.len() > MAX_IMPORT_FIELD || value.contains('\0') {
+            return Err(crate::Error::InvalidImport {
+                reason: format!("its {name} must be 1 to {MAX_IMPORT_FIELD} bytes with no NUL"),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Everything a backend implements; what [`open`](crate::open) returns.
 pub trait Store:
-    SessionStore + KeyValueStore + crate::EventLog + crate::VersionedStore + StoreAdmin
+    SessionStore + KeyValueStore + crate::EventLog + crate::VersionedStore + ImportLedger + StoreAdmin
 {
 }
 
-impl<T: SessionStore + KeyValueStore + crate::EventLog + crate::VersionedStore + StoreAdmin> Store
-    for T
+impl<
+    T: SessionStore
+        + KeyValueStore
+        + crate::EventLog
+        + crate::VersionedStore
+        + ImportLedger
+        + StoreAdmin,
+> Store for T
 {
 }

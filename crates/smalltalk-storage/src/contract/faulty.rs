@@ -203,6 +203,21 @@ impl SessionStore for FaultyStore {
 }
 
 #[async_trait]
+impl crate::ImportLedger for FaultyStore {
+    async fn record_import(
+        &self,
+        entry: &crate::ImportEntry,
+    ) -> Result<Option<crate::ImportEntry>> {
+        self.write("record_import")?;
+        self.inner.record_import(entry).await
+    }
+    async fn imported(&self, kind: &str, original_id: &str) -> Result<Option<crate::ImportEntry>> {
+        self.read("imported")?;
+        self.inner.imported(kind, original_id).await
+    }
+}
+
+#[async_trait]
 impl KeyValueStore for FaultyStore {
     async fn set(&self, key: &StorageKey, value: &[u8], ttl: Option<Duration>) -> Result<()> {
         self.write("set")?;

@@ -22,6 +22,7 @@
 
 pub mod events;
 mod faulty;
+pub mod imports;
 pub mod kv;
 pub mod model;
 mod recorder;
@@ -352,6 +353,13 @@ macro_rules! storage_contract {
                 clear_older_than,
                 persistence_across_reopen,
                 bad_keys_are_rejected,
+            );
+
+            $crate::__contract_cases!([$(#[$attr])*];imports;
+                record_and_look_up,
+                bad_entries_are_refused,
+                concurrent_records_keep_one,
+                persistence_across_reopen,
             );
 
             $crate::__contract_cases!([$(#[$attr])*];versioned;

@@ -629,6 +629,53 @@ impl SessionStore for PgStore {
 }
 
 #[async_trait]
+impl crate::ImportLedger for PgStore {
+    async fn record_import(
+        &self,
+        entry: &crate::ImportEntry,
+    ) -> Result<Option<crate::ImportEntry>> {
+        crate::traits::check_import(entry)?;
+        let inserted = sqlx::query(
+            "INSERT INTO imports (kind, original_id, target_id, source, imported_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (kind, original_id) DO NOTHING",
+        )
+        .bind(&entry.kind)
+        .bind(&entry.original_id)
+        .bind(&entry.target_id)
+        .bind(&entry.source)
+        .bind(entry.imported_at.as_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(pg_error)?
+        .rows_affected();
+        if inserted == 1 {
+            return Ok(None);
+        }
+        self.imported(&entry.kind, &entry.original_id).await
+    }
+
+    async fn imported(&self, kind: &str, original_id: &str) -> Result<Option<crate::ImportEntry>> {
+        let row: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT target_id, source, imported_at FROM imports WHERE kind = $1 AND original_id = $2",
+        )
+        .bind(kind)
+        .bind(original_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(pg_error)?;
+        Ok(
+            row.map(|(target_id, source, imported_at)| crate::ImportEntry {
+                kind: kind.to_owned(),
+                original_id: original_id.to_owned(),
+                target_id,
+                source,
+                imported_at: Timestamp::from_micros(imported_at),
+            }),
+        )
+    }
+}
+
+#[async_trait]
 impl KeyValueStore for PgStore {
     async fn set(&self, key: &StorageKey, value: &[u8], ttl: Option<Duration>) -> Result<()> {
         let now = self.clock.now();

@@ -687,6 +687,70 @@ impl SessionStore for SqliteStore {
 }
 
 #[async_trait]
+impl crate::ImportLedger for SqliteStore {
+    async fn record_import(
+        &self,
+        entry: &crate::ImportEntry,
+    ) -> Result<Option<crate::ImportEntry>> {
+        crate::traits::check_import(entry)?;
+        let entry = entry.clone();
+        self.write(move |conn| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO imports (kind, original_id, target_id, source, imported_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (kind, original_id) DO NOTHING",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        entry.kind,
+                        entry.original_id,
+                        entry.target_id,
+                        entry.source,
+                        entry.imported_at.as_micros()
+                    ])
+                })
+                .map_err(sqlite_error)?;
+            if inserted == 1 {
+                return Ok(None);
+            }
+            import_row(conn, &entry.kind, &entry.original_id)
+        })
+        .await
+    }
+
+    async fn imported(&self, kind: &str, original_id: &str) -> Result<Option<crate::ImportEntry>> {
+        let (kind, original_id) = (kind.to_owned(), original_id.to_owned());
+        self.read_inline(move |conn| import_row(conn, &kind, &original_id))
+            .await
+    }
+}
+
+/// The import ledger's entry for `kind` and `original_id`.
+fn import_row(
+    conn: &rusqlite::Connection,
+    kind: &str,
+    original_id: &str,
+) -> Result<Option<crate::ImportEntry>> {
+    conn.prepare_cached(
+        "SELECT target_id, source, imported_at FROM imports WHERE kind = ?1 AND original_id = ?2",
+    )
+    .and_then(|mut statement| {
+        statement
+            .query_row(params![kind, original_id], |row| {
+                Ok(crate::ImportEntry {
+                    kind: kind.to_owned(),
+                    original_id: original_id.to_owned(),
+                    target_id: row.get(0)?,
+                    source: row.get(1)?,
+                    imported_at: Timestamp::from_micros(row.get(2)?),
+                })
+            })
+            .optional()
+    })
+    .map_err(sqlite_error)
+}
+
+#[async_trait]
 impl KeyValueStore for SqliteStore {
     async fn set(&self, key: &StorageKey, value: &[u8], ttl: Option<Duration>) -> Result<()> {
         let now = self.clock.now();
