@@ -36,6 +36,7 @@
 pub mod config;
 mod error;
 pub mod idempotency;
+pub mod import;
 mod openapi;
 pub mod problem;
 pub mod routes;

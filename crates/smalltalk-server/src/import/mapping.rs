@@ -1,0 +1,376 @@
+//! An original session, as ours: each turn becomes the user's message
+//! then one message per agent answer, in order, with their timestamps;
+//! `active` stays active, `paused` becomes idle, `closed` and `expired`
+//! become expired (kept until their own expiry);
+//! `invalidated_pending_cleanup` is not imported (it was meant to be
+//! deleted). Agent states carry over, `sharedContext` goes under the
+//! metadata key `sharedContext`, the original's id and version under
+//! `importedFrom`. An id that is not valid here gets a new one (the
+//! original stays under `importedFrom`). Versions are the store's.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+use smalltalk::{AgentId, AgentState, Message, Role, Session, SessionId, SessionState};
+
+use super::original::{OriginalAgentState, OriginalSession, OriginalState};
+
+/// The metadata key recording where an imported record came from.
+pub const IMPORTED_FROM: &str = "importedFrom";
+
+/// The metadata key holding the original's shared context.
+pub const SHARED_CONTEXT: &str = "sharedContext";
+
+/// What became of one original session.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mapped {
+    /// Ours, to be stored.
+    Session(Box<MappedSession>),
+    /// Not imported, on purpose.
+    Skipped {
+        /// The original's id.
+        original_id: String,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// An original session as ours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MappedSession {
+    /// The session (version 0: the store assigns it).
+    pub session: Session,
+    /// The original's id, when it was not valid here and the session got a
+    /// new one.
+    pub renamed_from: Option<String>,
+    /// Agent ids that were not valid here, with the ids they got.
+    pub renamed_agents: BTreeMap<String, AgentId>,
+}
+
+/// Maps `original` (read from `source`).
+pub fn map_session(original: OriginalSession, source: &str) -> Mapped {
+    let state = match original.state {
+        OriginalState::Active => SessionState::Active,
+        OriginalState::Paused => SessionState::Idle,
+        OriginalState::Expired | OriginalState::Closed => SessionState::Expired,
+        OriginalState::InvalidatedPendingCleanup => {
+            return Mapped::Skipped {
+                original_id: original.id,
+                reason: "invalidated, pending cleanup: it was meant to be deleted",
+            };
+        }
+    };
+    let (id, renamed_from) = match SessionId::parse(&original.id) {
+        Ok(id) => (id, None),
+        Err(_) => (SessionId::new(), Some(original.id.clone())),
+    };
+    let mut agents = AgentNames::default();
+    let updated_at = original.updated_at.unwrap_or(original.created_at);
+    let mut session = Session::new(id, original.created_at, std::time::Duration::ZERO);
+    session.state = state;
+    session.updated_at = updated_at.max(original.created_at);
+    session.expires_at = original.expires_at;
+    session.version = 0;
+    let mut turns = original.conversation_history;
+    turns.sort_by_key(|turn| turn.sequence);
+    for turn in turns {
+        session
+            .messages
+            .push(Message::new(Role::User, turn.user_message, turn.timestamp));
+        for answer in turn.agent_responses {
+            let agent = agents.ours(&answer.agent_id);
+            session.messages.push(
+                Message::new(
+                    Role::Assistant,
+                    answer.response,
+                    answer.timestamp.unwrap_or(turn.timestamp),
+                )
+                .with_agent(agent),
+            );
+        }
+    }
+    for named in &original.agent_ids {
+        agents.ours(named);
+    }
+    for (named, raw) in original.agent_states {
+        let agent = agents.ours(&named);
+        let state: OriginalAgentState = serde_json::from_value(raw).unwrap_or_default();
+        session
+            .agent_states
+            .insert(agent.clone(), agent_state(agent, state, updated_at));
+    }
+    let mut metadata = original.metadata;
+    if !original.shared_context.is_empty() {
+        metadata.insert(
+            SHARED_CONTEXT.into(),
+            Value::Object(original.shared_context),
+        );
+    }
+    let mut from = json!({
+        "system": "smalltalk-ts",
+        "source": source,
+        "id": original.id,
+        "version": original.version,
+    });
+    if !agents.renamed.is_empty() {
+        from["agentIds"] = agents
+            .renamed
+            .iter()
+            .map(|(original, ours)| (original.clone(), Value::from(ours.as_str())))
+            .collect::<Map<_, _>>()
+            .into();
+    }
+    metadata.insert(IMPORTED_FROM.into(), from);
+    session.metadata = metadata;
+    Mapped::Session(Box::new(MappedSession {
+        session,
+        renamed_from,
+        renamed_agents: agents.renamed,
+    }))
+}
+
+/// An original agent state as ours: `_metadata` in the context names the
+/// trimmable fields (`{"trimmable": [...]}` or `{"<field>": {"trimmable":
+/// true}}`) and is not kept; history entries are `{role, content,
+/// timestamp}`.
+fn agent_state(
+    agent: AgentId,
+    original: OriginalAgentState,
+    updated_at: smalltalk::Timestamp,
+) -> AgentState {
+    let mut state = AgentState::new(agent, updated_at);
+    state.config = original.config;
+    let mut context = original.context;
+    if let Some(Value::Object(flags)) = context.remove("_metadata") {
+        let mut trimmable: Vec<String> = match flags.get("trimmable") {
+            Some(Value::Array(fields)) => fields
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => flags
+                .iter()
+                .filter(|(_, flag)| flag.get("trimmable") == Some(&Value::Bool(true)))
+                .map(|(field, _)| field.clone())
+                .collect(),
+        };
+        trimmable.sort();
+        trimmable.dedup();
+        state.trimmable_fields = trimmable;
+    }
+    state.context = context;
+    state.history = original
+        .message_history
+        .iter()
+        .filter_map(|entry| {
+            let content = match entry.get("content")? {
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            let role = match entry.get("role").and_then(Value::as_str) {
+                Some("user") => Role::User,
+                Some("system") => Role::System,
+                Some("tool") => Role::Tool,
+                _ => Role::Assistant,
+            };
+            let timestamp = entry
+                .get("timestamp")
+                .and_then(|at| serde_json::from_value(at.clone()).ok())
+                .unwrap_or(updated_at);
+            Some(Message::new(role, content, timestamp))
+        })
+        .collect();
+    state
+}
+
+/// Agent ids here for the original's: valid ones as they are, others
+/// made valid the same way every time (so a re-run names them alike).
+#[derive(Debug, Default)]
+struct AgentNames {
+    taken: BTreeMap<String, AgentId>,
+    renamed: BTreeMap<String, AgentId>,
+}
+
+impl AgentNames {
+    fn ours(&mut self, original: &str) -> AgentId {
+        if let Some(known) = self.taken.get(original) {
+            return known.clone();
+        }
+        let id = AgentId::parse(original).unwrap_or_else(|_| {
+            let mut safe: String = original
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':') {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .take(100)
+                .collect();
+            safe = safe
+                .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                .to_owned();
+            let base = if safe.is_empty() {
+                "agent".to_owned()
+            } else {
+                safe
+            };
+            let mut n = 1;
+            loop {
+                let candidate = format!("imported-{base}-{n}");
+                if let Ok(id) = AgentId::parse(&candidate) {
+                    if !self.taken.values().any(|taken| *taken == id) {
+                        self.renamed.insert(original.to_owned(), id.clone());
+                        break id;
+                    }
+                }
+                n += 1;
+            }
+        });
+        self.taken.insert(original.to_owned(), id.clone());
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn original(state: &str, id: &str) -> OriginalSession {
+        serde_json::from_value(json!({
+            "id": id,
+            "createdAt": "2025-03-01T10:00:00.000Z",
+            "updatedAt": "2025-03-01T10:05:00.000Z",
+            "expiresAt": "2025-03-08T10:00:00.000Z",
+            "state": state,
+            "agentIds": ["planner", "bad agent/../x"],
+            "agentStates": {
+                "planner": {
+                    "config": {"model": "gpt-4o"},
+                    "context": {"plan": [1, 2], "scratch": "long", "_metadata": {"scratch": {"trimmable": true}}},
+                    "messageHistory": [{"role": "user", "content": "plan it", "timestamp": "2025-03-01T10:01:00.000Z"}]
+                }
+            },
+            "conversationHistory": [
+                {"sequence": 2, "timestamp": "2025-03-01T10:03:00.000Z", "userMessage": "and then?",
+                 "agentResponses": [{"agentId": "planner", "response": "ship it"}]},
+                {"sequence": 1, "timestamp": "2025-03-01T10:01:00.000Z", "userMessage": "plan the launch",
+                 "agentResponses": [
+                    {"agentId": "planner", "response": "step one", "timestamp": "2025-03-01T10:02:00.000Z"},
+                    {"agentId": "bad agent/../x", "response": "agreed"}
+                 ]}
+            ],
+            "sharedContext": {"topic": "launch"},
+            "metadata": {"owner": "ops"},
+            "version": 7
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn turns_become_messages_in_order_and_everything_else_carries_over() {
+        let id = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
+        let Mapped::Session(mapped) = map_session(original("paused", id), "/data") else {
+            panic!("mapped");
+        };
+        let session = &mapped.session;
+        assert_eq!(session.id.to_string(), id);
+        assert_eq!(mapped.renamed_from, None);
+        assert_eq!(session.state, SessionState::Idle);
+        assert_eq!(
+            session.expires_at.to_string(),
+            "2025-03-08T10:00:00.000000Z"
+        );
+        let transcript: Vec<(Role, Option<&str>, &str)> = session
+            .messages
+            .iter()
+            .map(|m| {
+                (
+                    m.role,
+                    m.agent_id.as_ref().map(AgentId::as_str),
+                    m.content.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            transcript,
+            [
+                (Role::User, None, "plan the launch"),
+                (Role::Assistant, Some("planner"), "step one"),
+                (Role::Assistant, Some("imported-bad-agent----x-1"), "agreed"),
+                (Role::User, None, "and then?"),
+                (Role::Assistant, Some("planner"), "ship it"),
+            ]
+        );
+        assert_eq!(
+            session.messages[2].timestamp, session.messages[0].timestamp,
+            "an answer without a time takes its turn's"
+        );
+        let planner = &session.agent_states[&AgentId::parse("planner").unwrap()];
+        assert_eq!(planner.config, json!({"model": "gpt-4o"}));
+        assert_eq!(planner.trimmable_fields, ["scratch"]);
+        assert!(!planner.context.contains_key("_metadata"));
+        assert_eq!(planner.history[0].content, "plan it");
+        assert_eq!(session.metadata["owner"], "ops");
+        assert_eq!(session.metadata[SHARED_CONTEXT], json!({"topic": "launch"}));
+        let from = &session.metadata[IMPORTED_FROM];
+        assert_eq!(
+            (from["id"].as_str(), from["version"].as_u64()),
+            (Some(id), Some(7))
+        );
+        assert_eq!(
+            from["agentIds"]["bad agent/../x"],
+            "imported-bad-agent----x-1"
+        );
+        assert_eq!(mapped.renamed_agents.len(), 1);
+    }
+
+    #[test]
+    fn states_map_and_pending_cleanup_is_left_out() {
+        let id = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
+        for (theirs, ours) in [
+            ("active", SessionState::Active),
+            ("paused", SessionState::Idle),
+            ("expired", SessionState::Expired),
+            ("closed", SessionState::Expired),
+        ] {
+            let Mapped::Session(mapped) = map_session(original(theirs, id), "/data") else {
+                panic!("{theirs} is imported");
+            };
+            assert_eq!(mapped.session.state, ours, "{theirs}");
+        }
+        assert!(matches!(
+            map_session(original("invalidated_pending_cleanup", id), "/data"),
+            Mapped::Skipped { original_id, .. } if original_id == id
+        ));
+    }
+
+    #[test]
+    fn an_id_that_is_not_ours_gets_a_new_one_and_keeps_the_original() {
+        for bad in [
+            "session-42",
+            "../../etc/passwd",
+            "1b4e28ba-2fa1-1d3b-a3f5-ef19b5a7633b",
+        ] {
+            let Mapped::Session(mapped) = map_session(original("active", bad), "/data") else {
+                panic!("mapped");
+            };
+            assert_eq!(mapped.renamed_from.as_deref(), Some(bad));
+            assert_ne!(mapped.session.id.to_string(), bad);
+            assert_eq!(mapped.session.metadata[IMPORTED_FROM]["id"], bad);
+        }
+    }
+
+    #[test]
+    fn agent_names_are_made_valid_alike_every_time() {
+        let mut first = AgentNames::default();
+        let mut second = AgentNames::default();
+        for name in ["ok", "a b", "a/b", "", "ünï"] {
+            assert_eq!(first.ours(name), second.ours(name), "{name:?}");
+            assert_eq!(first.ours(name), first.ours(name), "{name:?}");
+        }
+        assert_ne!(first.ours("a b"), first.ours("a/b"), "no two share an id");
+        assert_eq!(first.ours("ok").as_str(), "ok");
+    }
+}
