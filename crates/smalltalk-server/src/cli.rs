@@ -406,6 +406,64 @@ async fn events_tail_storage(
     Ok(())
 }
 
+/// `import DIR [--dry-run]`: the original's sessions into the storage at
+/// `url`, with a progress bar on a terminal; the report at the end.
+pub(crate) async fn import(
+    url: &str,
+    source: &std::path::Path,
+    dry_run: bool,
+    json_output: bool,
+) -> anyhow::Result<()> {
+    use smalltalk_server::import::directory;
+    if source.to_str().is_some_and(|text| text.contains("://")) {
+        bail!(
+            "importing from the original's PostgreSQL or Redis is not built yet: give its data directory"
+        );
+    }
+    if directory::sessions_dir(source).is_none() {
+        bail!(
+            "{} holds no sessions/ directory (the original's data directory, or its FileStorageAdapter base)",
+            source.display()
+        );
+    }
+    let store = open(url).await?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} importing {pos}/{len} sessions [{bar:30}] {per_sec} eta {eta}",
+        )?
+        .progress_chars("=> "),
+    );
+    let report = directory::import_sessions(store.as_ref(), source, dry_run, &mut |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })
+    .await;
+    bar.finish_and_clear();
+    store.close().await?;
+    let report = report.with_context(|| format!("reading {}", source.display()))?;
+    if json_output {
+        return print(true, &serde_json::to_value(&report)?, "");
+    }
+    println!(
+        "{}{} imported, {} skipped, {} duplicate, {} failed",
+        if dry_run { "dry run: " } else { "" },
+        report.imported,
+        report.skipped,
+        report.duplicate,
+        report.failed
+    );
+    for failure in &report.failures {
+        println!("failed  {}: {}", failure.what, failure.reason);
+    }
+    for skip in &report.skips {
+        println!("skipped {}: {}", skip.what, skip.reason);
+    }
+    for renamed in &report.renamed {
+        println!("renamed {} -> {}", renamed.original, renamed.ours);
+    }
+    Ok(())
+}
+
 /// `doctor`: checks the storage URL, that storage opens and answers (its
 /// schema migrated to this release), and an SQLite file's mode. Exit 1 if
 /// any check fails.

@@ -6,6 +6,7 @@
 //! smalltalk sessions list|show ID|export ID    sessions in STORAGE_URL
 //! smalltalk events tail [--from N] [--follow]  the event log
 //! smalltalk state get|put|history|watch         versioned state
+//! smalltalk import DIR [--dry-run]             the TypeScript original's sessions
 //! smalltalk doctor                             checks storage, schema and file modes
 //! ```
 //!
@@ -175,6 +176,17 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Imports the TypeScript original's data directory (its sessions)
+    /// into the storage (`STORAGE_URL`); running it again imports nothing
+    /// twice.
+    Import {
+        /// The original's data directory (holding `sessions/sessions/`, or
+        /// the adapter's base holding `sessions/`).
+        source: PathBuf,
+        /// Report what would be imported, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Versioned state in the storage (`STORAGE_URL`) or on `--server`.
     State {
         #[command(subcommand)]
@@ -299,6 +311,10 @@ async fn run(cli: Cli, serving: Option<ServerConfig>) -> anyhow::Result<()> {
         } => {
             let target = target(config.as_deref(), server.as_deref(), token.clone())?;
             cli::events_tail(&target, from, topic.as_deref(), follow, json).await
+        }
+        Command::Import { source, dry_run } => {
+            let url = ServerConfig::load(config.as_deref())?.storage_url;
+            cli::import(&url, &source, dry_run, json).await
         }
         Command::State { command } => {
             let target = target(config.as_deref(), server.as_deref(), token.clone())?;

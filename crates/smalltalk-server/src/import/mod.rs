@@ -5,5 +5,6 @@
 //! 14); it keys re-runs on the store's
 //! [`ImportLedger`](smalltalk::storage::ImportLedger).
 
+pub mod directory;
 pub mod mapping;
 pub mod original;

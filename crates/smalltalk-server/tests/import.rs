@@ -1,0 +1,238 @@
+//! `smalltalk import DIR`: the TypeScript original's data directory, with
+//! fixtures written here from the formats the original writes (plain and
+//! gzipped session files) and hand-made broken ones (wrong types, a
+//! truncated gzip, a traversal id), into SQLite through the real binary.
+//! Run twice, it imports nothing twice; dry, it writes nothing.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_smalltalk");
+
+fn session(id: &str, state: &str, turns: usize, padding: usize) -> Value {
+    let history: Vec<Value> = (0..turns)
+        .map(|n| {
+            json!({
+                "sequence": n + 1,
+                "timestamp": format!("2025-03-01T10:{:02}:00.000Z", n % 60),
+                "userMessage": format!("question {n}"),
+                "agentResponses": [
+                    {"agentId": "researcher", "response": format!("answer {n} {}", "x".repeat(padding)),
+                     "timestamp": format!("2025-03-01T10:{:02}:30.000Z", n % 60)}
+                ]
+            })
+        })
+        .collect();
+    json!({
+        "id": id,
+        "createdAt": "2025-03-01T09:00:00.000Z",
+        "updatedAt": "2025-03-01T11:00:00.000Z",
+        "expiresAt": "2099-03-08T09:00:00.000Z",
+        "state": state,
+        "agentIds": ["researcher"],
+        "agentStates": {"researcher": {"config": {"model": "gpt-4o"}, "context": {"notes": "n"}, "messageHistory": []}},
+        "conversationHistory": history,
+        "sharedContext": {"topic": "t"},
+        "metadata": {"team": "a"},
+        "version": 3
+    })
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) {
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}
+
+fn run(args: &[&str], url: &str) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(BINARY)
+        .args(args)
+        .env_clear()
+        .env("STORAGE_URL", url)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_originals_directory_imports_once_with_every_bad_record_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let sessions = data.join("sessions").join("sessions");
+    std::fs::create_dir_all(&sessions).unwrap();
+    let kept = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
+    write(
+        &sessions,
+        &format!("{kept}.json"),
+        session(kept, "active", 2, 0).to_string().as_bytes(),
+    );
+    write(
+        &sessions,
+        "legacy-42.json",
+        session("legacy-42", "paused", 1, 0).to_string().as_bytes(),
+    );
+    // Over 102,400 bytes: the original gzips it.
+    let big = "6f1c3c1e-9d0b-4a57-8f3e-2a8e1c0b7d55";
+    let big_json = session(big, "closed", 40, 4_000).to_string();
+    assert!(big_json.len() > 102_400);
+    write(
+        &sessions,
+        &format!("{big}.json.gz"),
+        &gzip(big_json.as_bytes()),
+    );
+    write(
+        &sessions,
+        "gone.json",
+        session(
+            "9a7b1c2d-3e4f-4a5b-8c6d-7e8f9a0b1c2d",
+            "invalidated_pending_cleanup",
+            1,
+            0,
+        )
+        .to_string()
+        .as_bytes(),
+    );
+    write(
+        &sessions,
+        "traversal.json",
+        session("../../etc/passwd", "active", 1, 0)
+            .to_string()
+            .as_bytes(),
+    );
+    let mut wrong = session("c0ffee00-0000-4000-8000-000000000000", "active", 1, 0);
+    wrong["state"] = json!(5);
+    write(&sessions, "wrong-types.json", wrong.to_string().as_bytes());
+    let truncated = gzip(
+        session("d00dfeed-0000-4000-8000-000000000000", "active", 5, 0)
+            .to_string()
+            .as_bytes(),
+    );
+    write(
+        &sessions,
+        "truncated.json.gz",
+        &truncated[..truncated.len() / 2],
+    );
+
+    // Dry: the report, and nothing written.
+    let dry_url = format!("sqlite://{}", dir.path().join("dry.db").display());
+    let (code, out, error) = run(
+        &["import", data.to_str().unwrap(), "--dry-run", "--json"],
+        &dry_url,
+    );
+    assert_eq!(code, Some(0), "{error}");
+    let dry: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (dry["dryRun"].clone(), dry["imported"].clone()),
+        (json!(true), json!(4))
+    );
+    let (_, listed, _) = run(&["sessions", "list", "--json"], &dry_url);
+    assert!(
+        listed.trim().is_empty(),
+        "a dry run writes nothing: {listed}"
+    );
+
+    let url = format!("sqlite://{}", dir.path().join("ours.db").display());
+    let (code, out, error) = run(&["import", data.to_str().unwrap(), "--json"], &url);
+    assert_eq!(code, Some(0), "{error}");
+    let report: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        [
+            &report["imported"],
+            &report["skipped"],
+            &report["duplicate"],
+            &report["failed"]
+        ],
+        [&json!(4), &json!(1), &json!(0), &json!(2)],
+        "{report}"
+    );
+    let failed: Vec<&str> = report["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|failure| failure["what"].as_str().unwrap())
+        .collect();
+    assert!(
+        failed.iter().any(|what| what.ends_with("wrong-types.json")),
+        "{failed:?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|what| what.ends_with("truncated.json.gz")),
+        "{failed:?}"
+    );
+    let renamed: Vec<&str> = report["renamed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|renamed| renamed["original"].as_str().unwrap())
+        .collect();
+    assert_eq!(renamed, ["legacy-42", "../../etc/passwd"]);
+    // Nothing was written outside the store.
+    assert!(!dir.path().join("etc").exists());
+
+    // Field by field.
+    let (_, shown, _) = run(&["sessions", "show", kept, "--json"], &url);
+    let stored: Value = serde_json::from_str(shown.trim()).unwrap();
+    let transcript: Vec<(&str, &str)> = stored["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        transcript,
+        [
+            ("user", "question 0"),
+            ("assistant", "answer 0 "),
+            ("user", "question 1"),
+            ("assistant", "answer 1 "),
+        ]
+    );
+    assert_eq!(stored["state"], "active");
+    assert_eq!(stored["metadata"]["sharedContext"], json!({"topic": "t"}));
+    assert_eq!(stored["metadata"]["importedFrom"]["version"], 3);
+    assert_eq!(
+        stored["agentStates"]["researcher"]["config"],
+        json!({"model": "gpt-4o"})
+    );
+    let (_, shown, _) = run(&["sessions", "show", big, "--json"], &url);
+    let stored: Value = serde_json::from_str(shown.trim()).unwrap();
+    assert_eq!(
+        (
+            stored["state"].as_str(),
+            stored["messages"].as_array().unwrap().len()
+        ),
+        (Some("expired"), 80)
+    );
+
+    // Again: nothing twice.
+    let (code, out, _) = run(&["import", data.to_str().unwrap(), "--json"], &url);
+    assert_eq!(code, Some(0));
+    let again: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        (again["imported"].clone(), again["duplicate"].clone()),
+        (json!(0), json!(4)),
+        "{again}"
+    );
+    let (_, listed, _) = run(&["sessions", "list", "--json"], &url);
+    assert_eq!(listed.lines().count(), 4);
+
+    // Not a data directory: a clear error.
+    let (code, _, error) = run(
+        &["import", dir.path().join("nowhere").to_str().unwrap()],
+        &url,
+    );
+    assert_eq!(code, Some(1));
+    assert!(error.contains("no sessions/ directory"), "{error}");
+}
