@@ -375,10 +375,10 @@ pub struct ImportEntry {
 }
 
 /// The ledger of imports: which original records were brought in, and as
-/// what, so running an import again brings in nothing twice. An importer
-/// records an entry *before* writing the record under its target id: a
-/// crash in between leaves an entry whose record is missing, which the
-/// next run writes, under the same id.
+/// what, so running an import again brings in nothing twice (also when the
+/// record was deleted since). An importer records an entry *after* writing
+/// the record under an id the original determines: a crash in between
+/// leaves a record the next run finds under that id, and records.
 #[async_trait]
 pub trait ImportLedger: Send + Sync + fmt::Debug + 'static {
     /// Records `entry` unless one exists for its kind and original id:

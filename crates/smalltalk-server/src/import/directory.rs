@@ -13,7 +13,7 @@ use super::mapping::{Mapped, map_session};
 use super::original::OriginalSession;
 
 /// The most bytes one session file may hold once decompressed.
-pub const MAX_SESSION_BYTES: u64 = 256 * 1024 * 1024;
+pub const MAX_SESSION_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The ledger kind of imported sessions.
 pub const SESSION: &str = "session";
@@ -66,23 +66,36 @@ pub fn sessions_dir(dir: &Path) -> Option<PathBuf> {
         .find(|candidate| candidate.is_dir())
 }
 
-/// The session files under `dir`, in name order.
+/// The session files under `dir`, in name order: one per session, the
+/// `.json.gz` where both it and the `.json` are there (the original writes
+/// the gzip, then removes the plain file: a crash between leaves both, and
+/// it reads the gzip).
 pub fn session_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let Some(sessions) = sessions_dir(dir) else {
         return Ok(Vec::new());
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(sessions)?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.is_file()
-                && path
-                    .file_name()
-                    .and_then(|name| name.to_str())
-                    .is_some_and(|name| name.ends_with(".json") || name.ends_with(".json.gz"))
-        })
-        .collect();
-    files.sort();
-    Ok(files)
+    let mut by_stem: std::collections::BTreeMap<String, PathBuf> = Default::default();
+    for entry in std::fs::read_dir(sessions)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
+            continue;
+        };
+        let (stem, gzipped) = if let Some(stem) = name.strip_suffix(".json.gz") {
+            (stem.to_owned(), true)
+        } else if let Some(stem) = name.strip_suffix(".json") {
+            (stem.to_owned(), false)
+        } else {
+            continue;
+        };
+        // Only regular files, never a link out of the directory.
+        if !std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_file()) {
+            continue;
+        }
+        if gzipped || !by_stem.contains_key(&stem) {
+            by_stem.insert(stem, path);
+        }
+    }
+    Ok(by_stem.into_values().collect())
 }
 
 /// Reads one session file (gzip when it ends in `.gz`), at most
@@ -111,7 +124,8 @@ pub fn read_session_file(path: &Path) -> Result<OriginalSession, String> {
 /// `store`; `dry_run` writes nothing. `progress` is called after each
 /// file with how many are done and how many there are. Re-running imports
 /// nothing twice: each session is keyed by its original id in the store's
-/// import ledger, recorded before the session is written.
+/// import ledger, recorded once the session is written (a session deleted
+/// since is not brought back).
 pub async fn import_sessions(
     store: &dyn smalltalk::Store,
     dir: &Path,
@@ -144,7 +158,10 @@ async fn import_one(
     dry_run: bool,
     report: &mut ImportReport,
 ) -> Result<(), String> {
-    let original = read_session_file(path)?;
+    let reading = path.to_owned();
+    let original = tokio::task::spawn_blocking(move || read_session_file(&reading))
+        .await
+        .map_err(|error| error.to_string())??;
     let original_id = original.id.clone();
     let mapped = match map_session(original, source) {
         Mapped::Skipped {
@@ -161,25 +178,36 @@ async fn import_one(
         Mapped::Session(mapped) => mapped,
     };
     let mut session = mapped.session;
-    let known = store
+    // The ledger says what was brought in: a session deleted since (by its
+    // expiry, by a user) is not brought back.
+    if store
         .imported(SESSION, &original_id)
         .await
-        .map_err(|error| error.to_string())?;
-    if let Some(entry) = &known {
-        // Brought in before, or recorded and then cut short: the record's
-        // id is the one the ledger gave.
-        let target = smalltalk::SessionId::parse(&entry.target_id)
-            .map_err(|_| format!("the ledger names {:?}, not a session id", entry.target_id))?;
-        if store
-            .has_session(target)
-            .await
-            .map_err(|error| error.to_string())?
-        {
-            report.duplicate += 1;
-            return Ok(());
-        }
-        session.id = target;
+        .map_err(|error| error.to_string())?
+        .is_some()
+    {
+        report.duplicate += 1;
+        return Ok(());
     }
+    let entry = ImportEntry {
+        kind: SESSION.into(),
+        original_id: original_id.clone(),
+        target_id: session.id.to_string(),
+        source: source.to_owned(),
+        imported_at: smalltalk::Timestamp::now(),
+    };
+    if original_id.is_empty()
+        || original_id.len() > smalltalk::storage::MAX_IMPORT_FIELD
+        || original_id.contains('\0')
+    {
+        return Err(format!(
+            "its id must be 1 to {} bytes with no NUL",
+            smalltalk::storage::MAX_IMPORT_FIELD
+        ));
+    }
+    session
+        .validate_depth()
+        .map_err(|error| error.to_string())?;
     if let Some(from) = &mapped.renamed_from {
         report.renamed.push(Renamed {
             original: from.clone(),
@@ -187,49 +215,43 @@ async fn import_one(
         });
     }
     if dry_run {
-        if known.is_none()
-            && store
-                .has_session(session.id)
-                .await
-                .map_err(|error| error.to_string())?
-        {
-            report.duplicate += 1;
-        } else {
-            report.imported += 1;
-        }
+        report.imported += 1;
         return Ok(());
     }
-    if known.is_none() {
-        let entry = ImportEntry {
-            kind: SESSION.into(),
-            original_id: original_id.clone(),
-            target_id: session.id.to_string(),
-            source: source.to_owned(),
-            imported_at: smalltalk::Timestamp::now(),
-        };
-        if let Some(first) = store
-            .record_import(&entry)
-            .await
-            .map_err(|error| error.to_string())?
-        {
-            // Another import recorded it meanwhile: its id wins.
-            session.id = smalltalk::SessionId::parse(&first.target_id)
-                .map_err(|_| format!("the ledger names {:?}, not a session id", first.target_id))?;
-        }
-    }
+    // The session first, then the ledger: a crash between leaves the
+    // session, which the next run finds under the same id (ids are the
+    // original's, or derived from it) and records.
     let messages = std::mem::take(&mut session.messages);
     match store
         .save_and_append(&session, Expected::Absent, &messages)
         .await
     {
-        Ok(_) => {
-            report.imported += 1;
-            Ok(())
-        }
+        Ok(_) => report.imported += 1,
         Err(smalltalk::StorageError::AlreadyExists { .. }) => {
+            let stored = store
+                .get_session_header(session.id)
+                .await
+                .map_err(|error| error.to_string())?;
+            let ours = stored.as_ref().is_some_and(|stored| {
+                stored
+                    .metadata
+                    .get(super::mapping::IMPORTED_FROM)
+                    .and_then(|from| from.get("id"))
+                    == Some(&serde_json::Value::from(original_id.as_str()))
+            });
+            if !ours {
+                return Err(format!(
+                    "session {} is already here, and is not this one imported",
+                    session.id
+                ));
+            }
             report.duplicate += 1;
-            Ok(())
         }
-        Err(error) => Err(error.to_string()),
+        Err(error) => return Err(error.to_string()),
     }
+    store
+        .record_import(&entry)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(())
 }

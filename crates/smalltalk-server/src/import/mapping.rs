@@ -61,10 +61,26 @@ pub fn map_session(original: OriginalSession, source: &str) -> Mapped {
         }
     };
     let (id, renamed_from) = match SessionId::parse(&original.id) {
-        Ok(id) => (id, None),
-        Err(_) => (SessionId::new(), Some(original.id.clone())),
+        Ok(id) if id.to_string() == original.id => (id, None),
+        // Not ours (or ours written otherwise, as in upper case): an id
+        // derived from the original, the same on every run.
+        _ => (derived_session_id(&original.id), Some(original.id.clone())),
     };
+    // Valid agent ids first, so no renamed one takes an id a valid one has.
     let mut agents = AgentNames::default();
+    for name in original
+        .agent_ids
+        .iter()
+        .chain(original.agent_states.keys())
+        .chain(
+            original
+                .conversation_history
+                .iter()
+                .flat_map(|turn| turn.agent_responses.iter().map(|answer| &answer.agent_id)),
+        )
+    {
+        agents.keep_if_valid(name);
+    }
     let updated_at = original.updated_at.unwrap_or(original.created_at);
     let mut session = Session::new(id, original.created_at, std::time::Duration::ZERO);
     session.state = state;
@@ -183,15 +199,47 @@ fn agent_state(
     state
 }
 
+/// The session id for an original id that is not one of ours: a UUID v4
+/// made from a SHA-256 of it, so every run (and every node) gives the same.
+pub fn derived_session_id(original: &str) -> SessionId {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("smalltalk-ts session {original}").as_bytes());
+    let mut bytes = [0_u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+    let text = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    SessionId::parse(&text).unwrap_or_else(|_| SessionId::new())
+}
+
 /// Agent ids here for the original's: valid ones as they are, others
 /// made valid the same way every time (so a re-run names them alike).
 #[derive(Debug, Default)]
 struct AgentNames {
     taken: BTreeMap<String, AgentId>,
+    used: std::collections::HashSet<AgentId>,
     renamed: BTreeMap<String, AgentId>,
 }
 
 impl AgentNames {
+    /// Takes `original` as it is if it is a valid id.
+    fn keep_if_valid(&mut self, original: &str) {
+        if let Ok(id) = AgentId::parse(original) {
+            if !self.taken.contains_key(original) {
+                self.used.insert(id.clone());
+                self.taken.insert(original.to_owned(), id);
+            }
+        }
+    }
+
     fn ours(&mut self, original: &str) -> AgentId {
         if let Some(known) = self.taken.get(original) {
             return known.clone();
@@ -220,7 +268,7 @@ impl AgentNames {
             loop {
                 let candidate = format!("imported-{base}-{n}");
                 if let Ok(id) = AgentId::parse(&candidate) {
-                    if !self.taken.values().any(|taken| *taken == id) {
+                    if !self.used.contains(&id) {
                         self.renamed.insert(original.to_owned(), id.clone());
                         break id;
                     }
@@ -228,6 +276,7 @@ impl AgentNames {
                 n += 1;
             }
         });
+        self.used.insert(id.clone());
         self.taken.insert(original.to_owned(), id.clone());
         id
     }
@@ -360,6 +409,33 @@ mod tests {
             assert_ne!(mapped.session.id.to_string(), bad);
             assert_eq!(mapped.session.metadata[IMPORTED_FROM]["id"], bad);
         }
+    }
+
+    #[test]
+    fn a_renamed_agent_never_takes_a_valid_agents_id() {
+        let mut session = original("active", "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b");
+        // A valid agent already named as the invalid one would be renamed.
+        session.agent_ids = vec!["bad agent/../x".into(), "imported-bad-agent----x-1".into()];
+        let Mapped::Session(mapped) = map_session(session, "/data") else {
+            panic!("mapped");
+        };
+        let renamed = &mapped.renamed_agents["bad agent/../x"];
+        assert_ne!(renamed.as_str(), "imported-bad-agent----x-1");
+        assert_eq!(
+            derived_session_id("legacy-42"),
+            derived_session_id("legacy-42"),
+            "the same on every run"
+        );
+        assert_ne!(
+            derived_session_id("legacy-42"),
+            derived_session_id("legacy-43")
+        );
+        // A UUID written otherwise is ours normalised, and listed.
+        let upper = "1B4E28BA-2FA1-4D3B-A3F5-EF19B5A7633B";
+        let Mapped::Session(mapped) = map_session(original("active", upper), "/data") else {
+            panic!("mapped");
+        };
+        assert_eq!(mapped.renamed_from.as_deref(), Some(upper));
     }
 
     #[test]
