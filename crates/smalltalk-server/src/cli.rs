@@ -32,7 +32,8 @@ pub(crate) fn print(json_output: bool, value: &Value, text: &str) -> anyhow::Res
     Ok(())
 }
 
-async fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn smalltalk::Store>> {
+/// The store at `url`, an error naming it otherwise.
+pub(crate) async fn open(url: &str) -> anyhow::Result<std::sync::Arc<dyn smalltalk::Store>> {
     smalltalk::open(url)
         .await
         .with_context(|| format!("opening {url}"))

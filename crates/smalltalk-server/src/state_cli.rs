@@ -26,9 +26,7 @@ pub(crate) enum Condition {
 }
 
 async fn open(url: &str) -> anyhow::Result<(Arc<dyn smalltalk::Store>, StateStore)> {
-    let store = smalltalk::open(url)
-        .await
-        .with_context(|| format!("opening {url}"))?;
+    let store = crate::cli::open(url).await?;
     let versioned: Arc<dyn VersionedStore> = store.clone();
     Ok((store, StateStore::new(versioned)))
 }
