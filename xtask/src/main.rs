@@ -172,6 +172,16 @@ fn ci() -> Result<()> {
             "schemathesis: not found; the API fuzzing was skipped (SMALLTALK_SCHEMATHESIS names it; SMALLTALK_REQUIRE_TOOLS=1, as .ci/run sets, makes its absence a failure)"
         );
     }
+    let redis: SocketAddr = "127.0.0.1:6379".parse()?;
+    if std::env::var("SMALLTALK_TEST_REDIS_URL").is_ok_and(|url| !url.is_empty())
+        || TcpStream::connect_timeout(&redis, Duration::from_secs(1)).is_ok()
+    {
+        eprintln!("redis: found; the import from the original's Redis ran");
+    } else {
+        eprintln!(
+            "redis: not found; the import from the original's Redis was skipped (SMALLTALK_REQUIRE_REDIS=1, as .ci/run sets, makes that a failure)"
+        );
+    }
     eprintln!("cargo xtask ci: all green in {:.0?}", started.elapsed());
     Ok(())
 }

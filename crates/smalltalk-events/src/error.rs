@@ -75,6 +75,15 @@ pub enum Error {
     /// [transient](Error::is_transient) and happened at commit.
     #[error("event log failed")]
     Storage(#[source] Arc<smalltalk_storage::Error>),
+    /// The metadata holds a key the bus keeps for itself (today
+    /// [`IMPORTED_FROM`](smalltalk_types::event::IMPORTED_FROM), which
+    /// marks imported history that is never delivered live). Nothing was
+    /// published.
+    #[error("metadata key `{key}` is reserved")]
+    ReservedMetadata {
+        /// The key.
+        key: &'static str,
+    },
     /// The bus was closed.
     #[error("the event bus is closed")]
     Closed,

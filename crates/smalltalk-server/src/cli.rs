@@ -407,41 +407,48 @@ async fn events_tail_storage(
     Ok(())
 }
 
-/// `import DIR [--dry-run]`: the original's sessions into the storage at
-/// `url`, with a progress bar on a terminal; the report at the end.
+/// `import SOURCE [--dry-run]`: the original's records (its data
+/// directory, its PostgreSQL tables or its Redis keys) into the storage at
+/// `url`, with a progress bar on a terminal; the report at the end. A dry
+/// run into an SQLite file that is not there yet reads against an empty
+/// store rather than create it.
 pub(crate) async fn import(
     url: &str,
-    source: &std::path::Path,
+    source: &str,
     dry_run: bool,
+    event_retention: Duration,
     json_output: bool,
 ) -> anyhow::Result<()> {
-    use smalltalk_server::import::directory;
-    if source.to_str().is_some_and(|text| text.contains("://")) {
-        bail!(
-            "importing from the original's PostgreSQL or Redis is not built yet: give its data directory"
-        );
-    }
-    if directory::sessions_dir(source).is_none() {
-        bail!(
-            "{} holds no sessions/ directory (the original's data directory, or its FileStorageAdapter base)",
-            source.display()
-        );
-    }
-    let store = open(url).await?;
+    use smalltalk_server::import::{self, ImportOptions, Source};
+    let source = Source::parse(source)?;
+    let missing_sqlite = url
+        .strip_prefix("sqlite://")
+        .map(|rest| rest.split('?').next().unwrap_or(rest))
+        .is_some_and(|path| !std::path::Path::new(path).exists());
+    let store = if dry_run && missing_sqlite {
+        open("memory://").await?
+    } else {
+        open(url).await?
+    };
     let bar = indicatif::ProgressBar::new(0).with_style(
         indicatif::ProgressStyle::with_template(
-            "{spinner} importing {pos}/{len} sessions [{bar:30}] {per_sec} eta {eta}",
+            "{spinner} importing {msg} {pos}/{len} [{bar:30}] {per_sec} eta {eta}",
         )?
         .progress_chars("=> "),
     );
-    let report = directory::import_sessions(store.as_ref(), source, dry_run, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
+    let options = ImportOptions {
+        dry_run,
+        event_retention,
+    };
+    let report = import::import(store.as_ref(), &source, &options, &mut |progress| {
+        bar.set_message(progress.kind);
+        bar.set_length(progress.total);
+        bar.set_position(progress.done);
     })
     .await;
     bar.finish_and_clear();
     store.close().await?;
-    let report = report.with_context(|| format!("reading {}", source.display()))?;
+    let report = report?;
     if json_output {
         return print(true, &serde_json::to_value(&report)?, "");
     }
@@ -453,6 +460,12 @@ pub(crate) async fn import(
         report.duplicate,
         report.failed
     );
+    for (kind, counts) in &report.by_kind {
+        println!(
+            "  {kind}: {} imported, {} skipped, {} duplicate, {} failed",
+            counts.imported, counts.skipped, counts.duplicate, counts.failed
+        );
+    }
     for failure in &report.failures {
         println!("failed  {}: {}", failure.what, failure.reason);
     }
@@ -461,6 +474,9 @@ pub(crate) async fn import(
     }
     for renamed in &report.renamed {
         println!("renamed {} -> {}", renamed.original, renamed.ours);
+    }
+    for warning in &report.warnings {
+        println!("warning {}: {}", warning.what, warning.reason);
     }
     Ok(())
 }

@@ -176,13 +176,15 @@ enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
-    /// Imports the TypeScript original's data directory (its sessions)
-    /// into the storage (`STORAGE_URL`); running it again imports nothing
-    /// twice.
+    /// Imports the TypeScript original's sessions, key-value entries and
+    /// event logs into the storage (`STORAGE_URL`); running it again
+    /// imports nothing twice.
     Import {
-        /// The original's data directory (holding `sessions/sessions/`, or
-        /// the adapter's base holding `sessions/`).
-        source: PathBuf,
+        /// The original's data directory (holding `sessions/sessions/`,
+        /// `sessions/kv/` and `events/`, or the adapter's base holding
+        /// `sessions/` and `kv/`), its PostgreSQL database
+        /// (`postgres://...`) or its Redis (`redis://host:port/db`).
+        source: String,
         /// Report what would be imported, and write nothing.
         #[arg(long)]
         dry_run: bool,
@@ -313,8 +315,9 @@ async fn run(cli: Cli, serving: Option<ServerConfig>) -> anyhow::Result<()> {
             cli::events_tail(&target, from, topic.as_deref(), follow, json).await
         }
         Command::Import { source, dry_run } => {
-            let url = ServerConfig::load(config.as_deref())?.storage_url;
-            cli::import(&url, &source, dry_run, json).await
+            let config = ServerConfig::load(config.as_deref())?;
+            let retention = std::time::Duration::from_secs(config.event_retention_hours * 3600);
+            cli::import(&config.storage_url, &source, dry_run, retention, json).await
         }
         Command::State { command } => {
             let target = target(config.as_deref(), server.as_deref(), token.clone())?;

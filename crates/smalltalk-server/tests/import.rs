@@ -257,5 +257,16 @@ fn the_originals_directory_imports_once_with_every_bad_record_reported() {
         &url,
     );
     assert_eq!(code, Some(1));
-    assert!(error.contains("no sessions/ directory"), "{error}");
+    assert!(error.contains("is not a directory"), "{error}");
+    // A directory holding none of the original's records: as clear.
+    let (code, _, error) = run(&["import", dir.path().to_str().unwrap()], &url);
+    assert_eq!(code, Some(1));
+    assert!(
+        error.contains("holds none of the original's records"),
+        "{error}"
+    );
+    // Not a source at all.
+    let (code, _, error) = run(&["import", "ftp://example/data"], &url);
+    assert_eq!(code, Some(1));
+    assert!(error.contains("is not a source"), "{error}");
 }

@@ -69,7 +69,20 @@ pub struct Event {
     pub format_version: u32,
 }
 
+/// The metadata key that marks an event brought in by `smalltalk import`
+/// from another system's log (its value says where from). Such events are
+/// history: explicit replays deliver them, live deliveries and the replay
+/// on subscribe pass over them. Publishing refuses it.
+pub const IMPORTED_FROM: &str = "importedFrom";
+
 impl Event {
+    /// Whether it was imported from another system's log (see
+    /// [`IMPORTED_FROM`]): history for explicit replay, never a new
+    /// delivery.
+    pub fn is_imported(&self) -> bool {
+        self.metadata.contains_key(IMPORTED_FROM)
+    }
+
     /// Checks the payload and the metadata each nest at most
     /// [`MAX_JSON_DEPTH`](crate::format::MAX_JSON_DEPTH) levels.
     pub fn validate_depth(&self) -> crate::Result<()> {

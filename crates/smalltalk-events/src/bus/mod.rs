@@ -364,6 +364,14 @@ impl EventBus {
             });
         }
         let options = draft.options;
+        if options
+            .metadata
+            .contains_key(smalltalk_types::event::IMPORTED_FROM)
+        {
+            return Err(Error::ReservedMetadata {
+                key: smalltalk_types::event::IMPORTED_FROM,
+            });
+        }
         let event = Event {
             id: options.id.unwrap_or_default(),
             event_type: options

@@ -548,6 +548,13 @@ impl Worker {
     /// in progress, or given up.
     async fn deliver(&mut self, event: Arc<Event>, replayed: bool) {
         let position = event.position.unwrap_or(0);
+        // Imported history is for explicit replays only: passed over like
+        // an event of another topic (the cursor moves with the next ack, or
+        // at the stop; passing over again after a crash costs nothing).
+        if event.is_imported() {
+            self.last_seen = self.last_seen.max(position);
+            return;
+        }
         if self.is_processed(event.id) {
             bump(&self.sub.counters.duplicates_dropped);
             self.last_seen = self.last_seen.max(position);

@@ -1,69 +1,90 @@
-//! Importing the original's data directory (its FileStorageAdapter):
-//! sessions are `<base>/sessions/<id>.json`, or `<id>.json.gz` when the
-//! JSON is over 102,400 bytes; the default base is `data/sessions`, so the
-//! default path is `data/sessions/sessions/`.
+//! Importing the original's data directory (its FileStorageAdapter and
+//! its event logs):
+//! - sessions are `<base>/sessions/<id>.json`, or `<id>.json.gz` when the
+//!   JSON is over 102,400 bytes; the default base is `data/sessions`, so
+//!   the default path is `data/sessions/sessions/`;
+//! - key-value entries are `<base>/kv/<sanitized key>.json`;
+//! - event logs are `data/events/<topic with : and / as _>.log`, one JSON
+//!   object per line.
+//!
+//! Symbolic links are not followed; files are read off the async runtime.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
-use smalltalk::storage::{Expected, ImportEntry};
+use super::original::{OriginalEvent, OriginalSession};
+use super::{Context, ImportError, ImportOptions, ImportReport, Progress};
 
-use super::mapping::{Mapped, map_session};
-use super::original::OriginalSession;
+/// The files of a listing, and each entry that could not be looked at
+/// (with why).
+type Listing = (Vec<PathBuf>, Vec<(PathBuf, String)>);
 
-/// The most bytes one session file may hold once decompressed.
+/// An event log's events (each with `path:line`), and its lines that are
+/// not events (with why).
+pub type EventLines = (Vec<(String, super::events::Mapped)>, Vec<(String, String)>);
+
+/// The most bytes one session or entry file may hold once decompressed.
 pub const MAX_SESSION_BYTES: u64 = 64 * 1024 * 1024;
 
-/// The ledger kind of imported sessions.
-pub const SESSION: &str = "session";
+/// The most bytes one event log file may hold.
+pub const MAX_EVENT_LOG_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
-/// What an import did (or, dry, would do).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ImportReport {
-    /// Whether nothing was written.
-    pub dry_run: bool,
-    /// Records brought in (or that would be).
-    pub imported: u64,
-    /// Records left out on purpose (`invalidated_pending_cleanup`).
-    pub skipped: u64,
-    /// Records an earlier run brought in already.
-    pub duplicate: u64,
-    /// Records that could not be read or written.
-    pub failed: u64,
-    /// Each failure: the file and why.
-    pub failures: Vec<Failure>,
-    /// Each record left out: its original id and why.
-    pub skips: Vec<Failure>,
-    /// Original ids that were not valid here, with the ids they got.
-    pub renamed: Vec<Renamed>,
-}
-
-/// A record that was not imported, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Failure {
-    /// The file (or the original id).
-    pub what: String,
-    /// Why.
-    pub reason: String,
-}
-
-/// An original id and the one it got here.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Renamed {
-    /// The original's.
-    pub original: String,
-    /// Ours.
-    pub ours: String,
+/// The FileStorageAdapter's base under `dir`: its `sessions/` when that
+/// holds `sessions/` (the data folder), else `dir` itself.
+pub fn adapter_base(dir: &Path) -> PathBuf {
+    let nested = dir.join("sessions");
+    if nested.join("sessions").is_dir() || nested.join("kv").is_dir() {
+        nested
+    } else {
+        dir.to_owned()
+    }
 }
 
 /// Where the session files are under `dir`: its `sessions/sessions/` (the
 /// data folder) or its `sessions/` (the adapter's base).
 pub fn sessions_dir(dir: &Path) -> Option<PathBuf> {
-    [dir.join("sessions").join("sessions"), dir.join("sessions")]
-        .into_iter()
-        .find(|candidate| candidate.is_dir())
+    Some(adapter_base(dir).join("sessions")).filter(|sessions| sessions.is_dir())
+}
+
+/// Where the key-value files are under `dir`: the adapter base's `kv/`.
+pub fn kv_dir(dir: &Path) -> Option<PathBuf> {
+    Some(adapter_base(dir).join("kv")).filter(|kv| kv.is_dir())
+}
+
+/// Where the event logs are under `dir`: its `events/`.
+pub fn events_dir(dir: &Path) -> Option<PathBuf> {
+    Some(dir.join("events")).filter(|events| events.is_dir())
+}
+
+/// The regular files in `dir` whose names end in `suffix`, in name order,
+/// and each entry that could not be looked at (with why).
+fn files_ending(dir: &Path, suffix: &str) -> std::io::Result<Listing> {
+    let mut files = Vec::new();
+    let mut unreadable = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(error) => {
+                unreadable.push((dir.to_owned(), error.to_string()));
+                continue;
+            }
+        };
+        let path = entry.path();
+        if !path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.ends_with(suffix))
+        {
+            continue;
+        }
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() => files.push(path),
+            Ok(_) => unreadable.push((path, "not a regular file (links are not followed)".into())),
+            Err(error) => unreadable.push((path, error.to_string())),
+        }
+    }
+    files.sort();
+    Ok((files, unreadable))
 }
 
 /// The session files under `dir`, in name order: one per session, the
@@ -74,33 +95,47 @@ pub fn session_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let Some(sessions) = sessions_dir(dir) else {
         return Ok(Vec::new());
     };
+    let (files, _) = session_files_in(&sessions)?;
+    Ok(files)
+}
+
+/// The session files in `sessions` (see [`session_files`]), and the
+/// entries that could not be looked at.
+fn session_files_in(sessions: &Path) -> std::io::Result<Listing> {
+    let (files, unreadable) = files_ending(sessions, ".json")?;
+    let (gzipped, more) = files_ending(sessions, ".json.gz")?;
     let mut by_stem: std::collections::BTreeMap<String, PathBuf> = Default::default();
-    for entry in std::fs::read_dir(sessions)? {
-        let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|name| name.to_str()) else {
-            continue;
-        };
-        let (stem, gzipped) = if let Some(stem) = name.strip_suffix(".json.gz") {
-            (stem.to_owned(), true)
-        } else if let Some(stem) = name.strip_suffix(".json") {
-            (stem.to_owned(), false)
-        } else {
-            continue;
-        };
-        // Only regular files, never a link out of the directory.
-        if !std::fs::symlink_metadata(&path).is_ok_and(|meta| meta.is_file()) {
-            continue;
-        }
-        if gzipped || !by_stem.contains_key(&stem) {
-            by_stem.insert(stem, path);
-        }
+    for path in files {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        by_stem.insert(name.trim_end_matches(".json").to_owned(), path);
     }
-    Ok(by_stem.into_values().collect())
+    for path in gzipped {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or_default();
+        by_stem.insert(name.trim_end_matches(".json.gz").to_owned(), path);
+    }
+    Ok((
+        by_stem.into_values().collect(),
+        unreadable.into_iter().chain(more).collect(),
+    ))
 }
 
 /// Reads one session file (gzip when it ends in `.gz`), at most
 /// [`MAX_SESSION_BYTES`] once decompressed.
 pub fn read_session_file(path: &Path) -> Result<OriginalSession, String> {
+    let bytes = read_file(path)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|error| format!("not a session of the original: {error}"))
+}
+
+/// Reads one file (gzip when it ends in `.gz`), at most
+/// [`MAX_SESSION_BYTES`] once decompressed.
+fn read_file(path: &Path) -> Result<Vec<u8>, String> {
     let file = std::fs::File::open(path).map_err(|error| error.to_string())?;
     let gzipped = path.extension().is_some_and(|extension| extension == "gz");
     let reader: Box<dyn Read> = if gzipped {
@@ -116,142 +151,148 @@ pub fn read_session_file(path: &Path) -> Result<OriginalSession, String> {
     if bytes.len() as u64 > MAX_SESSION_BYTES {
         return Err(format!("larger than {MAX_SESSION_BYTES} bytes"));
     }
-    serde_json::from_slice(&bytes)
-        .map_err(|error| format!("not a session of the original: {error}"))
+    Ok(bytes)
 }
 
-/// Imports the sessions of the original's data directory `dir` into
-/// `store`; `dry_run` writes nothing. `progress` is called after each
-/// file with how many are done and how many there are. Re-running imports
-/// nothing twice: each session is keyed by its original id in the store's
-/// import ledger, recorded once the session is written (a session deleted
-/// since is not brought back).
-pub async fn import_sessions(
-    store: &dyn smalltalk::Store,
-    dir: &Path,
-    dry_run: bool,
-    progress: &mut dyn FnMut(u64, u64),
-) -> std::io::Result<ImportReport> {
-    let files = session_files(dir)?;
-    let source = dir.display().to_string();
-    let total = files.len() as u64;
-    let mut report = ImportReport {
-        dry_run,
-        ..ImportReport::default()
-    };
-    for (done, path) in files.iter().enumerate() {
-        let what = path.display().to_string();
-        let outcome = import_one(store, path, &source, dry_run, &mut report).await;
-        if let Err(reason) = outcome {
-            report.failed += 1;
-            report.failures.push(Failure { what, reason });
-        }
-        progress(done as u64 + 1, total);
-    }
-    Ok(report)
-}
-
-async fn import_one(
-    store: &dyn smalltalk::Store,
-    path: &Path,
-    source: &str,
-    dry_run: bool,
-    report: &mut ImportReport,
-) -> Result<(), String> {
+/// Reads `path` off the async runtime.
+async fn read_off_runtime(path: &Path) -> Result<Vec<u8>, String> {
     let reading = path.to_owned();
-    let original = tokio::task::spawn_blocking(move || read_session_file(&reading))
-        .await
-        .map_err(|error| error.to_string())??;
-    let original_id = original.id.clone();
-    let mapped = match map_session(original, source) {
-        Mapped::Skipped {
-            original_id,
-            reason,
-        } => {
-            report.skipped += 1;
-            report.skips.push(Failure {
-                what: original_id,
-                reason: reason.into(),
-            });
-            return Ok(());
-        }
-        Mapped::Session(mapped) => mapped,
-    };
-    let mut session = mapped.session;
-    // The ledger says what was brought in: a session deleted since (by its
-    // expiry, by a user) is not brought back.
-    if store
-        .imported(SESSION, &original_id)
+    tokio::task::spawn_blocking(move || read_file(&reading))
         .await
         .map_err(|error| error.to_string())?
-        .is_some()
-    {
-        report.duplicate += 1;
-        return Ok(());
-    }
-    let entry = ImportEntry {
-        kind: SESSION.into(),
-        original_id: original_id.clone(),
-        target_id: session.id.to_string(),
-        source: source.to_owned(),
-        imported_at: smalltalk::Timestamp::now(),
-    };
-    if original_id.is_empty()
-        || original_id.len() > smalltalk::storage::MAX_IMPORT_FIELD
-        || original_id.contains('\0')
-    {
-        return Err(format!(
-            "its id must be 1 to {} bytes with no NUL",
-            smalltalk::storage::MAX_IMPORT_FIELD
-        ));
-    }
-    session
-        .validate_depth()
-        .map_err(|error| error.to_string())?;
-    if let Some(from) = &mapped.renamed_from {
-        report.renamed.push(Renamed {
-            original: from.clone(),
-            ours: session.id.to_string(),
-        });
-    }
-    if dry_run {
-        report.imported += 1;
-        return Ok(());
-    }
-    // The session first, then the ledger: a crash between leaves the
-    // session, which the next run finds under the same id (ids are the
-    // original's, or derived from it) and records.
-    let messages = std::mem::take(&mut session.messages);
-    match store
-        .save_and_append(&session, Expected::Absent, &messages)
-        .await
-    {
-        Ok(_) => report.imported += 1,
-        Err(smalltalk::StorageError::AlreadyExists { .. }) => {
-            let stored = store
-                .get_session_header(session.id)
-                .await
-                .map_err(|error| error.to_string())?;
-            let ours = stored.as_ref().is_some_and(|stored| {
-                stored
-                    .metadata
-                    .get(super::mapping::IMPORTED_FROM)
-                    .and_then(|from| from.get("id"))
-                    == Some(&serde_json::Value::from(original_id.as_str()))
-            });
-            if !ours {
-                return Err(format!(
-                    "session {} is already here, and is not this one imported",
-                    session.id
-                ));
+}
+
+/// Reads one event log: each line that is an event of the original, mapped,
+/// with `path:line`; each that is not, with why.
+pub fn read_event_log(path: &Path, source: &str) -> Result<EventLines, String> {
+    let file = std::fs::File::open(path).map_err(|error| error.to_string())?;
+    let mut events = Vec::new();
+    let mut bad = Vec::new();
+    let reader = std::io::BufReader::new(file.take(MAX_EVENT_LOG_BYTES));
+    for (index, line) in reader.split(b'\n').enumerate() {
+        let what = format!("{}:{}", path.display(), index + 1);
+        let line = match line {
+            Ok(line) => line,
+            Err(error) => {
+                bad.push((what, format!("unreadable: {error}")));
+                break;
             }
-            report.duplicate += 1;
+        };
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
         }
-        Err(error) => return Err(error.to_string()),
+        let mapped = serde_json::from_slice::<OriginalEvent>(&line)
+            .map_err(|error| format!("not an event of the original: {error}"))
+            .and_then(|original| super::events::map_event(original, source, &what));
+        match mapped {
+            Ok(mapped) => events.push((what, mapped)),
+            Err(reason) => bad.push((what, reason)),
+        }
     }
-    store
-        .record_import(&entry)
-        .await
-        .map_err(|error| error.to_string())?;
+    Ok((events, bad))
+}
+
+/// Imports everything under the original's data directory `dir`: its
+/// sessions, its key-value entries, then its events.
+pub(crate) async fn import_directory(
+    context: &Context<'_>,
+    dir: &Path,
+    options: &ImportOptions,
+    report: &mut ImportReport,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(), ImportError> {
+    let sessions = sessions_dir(dir);
+    let kv = kv_dir(dir);
+    let events = events_dir(dir);
+    if sessions.is_none() && kv.is_none() && events.is_none() {
+        return Err(ImportError::Source(format!(
+            "{} holds none of the original's records: no sessions/, kv/ or events/ (give its data directory, or its FileStorageAdapter base)",
+            dir.display()
+        )));
+    }
+    let listing = |error: std::io::Error, what: &Path| ImportError::Read {
+        source_name: what.display().to_string(),
+        reason: error.to_string(),
+    };
+    if let Some(sessions) = sessions {
+        let (files, unreadable) =
+            session_files_in(&sessions).map_err(|error| listing(error, &sessions))?;
+        for (path, reason) in unreadable {
+            report.fail(super::sessions::SESSION, path.display().to_string(), reason);
+        }
+        let total = files.len() as u64;
+        for (done, path) in files.iter().enumerate() {
+            let what = path.display().to_string();
+            match read_off_runtime(path).await {
+                Ok(bytes) => super::sessions::import_json(context, &what, &bytes, report).await,
+                Err(reason) => report.fail(super::sessions::SESSION, what, reason),
+            }
+            progress(Progress {
+                kind: super::sessions::SESSION,
+                done: done as u64 + 1,
+                total,
+            });
+        }
+    }
+    if let Some(kv) = kv {
+        let (files, unreadable) =
+            files_ending(&kv, ".json").map_err(|error| listing(error, &kv))?;
+        for (path, reason) in unreadable {
+            report.fail(super::kv::KV, path.display().to_string(), reason);
+        }
+        let total = files.len() as u64;
+        for (done, path) in files.iter().enumerate() {
+            let what = path.display().to_string();
+            let stem = path
+                .file_name()
+                .and_then(|name| name.to_str())
+                .unwrap_or_default()
+                .trim_end_matches(".json")
+                .to_owned();
+            let entry = read_off_runtime(path).await.and_then(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .map_err(|error| format!("not JSON: {error}"))
+                    .and_then(|json| super::kv::parse_entry_file(&stem, json))
+            });
+            match entry {
+                Ok(entry) => super::kv::import_entry(context, &what, entry, report).await,
+                Err(reason) => report.fail(super::kv::KV, what, reason),
+            }
+            progress(Progress {
+                kind: super::kv::KV,
+                done: done as u64 + 1,
+                total,
+            });
+        }
+    }
+    if let Some(events) = events {
+        let (files, unreadable) =
+            files_ending(&events, ".log").map_err(|error| listing(error, &events))?;
+        for (path, reason) in unreadable {
+            report.fail(super::events::EVENT, path.display().to_string(), reason);
+        }
+        let mut mapped = Vec::new();
+        for path in files {
+            let reading = path.clone();
+            let source = context.source.clone();
+            let read = tokio::task::spawn_blocking(move || read_event_log(&reading, &source))
+                .await
+                .map_err(|error| error.to_string())
+                .and_then(|read| read);
+            match read {
+                Ok((events, bad)) => {
+                    mapped.extend(events);
+                    for (what, reason) in bad {
+                        report.fail(super::events::EVENT, what, reason);
+                    }
+                }
+                Err(reason) => {
+                    report.fail(super::events::EVENT, path.display().to_string(), reason)
+                }
+            }
+        }
+        let cutoff = context.now.saturating_sub(options.event_retention);
+        super::events::import_events(context, mapped, cutoff, report, progress).await?;
+    }
     Ok(())
 }

@@ -45,6 +45,9 @@ pub struct MappedSession {
     pub renamed_from: Option<String>,
     /// Agent ids that were not valid here, with the ids they got.
     pub renamed_agents: BTreeMap<String, AgentId>,
+    /// What of the original could not be kept as it was, and why (the
+    /// rest was imported).
+    pub warnings: Vec<String>,
 }
 
 /// Maps `original` (read from `source`).
@@ -108,12 +111,20 @@ pub fn map_session(original: OriginalSession, source: &str) -> Mapped {
     for named in &original.agent_ids {
         agents.ours(named);
     }
+    let mut warnings = Vec::new();
     for (named, raw) in original.agent_states {
         let agent = agents.ours(&named);
-        let state: OriginalAgentState = serde_json::from_value(raw).unwrap_or_default();
-        session
-            .agent_states
-            .insert(agent.clone(), agent_state(agent, state, updated_at));
+        let state = match serde_json::from_value::<OriginalAgentState>(raw) {
+            Ok(state) => state,
+            Err(error) => {
+                warnings.push(format!(
+                    "the state of agent {named:?} is not {{config, context, messageHistory}} ({error}): imported empty"
+                ));
+                OriginalAgentState::default()
+            }
+        };
+        let state = agent_state(agent.clone(), &named, state, updated_at, &mut warnings);
+        session.agent_states.insert(agent, state);
     }
     let mut metadata = original.metadata;
     if !original.shared_context.is_empty() {
@@ -142,6 +153,7 @@ pub fn map_session(original: OriginalSession, source: &str) -> Mapped {
         session,
         renamed_from,
         renamed_agents: agents.renamed,
+        warnings,
     }))
 }
 
@@ -151,8 +163,10 @@ pub fn map_session(original: OriginalSession, source: &str) -> Mapped {
 /// timestamp}`.
 fn agent_state(
     agent: AgentId,
+    named: &str,
     original: OriginalAgentState,
     updated_at: smalltalk::Timestamp,
+    warnings: &mut Vec<String>,
 ) -> AgentState {
     let mut state = AgentState::new(agent, updated_at);
     state.config = original.config;
@@ -178,8 +192,15 @@ fn agent_state(
     state.history = original
         .message_history
         .iter()
-        .filter_map(|entry| {
-            let content = match entry.get("content")? {
+        .enumerate()
+        .filter_map(|(index, entry)| {
+            let Some(content) = entry.get("content") else {
+                warnings.push(format!(
+                    "history entry {index} of agent {named:?} has no content: left out"
+                ));
+                return None;
+            };
+            let content = match content {
                 Value::String(text) => text.clone(),
                 other => other.to_string(),
             };

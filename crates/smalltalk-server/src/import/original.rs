@@ -105,3 +105,30 @@ pub struct OriginalAgentState {
     #[serde(default)]
     pub message_history: Vec<Value>,
 }
+
+/// One line of the original's event logs (`data/events/<topic>.log`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginalEvent {
+    /// Its id, as the original gave it.
+    pub id: String,
+    /// Its topic, for example `task:completed`.
+    pub topic: String,
+    /// Its body.
+    #[serde(default)]
+    pub payload: Value,
+    /// `normal`, `critical` (or `low`, `high`).
+    #[serde(default)]
+    pub priority: Option<String>,
+    /// When it was published, in milliseconds since the epoch.
+    pub timestamp: i64,
+    /// The session it belongs to.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// The conversation it belongs to.
+    #[serde(default)]
+    pub conversation_id: Option<String>,
+    /// Its metadata.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}

@@ -358,6 +358,12 @@ pub(crate) async fn stream(
                         continue;
                     }
                 };
+                // Imported history is for explicit reads (`GET
+                // /v1/events`), not a live stream.
+                if event.is_imported() {
+                    after = position;
+                    continue;
+                }
                 let size = event.payload.get().len();
                 if waiting.fetch_add(size, std::sync::atomic::Ordering::AcqRel) + size
                     > MAX_BUFFERED_BYTES
@@ -450,7 +456,7 @@ fn event_error(error: smalltalk::events::Error) -> ApiError {
     use smalltalk::events::Error as E;
     let detail = error.to_string();
     match error {
-        E::Invalid(_) => ApiError::invalid(detail),
+        E::Invalid(_) | E::ReservedMetadata { .. } => ApiError::invalid(detail),
         E::PayloadTooLarge { .. } => {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", detail)
         }
