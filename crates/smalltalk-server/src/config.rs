@@ -333,11 +333,13 @@ impl ServerConfig {
                 format!("must be sqlite://PATH, postgres://... or memory:// (got {url:?})"),
             ));
         }
+        // The bus's own bounds (1 hour to 30 days), so a value the bus
+        // would refuse is refused here, naming the variable.
         range(
             "event_retention_hours",
             self.event_retention_hours,
-            1,
-            8_760,
+            smalltalk::events::MIN_RETENTION.as_secs() / 3600,
+            smalltalk::events::MAX_RETENTION.as_secs() / 3600,
         )?;
         range(
             "session_expiration_days",
@@ -524,6 +526,8 @@ mod tests {
             ("LOG_FORMAT", "xml", "text, json"),
             ("STORAGE_URL", "mysql://x", "sqlite://PATH"),
             ("SESSION_EXPIRATION_DAYS", "0", "between 1 and 30"),
+            // Past the bus's 30 days: refused here, not by the bus at start.
+            ("EVENT_RETENTION_HOURS", "721", "between 1 and 720"),
             ("SMALLTALK_TOKEN", "short", "at least 16"),
             ("SMALLTALK_LLM_MODEL", "gpt", "SMALLTALK_LLM_URL"),
         ];

@@ -113,7 +113,7 @@ pub struct ImportOptions {
     pub dry_run: bool,
     /// The event bus's retention: older events are reported and skipped
     /// (the bus would purge them at once). Default 24 hours, as the
-    /// server's `SMALLTALK_EVENT_RETENTION_HOURS`.
+    /// server's `EVENT_RETENTION_HOURS`.
     pub event_retention: Duration,
 }
 
