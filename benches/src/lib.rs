@@ -10,6 +10,7 @@
 pub mod events;
 pub mod groups;
 pub mod health;
+pub mod import;
 pub mod server;
 pub mod sessions;
 pub mod state;

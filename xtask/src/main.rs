@@ -6,7 +6,7 @@
 //!   or skipped, and why).
 //! - `contract`: only the contract suites, with the table.
 //! - `bench`: the criterion benchmarks (`cargo bench -p smalltalk-benches`).
-//! - `report [--json] [--quick] [--only storage|sessions|events|health|state|groups|server]`: the
+//! - `report [--json] [--quick] [--only storage|sessions|events|health|state|groups|server|import]`: the
 //!   success-criteria report (release build).
 //!
 //! PostgreSQL is used when `SMALLTALK_TEST_POSTGRES_URL` is set or

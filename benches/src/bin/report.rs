@@ -546,7 +546,7 @@ async fn report() -> anyhow::Result<()> {
     let json_output = args.iter().any(|arg| arg == "--json");
     let quick = args.iter().any(|arg| arg == "--quick");
     let (warmup, count) = if quick { (20, 200) } else { (100, 2000) };
-    // `--only storage|sessions|events|health|state|groups|server`: one group of rows.
+    // `--only storage|sessions|events|health|state|groups|server|import`: one group of rows.
     let only = args
         .iter()
         .position(|arg| arg == "--only")
@@ -583,7 +583,38 @@ async fn report() -> anyhow::Result<()> {
     if wanted("server") {
         server_rows(&mut rows, warmup, count, quick).await?;
     }
+    if wanted("import") {
+        import_rows(&mut rows, quick).await?;
+    }
     print_rows(rows, json_output)
+}
+
+/// The import rows: the original's sessions of 100 messages, 10,000 of
+/// them (1,000 with `--quick`), into SQLite and PostgreSQL.
+async fn import_rows(rows: &mut Vec<Row>, quick: bool) -> anyhow::Result<()> {
+    use smalltalk_benches::import;
+    let sessions = if quick { 1_000 } else { 10_000 };
+    let dir = tempfile::tempdir()?;
+    eprintln!("writing {sessions} sessions of the original, 100 messages each");
+    import::write_sessions(dir.path(), sessions)?;
+    for name in ["sqlite", "postgres"] {
+        let Some(bench_store) = fresh_store(name).await else {
+            continue;
+        };
+        eprintln!("measuring the import of {sessions} sessions into {name}");
+        let per_sec =
+            import::sessions_per_sec(Arc::clone(&bench_store.store), dir.path(), sessions).await;
+        rows.push(Row {
+            id: "IMPORT",
+            backend: name,
+            metric: format!("import_{sessions}_sessions_of_100_messages_per_sec"),
+            value: per_sec,
+            unit: "per_sec",
+            target: None,
+            samples: sessions,
+        });
+    }
+    Ok(())
 }
 
 /// The group rows (SC-013, SC-012, LLM selection overhead, 1,000 groups).

@@ -199,7 +199,7 @@ pub(crate) async fn import_directory(
     dir: &Path,
     options: &ImportOptions,
     report: &mut ImportReport,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(), ImportError> {
     let sessions = sessions_dir(dir);
     let kv = kv_dir(dir);

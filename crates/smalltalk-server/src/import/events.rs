@@ -163,7 +163,7 @@ pub(crate) async fn import_events(
     mut events: Vec<(String, Mapped)>,
     cutoff: Timestamp,
     report: &mut ImportReport,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(), super::ImportError> {
     events.sort_by_key(|(_, mapped)| mapped.event.timestamp);
     let (mut ids, mut originals) =

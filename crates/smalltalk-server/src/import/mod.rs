@@ -320,7 +320,7 @@ pub async fn import(
     store: &dyn Store,
     source: &Source,
     options: &ImportOptions,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<ImportReport, ImportError> {
     let mut report = ImportReport {
         dry_run: options.dry_run,
@@ -344,4 +344,50 @@ pub async fn import(
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_import_can_be_spawned_on_a_multi_threaded_runtime() {
+        fn send<T: Send>(_: &T) {}
+        let store = smalltalk::storage::MemoryStore::new();
+        let source = Source::Directory(".".into());
+        let options = ImportOptions::default();
+        let mut progress = |_: Progress| {};
+        let future = import(&store, &source, &options, &mut progress);
+        send(&future);
+    }
+
+    #[test]
+    fn sources_are_told_apart_and_long_ids_still_fit_the_ledger() {
+        assert!(matches!(
+            Source::parse("postgres://u@h/db"),
+            Ok(Source::Postgres(_))
+        ));
+        assert!(matches!(
+            Source::parse("REDIS://h:6379/0"),
+            Ok(Source::Redis(_))
+        ));
+        assert!(matches!(Source::parse("."), Ok(Source::Directory(_))));
+        assert!(matches!(
+            Source::parse("mysql://h/db"),
+            Err(ImportError::Source(_))
+        ));
+        assert!(matches!(
+            Source::parse("./not-there"),
+            Err(ImportError::Source(_))
+        ));
+        assert_eq!(
+            Source::Postgres("postgres://u:secret@h/db".into()).name(),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(ledger_id("legacy-42"), "legacy-42");
+        let long = "x".repeat(5_000);
+        assert!(ledger_id(&long).starts_with("sha256:") && ledger_id(&long).len() < 100);
+        assert_eq!(ledger_id(&long), ledger_id(&long));
+        assert!(ledger_id("").starts_with("sha256:"));
+    }
 }

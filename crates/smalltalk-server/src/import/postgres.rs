@@ -20,7 +20,7 @@ pub(crate) async fn import_postgres(
     context: &Context<'_>,
     url: &str,
     report: &mut ImportReport,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(), ImportError> {
     let read = |reason: String| ImportError::Read {
         source_name: context.source.clone(),
@@ -45,7 +45,7 @@ async fn import_tables(
     context: &Context<'_>,
     pool: &sqlx::PgPool,
     report: &mut ImportReport,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<Result<(), ImportError>, String> {
     let text = |error: sqlx::Error| error.to_string();
     let ours: bool = sqlx::query_scalar("SELECT to_regclass('smalltalk_schema') IS NOT NULL")

@@ -20,7 +20,7 @@ pub(crate) async fn import_redis(
     context: &Context<'_>,
     url: &str,
     report: &mut ImportReport,
-    progress: &mut dyn FnMut(Progress),
+    progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(), ImportError> {
     let read = |reason: String| ImportError::Read {
         source_name: context.source.clone(),
