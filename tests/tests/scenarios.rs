@@ -36,7 +36,18 @@ const AGENT: &str = env!("CARGO_BIN_EXE_scenario-agent");
 const ROUNDS: u64 = 4;
 
 /// How long an agent takes to answer, in ms: a kill lands mid-turn.
-const DELAY_MS: &str = "150";
+const DELAY_MS: &str = "250";
+
+/// The longest a scenario may take (the issue: each within a minute): a
+/// hang fails it rather than the whole run.
+const LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs `scenario`, failing it past [`LIMIT`].
+async fn within_a_minute(scenario: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(LIMIT, scenario)
+        .await
+        .expect("the scenario took over a minute");
+}
 
 /// A runtime process and what it printed.
 struct Host {
@@ -290,7 +301,7 @@ async fn agent_killed_mid_turn(url: &str) {
 async fn scenario_1_an_agent_killed_mid_turn_comes_back_and_the_group_finishes_on_sqlite() {
     let backend = SqliteBackend::fresh().await.unwrap();
     let url = format!("sqlite://{}", backend.path().display());
-    agent_killed_mid_turn(&url).await;
+    within_a_minute(agent_killed_mid_turn(&url)).await;
     assert_eq!(smalltalk_e2e::sqlite_integrity(backend.path()), "ok");
 }
 
@@ -303,7 +314,7 @@ async fn scenario_1_an_agent_killed_mid_turn_comes_back_and_the_group_finishes_o
         eprintln!("skipped: no PostgreSQL");
         return;
     };
-    agent_killed_mid_turn(&backend.store_url()).await;
+    within_a_minute(agent_killed_mid_turn(&backend.store_url())).await;
 }
 
 #[ignore = "needs PostgreSQL: `cargo xtask ci` runs it when a server is reachable"]
@@ -313,7 +324,11 @@ async fn scenario_2_another_runtime_resumes_the_group_and_the_frozen_ones_turn_n
         eprintln!("skipped: no PostgreSQL");
         return;
     };
-    let url = backend.store_url();
+    within_a_minute(another_runtime_resumes(backend.store_url())).await;
+}
+
+/// Scenario 2 on the store at `url`.
+async fn another_runtime_resumes(url: String) {
     let dir = tempfile::tempdir().unwrap();
     let watcher = watch_progress(url.clone()).await;
     let mut first = Host::spawn(&url, "A", "create", dir.path());
@@ -336,6 +351,10 @@ async fn scenario_2_another_runtime_resumes_the_group_and_the_frozen_ones_turn_n
     // Thawed, A finishes its turn: refused, as the group moved on.
     signal(first.pid(), "CONT");
     let refused = first.until("refused ").await;
+    assert!(
+        refused.contains("changed by another writer"),
+        "refused as a conflict: {refused}"
+    );
     signal(first.pid(), "KILL");
     let _ = first.child.wait().await;
     second.exits_cleanly().await;

@@ -178,6 +178,11 @@ pub struct ReplayOptions {
     pub topics: Vec<TopicPattern>,
     /// At most this many per subscription (the oldest first).
     pub limit: Option<usize>,
+    /// Leave out imported history
+    /// ([`Event::is_imported`](smalltalk_types::Event::is_imported)),
+    /// delivered by default: the replay of what a recovered agent missed
+    /// sets it, as what it missed was live.
+    pub skip_imported: bool,
 }
 
 /// What a replay did.

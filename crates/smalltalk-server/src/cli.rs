@@ -421,11 +421,9 @@ pub(crate) async fn import(
 ) -> anyhow::Result<()> {
     use smalltalk_server::import::{self, ImportOptions, Source};
     let source = Source::parse(source)?;
-    let missing_sqlite = url
-        .strip_prefix("sqlite://")
-        .map(|rest| rest.split('?').next().unwrap_or(rest))
-        .is_some_and(|path| !std::path::Path::new(path).exists());
-    let store = if dry_run && missing_sqlite {
+    // Dry: a target that holds no store yet is read as an empty one, not
+    // created.
+    let store = if dry_run && !holds_a_store(url).await {
         open("memory://").await?
     } else {
         open(url).await?
@@ -450,7 +448,8 @@ pub(crate) async fn import(
     store.close().await?;
     let report = report?;
     if json_output {
-        return print(true, &serde_json::to_value(&report)?, "");
+        print(true, &serde_json::to_value(&report)?, "")?;
+        return import_status(&report);
     }
     println!(
         "{}{} imported, {} skipped, {} duplicate, {} failed",
@@ -466,19 +465,103 @@ pub(crate) async fn import(
             counts.imported, counts.skipped, counts.duplicate, counts.failed
         );
     }
-    for failure in &report.failures {
-        println!("failed  {}: {}", failure.what, failure.reason);
-    }
-    for skip in &report.skips {
-        println!("skipped {}: {}", skip.what, skip.reason);
-    }
-    for renamed in &report.renamed {
-        println!("renamed {} -> {}", renamed.original, renamed.ours);
-    }
-    for warning in &report.warnings {
-        println!("warning {}: {}", warning.what, warning.reason);
+    let lines = |label: &str, items: Vec<String>| {
+        let total = items.len();
+        for item in items.into_iter().take(MAX_LISTED) {
+            println!("{label} {item}");
+        }
+        if total > MAX_LISTED {
+            println!(
+                "{label} ... and {} more (--json lists every one)",
+                total - MAX_LISTED
+            );
+        }
+    };
+    let described = |items: &[smalltalk_server::import::Failure]| {
+        items
+            .iter()
+            .map(|item| format!("{}: {}", item.what, item.reason))
+            .collect::<Vec<_>>()
+    };
+    lines("failed ", described(&report.failures));
+    lines("skipped", described(&report.skips));
+    lines(
+        "renamed",
+        report
+            .renamed
+            .iter()
+            .map(|renamed| format!("{} -> {}", renamed.original, renamed.ours))
+            .collect(),
+    );
+    lines("warning", described(&report.warnings));
+    import_status(&report)
+}
+
+/// Lines of each list the text report prints (`--json` has them all).
+const MAX_LISTED: usize = 20;
+
+/// Exit status 2 when records failed (the rest was imported): scripts can
+/// tell a partial import from a whole one.
+fn import_status(report: &smalltalk_server::import::ImportReport) -> anyhow::Result<()> {
+    if report.failed > 0 {
+        std::process::exit(2);
     }
     Ok(())
+}
+
+/// Whether `url` names a store that exists already (an SQLite file, a
+/// PostgreSQL schema holding our tables). Unsure (a server that does not
+/// answer): `true`, and opening it says why.
+async fn holds_a_store(url: &str) -> bool {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or(rest);
+        let decoded = percent_decode(path);
+        return std::path::Path::new(&decoded).exists();
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = None;
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| !pair.is_empty())
+            .filter(|pair| match pair.strip_prefix("schema=") {
+                Some(name) => {
+                    schema = Some(percent_decode(name));
+                    false
+                }
+                None => !pair.starts_with("max_connections="),
+            })
+            .collect();
+        let plain = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        let table = match schema {
+            Some(schema) => format!("\"{}\".smalltalk_schema", schema.replace('"', "\"\"")),
+            None => "smalltalk_schema".to_owned(),
+        };
+        use sqlx::Connection;
+        let Ok(mut connection) = sqlx::PgConnection::connect(&plain).await else {
+            return true;
+        };
+        let found = sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(&mut connection)
+            .await
+            .unwrap_or(true);
+        let _ = connection.close().await;
+        return found;
+    }
+    // memory:// is always new.
+    false
+}
+
+/// `text` with `%XX` escapes decoded (as storage URLs are).
+fn percent_decode(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// `doctor`: checks the storage URL, that storage opens and answers (its

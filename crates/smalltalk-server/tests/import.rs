@@ -136,7 +136,12 @@ fn the_originals_directory_imports_once_with_every_bad_record_reported() {
         &["import", data.to_str().unwrap(), "--dry-run", "--json"],
         &dry_url,
     );
-    assert_eq!(code, Some(0), "{error}");
+    // Some records fail (they are reported): exit status 2.
+    assert_eq!(code, Some(2), "{error}");
+    assert!(
+        !dir.path().join("dry.db").exists(),
+        "a dry run creates no database"
+    );
     let dry: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         (dry["dryRun"].clone(), dry["imported"].clone()),
@@ -151,7 +156,7 @@ fn the_originals_directory_imports_once_with_every_bad_record_reported() {
 
     let url = format!("sqlite://{}", dir.path().join("ours.db").display());
     let (code, out, error) = run(&["import", data.to_str().unwrap(), "--json"], &url);
-    assert_eq!(code, Some(0), "{error}");
+    assert_eq!(code, Some(2), "{error}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         [
@@ -224,7 +229,7 @@ fn the_originals_directory_imports_once_with_every_bad_record_reported() {
 
     // Again: nothing twice.
     let (code, out, _) = run(&["import", data.to_str().unwrap(), "--json"], &url);
-    assert_eq!(code, Some(0));
+    assert_eq!(code, Some(2), "the same two files fail again");
     let again: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         (again["imported"].clone(), again["duplicate"].clone()),

@@ -186,6 +186,10 @@ fn write_data_directory(data: &Path) {
             "normal",
         ),
         "{\"id\": \"cut short".to_owned(),
+        // Two days ahead: it would hold back the retention purge.
+        json!({"id": "3f1d2c4b-5a69-4788-9abc-def012345678", "topic": "task:completed",
+               "timestamp": Timestamp::now().saturating_add(Duration::from_secs(2 * 86_400)).as_millis()})
+        .to_string(),
         event(
             "3f1d2c4b-5a69-4788-9abc-def012345679",
             "not a topic!",
@@ -429,8 +433,8 @@ async fn directory_round(store: &dyn Store, data: &Path) {
     let report = run_import(store, &source, false).await;
     // 5 sessions, 2 entries, 4 events; skipped: pending cleanup, an expired
     // entry, an old event; failed: wrong types, truncated gzip, broken
-    // entry, a cut-short line, a bad topic.
-    assert_eq!(counts(&report), [11, 3, 0, 5], "{report:#?}");
+    // entry, a cut-short line, a future event, a bad topic.
+    assert_eq!(counts(&report), [11, 3, 0, 6], "{report:#?}");
     assert_eq!(
         counts(&dry),
         counts(&report),
@@ -444,7 +448,7 @@ async fn directory_round(store: &dyn Store, data: &Path) {
     assert_eq!(
         by_kind,
         BTreeMap::from([
-            ("event", [4, 1, 0, 2]),
+            ("event", [4, 1, 0, 3]),
             ("kv", [2, 1, 0, 1]),
             ("session", [5, 1, 0, 2]),
         ])
@@ -456,6 +460,7 @@ async fn directory_round(store: &dyn Store, data: &Path) {
         "broken.json",
         "task_completed.log:4",
         "task_completed.log:5",
+        "task_completed.log:6",
     ] {
         assert!(
             failures.iter().any(|what| what.ends_with(expected)),
@@ -486,7 +491,7 @@ async fn directory_round(store: &dyn Store, data: &Path) {
     check_directory_import(store).await;
 
     let again = run_import(store, &source, false).await;
-    assert_eq!(counts(&again), [0, 3, 11, 5], "nothing twice: {again:#?}");
+    assert_eq!(counts(&again), [0, 3, 11, 6], "nothing twice: {again:#?}");
     assert_eq!(
         store
             .read_events(0, &EventFilter::default(), 100)
@@ -546,10 +551,12 @@ fn recorder(
                 .metadata
                 .get("importedFrom")
                 .map_or("live", |_| "imported");
-            seen.lock().unwrap().push((
-                format!("{from} {}", delivery.event().topic),
-                delivery.is_replay(),
-            ));
+            let name = delivery.event().payload.to_value().unwrap_or_default()["live"]
+                .as_str()
+                .map_or_else(|| delivery.event().topic.to_string(), str::to_owned);
+            seen.lock()
+                .unwrap()
+                .push((format!("{from} {name}"), delivery.is_replay()));
             let _ = done.send(());
             Outcome::Ack
         }
@@ -568,8 +575,25 @@ async fn imported_events_are_history_for_explicit_replay_never_new_deliveries() 
     let bus = EventBus::durable(Arc::clone(&store) as Arc<dyn smalltalk::storage::EventLog>)
         .await
         .unwrap();
-    // Subscribed before the import, and one that comes after it wanting
-    // everything it missed.
+    let publish = |name: &'static str| {
+        let bus = bus.clone();
+        async move {
+            bus.publish(
+                "task:completed",
+                json!({"live": name}),
+                PublishOptions::default().critical(),
+            )
+            .await
+            .unwrap();
+        }
+    };
+    // `before` stays subscribed throughout; `after` leaves before the
+    // import and comes back after it, wanting the newest 2 it missed.
+    let returning = smalltalk::SubscribeOptions::default().policy(EventReplayPolicy {
+        mode: ReplayMode::Full,
+        max_events: Some(2),
+        ..EventReplayPolicy::default()
+    });
     let before: Seen = Seen::default();
     let (before_tx, mut before_rx) = tokio::sync::mpsc::unbounded_channel();
     let _first = bus
@@ -581,6 +605,23 @@ async fn imported_events_are_history_for_explicit_replay_never_new_deliveries() 
         )
         .await
         .unwrap();
+    let after: Seen = Seen::default();
+    let (after_tx, mut after_rx) = tokio::sync::mpsc::unbounded_channel();
+    let leaving = bus
+        .subscribe(
+            "*:*",
+            "after",
+            recorder(&after, after_tx.clone()),
+            returning.clone(),
+        )
+        .await
+        .unwrap();
+    publish("warmup").await;
+    after_rx.recv().await.unwrap();
+    leaving.unsubscribe().await;
+    // Missed by `after`, then the import appends history after them.
+    publish("missed-1").await;
+    publish("missed-2").await;
     let report = run_import(
         store.as_ref(),
         &Source::parse(data.to_str().unwrap()).unwrap(),
@@ -588,50 +629,68 @@ async fn imported_events_are_history_for_explicit_replay_never_new_deliveries() 
     )
     .await;
     assert_eq!(report.by_kind["event"].imported, 4);
-    let after: Seen = Seen::default();
-    let (after_tx, mut after_rx) = tokio::sync::mpsc::unbounded_channel();
-    let options = smalltalk::SubscribeOptions::default().policy(EventReplayPolicy {
-        mode: ReplayMode::Full,
-        ..EventReplayPolicy::default()
-    });
     let _second = bus
-        .subscribe("*:*", "after", recorder(&after, after_tx), options)
+        .subscribe("*:*", "after", recorder(&after, after_tx), returning)
         .await
         .unwrap();
-    bus.publish(
-        "task:completed",
-        json!({"live": true}),
-        PublishOptions::default().critical(),
-    )
-    .await
-    .unwrap();
+    publish("live").await;
     // The live event comes after the imported ones in the log: once it is
     // handled, the imported ones were passed over.
-    before_rx.recv().await.unwrap();
-    after_rx.recv().await.unwrap();
-    for seen in [&before, &after] {
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [("live task:completed".to_owned(), false)],
-            "imported events are not delivered live nor replayed on subscribe"
-        );
+    for _ in 0..4 {
+        before_rx.recv().await.unwrap();
     }
+    for _ in 0..3 {
+        after_rx.recv().await.unwrap();
+    }
+    let live = |name: &str, replay: bool| (format!("live {name}"), replay);
+    assert_eq!(
+        *before.lock().unwrap(),
+        [
+            live("warmup", false),
+            live("missed-1", false),
+            live("missed-2", false),
+            live("live", false)
+        ],
+        "imported events are not delivered live"
+    );
+    assert_eq!(
+        *after.lock().unwrap(),
+        [
+            live("warmup", false),
+            live("missed-1", true),
+            live("missed-2", true),
+            live("live", false)
+        ],
+        "the newest 2 it missed are the live ones: imported history takes no place among them"
+    );
     // An explicit replay is where they are.
     let replayed = bus
         .replay("before", ReplayOptions::default())
         .await
         .unwrap();
-    assert_eq!(replayed.delivered, 5);
+    assert_eq!(replayed.delivered, 8);
     let seen = before.lock().unwrap().clone();
-    assert_eq!(seen.len(), 6);
-    assert!(seen[1..].iter().all(|(_, replay)| *replay));
+    assert_eq!(seen.len(), 12);
+    assert!(seen[4..].iter().all(|(_, replay)| *replay));
     assert_eq!(
-        seen[1..]
+        seen[4..]
             .iter()
             .filter(|(what, _)| what.starts_with("imported"))
             .count(),
         4
     );
+    // What a recovered agent missed is replayed without them.
+    let missed = bus
+        .replay(
+            "before",
+            ReplayOptions {
+                skip_imported: true,
+                ..ReplayOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(missed.delivered, 4);
     // Publishing with the marker is refused: it would hide an event.
     let refused = bus
         .publish(
@@ -725,7 +784,7 @@ async fn the_originals_postgres_tables_import_once_and_our_own_database_is_refus
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("ours.db").display());
     let (code, out, error) = run_cli(&["import", &original, "--json"], &url);
-    assert_eq!(code, Some(0), "{error}");
+    assert_eq!(code, Some(2), "a record failed: {error}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         [
@@ -902,7 +961,7 @@ async fn the_originals_redis_keys_import_once() {
     let dir = tempfile::tempdir().unwrap();
     let url_ours = format!("sqlite://{}", dir.path().join("ours.db").display());
     let (code, out, error) = run_cli(&["import", &url, "--json"], &url_ours);
-    assert_eq!(code, Some(0), "{error}");
+    assert_eq!(code, Some(2), "a record failed: {error}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         [

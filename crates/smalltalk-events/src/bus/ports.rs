@@ -37,8 +37,10 @@ impl smalltalk_types::MissedEventReplayer for EventBus {
         agent_id: &smalltalk_types::AgentId,
         since: smalltalk_types::Timestamp,
     ) -> std::result::Result<smalltalk_types::ReplayCounts, smalltalk_types::BoxError> {
+        // What it missed was live: imported history is not part of it.
         let options = ReplayOptions {
             since: Some(since),
+            skip_imported: true,
             ..ReplayOptions::default()
         };
         match self.replay(agent_id.as_str(), options).await {

@@ -208,6 +208,11 @@ impl Worker {
                         continue;
                     }
                 };
+                // Imported history is for explicit replays: it takes no
+                // place among the newest `n`.
+                if event.is_imported() {
+                    continue;
+                }
                 match keep_at_most {
                     // Keep only the newest `n`: deliver at the end.
                     Some(n) => {
@@ -285,11 +290,12 @@ impl Worker {
                         continue;
                     }
                 };
-                if !options.topics.is_empty()
-                    && !options
-                        .topics
-                        .iter()
-                        .any(|topic| topic.matches(&event.topic))
+                if (options.skip_imported && event.is_imported())
+                    || (!options.topics.is_empty()
+                        && !options
+                            .topics
+                            .iter()
+                            .any(|topic| topic.matches(&event.topic)))
                 {
                     continue;
                 }

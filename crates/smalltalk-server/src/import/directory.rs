@@ -9,25 +9,18 @@
 //!
 //! Symbolic links are not followed; files are read off the async runtime.
 
-use std::io::{BufRead, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::original::{OriginalEvent, OriginalSession};
+use super::original::OriginalSession;
 use super::{Context, ImportError, ImportOptions, ImportReport, Progress};
 
 /// The files of a listing, and each entry that could not be looked at
 /// (with why).
 type Listing = (Vec<PathBuf>, Vec<(PathBuf, String)>);
 
-/// An event log's events (each with `path:line`), and its lines that are
-/// not events (with why).
-pub type EventLines = (Vec<(String, super::events::Mapped)>, Vec<(String, String)>);
-
 /// The most bytes one session or entry file may hold once decompressed.
 pub const MAX_SESSION_BYTES: u64 = 64 * 1024 * 1024;
-
-/// The most bytes one event log file may hold.
-pub const MAX_EVENT_LOG_BYTES: u64 = 4 * 1024 * 1024 * 1024;
 
 /// The FileStorageAdapter's base under `dir`: its `sessions/` when that
 /// holds `sessions/` (the data folder), else `dir` itself.
@@ -58,7 +51,7 @@ pub fn events_dir(dir: &Path) -> Option<PathBuf> {
 
 /// The regular files in `dir` whose names end in `suffix`, in name order,
 /// and each entry that could not be looked at (with why).
-fn files_ending(dir: &Path, suffix: &str) -> std::io::Result<Listing> {
+fn files_ending(dir: &Path, suffixes: &[&str]) -> std::io::Result<Listing> {
     let mut files = Vec::new();
     let mut unreadable = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -70,11 +63,13 @@ fn files_ending(dir: &Path, suffix: &str) -> std::io::Result<Listing> {
             }
         };
         let path = entry.path();
-        if !path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .is_some_and(|name| name.ends_with(suffix))
-        {
+        let name = entry.file_name();
+        let lossy = name.to_string_lossy();
+        if !suffixes.iter().any(|suffix| lossy.ends_with(suffix)) {
+            continue;
+        }
+        if name.to_str().is_none() {
+            unreadable.push((path, "its name is not UTF-8".into()));
             continue;
         }
         match std::fs::symlink_metadata(&path) {
@@ -102,27 +97,21 @@ pub fn session_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 /// The session files in `sessions` (see [`session_files`]), and the
 /// entries that could not be looked at.
 fn session_files_in(sessions: &Path) -> std::io::Result<Listing> {
-    let (files, unreadable) = files_ending(sessions, ".json")?;
-    let (gzipped, more) = files_ending(sessions, ".json.gz")?;
+    let (files, unreadable) = files_ending(sessions, &[".json", ".json.gz"])?;
     let mut by_stem: std::collections::BTreeMap<String, PathBuf> = Default::default();
     for path in files {
         let name = path
             .file_name()
             .and_then(|name| name.to_str())
             .unwrap_or_default();
-        by_stem.insert(name.trim_end_matches(".json").to_owned(), path);
+        // The gzip wins: it comes after its `.json` in name order.
+        let stem = name
+            .strip_suffix(".json.gz")
+            .or_else(|| name.strip_suffix(".json"))
+            .unwrap_or(name);
+        by_stem.insert(stem.to_owned(), path);
     }
-    for path in gzipped {
-        let name = path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .unwrap_or_default();
-        by_stem.insert(name.trim_end_matches(".json.gz").to_owned(), path);
-    }
-    Ok((
-        by_stem.into_values().collect(),
-        unreadable.into_iter().chain(more).collect(),
-    ))
+    Ok((by_stem.into_values().collect(), unreadable))
 }
 
 /// Reads one session file (gzip when it ends in `.gz`), at most
@@ -160,36 +149,6 @@ async fn read_off_runtime(path: &Path) -> Result<Vec<u8>, String> {
     tokio::task::spawn_blocking(move || read_file(&reading))
         .await
         .map_err(|error| error.to_string())?
-}
-
-/// Reads one event log: each line that is an event of the original, mapped,
-/// with `path:line`; each that is not, with why.
-pub fn read_event_log(path: &Path, source: &str) -> Result<EventLines, String> {
-    let file = std::fs::File::open(path).map_err(|error| error.to_string())?;
-    let mut events = Vec::new();
-    let mut bad = Vec::new();
-    let reader = std::io::BufReader::new(file.take(MAX_EVENT_LOG_BYTES));
-    for (index, line) in reader.split(b'\n').enumerate() {
-        let what = format!("{}:{}", path.display(), index + 1);
-        let line = match line {
-            Ok(line) => line,
-            Err(error) => {
-                bad.push((what, format!("unreadable: {error}")));
-                break;
-            }
-        };
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let mapped = serde_json::from_slice::<OriginalEvent>(&line)
-            .map_err(|error| format!("not an event of the original: {error}"))
-            .and_then(|original| super::events::map_event(original, source, &what));
-        match mapped {
-            Ok(mapped) => events.push((what, mapped)),
-            Err(reason) => bad.push((what, reason)),
-        }
-    }
-    Ok((events, bad))
 }
 
 /// Imports everything under the original's data directory `dir`: its
@@ -236,7 +195,7 @@ pub(crate) async fn import_directory(
     }
     if let Some(kv) = kv {
         let (files, unreadable) =
-            files_ending(&kv, ".json").map_err(|error| listing(error, &kv))?;
+            files_ending(&kv, &[".json"]).map_err(|error| listing(error, &kv))?;
         for (path, reason) in unreadable {
             report.fail(super::kv::KV, path.display().to_string(), reason);
         }
@@ -267,32 +226,12 @@ pub(crate) async fn import_directory(
     }
     if let Some(events) = events {
         let (files, unreadable) =
-            files_ending(&events, ".log").map_err(|error| listing(error, &events))?;
+            files_ending(&events, &[".log"]).map_err(|error| listing(error, &events))?;
         for (path, reason) in unreadable {
             report.fail(super::events::EVENT, path.display().to_string(), reason);
         }
-        let mut mapped = Vec::new();
-        for path in files {
-            let reading = path.clone();
-            let source = context.source.clone();
-            let read = tokio::task::spawn_blocking(move || read_event_log(&reading, &source))
-                .await
-                .map_err(|error| error.to_string())
-                .and_then(|read| read);
-            match read {
-                Ok((events, bad)) => {
-                    mapped.extend(events);
-                    for (what, reason) in bad {
-                        report.fail(super::events::EVENT, what, reason);
-                    }
-                }
-                Err(reason) => {
-                    report.fail(super::events::EVENT, path.display().to_string(), reason)
-                }
-            }
-        }
         let cutoff = context.now.saturating_sub(options.event_retention);
-        super::events::import_events(context, mapped, cutoff, report, progress).await?;
+        super::events::import_logs(context, files, cutoff, report, progress).await?;
     }
     Ok(())
 }

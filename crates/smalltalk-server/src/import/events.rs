@@ -12,16 +12,16 @@
 
 use std::collections::HashSet;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use smalltalk::storage::EventFilter;
 use smalltalk::types::event::IMPORTED_FROM;
 use smalltalk::types::format::FORMAT_VERSION;
 use smalltalk::types::{Event, EventId, EventPriority, Payload, Topic};
 use smalltalk::{ConversationId, SessionId, Timestamp};
 
-use super::mapping::derived_session_id;
+use super::mapping::{derived_session_id, derived_uuid};
 use super::original::OriginalEvent;
-use super::{Context, ImportReport, Outcome, Progress, hex_digest};
+use super::{Context, ImportReport, Outcome, Progress};
 
 /// The report's kind of imported events.
 pub const EVENT: &str = "event";
@@ -103,32 +103,9 @@ pub struct Mapped {
     pub renamed: bool,
 }
 
-/// A UUID v4 id made from a SHA-256 of `original`: the same on every run.
-fn derived_uuid<T: std::str::FromStr>(kind: &str, original: &str) -> T
-where
-    T::Err: std::fmt::Debug,
-{
-    let digest = hex_digest(&format!("smalltalk-ts {kind} {original}"));
-    let mut hex: Vec<u8> = digest.as_bytes()[..32].to_vec();
-    hex[12] = b'4';
-    hex[16] = b"89ab"[usize::from(hex[16] % 4)];
-    let hex = String::from_utf8(hex).expect("hex digits");
-    let text = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    );
-    text.parse().expect("a UUID v4 in text form")
-}
-
-/// The ids of the events in the log, and the original ids of those
-/// imported.
-async fn already_in(context: &Context<'_>) -> Result<(HashSet<EventId>, HashSet<String>), String> {
+/// The ids of the events in the log that were imported.
+async fn imported_ids(context: &Context<'_>) -> Result<HashSet<EventId>, String> {
     let mut ids = HashSet::new();
-    let mut originals = HashSet::new();
     let mut after = 0;
     loop {
         let batch = context
@@ -140,46 +117,191 @@ async fn already_in(context: &Context<'_>) -> Result<(HashSet<EventId>, HashSet<
         for entry in batch {
             after = entry.position();
             if let smalltalk::storage::LogEntry::Event(event) = entry {
-                if let Some(Value::String(original)) = event
-                    .metadata
-                    .get(IMPORTED_FROM)
-                    .and_then(|from| from.get("id"))
-                {
-                    originals.insert(original.clone());
+                if event.is_imported() {
+                    ids.insert(event.id);
                 }
-                ids.insert(event.id);
             }
         }
         if !full {
-            return Ok((ids, originals));
+            return Ok(ids);
         }
     }
 }
 
-/// Imports `events` (each with where it was read), oldest first; events
-/// before `cutoff` are skipped.
-pub(crate) async fn import_events(
+/// What the reader of the logs hands on: an event (with `file:line`), or a
+/// line or file that is not one (with why).
+enum Read {
+    Event(String, Box<Mapped>),
+    Bad(String, String),
+}
+
+/// One log being read: its next event, and the rest.
+struct LogFile {
+    path: std::path::PathBuf,
+    lines: std::io::Split<std::io::BufReader<std::fs::File>>,
+    line: usize,
+}
+
+impl LogFile {
+    /// The next event of the file, handing bad lines to `bad`; `None` at
+    /// its end.
+    fn next_event(
+        &mut self,
+        source: &str,
+        bad: &mut dyn FnMut(String, String) -> bool,
+    ) -> Option<(String, Mapped)> {
+        loop {
+            let line = self.lines.next()?;
+            self.line += 1;
+            let what = format!("{}:{}", self.path.display(), self.line);
+            let line = match line {
+                Ok(line) => line,
+                Err(error) => {
+                    bad(what, format!("unreadable: {error}"));
+                    return None;
+                }
+            };
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let mapped = serde_json::from_slice::<OriginalEvent>(&line)
+                .map_err(|error| format!("not an event of the original: {error}"))
+                .and_then(|original| map_event(original, source, &what));
+            match mapped {
+                Ok(mapped) => return Some((what, mapped)),
+                Err(reason) => {
+                    if !bad(what, reason) {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads the logs `files` on this (blocking) thread, merged by timestamp
+/// (each file is in the order the original appended it, its publish
+/// order; ties and lines out of order within a file keep the file's
+/// order), handing each event to `sender`. Holds one event per file.
+fn merge_logs(
+    files: Vec<std::path::PathBuf>,
+    source: &str,
+    sender: &tokio::sync::mpsc::Sender<Read>,
+) {
+    use std::cmp::Reverse;
+    let send = |read: Read| sender.blocking_send(read).is_ok();
+    let mut bad = |what: String, reason: String| send(Read::Bad(what, reason));
+    let mut logs = Vec::new();
+    let mut heads = std::collections::BinaryHeap::new();
+    for path in files {
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(error) => {
+                if !bad(path.display().to_string(), error.to_string()) {
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut log = LogFile {
+            path,
+            lines: std::io::BufRead::split(std::io::BufReader::new(file), b'\n'),
+            line: 0,
+        };
+        if let Some((what, mapped)) = log.next_event(source, &mut bad) {
+            heads.push(Reverse(Head::new(logs.len(), what, mapped)));
+        }
+        logs.push(log);
+    }
+    while let Some(Reverse(head)) = heads.pop() {
+        let index = head.index;
+        if !send(Read::Event(head.what, head.mapped)) {
+            return;
+        }
+        if let Some((what, mapped)) = logs[index].next_event(source, &mut bad) {
+            heads.push(Reverse(Head::new(index, what, mapped)));
+        }
+    }
+}
+
+/// A file's next event, ordered by its time, then by the file.
+struct Head {
+    timestamp: Timestamp,
+    index: usize,
+    what: String,
+    mapped: Box<Mapped>,
+}
+
+impl Head {
+    fn new(index: usize, what: String, mapped: Mapped) -> Self {
+        Self {
+            timestamp: mapped.event.timestamp,
+            index,
+            what,
+            mapped: Box::new(mapped),
+        }
+    }
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        (self.timestamp, self.index) == (other.timestamp, other.index)
+    }
+}
+
+impl Eq for Head {}
+
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Head {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.timestamp, self.index).cmp(&(other.timestamp, other.index))
+    }
+}
+
+/// How far in the future an event's time may be (clocks differ): a later
+/// one is refused, as it would hold back the retention purge of every
+/// event after it.
+const FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Imports the event logs `files`, oldest first, as they are read (never
+/// all in memory); events before `cutoff` are skipped.
+pub(crate) async fn import_logs(
     context: &Context<'_>,
-    mut events: Vec<(String, Mapped)>,
+    files: Vec<std::path::PathBuf>,
     cutoff: Timestamp,
     report: &mut ImportReport,
     progress: &mut (dyn FnMut(Progress) + Send),
 ) -> Result<(), super::ImportError> {
-    events.sort_by_key(|(_, mapped)| mapped.event.timestamp);
-    let (mut ids, mut originals) =
-        already_in(context)
-            .await
-            .map_err(|reason| super::ImportError::Read {
-                source_name: "the target's event log".into(),
-                reason,
-            })?;
-    let total = events.len() as u64;
+    let mut known = imported_ids(context)
+        .await
+        .map_err(|reason| super::ImportError::Read {
+            source_name: "the target's event log".into(),
+            reason,
+        })?;
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<Read>(BATCH);
+    let source = context.source.clone();
+    let reader = tokio::task::spawn_blocking(move || merge_logs(files, &source, &sender));
+    let latest = context.now.saturating_add(FUTURE_SKEW);
+    let max_payload = smalltalk::EventBusConfig::default().max_payload_bytes;
     let mut done = 0;
     let mut batch: Vec<Event> = Vec::with_capacity(BATCH);
     let mut pending: Vec<String> = Vec::with_capacity(BATCH);
-    for (what, mapped) in events {
+    while let Some(read) = receiver.recv().await {
+        let (what, mapped) = match read {
+            Read::Event(what, mapped) => (what, *mapped),
+            Read::Bad(what, reason) => {
+                report.fail(EVENT, what, reason);
+                continue;
+            }
+        };
         done += 1;
-        if mapped.event.timestamp < cutoff {
+        let event = &mapped.event;
+        if event.timestamp < cutoff {
             report.skip(
                 EVENT,
                 mapped.original_id,
@@ -187,24 +309,28 @@ pub(crate) async fn import_events(
             );
             continue;
         }
-        if originals.contains(&mapped.original_id) {
-            report.count(EVENT, Outcome::Duplicate);
-            continue;
-        }
-        if !ids.insert(mapped.event.id) {
+        if event.timestamp > latest {
             report.fail(
                 EVENT,
                 what,
-                format!(
-                    "event {} is already in the log, not imported",
-                    mapped.event.id
-                ),
+                format!("its time {} is in the future", event.timestamp),
             );
             continue;
         }
-        originals.insert(mapped.original_id.clone());
+        if event.payload.len() > max_payload {
+            report.fail(
+                EVENT,
+                what,
+                format!("its payload is over the bus's {max_payload}-byte limit"),
+            );
+            continue;
+        }
+        if !known.insert(event.id) {
+            report.count(EVENT, Outcome::Duplicate);
+            continue;
+        }
         if mapped.renamed {
-            report.rename(mapped.original_id, mapped.event.id.to_string());
+            report.rename(mapped.original_id, event.id.to_string());
         }
         pending.push(what);
         batch.push(mapped.event);
@@ -213,7 +339,7 @@ pub(crate) async fn import_events(
             progress(Progress {
                 kind: EVENT,
                 done,
-                total,
+                total: done,
             });
         }
     }
@@ -221,12 +347,17 @@ pub(crate) async fn import_events(
     progress(Progress {
         kind: EVENT,
         done,
-        total,
+        total: done,
     });
+    reader.await.map_err(|error| super::ImportError::Read {
+        source_name: "the event logs".into(),
+        reason: error.to_string(),
+    })?;
     Ok(())
 }
 
-/// Appends `batch` in one transaction (unless dry), counting each.
+/// Appends `batch` in one transaction (unless dry), counting each; if the
+/// batch fails, each event alone, so one bad event fails only itself.
 async fn append(
     context: &Context<'_>,
     batch: &mut Vec<Event>,
@@ -245,6 +376,18 @@ async fn append(
         Ok(()) => {
             for _ in batch.iter() {
                 report.count(EVENT, Outcome::Imported);
+            }
+        }
+        Err(_) if batch.len() > 1 => {
+            for (event, what) in batch.iter().zip(pending.iter()) {
+                match context
+                    .store
+                    .append_events(std::slice::from_ref(event))
+                    .await
+                {
+                    Ok(_) => report.count(EVENT, Outcome::Imported),
+                    Err(error) => report.fail(EVENT, what.clone(), error.to_string()),
+                }
             }
         }
         Err(error) => {

@@ -30,18 +30,7 @@ pub fn our_key(key: &str) -> StorageKey {
     if let Ok(ours) = StorageKey::parse(key) {
         return ours;
     }
-    let safe: String = key
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(200)
-        .collect();
-    let safe = safe.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    let safe = super::mapping::safe_name(key, 200);
     let digest = hex_digest(key);
     let derived = if safe.is_empty() {
         format!("imported-{}", &digest[..8])
@@ -91,14 +80,15 @@ async fn import_one(
     {
         return Ok(Some(Outcome::Duplicate));
     }
+    // The same original twice in one source.
+    if !context.first_time(KV, &original_id) {
+        return Ok(Some(Outcome::Duplicate));
+    }
     let key = our_key(&entry.key);
     if key.as_str() != entry.key {
         report.rename(entry.key.clone(), key.as_str());
     }
     let value = serde_json::to_vec(&entry.value).map_err(|error| error.to_string())?;
-    if context.dry_run {
-        return Ok(Some(Outcome::Imported));
-    }
     // The entry, then the ledger: a crash between leaves the entry, which
     // the next run finds with the same value, and records.
     let outcome = match context
@@ -113,6 +103,7 @@ async fn import_one(
                 "key {key} is already here with another value: left as it is"
             ));
         }
+        None if context.dry_run => Outcome::Imported,
         None => {
             context
                 .store
@@ -122,6 +113,9 @@ async fn import_one(
             Outcome::Imported
         }
     };
+    if context.dry_run {
+        return Ok(Some(outcome));
+    }
     context
         .store
         .record_import(&ImportEntry {

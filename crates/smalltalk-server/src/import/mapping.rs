@@ -223,8 +223,18 @@ fn agent_state(
 /// The session id for an original id that is not one of ours: a UUID v4
 /// made from a SHA-256 of it, so every run (and every node) gives the same.
 pub fn derived_session_id(original: &str) -> SessionId {
+    derived_uuid("session", original)
+}
+
+/// A UUID v4 id of `kind` (`session`, `event`, `conversation`) made from
+/// a SHA-256 of `original`: the same on every run.
+pub(crate) fn derived_uuid<T>(kind: &str, original: &str) -> T
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Debug,
+{
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("smalltalk-ts session {original}").as_bytes());
+    let digest = sha2::Sha256::digest(format!("smalltalk-ts {kind} {original}").as_bytes());
     let mut bytes = [0_u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
@@ -238,7 +248,26 @@ pub fn derived_session_id(original: &str) -> SessionId {
         &hex[16..20],
         &hex[20..]
     );
-    SessionId::parse(&text).unwrap_or_else(|_| SessionId::new())
+    text.parse()
+        .expect("version and variant bits set: a UUID v4 in its canonical form")
+}
+
+/// The characters of `original` safe in an id here (`[A-Za-z0-9_:-]`,
+/// others as `-`), at most `max` of them, starting with a letter or digit.
+pub(crate) fn safe_name(original: &str, max: usize) -> String {
+    let safe: String = original
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(max)
+        .collect();
+    safe.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+        .to_owned()
 }
 
 /// Agent ids here for the original's: valid ones as they are, others
@@ -266,20 +295,7 @@ impl AgentNames {
             return known.clone();
         }
         let id = AgentId::parse(original).unwrap_or_else(|_| {
-            let mut safe: String = original
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | ':') {
-                        c
-                    } else {
-                        '-'
-                    }
-                })
-                .take(100)
-                .collect();
-            safe = safe
-                .trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
-                .to_owned();
+            let safe = safe_name(original, 100);
             let base = if safe.is_empty() {
                 "agent".to_owned()
             } else {

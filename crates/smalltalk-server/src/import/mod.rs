@@ -290,6 +290,18 @@ pub(crate) struct Context<'a> {
     pub source: String,
     pub dry_run: bool,
     pub now: smalltalk::Timestamp,
+    /// The (kind, ledger id) pairs this run has met.
+    pub seen: std::sync::Mutex<std::collections::HashSet<(&'static str, String)>>,
+}
+
+impl Context<'_> {
+    /// Whether this run meets `original` of `kind` for the first time.
+    pub(crate) fn first_time(&self, kind: &'static str, original: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert((kind, original.to_owned()))
+    }
 }
 
 /// The ledger's id for an original id: itself, or a SHA-256 of it when it
@@ -331,6 +343,7 @@ pub async fn import(
         source: source.name(),
         dry_run: options.dry_run,
         now: smalltalk::Timestamp::now(),
+        seen: Default::default(),
     };
     match source {
         Source::Directory(dir) => {

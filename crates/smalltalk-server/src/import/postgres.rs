@@ -11,8 +11,8 @@ use super::kv::{KV, OriginalEntry};
 use super::sessions::SESSION;
 use super::{Context, ImportError, ImportReport, Progress};
 
-/// Rows read per query.
-const PAGE: i64 = 500;
+/// Rows read per query (sessions of the original can be large).
+const PAGE: i64 = 100;
 
 /// Imports the sessions, then the key-value entries, of the original's
 /// database at `url`.
@@ -85,8 +85,8 @@ async fn import_tables(
         let mut done = 0;
         loop {
             let rows = sqlx::query(
-                "SELECT id, data::text AS data FROM sessions \
-                 WHERE $1::text IS NULL OR id > $1 ORDER BY id LIMIT $2",
+                "SELECT id::text AS id, data::text AS data FROM sessions \
+                 WHERE $1::text IS NULL OR id::text > $1 ORDER BY id::text LIMIT $2",
             )
             .bind(after.as_deref())
             .bind(PAGE)
@@ -118,6 +118,25 @@ async fn import_tables(
         }
     }
     if has_kv {
+        let ttl_type: Option<String> = sqlx::query_scalar(
+            "SELECT data_type::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = 'key_value' AND column_name = 'ttl'",
+        )
+        .fetch_optional(pool)
+        .await
+        .map_err(text)?;
+        let expires = match ttl_type.as_deref() {
+            Some(kind) if kind.starts_with("timestamp") || kind == "date" => {
+                "(extract(epoch FROM ttl) * 1000000)::bigint"
+            }
+            Some(_) => "NULL::bigint",
+            None => "NULL::bigint",
+        };
+        let ttl_text = if ttl_type.is_some() {
+            "ttl::text"
+        } else {
+            "NULL::text"
+        };
         let total: i64 = sqlx::query_scalar("SELECT count(*) FROM key_value")
             .fetch_one(pool)
             .await
@@ -126,12 +145,14 @@ async fn import_tables(
         let mut after: Option<String> = None;
         let mut done = 0;
         loop {
-            // `ttl` is a TIMESTAMP without a zone: the original writes UTC.
-            let rows = sqlx::query(
-                "SELECT key, value::text AS value, \
-                 (extract(epoch FROM ttl) * 1000000)::bigint AS expires_micros \
-                 FROM key_value WHERE $1::text IS NULL OR key > $1 ORDER BY key LIMIT $2",
-            )
+            // `ttl` is a TIMESTAMP without a zone, which the original
+            // writes in UTC (a zone-aware one is taken as it is); a number
+            // is milliseconds since the epoch; text is ISO 8601.
+            let rows = sqlx::query(&format!(
+                "SELECT key::text AS key, value::text AS value, {expires} AS expires_micros, \
+                 {ttl_text} AS ttl_text \
+                 FROM key_value WHERE $1::text IS NULL OR key::text > $1 ORDER BY key::text LIMIT $2"
+            ))
             .bind(after.as_deref())
             .bind(PAGE)
             .fetch_all(pool)
@@ -150,13 +171,29 @@ async fn import_tables(
                     });
                 let expires = row
                     .try_get::<Option<i64>, _>("expires_micros")
-                    .map_err(|error| error.to_string());
+                    .map_err(|error| error.to_string())
+                    .and_then(|micros| match micros {
+                        Some(micros) => Ok(Some(smalltalk::Timestamp::from_micros(micros))),
+                        None => {
+                            let text: Option<String> =
+                                row.try_get("ttl_text").map_err(|error| error.to_string())?;
+                            match text {
+                                None => Ok(None),
+                                Some(text) => match text.trim().parse::<i64>() {
+                                    Ok(millis) => {
+                                        super::kv::expiry_of(&serde_json::Value::from(millis))
+                                    }
+                                    Err(_) => super::kv::expiry_of(&serde_json::Value::from(text)),
+                                },
+                            }
+                        }
+                    });
                 match (value, expires) {
                     (Ok(value), Ok(expires)) => {
                         let entry = OriginalEntry {
                             key: key.clone(),
                             value,
-                            expires_at: expires.map(smalltalk::Timestamp::from_micros),
+                            expires_at: expires,
                         };
                         super::kv::import_entry(context, &what, entry, report).await;
                     }

@@ -75,6 +75,10 @@ async fn import_one(
     {
         return Ok(Some(Outcome::Duplicate));
     }
+    // The same original twice in one source (two files, two rows).
+    if !context.first_time(SESSION, &key) {
+        return Ok(Some(Outcome::Duplicate));
+    }
     if let Some(from) = &mapped.renamed_from {
         report.rename(from.clone(), session.id.to_string());
     }
@@ -84,42 +88,44 @@ async fn import_one(
     for warning in &mapped.warnings {
         report.warn(format!("session {original_id}"), warning.clone());
     }
-    if context.dry_run {
-        return Ok(Some(Outcome::Imported));
-    }
     // The session first, then the ledger: a crash between leaves the
     // session, which the next run finds under the same id (ids are the
     // original's, or derived from it) and records.
     let messages = std::mem::take(&mut session.messages);
-    let outcome = match context
-        .store
-        .save_and_append(&session, Expected::Absent, &messages)
-        .await
-    {
-        Ok(_) => Outcome::Imported,
-        Err(smalltalk::StorageError::AlreadyExists { .. }) => {
-            let stored = context
-                .store
-                .get_session_header(session.id)
-                .await
-                .map_err(|error| error.to_string())?;
-            let ours = stored.as_ref().is_some_and(|stored| {
-                stored
-                    .metadata
-                    .get(IMPORTED_FROM)
-                    .and_then(|from| from.get("id"))
-                    == Some(&serde_json::Value::from(original_id.as_str()))
-            });
-            if !ours {
-                return Err(format!(
-                    "session {} is already here, and is not this one imported",
-                    session.id
-                ));
-            }
-            Outcome::Duplicate
+    let outcome = if context.dry_run {
+        match context
+            .store
+            .get_session_header(session.id)
+            .await
+            .map_err(|error| error.to_string())?
+        {
+            None => return Ok(Some(Outcome::Imported)),
+            Some(stored) => already_here(&stored, &original_id)?,
         }
-        Err(error) => return Err(error.to_string()),
+    } else {
+        match context
+            .store
+            .save_and_append(&session, Expected::Absent, &messages)
+            .await
+        {
+            Ok(_) => Outcome::Imported,
+            Err(smalltalk::StorageError::AlreadyExists { .. }) => {
+                let stored = context
+                    .store
+                    .get_session_header(session.id)
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .ok_or_else(|| {
+                        format!("session {} was deleted as it was imported", session.id)
+                    })?;
+                already_here(&stored, &original_id)?
+            }
+            Err(error) => return Err(error.to_string()),
+        }
     };
+    if context.dry_run {
+        return Ok(Some(outcome));
+    }
     context
         .store
         .record_import(&ImportEntry {
@@ -132,4 +138,22 @@ async fn import_one(
         .await
         .map_err(|error| error.to_string())?;
     Ok(Some(outcome))
+}
+
+/// A session already stored under the id an original gets: this one
+/// imported before (a duplicate), or another (a failure).
+fn already_here(stored: &smalltalk::Session, original_id: &str) -> Result<Outcome, String> {
+    let ours = stored
+        .metadata
+        .get(IMPORTED_FROM)
+        .and_then(|from| from.get("id"))
+        == Some(&serde_json::Value::from(original_id));
+    if ours {
+        Ok(Outcome::Duplicate)
+    } else {
+        Err(format!(
+            "session {} is already here, and is not this one imported",
+            stored.id
+        ))
+    }
 }
