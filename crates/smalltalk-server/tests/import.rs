@@ -9,7 +9,13 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
+mod common;
+
 const BINARY: &str = env!("CARGO_BIN_EXE_smalltalk");
+
+fn run(args: &[&str], url: &str) -> (Option<i32>, String, String) {
+    common::run_cli(BINARY, args, url)
+}
 
 fn session(id: &str, state: &str, turns: usize, padding: usize) -> Value {
     let history: Vec<Value> = (0..turns)
@@ -48,20 +54,6 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     encoder.write_all(bytes).unwrap();
     encoder.finish().unwrap()
-}
-
-fn run(args: &[&str], url: &str) -> (Option<i32>, String, String) {
-    let output = std::process::Command::new(BINARY)
-        .args(args)
-        .env_clear()
-        .env("STORAGE_URL", url)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -158,16 +150,7 @@ fn the_originals_directory_imports_once_with_every_bad_record_reported() {
     let (code, out, error) = run(&["import", data.to_str().unwrap(), "--json"], &url);
     assert_eq!(code, Some(2), "{error}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(
-        [
-            &report["imported"],
-            &report["skipped"],
-            &report["duplicate"],
-            &report["failed"]
-        ],
-        [&json!(4), &json!(1), &json!(0), &json!(2)],
-        "{report}"
-    );
+    assert_eq!(common::import_counts(&report), [4, 1, 0, 2], "{report}");
     let failed: Vec<&str> = report["failures"]
         .as_array()
         .unwrap()

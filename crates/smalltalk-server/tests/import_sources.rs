@@ -20,7 +20,13 @@ use smalltalk::{Role, SessionId, SessionState, StorageKey, Store, Timestamp};
 use smalltalk_server::import::{ImportOptions, ImportReport, Source, import};
 use smalltalk_storage::contract::PgBackend;
 
+mod common;
+
 const BINARY: &str = env!("CARGO_BIN_EXE_smalltalk");
+
+fn run(args: &[&str], url: &str) -> (Option<i32>, String, String) {
+    common::run_cli(BINARY, args, url)
+}
 
 const KEPT: &str = "1b4e28ba-2fa1-4d3b-a3f5-ef19b5a7633b";
 const BIG: &str = "6f1c3c1e-9d0b-4a57-8f3e-2a8e1c0b7d55";
@@ -710,20 +716,6 @@ async fn imported_events_are_history_for_explicit_replay_never_new_deliveries() 
     store.close().await.unwrap();
 }
 
-fn run_cli(args: &[&str], url: &str) -> (Option<i32>, String, String) {
-    let output = std::process::Command::new(BINARY)
-        .args(args)
-        .env_clear()
-        .env("STORAGE_URL", url)
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 /// The original's PostgreSQL tables, in a database of their own.
 #[ignore = "needs PostgreSQL: `cargo xtask ci` runs it when a server is reachable"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -783,19 +775,10 @@ async fn the_originals_postgres_tables_import_once_and_our_own_database_is_refus
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("ours.db").display());
-    let (code, out, error) = run_cli(&["import", &original, "--json"], &url);
+    let (code, out, error) = run(&["import", &original, "--json"], &url);
     assert_eq!(code, Some(2), "a record failed: {error}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(
-        [
-            &report["imported"],
-            &report["skipped"],
-            &report["duplicate"],
-            &report["failed"]
-        ],
-        [&json!(4), &json!(2), &json!(0), &json!(1)],
-        "{report}"
-    );
+    assert_eq!(common::import_counts(&report), [4, 2, 0, 1], "{report}");
     assert!(
         report["failures"][0]["what"]
             .as_str()
@@ -821,7 +804,7 @@ async fn the_originals_postgres_tables_import_once_and_our_own_database_is_refus
         json!({"theme": "dark"})
     );
     store.close().await.unwrap();
-    let (_, out, _) = run_cli(&["import", &original, "--json"], &url);
+    let (_, out, _) = run(&["import", &original, "--json"], &url);
     let again: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         (&again["imported"], &again["duplicate"]),
@@ -842,7 +825,7 @@ async fn the_originals_postgres_tables_import_once_and_our_own_database_is_refus
         .close()
         .await
         .unwrap();
-    let (code, _, error) = run_cli(&["import", &mine_url], &url);
+    let (code, _, error) = run(&["import", &mine_url], &url);
     assert_eq!(code, Some(1));
     assert!(error.contains("is a SmallTalk-rs database"), "{error}");
     for database in [name, mine] {
@@ -960,19 +943,10 @@ async fn the_originals_redis_keys_import_once() {
 
     let dir = tempfile::tempdir().unwrap();
     let url_ours = format!("sqlite://{}", dir.path().join("ours.db").display());
-    let (code, out, error) = run_cli(&["import", &url, "--json"], &url_ours);
+    let (code, out, error) = run(&["import", &url, "--json"], &url_ours);
     assert_eq!(code, Some(2), "a record failed: {error}");
     let report: Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!(
-        [
-            &report["imported"],
-            &report["skipped"],
-            &report["duplicate"],
-            &report["failed"]
-        ],
-        [&json!(4), &json!(0), &json!(0), &json!(3)],
-        "{report}"
-    );
+    assert_eq!(common::import_counts(&report), [4, 0, 0, 3], "{report}");
     let store = smalltalk::open(&url_ours).await.unwrap();
     let kept = store
         .get_session(SessionId::parse(KEPT).unwrap())
@@ -989,7 +963,7 @@ async fn the_originals_redis_keys_import_once() {
         Some(&b"7"[..])
     );
     store.close().await.unwrap();
-    let (_, out, _) = run_cli(&["import", &url, "--json"], &url_ours);
+    let (_, out, _) = run(&["import", &url, "--json"], &url_ours);
     let again: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(
         (&again["imported"], &again["duplicate"]),

@@ -84,15 +84,13 @@ async fn import_tables(
         let mut after: Option<String> = None;
         let mut done = 0;
         loop {
-            let rows = sqlx::query(
+            let rows = page(
+                pool,
                 "SELECT id::text AS id, data::text AS data FROM sessions \
                  WHERE $1::text IS NULL OR id::text > $1 ORDER BY id::text LIMIT $2",
+                after.as_deref(),
             )
-            .bind(after.as_deref())
-            .bind(PAGE)
-            .fetch_all(pool)
-            .await
-            .map_err(text)?;
+            .await?;
             let full = rows.len() as i64 == PAGE;
             for row in rows {
                 let id: String = row.try_get("id").map_err(text)?;
@@ -148,16 +146,16 @@ async fn import_tables(
             // `ttl` is a TIMESTAMP without a zone, which the original
             // writes in UTC (a zone-aware one is taken as it is); a number
             // is milliseconds since the epoch; text is ISO 8601.
-            let rows = sqlx::query(&format!(
-                "SELECT key::text AS key, value::text AS value, {expires} AS expires_micros, \
-                 {ttl_text} AS ttl_text \
-                 FROM key_value WHERE $1::text IS NULL OR key::text > $1 ORDER BY key::text LIMIT $2"
-            ))
-            .bind(after.as_deref())
-            .bind(PAGE)
-            .fetch_all(pool)
-            .await
-            .map_err(text)?;
+            let rows = page(
+                pool,
+                &format!(
+                    "SELECT key::text AS key, value::text AS value, {expires} AS expires_micros, \
+                     {ttl_text} AS ttl_text \
+                     FROM key_value WHERE $1::text IS NULL OR key::text > $1 ORDER BY key::text LIMIT $2"
+                ),
+                after.as_deref(),
+            )
+            .await?;
             let full = rows.len() as i64 == PAGE;
             for row in rows {
                 let key: String = row.try_get("key").map_err(text)?;
@@ -213,4 +211,19 @@ async fn import_tables(
         }
     }
     Ok(Ok(()))
+}
+
+/// One page of `sql` (keyset paging: `$1` the last key read, or NULL;
+/// `$2` the page size).
+async fn page(
+    pool: &sqlx::PgPool,
+    sql: &str,
+    after: Option<&str>,
+) -> Result<Vec<sqlx::postgres::PgRow>, String> {
+    sqlx::query(sql)
+        .bind(after)
+        .bind(PAGE)
+        .fetch_all(pool)
+        .await
+        .map_err(|error| error.to_string())
 }

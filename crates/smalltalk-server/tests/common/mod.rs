@@ -84,3 +84,32 @@ pub(crate) fn signal(child: &tokio::process::Child, name: &str) {
         .unwrap();
     assert!(status.success());
 }
+
+/// Runs `binary` with `args`, `STORAGE_URL` set to `storage_url` and no
+/// other environment; its exit code, stdout and stderr.
+#[allow(dead_code)]
+pub(crate) fn run_cli(
+    binary: &str,
+    args: &[&str],
+    storage_url: &str,
+) -> (Option<i32>, String, String) {
+    let output = std::process::Command::new(binary)
+        .args(args)
+        .env_clear()
+        .env("STORAGE_URL", storage_url)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The counts of an import's JSON report: imported, skipped, duplicate,
+/// failed.
+#[allow(dead_code)]
+pub(crate) fn import_counts(report: &serde_json::Value) -> [u64; 4] {
+    ["imported", "skipped", "duplicate", "failed"]
+        .map(|count| report[count].as_u64().unwrap_or(u64::MAX))
+}
