@@ -66,6 +66,22 @@ async fn save_one(conn: &mut PgConnection, save: &EncodedSave<'_>) -> Result<u64
     let session = save.session;
     let id = session.id.to_string();
     let header = codec::encode_header(session)?;
+    // The common saves in one round trip: a new session is one INSERT; a
+    // save at the expected version whose history is what is stored (or a
+    // prefix of it) is one UPDATE. Anything else (history to add, a
+    // conflict to tell from a missing session or a diverged history)
+    // takes the careful path below.
+    match save.expected {
+        Expected::Absent => {
+            return insert_new(conn, &id, session, &header, &save.messages).await;
+        }
+        Expected::Version(expected) => {
+            if let Some(version) = update_in_place(conn, &id, save, &header, expected).await? {
+                return Ok(version);
+            }
+        }
+        Expected::Any => {}
+    }
     for _ in 0..BLIND_SAVE_ATTEMPTS {
         let current: Option<(i64, i64)> =
             sqlx::query_as("SELECT version, message_count FROM sessions WHERE id = $1")
@@ -160,6 +176,43 @@ async fn save_one(conn: &mut PgConnection, save: &EncodedSave<'_>) -> Result<u64
 }
 
 /// Creates a session and its history in one statement.
+/// The header of `save` written at version `expected` if the stored
+/// history holds the snapshot's messages (its last one, compared as
+/// stored, where it has one) and nothing needs adding: the new version,
+/// or `None` when that is not so (the caller finds out why).
+async fn update_in_place(
+    conn: &mut PgConnection,
+    id: &str,
+    save: &EncodedSave<'_>,
+    header: &[u8],
+    expected: u64,
+) -> Result<Option<u64>> {
+    let session = save.session;
+    let count = save.messages.len() as i64;
+    let last = save.messages.last().map(|message| message.meta.as_slice());
+    let updated: Option<i64> = sqlx::query_scalar(
+        "UPDATE sessions SET state = $2, version = version + 1, created_at = $3,
+            updated_at = $4, expires_at = $5, header = $6
+         WHERE id = $1 AND version = $7 AND message_count >= $8
+           AND ($8 = 0 OR EXISTS (
+               SELECT 1 FROM messages WHERE session_id = $1 AND seq = $8 - 1 AND meta = $9))
+         RETURNING version",
+    )
+    .bind(id)
+    .bind(session.state.as_str())
+    .bind(session.created_at.as_micros())
+    .bind(session.updated_at.as_micros())
+    .bind(session.expires_at.as_micros())
+    .bind(header)
+    .bind(to_i64(expected))
+    .bind(count)
+    .bind(last)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(pg_error)?;
+    Ok(updated.map(to_u64))
+}
+
 async fn insert_new(
     conn: &mut PgConnection,
     id: &str,
