@@ -10,75 +10,184 @@ use crate::codec::{self, to_i64, to_u64};
 use crate::{Error, EventFilter, EventLog, EventLogStats, LogBounds, LogEntry, Result};
 
 impl PgStore {
-    /// One statement: the head row's lock orders appenders until commit,
-    /// so positions follow commit order and readers never see a gap close
-    /// behind them.
+    /// Through the node's committer: concurrent appends share one
+    /// transaction and, where none expects a position, one statement. The
+    /// head row's lock orders appenders until commit, so positions follow
+    /// commit order, gap-free, and readers never see a gap close behind
+    /// them.
     async fn append(&self, events: &[Event], expected: Option<u64>) -> Result<Vec<u64>> {
-        let count = events.len() as i64;
-        let mut ids = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut publishers = Vec::with_capacity(events.len());
-        let mut topics = Vec::with_capacity(events.len());
-        let mut priorities = Vec::with_capacity(events.len());
-        let mut sessions = Vec::with_capacity(events.len());
-        let mut conversations = Vec::with_capacity(events.len());
-        let mut timestamps = Vec::with_capacity(events.len());
-        let mut bodies = Vec::with_capacity(events.len());
-        for event in events {
-            ids.push(event.id.to_string());
-            types.push(event.event_type.clone());
-            publishers.push(event.publisher.clone());
-            topics.push(event.topic.as_str().to_owned());
-            priorities.push(event.priority.as_str().to_owned());
-            sessions.push(event.session_id.map(|id| id.to_string()));
-            conversations.push(event.conversation_id.map(|id| id.to_string()));
-            timestamps.push(event.timestamp.as_micros());
-            bodies.push(codec::encode_event(event)?);
-        }
-        let last: Option<i64> = sqlx::query_scalar(
-            "WITH head AS (
-                UPDATE event_log_head SET last = last + $1
-                WHERE id = 1 AND ($2::BIGINT IS NULL OR last = $2) RETURNING last),
-             ins AS (
-                INSERT INTO events (position, event_id, topic, event_type, publisher, priority, session_id,
-                                    conversation_id, timestamp, body)
-                SELECT head.last - $1 + batch.ord, batch.event_id, batch.topic, batch.event_type,
-                       batch.publisher, batch.priority, batch.session_id, batch.conversation_id, batch.ts,
-                       batch.body
-                FROM head, UNNEST($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BYTEA[],
-                                  $9::TEXT[], $10::TEXT[], $11::TEXT[])
-                     WITH ORDINALITY AS batch (topic, priority, session_id, conversation_id, ts, body,
-                                               event_id, event_type, publisher, ord))
-             SELECT last FROM head",
-        )
-        .bind(count)
-        .bind(expected.map(to_i64))
-        .bind(topics)
-        .bind(priorities)
-        .bind(sessions)
-        .bind(conversations)
-        .bind(timestamps)
-        .bind(bodies)
-        .bind(ids)
-        .bind(types)
-        .bind(publishers)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(pg_error)?;
-        let Some(last) = last else {
-            let found: i64 = sqlx::query_scalar("SELECT last FROM event_log_head WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(pg_error)?;
-            return Err(Error::PositionConflict {
-                expected: expected.unwrap_or(0),
-                found: to_u64(found),
-            });
-        };
-        let last = to_u64(last);
+        let rows = EventRows::encode(events)?;
+        let last = self
+            .event_committer
+            .submit(AppendJob { rows, expected })
+            .await?;
         self.log_watch.advance(last);
         Ok((last + 1 - events.len() as u64..=last).collect())
     }
+}
+
+/// Events to insert, column by column (as the statement binds them).
+#[derive(Debug, Default)]
+pub(super) struct EventRows {
+    ids: Vec<String>,
+    types: Vec<String>,
+    publishers: Vec<String>,
+    topics: Vec<String>,
+    priorities: Vec<String>,
+    sessions: Vec<Option<String>>,
+    conversations: Vec<Option<String>>,
+    timestamps: Vec<i64>,
+    bodies: Vec<Vec<u8>>,
+}
+
+impl EventRows {
+    fn encode(events: &[Event]) -> Result<Self> {
+        let mut rows = Self::default();
+        for event in events {
+            rows.ids.push(event.id.to_string());
+            rows.types.push(event.event_type.clone());
+            rows.publishers.push(event.publisher.clone());
+            rows.topics.push(event.topic.as_str().to_owned());
+            rows.priorities.push(event.priority.as_str().to_owned());
+            rows.sessions
+                .push(event.session_id.map(|id| id.to_string()));
+            rows.conversations
+                .push(event.conversation_id.map(|id| id.to_string()));
+            rows.timestamps.push(event.timestamp.as_micros());
+            rows.bodies.push(codec::encode_event(event)?);
+        }
+        Ok(rows)
+    }
+
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    fn extend_from(&mut self, other: &EventRows) {
+        self.ids.extend_from_slice(&other.ids);
+        self.types.extend_from_slice(&other.types);
+        self.publishers.extend_from_slice(&other.publishers);
+        self.topics.extend_from_slice(&other.topics);
+        self.priorities.extend_from_slice(&other.priorities);
+        self.sessions.extend_from_slice(&other.sessions);
+        self.conversations.extend_from_slice(&other.conversations);
+        self.timestamps.extend_from_slice(&other.timestamps);
+        self.bodies.extend_from_slice(&other.bodies);
+    }
+}
+
+/// One caller's append: its rows, and the log's newest position it
+/// expects (`None`: wherever the log is).
+pub(super) struct AppendJob {
+    rows: EventRows,
+    expected: Option<u64>,
+}
+
+/// Appends batched by the node's committer.
+pub(super) struct AppendBatch;
+
+#[async_trait]
+impl super::committer::BatchWork for AppendBatch {
+    type Job = AppendJob;
+    /// The job's last position.
+    type Output = u64;
+
+    fn job_bytes(job: &AppendJob) -> usize {
+        job.rows.bodies.iter().map(Vec::len).sum()
+    }
+
+    async fn run(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        jobs: &[AppendJob],
+    ) -> Result<Vec<Result<u64>>> {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut next = 0;
+        while next < jobs.len() {
+            if let Some(expected) = jobs[next].expected {
+                // A conditional append goes alone, at its place in line.
+                let outcome = match insert(conn, &jobs[next].rows, Some(expected)).await? {
+                    Some(last) => Ok(last),
+                    None => {
+                        let found: i64 =
+                            sqlx::query_scalar("SELECT last FROM event_log_head WHERE id = 1")
+                                .fetch_one(&mut *conn)
+                                .await
+                                .map_err(pg_error)?;
+                        Err(Error::PositionConflict {
+                            expected,
+                            found: to_u64(found),
+                        })
+                    }
+                };
+                outcomes.push(outcome);
+                next += 1;
+                continue;
+            }
+            // A run of unconditional appends: one statement, positions in
+            // the order they were queued.
+            let start = next;
+            let mut merged = EventRows::default();
+            while next < jobs.len() && jobs[next].expected.is_none() {
+                merged.extend_from(&jobs[next].rows);
+                next += 1;
+            }
+            let last = insert(conn, &merged, None)
+                .await?
+                .ok_or_else(|| Error::Backend {
+                    backend: "postgres",
+                    source: "the log's head row is missing".into(),
+                })?;
+            let mut end = last;
+            let mut ends = Vec::with_capacity(next - start);
+            for job in jobs[start..next].iter().rev() {
+                ends.push(end);
+                end -= job.rows.len() as u64;
+            }
+            outcomes.extend(ends.into_iter().rev().map(Ok));
+        }
+        Ok(outcomes)
+    }
+}
+
+/// Inserts `rows` after the head (if it is at `expected`, when given);
+/// the new head, or `None` when it was not at `expected`.
+async fn insert(
+    conn: &mut sqlx::PgConnection,
+    rows: &EventRows,
+    expected: Option<u64>,
+) -> Result<Option<u64>> {
+    let last: Option<i64> = sqlx::query_scalar(
+        "WITH head AS (
+            UPDATE event_log_head SET last = last + $1
+            WHERE id = 1 AND ($2::BIGINT IS NULL OR last = $2) RETURNING last),
+         ins AS (
+            INSERT INTO events (position, event_id, topic, event_type, publisher, priority, session_id,
+                                conversation_id, timestamp, body)
+            SELECT head.last - $1 + batch.ord, batch.event_id, batch.topic, batch.event_type,
+                   batch.publisher, batch.priority, batch.session_id, batch.conversation_id, batch.ts,
+                   batch.body
+            FROM head, UNNEST($3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::BIGINT[], $8::BYTEA[],
+                              $9::TEXT[], $10::TEXT[], $11::TEXT[])
+                 WITH ORDINALITY AS batch (topic, priority, session_id, conversation_id, ts, body,
+                                           event_id, event_type, publisher, ord))
+         SELECT last FROM head",
+    )
+    .bind(rows.len() as i64)
+    .bind(expected.map(to_i64))
+    .bind(&rows.topics)
+    .bind(&rows.priorities)
+    .bind(&rows.sessions)
+    .bind(&rows.conversations)
+    .bind(&rows.timestamps)
+    .bind(&rows.bodies)
+    .bind(&rows.ids)
+    .bind(&rows.types)
+    .bind(&rows.publishers)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(pg_error)?;
+    Ok(last.map(to_u64))
 }
 
 /// The columns of an `events` row, in the read's select order.

@@ -45,6 +45,7 @@ pub struct PgStore {
     log_watch: Arc<crate::events::LogWatch>,
     revision_watch: Arc<crate::events::LogWatch>,
     state_committer: Arc<committer::Committer<versioned::TxnBatch>>,
+    event_committer: Arc<committer::Committer<events::AppendBatch>>,
     listener: Arc<ListenerTask>,
 }
 
@@ -136,6 +137,10 @@ impl PgStore {
             state_committer: Arc::new(committer::Committer::start(
                 pool.clone(),
                 versioned::TxnBatch,
+            )),
+            event_committer: Arc::new(committer::Committer::start(
+                pool.clone(),
+                events::AppendBatch,
             )),
             pool,
             schema,
