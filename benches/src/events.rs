@@ -200,6 +200,33 @@ pub async fn measure_throughput(bus: &EventBus, tasks: usize, batch: usize, tota
     rate
 }
 
+/// Events per second `tasks` tasks publish one at a time, counted when
+/// every publish returned (durable: committed to the log), with no
+/// subscriber: the publishing path alone.
+pub async fn measure_publish_rate(bus: &EventBus, tasks: usize, total: usize) -> f64 {
+    let started = Instant::now();
+    let per_task = total / tasks;
+    let mut publishers = Vec::with_capacity(tasks);
+    for _ in 0..tasks {
+        let bus = bus.clone();
+        publishers.push(tokio::spawn(async move {
+            for sent in 0..per_task {
+                bus.publish(
+                    "load.event",
+                    json!({ "n": sent }),
+                    PublishOptions::default(),
+                )
+                .await
+                .expect("publish");
+            }
+        }));
+    }
+    for publisher in publishers {
+        publisher.await.expect("publisher");
+    }
+    (per_task * tasks) as f64 / started.elapsed().as_secs_f64()
+}
+
 /// Fills the log behind `bus` with `backlog` events for [`measure_replay`].
 pub async fn fill(bus: &EventBus, backlog: usize) {
     for start in (0..backlog).step_by(1000) {

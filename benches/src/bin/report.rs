@@ -407,6 +407,33 @@ async fn event_bus_rows(
             });
             bus.close().await;
         }
+        // Publishing alone, counted at commit (issue 15's
+        // `publish_64_tasks_per_sec`): no subscriber's acks in the way.
+        let bench_store = match name {
+            "memory" => None,
+            _ => match fresh_store(name).await {
+                Some(store) => Some(store),
+                None => continue,
+            },
+        };
+        let store = bench_store.as_ref().map(|s| Arc::clone(&s.store));
+        let bus = events::bus(store, config.clone()).await;
+        eprintln!("measuring publishing alone ({total} events from 64 tasks) on {name}");
+        let per_sec = events::measure_publish_rate(&bus, 64, total).await;
+        rows.push(Row {
+            id: "EVENT-THROUGHPUT",
+            backend: name,
+            metric: "publish_64_tasks_per_sec".into(),
+            value: per_sec,
+            unit: "per_sec",
+            target: match name {
+                "sqlite" => Some(100_000.0),
+                "postgres" => Some(30_000.0),
+                _ => target,
+            },
+            samples: total,
+        });
+        bus.close().await;
     }
     for name in BACKENDS {
         for (label, backlog, samples) in [
