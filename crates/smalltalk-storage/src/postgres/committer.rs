@@ -1,6 +1,7 @@
 //! One committer per store and kind of write: concurrent writers on this
 //! node queue jobs, and one task runs every job queued (up to
-//! [`MAX_BATCH`]) in one transaction, so a burst of writers pays one
+//! [`MAX_BATCH`]) in one transaction (or, when it is one statement, in that
+//! statement alone), so a burst of writers pays one
 //! commit (one WAL flush) instead of one each.
 //!
 //! The batch's [`BatchWork`] decides how jobs run inside the transaction
@@ -39,6 +40,15 @@ pub(super) trait BatchWork: Send + Sync + 'static {
 
     /// How many bytes a job carries, for the batch's byte cap.
     fn job_bytes(job: &Self::Job) -> usize;
+
+    /// Whether `run` would send `jobs` as one statement: then no explicit
+    /// transaction is opened (one statement is atomic), saving its
+    /// `BEGIN` and `COMMIT` round trips. A statement that fails wrote
+    /// nothing; one cut off by a lost connection has an unknown outcome,
+    /// as a failed `COMMIT` has.
+    fn one_statement(&self, _jobs: &[Self::Job]) -> bool {
+        false
+    }
 
     /// Runs `jobs` in order inside the open transaction `conn`. `Ok` holds
     /// each job's outcome (a job that fails must have written nothing);
@@ -171,6 +181,20 @@ async fn commit<W: BatchWork>(
     work: &W,
     jobs: &[W::Job],
 ) -> std::result::Result<Vec<Result<W::Output>>, Failure> {
+    if work.one_statement(jobs) {
+        let mut conn = pool
+            .acquire()
+            .await
+            .map_err(|error| Failure::BeforeCommit(pg_error(error)))?;
+        return work.run(&mut conn, jobs).await.map_err(|error| {
+            // Cut off: it may have committed.
+            if error.is_transient() {
+                Failure::AtCommit(error)
+            } else {
+                Failure::BeforeCommit(error)
+            }
+        });
+    }
     let mut tx = pool
         .begin()
         .await

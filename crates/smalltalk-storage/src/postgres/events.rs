@@ -96,6 +96,12 @@ impl super::committer::BatchWork for AppendBatch {
         job.rows.bodies.iter().map(Vec::len).sum()
     }
 
+    fn one_statement(&self, jobs: &[AppendJob]) -> bool {
+        // A conditional append that fails reads the head once more, for
+        // the error only.
+        jobs.len() == 1 || jobs.iter().all(|job| job.expected.is_none())
+    }
+
     async fn run(
         &self,
         conn: &mut sqlx::PgConnection,
@@ -147,6 +153,67 @@ impl super::committer::BatchWork for AppendBatch {
             outcomes.extend(ends.into_iter().rev().map(Ok));
         }
         Ok(outcomes)
+    }
+}
+
+/// One subscriber's cursor to store.
+pub(super) struct CursorJob {
+    subscriber: String,
+    cursor: crate::Cursor,
+    at: i64,
+}
+
+/// Cursor writes batched by the node's committer: one upsert statement
+/// per commit.
+pub(super) struct CursorBatch;
+
+#[async_trait]
+impl super::committer::BatchWork for CursorBatch {
+    type Job = CursorJob;
+    type Output = ();
+
+    fn job_bytes(job: &CursorJob) -> usize {
+        job.subscriber.len() + 24
+    }
+
+    fn one_statement(&self, _jobs: &[CursorJob]) -> bool {
+        true
+    }
+
+    async fn run(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        jobs: &[CursorJob],
+    ) -> Result<Vec<Result<()>>> {
+        // One row per subscriber (an upsert may touch a row once): the
+        // last queued, as each caller waits for its write before the next.
+        let mut last: std::collections::HashMap<&str, &CursorJob> =
+            std::collections::HashMap::with_capacity(jobs.len());
+        for job in jobs {
+            last.insert(job.subscriber.as_str(), job);
+        }
+        let (mut subscribers, mut positions, mut ats, mut lives) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for job in last.values() {
+            subscribers.push(job.subscriber.as_str());
+            positions.push(to_i64(job.cursor.position));
+            ats.push(job.at);
+            lives.push(to_i64(job.cursor.live_until));
+        }
+        sqlx::query(
+            "INSERT INTO event_cursors (subscriber, position, updated_at, live_until)
+             SELECT * FROM UNNEST($1::TEXT[], $2::BIGINT[], $3::BIGINT[], $4::BIGINT[])
+             ON CONFLICT (subscriber) DO UPDATE SET position = excluded.position,
+                updated_at = excluded.updated_at, live_until = excluded.live_until",
+        )
+        .bind(&subscribers)
+        .bind(&positions)
+        .bind(&ats)
+        .bind(&lives)
+        .execute(&mut *conn)
+        .await
+        .map_err(pg_error)?;
+        Ok(jobs.iter().map(|_| Ok(())).collect())
     }
 }
 
@@ -302,20 +369,15 @@ impl EventLog for PgStore {
     }
 
     async fn set_cursor(&self, subscriber: &StorageKey, cursor: crate::Cursor) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO event_cursors (subscriber, position, updated_at, live_until)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (subscriber) DO UPDATE SET position = excluded.position,
-                updated_at = excluded.updated_at, live_until = excluded.live_until",
-        )
-        .bind(subscriber.as_str())
-        .bind(to_i64(cursor.position))
-        .bind(self.clock.now().as_micros())
-        .bind(to_i64(cursor.live_until))
-        .execute(&self.pool)
-        .await
-        .map(drop)
-        .map_err(pg_error)
+        // Through the node's cursor committer: the cursors of many
+        // subscriptions acking at once share one commit.
+        self.cursor_committer
+            .submit(CursorJob {
+                subscriber: subscriber.as_str().to_owned(),
+                cursor,
+                at: self.clock.now().as_micros(),
+            })
+            .await
     }
 
     async fn delete_cursor(&self, subscriber: &StorageKey) -> Result<bool> {

@@ -46,6 +46,7 @@ pub struct PgStore {
     revision_watch: Arc<crate::events::LogWatch>,
     state_committer: Arc<committer::Committer<versioned::TxnBatch>>,
     event_committer: Arc<committer::Committer<events::AppendBatch>>,
+    cursor_committer: Arc<committer::Committer<events::CursorBatch>>,
     listener: Arc<ListenerTask>,
 }
 
@@ -141,6 +142,10 @@ impl PgStore {
             event_committer: Arc::new(committer::Committer::start(
                 pool.clone(),
                 events::AppendBatch,
+            )),
+            cursor_committer: Arc::new(committer::Committer::start(
+                pool.clone(),
+                events::CursorBatch,
             )),
             pool,
             schema,
