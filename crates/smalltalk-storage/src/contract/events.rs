@@ -320,6 +320,67 @@ pub async fn concurrent_appenders_get_contiguous_positions(backend: &impl Backen
     );
 }
 
+/// Concurrent appenders of several events each, some conditional, are
+/// each told their own events' positions (backends that batch appenders
+/// cut each caller's range out of a shared one).
+pub async fn concurrent_appenders_are_told_their_own_positions(backend: &impl Backend) {
+    let log = open(backend).await;
+    let mut tasks = Vec::new();
+    for task in 0..12_usize {
+        let log = Arc::clone(&log);
+        tasks.push(tokio::spawn(async move {
+            let mut told = Vec::new();
+            for round in 0..8_usize {
+                let size = 1 + (task + round) % 3;
+                let events: Vec<Event> = (0..size)
+                    .map(|index| normal(&format!("t{task}.r{round}.e{index}"), index as i64))
+                    .collect();
+                let positions = if (task + round) % 4 == 0 {
+                    // Conditional: at the head as last seen, again on a
+                    // conflict.
+                    loop {
+                        let head = log.log_bounds().await.unwrap().last;
+                        match log.append_events_at(&events, head).await {
+                            Ok(positions) => break positions,
+                            Err(crate::Error::PositionConflict { .. }) => {}
+                            Err(error) => panic!("append_events_at: {error}"),
+                        }
+                    }
+                } else {
+                    log.append_events(&events).await.unwrap()
+                };
+                assert_eq!(positions.len(), size);
+                told.extend(
+                    positions
+                        .into_iter()
+                        .zip(events.iter().map(|event| event.id)),
+                );
+            }
+            told
+        }));
+    }
+    let mut told = Vec::new();
+    for task in tasks {
+        told.extend(task.await.unwrap());
+    }
+    let read = log.read_events(0, &all(), 10_000).await.unwrap();
+    assert_eq!(
+        positions(&read),
+        (1..=told.len() as u64).collect::<Vec<u64>>(),
+        "gap-free"
+    );
+    let stored: std::collections::HashMap<u64, smalltalk_types::EventId> = read
+        .iter()
+        .map(|event| (event.position.unwrap(), event.id))
+        .collect();
+    for (position, id) in told {
+        assert_eq!(
+            stored[&position], id,
+            "position {position} is its caller's event"
+        );
+    }
+}
+
 /// Events, positions and cursors survive reopening.
 pub async fn persistence_across_reopen(backend: &impl Backend) {
     if !backend.persistent() {

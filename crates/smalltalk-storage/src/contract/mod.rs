@@ -341,6 +341,7 @@ macro_rules! storage_contract {
                 cursors,
                 purge_keeps_positions,
                 concurrent_appenders_get_contiguous_positions,
+                concurrent_appenders_are_told_their_own_positions,
                 persistence_across_reopen,
                 stats,
                 wakeups,

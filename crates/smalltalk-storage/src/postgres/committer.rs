@@ -50,7 +50,8 @@ pub(super) trait BatchWork: Send + Sync + 'static {
         false
     }
 
-    /// Runs `jobs` in order inside the open transaction `conn`. `Ok` holds
+    /// Runs `jobs` in order on `conn`: inside an open transaction, or
+    /// alone when [`one_statement`](Self::one_statement) says so. `Ok` holds
     /// each job's outcome (a job that fails must have written nothing);
     /// `Err` rolls the whole batch back.
     async fn run(
@@ -125,7 +126,11 @@ async fn run<W: BatchWork>(
             // A failure one job may have caused: each runs alone, so it
             // fails alone. A transient failure (the server is down) would
             // fail them all again, one timeout each: it is answered at once.
-            Err(Failure::BeforeCommit(error)) if jobs.len() > 1 && !error.is_transient() => {
+            Err(Failure::BeforeCommit(error))
+                if jobs.len() > 1
+                    && !error.is_transient()
+                    && !matches!(error, crate::Error::Closed) =>
+            {
                 for (job, reply) in jobs.iter().zip(replies) {
                     let outcome = match commit(&pool, &*work, std::slice::from_ref(job)).await {
                         Ok(mut outcomes) => outcomes.pop().unwrap_or(Err(crate::Error::Closed)),

@@ -187,8 +187,10 @@ impl super::committer::BatchWork for CursorBatch {
     ) -> Result<Vec<Result<()>>> {
         // One row per subscriber (an upsert may touch a row once): the
         // last queued, as each caller waits for its write before the next.
-        let mut last: std::collections::HashMap<&str, &CursorJob> =
-            std::collections::HashMap::with_capacity(jobs.len());
+        // In key order: two nodes upserting the same cursors lock them in
+        // the same order, so they cannot deadlock.
+        let mut last: std::collections::BTreeMap<&str, &CursorJob> =
+            std::collections::BTreeMap::new();
         for job in jobs {
             last.insert(job.subscriber.as_str(), job);
         }

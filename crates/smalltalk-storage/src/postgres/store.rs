@@ -175,7 +175,6 @@ async fn save_one(conn: &mut PgConnection, save: &EncodedSave<'_>) -> Result<u64
     })
 }
 
-/// Creates a session and its history in one statement.
 /// The header of `save` written at version `expected` if the stored
 /// history holds the snapshot's messages (its last one, compared as
 /// stored, where it has one) and nothing needs adding: the new version,
@@ -213,6 +212,7 @@ async fn update_in_place(
     Ok(updated.map(to_u64))
 }
 
+/// Creates a session and its history in one statement.
 async fn insert_new(
     conn: &mut PgConnection,
     id: &str,
