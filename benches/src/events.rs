@@ -165,8 +165,28 @@ pub async fn measure_throughput(bus: &EventBus, tasks: usize, batch: usize, tota
     let (progress, subscription) = counting(bus, "load.*", "sink").await;
     let started = Instant::now();
     let per_task = total / tasks;
+    publish_from(bus, tasks, batch, per_task).await;
+    progress.wait(per_task * tasks).await;
+    let rate = (per_task * tasks) as f64 / started.elapsed().as_secs_f64();
+    subscription.unsubscribe().await;
+    rate
+}
+
+/// Events per second `tasks` tasks publish one at a time, counted when
+/// every publish returned (durable: committed to the log), with no
+/// subscriber: the publishing path alone.
+pub async fn measure_publish_rate(bus: &EventBus, tasks: usize, total: usize) -> f64 {
+    let started = Instant::now();
+    let per_task = total / tasks;
+    publish_from(bus, tasks, 1, per_task).await;
+    (per_task * tasks) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// `tasks` tasks each publishing `per_task` events on `load.event`,
+/// `batch` a call; returns when every publish has.
+async fn publish_from(bus: &EventBus, tasks: usize, batch: usize, per_task: usize) {
     let mut publishers = Vec::with_capacity(tasks);
-    for task in 0..tasks {
+    for _ in 0..tasks {
         let bus = bus.clone();
         publishers.push(tokio::spawn(async move {
             let mut sent = 0;
@@ -187,44 +207,12 @@ pub async fn measure_throughput(bus: &EventBus, tasks: usize, batch: usize, tota
                     bus.publish_batch(drafts).await.expect("publish");
                 }
                 sent += size;
-                let _ = task;
             }
         }));
     }
     for publisher in publishers {
         publisher.await.expect("publisher");
     }
-    progress.wait(per_task * tasks).await;
-    let rate = (per_task * tasks) as f64 / started.elapsed().as_secs_f64();
-    subscription.unsubscribe().await;
-    rate
-}
-
-/// Events per second `tasks` tasks publish one at a time, counted when
-/// every publish returned (durable: committed to the log), with no
-/// subscriber: the publishing path alone.
-pub async fn measure_publish_rate(bus: &EventBus, tasks: usize, total: usize) -> f64 {
-    let started = Instant::now();
-    let per_task = total / tasks;
-    let mut publishers = Vec::with_capacity(tasks);
-    for _ in 0..tasks {
-        let bus = bus.clone();
-        publishers.push(tokio::spawn(async move {
-            for sent in 0..per_task {
-                bus.publish(
-                    "load.event",
-                    json!({ "n": sent }),
-                    PublishOptions::default(),
-                )
-                .await
-                .expect("publish");
-            }
-        }));
-    }
-    for publisher in publishers {
-        publisher.await.expect("publisher");
-    }
-    (per_task * tasks) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Fills the log behind `bus` with `backlog` events for [`measure_replay`].

@@ -385,15 +385,9 @@ async fn event_bus_rows(
             if name == "memory" && metric.starts_with("acks") {
                 continue;
             }
-            let bench_store = match name {
-                "memory" => None,
-                _ => match fresh_store(name).await {
-                    Some(store) => Some(store),
-                    None => continue,
-                },
+            let Some((bus, _bench_store)) = bus_on(name, config).await else {
+                continue;
             };
-            let store = bench_store.as_ref().map(|s| Arc::clone(&s.store));
-            let bus = events::bus(store, config.clone()).await;
             eprintln!("measuring throughput ({metric}) of {total} events on {name}");
             let per_sec = events::measure_throughput(&bus, tasks, batch, total).await;
             rows.push(Row {
@@ -409,15 +403,9 @@ async fn event_bus_rows(
         }
         // Publishing alone, counted at commit (issue 15's
         // `publish_64_tasks_per_sec`): no subscriber's acks in the way.
-        let bench_store = match name {
-            "memory" => None,
-            _ => match fresh_store(name).await {
-                Some(store) => Some(store),
-                None => continue,
-            },
+        let Some((bus, _bench_store)) = bus_on(name, &config).await else {
+            continue;
         };
-        let store = bench_store.as_ref().map(|s| Arc::clone(&s.store));
-        let bus = events::bus(store, config.clone()).await;
         eprintln!("measuring publishing alone ({total} events from 64 tasks) on {name}");
         let per_sec = events::measure_publish_rate(&bus, 64, total).await;
         rows.push(Row {
@@ -614,6 +602,21 @@ async fn report() -> anyhow::Result<()> {
         import_rows(&mut rows, quick).await?;
     }
     print_rows(rows, json_output)
+}
+
+/// A bus on a fresh store of backend `name` (`memory`: the in-memory
+/// log), with the store it holds; `None` if the backend is not here.
+async fn bus_on(
+    name: &'static str,
+    config: &smalltalk_events::EventBusConfig,
+) -> Option<(smalltalk_events::EventBus, Option<BenchStore>)> {
+    let bench_store = match name {
+        "memory" => None,
+        _ => Some(fresh_store(name).await?),
+    };
+    let store = bench_store.as_ref().map(|s| Arc::clone(&s.store));
+    let bus = smalltalk_benches::events::bus(store, config.clone()).await;
+    Some((bus, bench_store))
 }
 
 /// The import rows: the original's sessions of 100 messages, 10,000 of
