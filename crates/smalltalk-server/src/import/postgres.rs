@@ -76,11 +76,7 @@ async fn import_tables(
         ))));
     }
     if has_sessions {
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM sessions")
-            .fetch_one(pool)
-            .await
-            .map_err(text)?;
-        let total = u64::try_from(total).unwrap_or(0);
+        let total = count(pool, "sessions").await?;
         let mut after: Option<String> = None;
         let mut done = 0;
         loop {
@@ -127,19 +123,14 @@ async fn import_tables(
             Some(kind) if kind.starts_with("timestamp") || kind == "date" => {
                 "(extract(epoch FROM ttl) * 1000000)::bigint"
             }
-            Some(_) => "NULL::bigint",
-            None => "NULL::bigint",
+            _ => "NULL::bigint",
         };
         let ttl_text = if ttl_type.is_some() {
             "ttl::text"
         } else {
             "NULL::text"
         };
-        let total: i64 = sqlx::query_scalar("SELECT count(*) FROM key_value")
-            .fetch_one(pool)
-            .await
-            .map_err(text)?;
-        let total = u64::try_from(total).unwrap_or(0);
+        let total = count(pool, "key_value").await?;
         let mut after: Option<String> = None;
         let mut done = 0;
         loop {
@@ -226,4 +217,13 @@ async fn page(
         .fetch_all(pool)
         .await
         .map_err(|error| error.to_string())
+}
+
+/// The rows of `table` (one of the original's), for the progress bar.
+async fn count(pool: &sqlx::PgPool, table: &str) -> Result<u64, String> {
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        .fetch_one(pool)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok(u64::try_from(total).unwrap_or(0))
 }
